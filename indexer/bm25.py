@@ -1,0 +1,141 @@
+"""The Tantivy BM25 index over title, description, category and attributes, with exact-match filters."""
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tantivy
+
+from indexer.catalog import Item
+from indexer.docstore import filter_term, filter_terms
+
+TEXT_FIELDS = ("title", "description", "category", "attributes")
+# Characters Tantivy's query parser treats as syntax; user text is searched as plain words.
+_SYNTAX = re.compile(r"[^\w\s]+", re.UNICODE)
+
+
+@dataclass(frozen=True)
+class Bm25Config:
+    tokenizer: str = "en_stem"
+    # Title words matter more than a long description; measured on fashion and scifact (bench/first_stage.py).
+    boosts: Mapping[str, float] = field(default_factory=lambda: {"title": 1.5, "category": 1.0, "attributes": 1.0, "description": 1.0})
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Bm25Config:
+        unknown = set(d) - {"tokenizer", "boosts"}
+        if unknown:
+            raise ValueError(f"Unknown key(s) in [bm25]: {', '.join(sorted(unknown))}.")
+        boosts = d.get("boosts", cls().boosts)
+        for name, value in boosts.items():
+            if name not in TEXT_FIELDS:
+                raise ValueError(f"Field 'bm25.boosts.{name}' is not one of {', '.join(TEXT_FIELDS)}.")
+            if not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"Field 'bm25.boosts.{name}' must be a positive number, got {value!r}.")
+        return cls(tokenizer=d.get("tokenizer", cls.tokenizer), boosts=dict(boosts))
+
+
+def _schema(tokenizer: str) -> tantivy.Schema:
+    sb = tantivy.SchemaBuilder()
+    sb.add_unsigned_field("docno", stored=True, indexed=True, fast=True)
+    for name in TEXT_FIELDS:
+        sb.add_text_field(name, stored=False, tokenizer_name=tokenizer)
+    sb.add_text_field("filters", stored=False, tokenizer_name="raw")
+    sb.add_float_field("price", stored=False, indexed=True, fast=True)
+    return sb.build()
+
+
+def _document(docno: int, item: Item) -> tantivy.Document:
+    doc = tantivy.Document()
+    doc.add_unsigned("docno", docno)
+    doc.add_text("title", item.title)
+    doc.add_text("description", item.description)
+    doc.add_text("category", item.category.replace(">", " "))
+    doc.add_text("attributes", " ".join(item.attributes.values()))
+    for term in filter_terms(item):
+        doc.add_text("filters", term)
+    if item.price is not None:
+        doc.add_float("price", item.price)
+    return doc
+
+
+class Bm25Index:
+    """BM25 over one Tantivy index directory; writes go through one writer, searches through a reloaded searcher."""
+
+    def __init__(self, path: str | Path, config: Bm25Config = Bm25Config(), create: bool = False) -> None:
+        self.path = Path(path)
+        self.config = config
+        if create:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.index = tantivy.Index(_schema(config.tokenizer), path=str(self.path), reuse=False)
+        else:
+            if not tantivy.Index.exists(str(self.path)):
+                raise FileNotFoundError(f"no Tantivy index at {self.path}")
+            self.index = tantivy.Index.open(str(self.path))
+        self.schema = self.index.schema
+        self._writer: tantivy.IndexWriter | None = None
+        self._lock = threading.Lock()
+
+    def writer(self) -> tantivy.IndexWriter:
+        if self._writer is None:
+            self._writer = self.index.writer(heap_size=64_000_000, num_threads=1)
+        return self._writer
+
+    def add(self, rows: Iterable[tuple[int, Item]]) -> None:
+        with self._lock:
+            w = self.writer()
+            for docno, item in rows:
+                w.add_document(_document(docno, item))
+
+    def delete(self, docnos: Iterable[int]) -> None:
+        with self._lock:
+            w = self.writer()
+            for docno in docnos:
+                w.delete_documents_by_term("docno", docno)
+
+    def commit(self) -> None:
+        """Makes all added and deleted documents durable and visible to new searches."""
+        with self._lock:
+            if self._writer is not None:
+                self._writer.commit()
+        self.index.reload()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._writer is not None:
+                self._writer.commit()
+                self._writer.wait_merging_threads()
+                self._writer = None
+
+    def num_docs(self) -> int:
+        return self.index.searcher().num_docs
+
+    def search(
+        self,
+        text: str,
+        k: int,
+        filters: Mapping[str, str] | None = None,
+        price_min: float | None = None,
+        price_max: float | None = None,
+    ) -> list[tuple[int, float]]:
+        """Returns up to k (docno, BM25 score) pairs, best first; an all-punctuation query returns []."""
+        words = _SYNTAX.sub(" ", text).strip()
+        if not words:
+            return []
+        query = self.index.parse_query(words, list(TEXT_FIELDS), field_boosts=dict(self.config.boosts))
+        restrictions = [(tantivy.Occur.Must, tantivy.Query.term_query(self.schema, "filters", filter_term(f, v)))
+                        for f, v in (filters or {}).items()]
+        if price_min is not None or price_max is not None:
+            restrictions.append((tantivy.Occur.Must, tantivy.Query.range_query(
+                self.schema, "price", tantivy.FieldType.Float, price_min, price_max)))
+        if restrictions:
+            # The filter clauses only restrict; const_score(0) keeps them out of the BM25 score.
+            restrictions = [(occ, tantivy.Query.const_score_query(q, 0.0)) for occ, q in restrictions]
+            query = tantivy.Query.boolean_query([(tantivy.Occur.Must, query), *restrictions])
+        searcher = self.index.searcher()
+        result = searcher.search(query, limit=k, count=False)
+        addrs = [addr for _, addr in result.hits]
+        docnos = searcher.fast_field_values("docno", addrs)
+        return [(int(d), float(s)) for (s, _), d in zip(result.hits, docnos)]

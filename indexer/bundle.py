@@ -1,0 +1,193 @@
+"""The index bundle: a versioned directory that the indexer writes atomically and the server and trainers read.
+
+Layout:
+    manifest.json        format version, bundle version, models, dimensions, counts, config
+    docstore.sqlite      stored fields and the id <-> doc-number map
+    bm25/                Tantivy index
+    vectors/<source>.faiss   one FAISS index per dense source ("text", later "clip_image", ...)
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from encoders.base import TextEncoder
+from indexer.ann import AnnConfig, VectorIndex
+from indexer.bm25 import Bm25Config, Bm25Index
+from indexer.catalog import Item
+from indexer.docstore import DocStore
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def item_text(item: Item, max_chars: int = 2000) -> str:
+    """The text a dense encoder sees for an item: title, category path, attribute values, then description."""
+    parts = [item.title]
+    if item.category:
+        parts.append(item.category.replace(" > ", ", "))
+    if item.attributes:
+        parts.append(", ".join(str(v) for v in item.attributes.values()))
+    if item.description:
+        parts.append(item.description)
+    return ". ".join(p for p in parts if p)[:max_chars]
+
+
+@dataclass(frozen=True)
+class IndexerConfig:
+    batch_size: int = 64
+    ann: AnnConfig = field(default_factory=AnnConfig)
+    bm25: Bm25Config = field(default_factory=Bm25Config)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(str(path), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def encode_in_batches(encode: Callable[[list], np.ndarray], inputs: Sequence, batch_size: int, desc: str,
+                      dim: int, progress: bool = True) -> np.ndarray:
+    """Runs `encode` over `inputs` in batches under one progress bar; returns (N, dim) float32."""
+    out = np.zeros((len(inputs), dim), dtype=np.float32)
+    with tqdm(total=len(inputs), desc=desc, unit="item", disable=not progress, mininterval=1.0) as bar:
+        for start in range(0, len(inputs), batch_size):
+            chunk = list(inputs[start:start + batch_size])
+            out[start:start + len(chunk)] = encode(chunk)
+            bar.update(len(chunk))
+    return out
+
+
+def build_bundle(
+    items: Sequence[Item],
+    out: str | Path,
+    text_encoder: TextEncoder | None,
+    config: IndexerConfig = IndexerConfig(),
+    *,
+    catalog_path: str | None = None,
+    config_dict: dict | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Indexes items into a new bundle at `out`, written in a temporary directory and renamed into place.
+
+    Returns the manifest. With `force`, an existing bundle at `out` is replaced; otherwise it is an error.
+    """
+    out = Path(out)
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} already exists; pass --force to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    timings: dict[str, float] = {}
+    try:
+        t0 = time.perf_counter()
+        docstore = DocStore(tmp / "docstore.sqlite")
+        rows = docstore.assign(items)
+        docstore.put_many(rows)
+        timings["docstore_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        bm25 = Bm25Index(tmp / "bm25", config.bm25, create=True)
+        bm25.add(rows)
+        bm25.close()
+        timings["bm25_s"] = time.perf_counter() - t0
+
+        vectors: dict[str, dict] = {}
+        models: dict[str, dict] = {}
+        (tmp / "vectors").mkdir()
+        if text_encoder is not None:
+            text_rows = [(docno, item) for docno, item in rows if item.has_text()]
+            t0 = time.perf_counter()
+            xb = encode_in_batches(text_encoder.encode_texts, [item_text(it) for _, it in text_rows],
+                                   config.batch_size, "encode text", text_encoder.dim, progress)
+            timings["text_encode_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            ids = np.array([d for d, _ in text_rows], dtype=np.int64)
+            index = VectorIndex.build(xb, ids, config.ann) if len(ids) else VectorIndex.build(
+                np.zeros((0, text_encoder.dim), np.float32), ids, AnnConfig(factory="Flat"))
+            index.save(tmp / "vectors" / "text.faiss")
+            timings["text_ann_build_s"] = time.perf_counter() - t0
+            vectors["text"] = {"file": "vectors/text.faiss", "factory": index.factory, "dim": index.dim,
+                               "count": index.ntotal, "model": "text", "metric": "inner_product"}
+            models["text"] = {"name": text_encoder.name, "dim": text_encoder.dim, "kind": "sentence-transformers"}
+        docstore.close()
+
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "bundle_version": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6],
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "catalog": catalog_path,
+            "counts": {"items": len(rows), "text_vectors": vectors.get("text", {}).get("count", 0)},
+            "next_docno": int(docstore.next_docno),
+            "models": models,
+            "vectors": vectors,
+            "bm25": {"dir": "bm25", "tokenizer": config.bm25.tokenizer, "boosts": dict(config.bm25.boosts)},
+            "config": config_dict or {},
+            "timings": {k: round(v, 3) for k, v in timings.items()},
+        }
+        write_json_atomic(tmp / MANIFEST, manifest)
+        fsync_dir(tmp)
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+        fsync_dir(out.parent)
+        return manifest
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+class Bundle:
+    """An opened bundle: docstore, BM25 and vector indexes, ready to search."""
+
+    def __init__(self, path: str | Path, ann: AnnConfig | None = None) -> None:
+        self.path = Path(path)
+        manifest_path = self.path / MANIFEST
+        if not manifest_path.is_file():
+            raise FileNotFoundError(f"{self.path} is not a Vitrine bundle (no {MANIFEST}); build one with `vitrine index`")
+        self.manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        version = self.manifest.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(f"bundle {self.path} has format version {version}; this Vitrine reads {FORMAT_VERSION}")
+        self.docstore = DocStore(self.path / "docstore.sqlite")
+        bm = self.manifest.get("bm25", {})
+        self.bm25 = Bm25Index(self.path / bm.get("dir", "bm25"),
+                              Bm25Config(tokenizer=bm.get("tokenizer", "en_stem"), boosts=bm.get("boosts", Bm25Config().boosts)))
+        self.vectors: dict[str, VectorIndex] = {}
+        for source, meta in self.manifest.get("vectors", {}).items():
+            cfg = ann or AnnConfig()
+            self.vectors[source] = VectorIndex.load(self.path / meta["file"], meta["factory"], cfg)
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest.get("bundle_version", ""))
+
+    def close(self) -> None:
+        self.docstore.close()
+        self.bm25.close()

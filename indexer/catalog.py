@@ -1,0 +1,208 @@
+"""Catalog items and the readers that validate JSONL and CSV catalogs line by line."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+TEXT_FIELDS = ("title", "description", "category")
+KNOWN_FIELDS = ("id", "title", "description", "category", "attributes", "price", "image")
+MAX_ID_LENGTH = 256
+
+
+@dataclass(frozen=True)
+class Item:
+    """One catalog item. Only `id` is required; an item may carry text, an image, or both."""
+
+    id: str
+    title: str = ""
+    description: str = ""
+    category: str = ""
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    price: float | None = None
+    image: str | None = None  # a path (relative to the catalog, or absolute) or an http(s) URL
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id}
+        for name in TEXT_FIELDS:
+            if getattr(self, name):
+                out[name] = getattr(self, name)
+        if self.attributes:
+            out["attributes"] = dict(self.attributes)
+        if self.price is not None:
+            out["price"] = self.price
+        if self.image:
+            out["image"] = self.image
+        return out
+
+    def has_text(self) -> bool:
+        return bool(self.title or self.description or self.category or self.attributes)
+
+
+@dataclass(frozen=True)
+class LineError:
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.message}"
+
+
+class CatalogError(ValueError):
+    """A catalog has invalid lines; `errors` lists each with its line number."""
+
+    def __init__(self, path: Path, errors: list[LineError]) -> None:
+        self.errors = errors
+        shown = "\n  ".join(str(e) for e in errors[:20])
+        more = f"\n  … and {len(errors) - 20} more" if len(errors) > 20 else ""
+        super().__init__(f"{path}: {len(errors)} invalid line(s):\n  {shown}{more}")
+
+
+def item_from_dict(obj: Any) -> Item:
+    """Validates one decoded catalog object; raises ValueError naming the offending field."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    if "id" not in obj:
+        raise ValueError("missing required field 'id'")
+    raw_id = obj["id"]
+    if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
+        raise ValueError(f"field 'id' must be a string, got {type(raw_id).__name__}")
+    item_id = str(raw_id).strip()
+    if not item_id:
+        raise ValueError("field 'id' must not be empty")
+    if len(item_id) > MAX_ID_LENGTH:
+        raise ValueError(f"field 'id' is longer than {MAX_ID_LENGTH} characters")
+    texts: dict[str, str] = {}
+    for name in TEXT_FIELDS:
+        value = obj.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise ValueError(f"field '{name}' must be a string, got {type(value).__name__}")
+        texts[name] = value
+    attributes = obj.get("attributes") or {}
+    if not isinstance(attributes, dict):
+        raise ValueError(f"field 'attributes' must be an object, got {type(attributes).__name__}")
+    clean_attrs: dict[str, str] = {}
+    for key, value in attributes.items():
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ValueError(f"field 'attributes.{key}' must be a string or number, got {type(value).__name__}")
+        clean_attrs[str(key)] = str(value)
+    price = obj.get("price")
+    if price is not None:
+        if isinstance(price, bool) or not isinstance(price, (int, float)) or not math.isfinite(price):
+            raise ValueError(f"field 'price' must be a finite number, got {price!r}")
+        price = float(price)
+    image = obj.get("image")
+    if image is not None and not isinstance(image, str):
+        raise ValueError(f"field 'image' must be a string path or URL, got {type(image).__name__}")
+    return Item(id=item_id, attributes=clean_attrs, price=price, image=image or None, **texts)
+
+
+def iter_jsonl(path: Path) -> Iterator[tuple[int, Item | LineError]]:
+    """Yields (line number, Item or LineError) for every non-blank line of a JSONL catalog."""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield lineno, LineError(lineno, f"invalid JSON ({exc.msg} at column {exc.colno})")
+                continue
+            try:
+                yield lineno, item_from_dict(obj)
+            except ValueError as exc:
+                yield lineno, LineError(lineno, str(exc))
+
+
+def parse_column_map(spec: str | None) -> dict[str, str]:
+    """Parses `field=column,...` (e.g. `id=sku,title=name,attributes.color=colour`)."""
+    mapping: dict[str, str] = {}
+    if not spec:
+        return mapping
+    for part in spec.split(","):
+        if "=" not in part:
+            raise ValueError(f"column map entry {part!r} must look like field=column.")
+        key, column = (s.strip() for s in part.split("=", 1))
+        base = key.split(".", 1)[0]
+        if base not in KNOWN_FIELDS:
+            raise ValueError(f"column map names unknown catalog field {key!r}; known: {', '.join(KNOWN_FIELDS)}.")
+        mapping[key] = column
+    return mapping
+
+
+def iter_csv(path: Path, column_map: Mapping[str, str]) -> Iterator[tuple[int, Item | LineError]]:
+    """Yields items from a CSV export. Unmapped columns that are not catalog fields become attributes."""
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        columns = reader.fieldnames or []
+        by_column = {column: key for key, column in column_map.items()}
+        missing = [c for c in by_column if c not in columns]
+        if missing:
+            yield 1, LineError(1, f"CSV header lacks mapped column(s): {', '.join(missing)}")
+            return
+        for row in reader:
+            lineno = reader.line_num
+            obj: dict[str, Any] = {"attributes": {}}
+            for column, value in row.items():
+                if column is None:
+                    continue
+                key = by_column.get(column, column if column in KNOWN_FIELDS else f"attributes.{column}")
+                if value is None or value == "":
+                    continue
+                if key.startswith("attributes."):
+                    obj["attributes"][key.split(".", 1)[1]] = value
+                elif key == "price":
+                    try:
+                        obj["price"] = float(value)
+                    except ValueError:
+                        obj["price"] = value  # rejected with a message by item_from_dict
+                else:
+                    obj[key] = value
+            try:
+                yield lineno, item_from_dict(obj)
+            except ValueError as exc:
+                yield lineno, LineError(lineno, str(exc))
+
+
+def read_catalog(
+    path: str | Path, *, skip_invalid: bool = False, column_map: Mapping[str, str] | None = None
+) -> tuple[list[Item], list[LineError]]:
+    """Reads and validates a whole catalog (JSONL, or CSV by extension).
+
+    Raises CatalogError listing every bad line unless `skip_invalid`, in which case the bad
+    lines are returned beside the valid items. Duplicate ids are errors: the first one wins.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"catalog {path} does not exist")
+    rows = iter_csv(path, column_map or {}) if path.suffix.lower() == ".csv" else iter_jsonl(path)
+    items: list[Item] = []
+    errors: list[LineError] = []
+    seen: dict[str, int] = {}
+    for lineno, row in rows:
+        if isinstance(row, LineError):
+            errors.append(row)
+        elif row.id in seen:
+            errors.append(LineError(lineno, f"duplicate id {row.id!r} (first seen on line {seen[row.id]})"))
+        else:
+            seen[row.id] = lineno
+            items.append(row)
+    if errors and not skip_invalid:
+        raise CatalogError(path, errors)
+    return items, errors
+
+
+def resolve_image(item: Item, catalog_dir: Path) -> str | None:
+    """Returns the item's image as an absolute path or URL, or None."""
+    if not item.image:
+        return None
+    if item.image.startswith(("http://", "https://")):
+        return item.image
+    p = Path(item.image)
+    return str(p if p.is_absolute() else (catalog_dir / p).resolve())

@@ -1,0 +1,66 @@
+"""Fusion of ranked lists from several first-stage sources: RRF and weighted normalised scores.
+
+Pure functions over plain lists, so they are tested exactly and need no torch.
+"""
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+
+from ranking.types import Hit, SourceHit
+
+Ranked = Sequence[tuple[str, float]]  # (id, raw score), best first
+
+
+class FusionMethod(str, enum.Enum):
+    RRF = "rrf"
+    WEIGHTED = "weighted"
+
+
+def rrf(lists: Mapping[str, Ranked], weights: Mapping[str, float] | None = None, k: int = 60) -> list[Hit]:
+    """Reciprocal rank fusion: score(d) = sum_s w_s / (k + rank_s(d))."""
+    fused: dict[str, float] = {}
+    for source, ranked in lists.items():
+        w = 1.0 if weights is None else weights.get(source, 1.0)
+        for rank, (doc_id, _) in enumerate(ranked, start=1):
+            fused[doc_id] = fused.get(doc_id, 0.0) + w / (k + rank)
+    return _hits(lists, fused)
+
+
+def weighted(lists: Mapping[str, Ranked], weights: Mapping[str, float] | None = None) -> list[Hit]:
+    """Convex combination of per-query min-max normalised scores; a doc absent from a list gets 0 there.
+
+    Unlike RRF it keeps how far apart scores are, so one confident source can outvote a noisy one.
+    """
+    fused: dict[str, float] = {}
+    for source, ranked in lists.items():
+        w = 1.0 if weights is None else weights.get(source, 1.0)
+        if not ranked or w == 0:
+            continue
+        scores = [s for _, s in ranked]
+        lo, hi = min(scores), max(scores)
+        span = hi - lo
+        for doc_id, s in ranked:
+            norm = (s - lo) / span if span > 0 else 1.0
+            fused[doc_id] = fused.get(doc_id, 0.0) + w * norm
+    for source, ranked in lists.items():  # docs only in zero-weight lists still appear, last
+        for doc_id, _ in ranked:
+            fused.setdefault(doc_id, 0.0)
+    return _hits(lists, fused)
+
+
+def fuse(lists: Mapping[str, Ranked], method: FusionMethod, weights: Mapping[str, float] | None = None,
+         rrf_k: int = 60) -> list[Hit]:
+    if method is FusionMethod.RRF:
+        return rrf(lists, weights, rrf_k)
+    return weighted(lists, weights)
+
+
+def _hits(lists: Mapping[str, Ranked], fused: dict[str, float]) -> list[Hit]:
+    per_doc: dict[str, dict[str, SourceHit]] = {}
+    for source, ranked in lists.items():
+        for rank, (doc_id, s) in enumerate(ranked, start=1):
+            per_doc.setdefault(doc_id, {})[source] = SourceHit(score=float(s), rank=rank)
+    # Ties break by id so results are deterministic across runs and replicas.
+    order = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
+    return [Hit(id=doc_id, score=score, scores_by_source=per_doc.get(doc_id, {})) for doc_id, score in order]

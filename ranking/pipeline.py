@@ -1,0 +1,202 @@
+"""The search pipeline over an opened bundle: validate, filter, retrieve from each source, fuse, paginate."""
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from encoders.base import TextEncoder
+from encoders.images import decode_image
+from indexer.bundle import Bundle
+from ranking.fusion import FusionMethod, fuse
+from ranking.types import Hit
+
+SOURCES = ("bm25", "text", "clip_text", "clip_image")
+
+
+class InvalidRequest(ValueError):
+    """A request field is wrong; `field` names it so the gRPC edge can say which."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        self.field = field_name
+        super().__init__(f"{field_name}: {message}")
+
+
+class Unsupported(RuntimeError):
+    """The request is valid but this bundle cannot answer it (e.g. an image query without a CLIP index)."""
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    fusion: FusionMethod = FusionMethod.WEIGHTED
+    # Measured by bench/first_stage.py on scifact and fashion; see README "Fusion defaults".
+    weights: Mapping[str, float] = field(default_factory=lambda: {"bm25": 0.35, "text": 0.65, "clip_text": 0.5, "clip_image": 1.0})
+    rrf_k: int = 60
+    candidates: int = 100       # depth each source retrieves before fusion
+    default_k: int = 10
+    max_k: int = 1000
+    max_offset: int = 10_000
+    max_text_chars: int = 2048
+    max_image_bytes: int = 10 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SearchConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"Unknown key(s) in [search]: {', '.join(sorted(unknown))}.")
+        d = dict(d)
+        if "fusion" in d:
+            try:
+                d["fusion"] = FusionMethod(d["fusion"])
+            except ValueError:
+                raise ValueError(f"Field 'search.fusion' must be one of {[m.value for m in FusionMethod]}, got {d['fusion']!r}.") from None
+        if "weights" in d:
+            merged = dict(cls().weights)
+            for name, w in d["weights"].items():
+                if name not in SOURCES:
+                    raise ValueError(f"Field 'search.weights.{name}' is not a source; sources are {', '.join(SOURCES)}.")
+                if not isinstance(w, (int, float)) or w < 0:
+                    raise ValueError(f"Field 'search.weights.{name}' must be a non-negative number, got {w!r}.")
+                merged[name] = float(w)
+            d["weights"] = merged
+        cfg = cls(**d)
+        for name in ("rrf_k", "candidates", "default_k", "max_k", "max_text_chars", "max_image_bytes", "max_image_pixels"):
+            value = getattr(cfg, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"Field 'search.{name}' must be a positive integer, got {value!r}.")
+        return cfg
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    text: str = ""
+    image: bytes = b""
+    filters: Mapping[str, str] = field(default_factory=dict)
+    price_min: float | None = None
+    price_max: float | None = None
+    k: int = 0
+    offset: int = 0
+    exclude_ids: Sequence[str] = ()
+    fusion: FusionMethod | None = None
+    weights: Mapping[str, float] = field(default_factory=dict)
+    sources: Sequence[str] = ()
+    explain: bool = False
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    hits: list[Hit]
+    total_candidates: int
+    timings_ms: dict[str, float]
+    bundle_version: str
+
+
+class Searcher:
+    """Answers SearchRequests over one bundle with the given encoders; safe to call from many threads."""
+
+    def __init__(self, bundle: Bundle, text_encoder: TextEncoder | None, config: SearchConfig = SearchConfig()) -> None:
+        self.bundle = bundle
+        self.text_encoder = text_encoder
+        self.config = config
+
+    def available_sources(self) -> list[str]:
+        out = ["bm25"]
+        if self.text_encoder is not None and "text" in self.bundle.vectors:
+            out.append("text")
+        return out
+
+    def search(self, req: SearchRequest) -> SearchResult:
+        t_start = time.perf_counter()
+        timings: dict[str, float] = {}
+        k = self._validate(req)
+        if req.image:
+            decode_image(req.image, self.config.max_image_bytes, self.config.max_image_pixels)
+            raise Unsupported("image: this bundle has no CLIP image index, so it cannot answer image queries; "
+                              "build one with `vitrine index --clip-model`.")
+        try:
+            allowed = self.bundle.docstore.allowed(req.filters, req.price_min, req.price_max)
+        except ValueError as exc:
+            raise InvalidRequest("filters", str(exc).removeprefix("filters: ")) from None
+        sources = self._active_sources(req)
+        exclude = set(req.exclude_ids)
+        depth = max(self.config.candidates, req.offset + k) + len(exclude)
+        lists: dict[str, list[tuple[str, float]]] = {}
+        text = req.text.strip()
+        if "bm25" in sources and text:
+            t0 = time.perf_counter()
+            pairs = self.bundle.bm25.search(text, depth, req.filters, req.price_min, req.price_max)
+            lists["bm25"] = self._to_ids(pairs, exclude)
+            timings["bm25"] = (time.perf_counter() - t0) * 1e3
+        if "text" in sources and text:
+            t0 = time.perf_counter()
+            xq = self.text_encoder.encode_texts([text])  # (1, D)
+            timings["text_encode"] = (time.perf_counter() - t0) * 1e3
+            t0 = time.perf_counter()
+            lists["text"] = self._ann("text", xq, depth, allowed, exclude)
+            timings["text_ann"] = (time.perf_counter() - t0) * 1e3
+        t0 = time.perf_counter()
+        weights = {**self.config.weights, **req.weights}
+        fused = fuse(lists, req.fusion or self.config.fusion, weights, self.config.rrf_k)
+        timings["fusion"] = (time.perf_counter() - t0) * 1e3
+        timings["total"] = (time.perf_counter() - t_start) * 1e3
+        return SearchResult(hits=fused[req.offset:req.offset + k], total_candidates=len(fused),
+                            timings_ms=timings, bundle_version=self.bundle.version)
+
+    def _ann(self, source: str, xq: np.ndarray, depth: int, allowed: np.ndarray | None, exclude: set[str]) -> list[tuple[str, float]]:
+        if allowed is not None and len(allowed) == 0:
+            return []
+        D, I = self.bundle.vectors[source].search(xq, depth, allowed)
+        pairs = [(int(i), float(d)) for d, i in zip(D[0], I[0]) if i >= 0]
+        return self._to_ids(pairs, exclude)
+
+    def _to_ids(self, pairs: list[tuple[int, float]], exclude: set[str]) -> list[tuple[str, float]]:
+        items = self.bundle.docstore.items
+        out = []
+        for docno, score in pairs:
+            item = items.get(docno)
+            # A doc number missing from the docstore was deleted; never return the ghost.
+            if item is not None and item.id not in exclude:
+                out.append((item.id, score))
+        return out
+
+    def _active_sources(self, req: SearchRequest) -> list[str]:
+        available = self.available_sources()
+        if not req.sources:
+            return available
+        for s in req.sources:
+            if s not in SOURCES:
+                raise InvalidRequest("sources", f"unknown source {s!r}; sources are {', '.join(SOURCES)}.")
+            if s not in available:
+                raise InvalidRequest("sources", f"source {s!r} is not available in this bundle; available: {', '.join(available)}.")
+        return list(req.sources)
+
+    def _validate(self, req: SearchRequest) -> int:
+        cfg = self.config
+        if not req.text.strip() and not req.image:
+            raise InvalidRequest("text", "the query is empty; give text, an image, or both.")
+        if len(req.text) > cfg.max_text_chars:
+            raise InvalidRequest("text", f"is {len(req.text)} characters; the limit is {cfg.max_text_chars}.")
+        if len(req.image) > cfg.max_image_bytes:
+            raise InvalidRequest("image", f"is {len(req.image)} bytes; the limit is {cfg.max_image_bytes}.")
+        k = req.k or cfg.default_k
+        if k < 0 or k > cfg.max_k:
+            raise InvalidRequest("k", f"must be between 1 and {cfg.max_k}, got {req.k}.")
+        if req.offset < 0 or req.offset > cfg.max_offset:
+            raise InvalidRequest("offset", f"must be between 0 and {cfg.max_offset}, got {req.offset}.")
+        for name, value in (("price.min", req.price_min), ("price.max", req.price_max)):
+            if value is not None and not np.isfinite(value):
+                raise InvalidRequest(name, f"must be a finite number, got {value}.")
+        if req.price_min is not None and req.price_max is not None and req.price_min > req.price_max:
+            raise InvalidRequest("price", f"min {req.price_min} is greater than max {req.price_max}.")
+        for name, w in req.weights.items():
+            if name not in SOURCES:
+                raise InvalidRequest("weights", f"unknown source {name!r}; sources are {', '.join(SOURCES)}.")
+            if not np.isfinite(w) or w < 0:
+                raise InvalidRequest(f"weights.{name}", f"must be a non-negative finite number, got {w}.")
+        if len(req.exclude_ids) > cfg.max_k:
+            raise InvalidRequest("exclude_ids", f"has {len(req.exclude_ids)} ids; the limit is {cfg.max_k}.")
+        return k
