@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +54,7 @@ def gpu_available() -> bool:
 class AnnConfig:
     factory: str = AUTO
     nprobe: int = 16
-    k_factor_rf: int = 4  # how many PQ candidates per wanted hit the refine step re-scores
+    k_factor_rf: int = 10  # how many PQ candidates per wanted hit the refine store re-scores (bench/ann.py)
     use_gpu: bool = True  # used only when gpu_available()
 
     @classmethod
@@ -71,14 +72,31 @@ class AnnConfig:
         return cfg
 
 
+def split_refine(factory: str) -> tuple[str, str | None]:
+    """Splits "IVF..,PQ..,RFlat" / "..,Refine(SQ8)" into the base factory and the refine store's factory.
+
+    FAISS's own IndexRefine cannot remove ids, so Vitrine keeps the refine store as a second
+    id-mapped index and re-ranks the base index's shortlist against it.
+    """
+    head, _, last = factory.rpartition(",")
+    if last == "RFlat":
+        return head, "Flat"
+    m = re.fullmatch(r"Refine\((.+)\)", last)
+    if m:
+        return head, m.group(1)
+    return factory, None
+
+
 class VectorIndex:
     """A FAISS inner-product index over unit vectors, addressed by int64 doc numbers.
 
-    Supports add and remove by id so live upserts need no rebuild.
+    Supports add and remove by id so live upserts need no rebuild. With a refine store, the base
+    index (IVF-PQ) proposes k * k_factor_rf candidates and the store's better vectors re-score them.
     """
 
-    def __init__(self, index: faiss.Index, factory: str, config: AnnConfig) -> None:
+    def __init__(self, index: faiss.Index, factory: str, config: AnnConfig, refine: faiss.Index | None = None) -> None:
         self.index = index
+        self.refine = refine
         self.factory = factory
         self.config = config
         self._search_index = index
@@ -88,27 +106,38 @@ class VectorIndex:
     def build(cls, xb: np.ndarray, ids: np.ndarray, config: AnnConfig = AnnConfig()) -> VectorIndex:
         """Trains (if needed) and fills an index; xb is (N, D) float32 unit vectors."""
         xb = np.ascontiguousarray(xb, dtype=np.float32)
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
         n, d = xb.shape
         factory = choose_factory(n, d) if config.factory == AUTO else config.factory
-        base = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
-        index = base if _supports_ids(base) else faiss.IndexIDMap2(base)
-        if not index.is_trained:
-            index = _train(index, xb, config)
-        index.add_with_ids(xb, np.ascontiguousarray(ids, dtype=np.int64))
-        return cls(index, factory, config)
+        base_factory, refine_factory = split_refine(factory)
+        index = _id_mapped(faiss.index_factory(d, base_factory, faiss.METRIC_INNER_PRODUCT))
+        refine = None
+        if refine_factory is not None:
+            refine = _id_mapped(faiss.index_factory(d, refine_factory, faiss.METRIC_INNER_PRODUCT))
+        for idx in (index, refine):
+            if idx is not None and not idx.is_trained:
+                _train(idx, xb, config)
+            if idx is not None:
+                idx.add_with_ids(xb, ids)
+        return cls(index, factory, config, refine)
 
     @classmethod
     def load(cls, path: str | Path, factory: str, config: AnnConfig = AnnConfig()) -> VectorIndex:
-        return cls(faiss.read_index(str(path)), factory, config)
+        path = Path(path)
+        refine_path = _refine_path(path)
+        refine = faiss.read_index(str(refine_path)) if refine_path.exists() else None
+        return cls(faiss.read_index(str(path)), factory, config, refine)
 
     def save(self, path: str | Path) -> None:
-        """Writes the index to a temporary file and renames it into place."""
+        """Writes the index (and its refine store) to temporary files and renames them into place."""
         path = Path(path)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        faiss.write_index(self.index, str(tmp))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        pairs = [(self.index, path)] + ([(self.refine, _refine_path(path))] if self.refine is not None else [])
+        for index, target in pairs:
+            tmp = target.with_name(target.name + ".tmp")
+            faiss.write_index(index, str(tmp))
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
 
     @property
     def ntotal(self) -> int:
@@ -119,12 +148,19 @@ class VectorIndex:
         return int(self.index.d)
 
     def add(self, xb: np.ndarray, ids: np.ndarray) -> None:
-        self.index.add_with_ids(np.ascontiguousarray(xb, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
-        self._search_index = self.index
+        xb = np.ascontiguousarray(xb, dtype=np.float32)
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        self.index.add_with_ids(xb, ids)
+        if self.refine is not None:
+            self.refine.add_with_ids(xb, ids)
+        self._apply_search_params()
 
     def remove(self, ids: np.ndarray) -> int:
-        removed = self.index.remove_ids(np.ascontiguousarray(ids, dtype=np.int64))
-        self._search_index = self.index
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        removed = self.index.remove_ids(ids)
+        if self.refine is not None:
+            self.refine.remove_ids(ids)
+        self._apply_search_params()
         return int(removed)
 
     def search(self, xq: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -134,35 +170,50 @@ class VectorIndex:
         """
         xq = np.ascontiguousarray(xq, dtype=np.float32).reshape(-1, self.dim)
         k = max(1, min(k, max(1, self.ntotal)))
+        k_base = min(self.ntotal, k * self.config.k_factor_rf) if self.refine is not None else k
+        k_base = max(1, k_base)
         if allowed is None:
-            return self._search_index.search(xq, k)
-        sel = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
-        params = self._search_params(sel)
-        return self.index.search(xq, k, params=params)
-
-    def _search_params(self, sel: faiss.IDSelector) -> faiss.SearchParameters:
-        ivf = _try_extract_ivf(self.index)
-        if ivf is not None:
-            params = faiss.SearchParametersIVF(sel=sel, nprobe=self.config.nprobe)
+            D, I = self._search_index.search(xq, k_base)
         else:
-            params = faiss.SearchParameters(sel=sel)
-        if "RFlat" in self.factory or "Refine" in self.factory:
-            return faiss.IndexRefineSearchParameters(k_factor=float(self.config.k_factor_rf), base_index_params=params, sel=sel)
-        return params
+            sel = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
+            ivf = _try_extract_ivf(self.index)
+            params = (faiss.SearchParametersIVF(sel=sel, nprobe=self.config.nprobe) if ivf is not None
+                      else faiss.SearchParameters(sel=sel))
+            D, I = self.index.search(xq, k_base, params=params)
+        if self.refine is None:
+            return D, I
+        return self._rerank(xq, I, k)
+
+    def _rerank(self, xq: np.ndarray, I: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        D_out = np.full((len(xq), k), -np.inf, dtype=np.float32)
+        I_out = np.full((len(xq), k), -1, dtype=np.int64)
+        for row, (q, cand) in enumerate(zip(xq, I)):
+            cand = cand[cand >= 0]
+            if len(cand) == 0:
+                continue
+            vecs = self.refine.reconstruct_batch(cand)  # (C, D)
+            scores = vecs @ q  # (C,)
+            top = np.argsort(-scores, kind="stable")[:k]
+            D_out[row, :len(top)] = scores[top]
+            I_out[row, :len(top)] = cand[top]
+        return D_out, I_out
 
     def _apply_search_params(self) -> None:
         ivf = _try_extract_ivf(self.index)
         if ivf is not None:
             ivf.nprobe = self.config.nprobe
-        refine = _find_refine(self.index)
-        if refine is not None:
-            refine.k_factor = float(self.config.k_factor_rf)
+        self._search_index = self.index
         if self.config.use_gpu and gpu_available():
             self._search_index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, self.index)
 
 
-def _supports_ids(index: faiss.Index) -> bool:
-    return _try_extract_ivf(index) is not None and not isinstance(index, faiss.IndexRefine)
+def _refine_path(path: Path) -> Path:
+    return path.with_name(path.stem + ".refine" + path.suffix)
+
+
+def _id_mapped(index: faiss.Index) -> faiss.Index:
+    """IVF indexes take ids natively; anything else is wrapped in IndexIDMap2 (which can also reconstruct by id)."""
+    return index if _try_extract_ivf(index) is not None else faiss.IndexIDMap2(index)
 
 
 def _try_extract_ivf(index: faiss.Index) -> faiss.IndexIVF | None:
@@ -172,15 +223,7 @@ def _try_extract_ivf(index: faiss.Index) -> faiss.IndexIVF | None:
         return None
 
 
-def _find_refine(index: faiss.Index) -> faiss.IndexRefine | None:
-    idx = index
-    if isinstance(idx, (faiss.IndexIDMap, faiss.IndexIDMap2)):
-        idx = faiss.downcast_index(idx.index)
-    idx = faiss.downcast_index(idx)
-    return idx if isinstance(idx, faiss.IndexRefine) else None
-
-
-def _train(index: faiss.Index, xb: np.ndarray, config: AnnConfig) -> faiss.Index:
+def _train(index: faiss.Index, xb: np.ndarray, config: AnnConfig) -> None:
     """Trains on the GPU when one is available (IVF clustering dominates build time), else the CPU."""
     sample = xb
     if len(xb) > 256 * 1024:
@@ -189,7 +232,5 @@ def _train(index: faiss.Index, xb: np.ndarray, config: AnnConfig) -> faiss.Index
     if config.use_gpu and gpu_available():
         ivf = _try_extract_ivf(index)
         if ivf is not None:
-            clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(ivf.d))
-            ivf.clustering_index = clustering_index
+            ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatIP(ivf.d))
     index.train(sample)
-    return index

@@ -40,6 +40,8 @@ class Bm25Config:
 def _schema(tokenizer: str) -> tantivy.Schema:
     sb = tantivy.SchemaBuilder()
     sb.add_unsigned_field("docno", stored=True, indexed=True, fast=True)
+    # The doc number again as a raw string term: Tantivy's Python binding deletes reliably by text term.
+    sb.add_text_field("docno_key", stored=False, tokenizer_name="raw")
     for name in TEXT_FIELDS:
         sb.add_text_field(name, stored=False, tokenizer_name=tokenizer)
     sb.add_text_field("filters", stored=False, tokenizer_name="raw")
@@ -50,6 +52,7 @@ def _schema(tokenizer: str) -> tantivy.Schema:
 def _document(docno: int, item: Item) -> tantivy.Document:
     doc = tantivy.Document()
     doc.add_unsigned("docno", docno)
+    doc.add_text("docno_key", str(docno))
     doc.add_text("title", item.title)
     doc.add_text("description", item.description)
     doc.add_text("category", item.category.replace(">", " "))
@@ -93,7 +96,7 @@ class Bm25Index:
         with self._lock:
             w = self.writer()
             for docno in docnos:
-                w.delete_documents_by_term("docno", docno)
+                w.delete_documents_by_term("docno_key", str(docno))
 
     def commit(self) -> None:
         """Makes all added and deleted documents durable and visible to new searches."""
@@ -121,7 +124,8 @@ class Bm25Index:
         price_max: float | None = None,
     ) -> list[tuple[int, float]]:
         """Returns up to k (docno, BM25 score) pairs, best first; an all-punctuation query returns []."""
-        words = _SYNTAX.sub(" ", text).strip()
+        # Lower-cased so that AND/OR/NOT in a user's text are words, not operators.
+        words = _SYNTAX.sub(" ", text).strip().lower()
         if not words:
             return []
         query = self.index.parse_query(words, list(TEXT_FIELDS), field_boosts=dict(self.config.boosts))

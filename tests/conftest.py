@@ -1,0 +1,66 @@
+"""Shared fixtures: a keyword one-hot encoder for exact assertions and a small bundle built with it."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from encoders.base import l2_normalize
+from indexer.ann import AnnConfig
+from indexer.bundle import Bundle, IndexerConfig, build_bundle
+from indexer.catalog import Item
+
+VOCAB = ["shirt", "dress", "shoe", "watch", "bag", "red", "blue", "black", "green", "men", "women", "crimson", "azure"]
+# Synonyms map onto the same dimension, so the fake dense source "understands" paraphrases BM25 misses.
+SYNONYMS = {"crimson": "red", "azure": "blue", "tee": "shirt", "purse": "bag", "sneaker": "shoe"}
+
+
+class KeywordEncoder:
+    """Turns known keywords into one-hot dimensions; deterministic and exact."""
+
+    name = "keyword-test-encoder"
+    dim = len(VOCAB)
+
+    def encode_texts(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in re.findall(r"\w+", text.lower()):
+                word = SYNONYMS.get(word, word.rstrip("s") if word.rstrip("s") in VOCAB else word)
+                if word in VOCAB:
+                    out[row, VOCAB.index(word)] += 1.0
+        out[:, -1] += 1e-3  # no all-zero rows
+        return l2_normalize(out)
+
+
+def make_items() -> list[Item]:
+    rows = [
+        ("1", "Red Shirt for Men", "Apparel > Topwear > Shirts", {"color": "Red", "gender": "Men"}, 20.0),
+        ("2", "Blue Shirt for Women", "Apparel > Topwear > Shirts", {"color": "Blue", "gender": "Women"}, 25.0),
+        ("3", "Black Dress", "Apparel > Dress > Dresses", {"color": "Black", "gender": "Women"}, 60.0),
+        ("4", "Red Dress", "Apparel > Dress > Dresses", {"color": "Red", "gender": "Women"}, 55.0),
+        ("5", "Green Shoe", "Footwear > Shoes > Casual Shoes", {"color": "Green", "gender": "Men"}, 80.0),
+        ("6", "Black Watch", "Accessories > Watches", {"color": "Black", "gender": "Men"}, None),
+        ("7", "Blue Bag", "Accessories > Bags > Handbags", {"color": "Blue", "gender": "Women"}, 35.0),
+        ("8", "Black Shoe for Women", "Footwear > Shoes > Heels", {"color": "Black", "gender": "Women"}, 70.0),
+    ]
+    return [Item(id=i, title=t, category=c, attributes=a, price=p) for i, t, c, a, p in rows]
+
+
+@pytest.fixture(scope="session")
+def keyword_encoder() -> KeywordEncoder:
+    return KeywordEncoder()
+
+
+@pytest.fixture(scope="session")
+def small_bundle_path(tmp_path_factory, keyword_encoder) -> str:
+    out = tmp_path_factory.mktemp("bundles") / "small"
+    build_bundle(make_items(), out, keyword_encoder, IndexerConfig(ann=AnnConfig(factory="Flat")), progress=False)
+    return str(out)
+
+
+@pytest.fixture()
+def small_bundle(small_bundle_path):
+    b = Bundle(small_bundle_path)
+    yield b
+    b.close()

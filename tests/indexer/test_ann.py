@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+
+from encoders.base import l2_normalize
+from indexer.ann import AnnConfig, VectorIndex, choose_factory
+
+
+def clustered(n: int, d: int, seed: int = 0, clusters: int = 50) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(clusters, d))
+    x = centers[rng.integers(0, clusters, n)] + 0.35 * rng.normal(size=(n, d))
+    return l2_normalize(x)
+
+
+def test_factory_rule_by_catalog_size():
+    assert choose_factory(500, 384) == "Flat"
+    small = choose_factory(5_000, 384)
+    assert small.startswith("IVF") and "x4fs" in small and small.endswith("RFlat")
+    nlist = int(small.split(",")[0][3:])
+    assert 16 <= nlist <= 5_000 // 39
+    assert "Refine" in choose_factory(1_000_000, 384) and "PQ96" in choose_factory(1_000_000, 384)
+
+
+def test_flat_matches_exact_faiss_and_keeps_ids():
+    xb, xq = clustered(500, 32), clustered(10, 32, seed=1)
+    ids = np.arange(1000, 1500, dtype=np.int64)
+    idx = VectorIndex.build(xb, ids, AnnConfig(factory=AnnConfig.factory))
+    exact = faiss.IndexFlatIP(32)
+    exact.add(xb)
+    D, I = idx.search(xq, 5)
+    De, Ie = exact.search(xq, 5)
+    np.testing.assert_array_equal(I, Ie + 1000)
+    np.testing.assert_allclose(D, De, rtol=1e-5)
+
+
+def test_ivf_pq_refine_recall_against_exact():
+    xb, xq = clustered(6_000, 64), clustered(50, 64, seed=2)
+    idx = VectorIndex.build(xb, np.arange(6_000), AnnConfig(nprobe=16))
+    assert idx.factory.startswith("IVF")
+    exact = faiss.IndexFlatIP(64)
+    exact.add(xb)
+    _, Ie = exact.search(xq, 10)
+    _, I = idx.search(xq, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(I, Ie)])
+    assert recall >= 0.88
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF16,Flat", "IVF16,PQ8x4fs,RFlat"])
+def test_remove_and_filtered_search(factory, tmp_path):
+    xb = clustered(2_000, 32)
+    idx = VectorIndex.build(xb, np.arange(2_000), AnnConfig(factory=factory, nprobe=16))
+    assert idx.remove(np.array([0, 1, 2])) == 3
+    _, I = idx.search(xb[:3], 5)
+    assert not set(I.ravel()) & {0, 1, 2}
+    allowed = np.arange(100, 200)
+    _, I = idx.search(xb[150:151], 10, allowed=allowed)
+    found = [i for i in I[0] if i >= 0]
+    assert found and set(found) <= set(range(100, 200))
+    assert found[0] == 150
+    idx.save(tmp_path / "v.faiss")
+    again = VectorIndex.load(tmp_path / "v.faiss", factory, AnnConfig(factory=factory, nprobe=16))
+    assert again.ntotal == 1_997
+    np.testing.assert_array_equal(again.search(xb[10:11], 3)[1], idx.search(xb[10:11], 3)[1])
+
+
+def test_add_after_build_is_searchable():
+    xb = clustered(3_000, 32)
+    idx = VectorIndex.build(xb[:2_500], np.arange(2_500))
+    idx.add(xb[2_500:], np.arange(10_000, 10_500))
+    _, I = idx.search(xb[2_600:2_601], 1)
+    assert I[0, 0] == 10_100
+
+
+def test_config_validation_names_the_field():
+    with pytest.raises(ValueError, match="index.nprobe"):
+        AnnConfig.from_dict({"nprobe": 0})
+    with pytest.raises(ValueError, match="Unknown key"):
+        AnnConfig.from_dict({"nlist": 3})
