@@ -15,6 +15,9 @@ import numpy as np
 
 log = logging.getLogger("vitrine")
 
+# Modules that add subcommands: each has register(subparsers) and sets `handler` defaults on its parsers.
+EXTENSIONS: tuple[str, ...] = ()
+
 
 def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="vitrine.toml (see README, Configuration)")
@@ -67,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="index a catalog, serve it and run example queries")
     p.add_argument("--data", default=None, help="fashion data folder (default ../shared/data/fashion if present)")
     p.add_argument("--workdir", default=".cache/demo")
+    import importlib
+
+    for name in EXTENSIONS:
+        importlib.import_module(name).register(sub)
     return parser
 
 
@@ -77,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"index": cmd_index, "serve": cmd_serve, "search": cmd_search, "info": cmd_info, "demo": cmd_demo}
     try:
-        return handlers[args.command](args)
+        handler = getattr(args, "handler", None) or handlers[args.command]
+        return handler(args)
     except grpc.RpcError as exc:
         print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
