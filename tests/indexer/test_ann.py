@@ -79,3 +79,18 @@ def test_config_validation_names_the_field():
         AnnConfig.from_dict({"nprobe": 0})
     with pytest.raises(ValueError, match="Unknown key"):
         AnnConfig.from_dict({"nlist": 3})
+
+
+@pytest.mark.gpu
+def test_gpu_search_matches_cpu():
+    from indexer.ann import gpu_available
+
+    if not gpu_available():
+        pytest.skip("needs faiss-gpu and a CUDA device")
+    xb = clustered(5_000, 64)
+    cpu = VectorIndex.build(xb, np.arange(5_000), AnnConfig(factory="IVF64,Flat", nprobe=64, use_gpu=False))
+    gpu = VectorIndex.build(xb, np.arange(5_000), AnnConfig(factory="IVF64,Flat", nprobe=64, use_gpu=True))
+    assert gpu._search_index is not gpu.index  # really on the GPU
+    _, Ic = cpu.search(xb[:20], 10)
+    _, Ig = gpu.search(xb[:20], 10)
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(Ic, Ig)]) >= 0.95
