@@ -16,7 +16,7 @@ import numpy as np
 log = logging.getLogger("vitrine")
 
 # Modules that add subcommands: each has register(subparsers) and sets `handler` defaults on its parsers.
-EXTENSIONS: tuple[str, ...] = ()
+EXTENSIONS: tuple[str, ...] = ("server.cli_catalog", "trainer.cli", "server.cli_eval")
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:

@@ -8,10 +8,12 @@ from typing import Any
 
 from indexer.ann import AnnConfig
 from indexer.bm25 import Bm25Config
+from indexer.live import LiveConfig
 from ranking.pipeline import SearchConfig
+from server.catalog_service import CatalogConfig
 from server.service import ServerConfig
 
-SECTIONS = ("index", "bm25", "encoders", "search", "server")
+SECTIONS = ("index", "bm25", "encoders", "search", "server", "live", "catalog")
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,8 @@ class VitrineConfig:
     encoders: EncoderConfig = field(default_factory=EncoderConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    live: LiveConfig = field(default_factory=LiveConfig)
+    catalog: CatalogConfig = field(default_factory=CatalogConfig)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> VitrineConfig:
@@ -55,11 +59,14 @@ class VitrineConfig:
             encoders=EncoderConfig.from_dict(d.get("encoders", {})),
             search=SearchConfig.from_dict(d.get("search", {})),
             server=ServerConfig.from_dict(d.get("server", {})),
+            live=LiveConfig.from_dict(d.get("live", {})),
+            catalog=CatalogConfig.from_dict(d.get("catalog", {})),
         )
 
     def to_dict(self) -> dict[str, Any]:
         out = {name: asdict(getattr(self, name)) for name in SECTIONS}
         out["search"]["fusion"] = self.search.fusion.value
+        out["catalog"].pop("auth_token", None)  # a secret never goes into a bundle's manifest
         return out
 
 

@@ -1,9 +1,11 @@
 """The gRPC edge: turns protos into library dataclasses and back, and maps domain errors to status codes in one place."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
@@ -12,8 +14,11 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
 
 from encoders.images import ImageError
+from indexer.live import LiveIndex, Overloaded, ReadWriteLock
 from proto.vitrine.v1 import search_pb2, search_pb2_grpc
 from ranking.fusion import FusionMethod
 from ranking.pipeline import InvalidRequest, Searcher, SearchRequest, SearchResult, Unsupported
@@ -22,7 +27,8 @@ log = logging.getLogger("vitrine.server")
 
 STORED_FIELDS = ("id", "title", "description", "category", "attributes", "price", "image")
 _FUSION = {search_pb2.FUSION_RRF: FusionMethod.RRF, search_pb2.FUSION_WEIGHTED: FusionMethod.WEIGHTED}
-SERVICE_NAMES = ("vitrine.v1.Search",)
+SERVICE_NAMES = ("vitrine.v1.Search", "vitrine.v1.Catalog")
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 @dataclass(frozen=True)
@@ -45,22 +51,82 @@ class ServerConfig:
         return cfg
 
 
-def _abort_on_error(fn: Callable) -> Callable:
+class StatusError(Exception):
+    """A failure the edge itself detects (auth, loading, deadline, unknown id), with its gRPC status."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+def status_for(exc: Exception, rpc: str) -> tuple[grpc.StatusCode, str]:
     """The single place where library errors become gRPC statuses; nothing a client sends can crash the server."""
+    if isinstance(exc, StatusError):
+        return exc.code, str(exc)
+    if isinstance(exc, (InvalidRequest, ImageError)):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, Unsupported):
+        return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
+    if isinstance(exc, Overloaded):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
+    log.error("internal error in %s", rpc, exc_info=exc)  # last line of defence, logged with its traceback
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
+
+
+class Metrics:
+    """Prometheus metrics for one server: per-RPC counts and latency, per-stage latency, index sizes, WAL lag."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("vitrine_rpc_requests", "RPCs by method and status code.", ["rpc", "code"], registry=self.registry)
+        self.latency = Histogram("vitrine_rpc_latency_seconds", "RPC latency by method.", ["rpc"],
+                                 buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.stages = Histogram("vitrine_stage_latency_seconds", "Search pipeline stage latency.", ["stage"],
+                                buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self._stats: Callable[[], dict[str, float]] | None = None
+        self.registry.register(self)
+
+    def watch(self, stats: Callable[[], dict[str, float]]) -> None:
+        """Exports `stats()` (index sizes, WAL records/bytes/lag) as gauges at every scrape."""
+        self._stats = stats
+
+    def collect(self):  # noqa: ANN201 - the prometheus_client collector protocol
+        if self._stats is None:
+            return
+        for name, value in self._stats().items():
+            yield GaugeMetricFamily(f"vitrine_{name}", f"Live index {name.replace('_', ' ')}.", value=float(value))
+
+    def observe(self, rpc: str, code: grpc.StatusCode, seconds: float) -> None:
+        self.requests.labels(rpc, code.name).inc()
+        self.latency.labels(rpc).observe(seconds)
+
+    def serve_http(self, port: int, host: str = "127.0.0.1") -> None:
+        start_http_server(port, addr=host, registry=self.registry)
+
+
+def _abort_on_error(fn: Callable) -> Callable:
+    """Maps exceptions through status_for and records each call's status and latency."""
 
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        t0, code = time.perf_counter(), grpc.StatusCode.OK
         try:
             return fn(self, request, context)
-        except (InvalidRequest, ImageError) as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except Unsupported as exc:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        except Exception as exc:  # noqa: BLE001 - last line of defence, logged with its traceback
-            log.exception("internal error in %s", fn.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
+        except Exception as exc:  # noqa: BLE001 - every error becomes a status
+            code, message = status_for(exc, fn.__name__)
+        finally:
+            if self.metrics is not None:
+                self.metrics.observe(fn.__name__, code, time.perf_counter() - t0)
+        context.abort(code, message)
 
     wrapper.__name__ = fn.__name__
     return wrapper
+
+
+def check_deadline(context: grpc.ServicerContext) -> None:
+    """Refuses work whose client has already given up."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        raise StatusError(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before the server started the request.")
 
 
 def request_from_proto(req: search_pb2.SearchRequest) -> tuple[SearchRequest, list[str]]:
@@ -97,13 +163,21 @@ def explain_hit(hit: Any, method: FusionMethod, weights: dict[str, float]) -> st
 class SearchServicer(search_pb2_grpc.SearchServicer):
     """Thin: proto -> SearchRequest -> Searcher -> proto. The searcher can be swapped atomically."""
 
-    def __init__(self, searcher: Searcher) -> None:
+    def __init__(self, searcher: Searcher | None, lock: ReadWriteLock | None = None, metrics: Metrics | None = None) -> None:
         self._searcher = searcher
         self._lock = threading.Lock()
+        # With live updates, searches share this lock with writes: FAISS add/remove is not safe beside a search.
+        self.read_lock = lock
+        self.metrics = metrics
 
     @property
     def searcher(self) -> Searcher:
+        if self._searcher is None:
+            raise StatusError(grpc.StatusCode.UNAVAILABLE, "the server is still loading its bundle; retry shortly.")
         return self._searcher
+
+    def _reading(self) -> contextlib.AbstractContextManager:
+        return self.read_lock.read() if self.read_lock is not None else contextlib.nullcontext()
 
     def swap(self, searcher: Searcher) -> Searcher:
         with self._lock:
@@ -112,14 +186,20 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
 
     @_abort_on_error
     def Search(self, request: search_pb2.SearchRequest, context: grpc.ServicerContext) -> search_pb2.SearchResponse:
-        searcher = self._searcher  # one bundle serves the whole request, even during a swap
+        searcher = self.searcher  # one bundle serves the whole request, even during a swap
         req, fields = request_from_proto(request)
-        result = searcher.search(req)
-        return self._response(searcher, req, result, fields)
+        check_deadline(context)
+        with self._reading():
+            result = searcher.search(req)
+            response = self._response(searcher, req, result, fields)
+        if self.metrics is not None:
+            for stage, ms in result.timings_ms.items():
+                self.metrics.stages.labels(stage).observe(ms / 1e3)
+        return response
 
     @_abort_on_error
     def Info(self, request: search_pb2.InfoRequest, context: grpc.ServicerContext) -> search_pb2.InfoResponse:
-        bundle = self._searcher.bundle
+        bundle = self.searcher.bundle
         return search_pb2.InfoResponse(bundle_version=bundle.version, manifest_json=json.dumps(bundle.manifest))
 
     def _response(self, searcher: Searcher, req: SearchRequest, result: SearchResult, fields: list[str]) -> search_pb2.SearchResponse:
@@ -148,9 +228,17 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         return resp
 
 
-def create_server(searcher: Searcher, address: str = "127.0.0.1:0", config: ServerConfig = ServerConfig()
+def create_server(searcher: Searcher | None, address: str = "127.0.0.1:0", config: ServerConfig = ServerConfig(), *,
+                  live: LiveIndex | None = None, catalog: Any = None, metrics: Metrics | None = None,
                   ) -> tuple[grpc.Server, int, SearchServicer, health.HealthServicer]:
-    """Builds and starts a server with the Search service, health and reflection; returns it and the bound port."""
+    """Builds and starts a server with the Search and Catalog services, health and reflection.
+
+    Returns it, the bound port, the search servicer (its `.catalog` is the Catalog servicer) and health.
+    With `searcher=None` the server answers UNAVAILABLE and health says NOT_SERVING until `mark_serving`.
+    `catalog` is a server.catalog_service.CatalogConfig; writes need `live`.
+    """
+    from server.catalog_service import CatalogConfig, CatalogServicer
+
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="vitrine-rpc"),
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
@@ -160,8 +248,12 @@ def create_server(searcher: Searcher, address: str = "127.0.0.1:0", config: Serv
             ("grpc.so_reuseport", 0),
         ],
     )
-    servicer = SearchServicer(searcher)
+    servicer = SearchServicer(searcher, live.lock if live is not None else None, metrics)
+    if metrics is not None and live is not None:
+        metrics.watch(live.stats)
     search_pb2_grpc.add_SearchServicer_to_server(servicer, server)
+    servicer.catalog = CatalogServicer(live, catalog or CatalogConfig(), metrics)
+    search_pb2_grpc.add_CatalogServicer_to_server(servicer.catalog, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (*SERVICE_NAMES, search_pb2.DESCRIPTOR.services_by_name["Search"].full_name, health.SERVICE_NAME,
@@ -170,7 +262,26 @@ def create_server(searcher: Searcher, address: str = "127.0.0.1:0", config: Serv
     port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"could not bind {address}")
+    for name in ("", *SERVICE_NAMES):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     server.start()
+    if searcher is not None:
+        mark_serving(health_servicer)
+    return server, port, servicer, health_servicer
+
+
+def attach(servicer: SearchServicer, health_servicer: health.HealthServicer, searcher: Searcher,
+           live: LiveIndex | None = None) -> None:
+    """Finishes a server started with `searcher=None` once the bundle has loaded, then reports SERVING."""
+    if live is not None:
+        servicer.read_lock = live.lock
+        servicer.catalog.live = live
+        if servicer.metrics is not None:
+            servicer.metrics.watch(live.stats)
+    servicer.swap(searcher)
+    mark_serving(health_servicer)
+
+
+def mark_serving(health_servicer: health.HealthServicer) -> None:
     for name in ("", *SERVICE_NAMES):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return server, port, servicer, health_servicer

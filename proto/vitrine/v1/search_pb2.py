@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dproto/vitrine/v1/search.proto\x12\nvitrine.v1\"@\n\nPriceRange\x12\x10\n\x03min\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03max\x18\x02 \x01(\x01H\x01\x88\x01\x01\x42\x06\n\x04_minB\x06\n\x04_max\"\xab\x03\n\rSearchRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\x37\n\x07\x66ilters\x18\x03 \x03(\x0b\x32&.vitrine.v1.SearchRequest.FiltersEntry\x12%\n\x05price\x18\x04 \x01(\x0b\x32\x16.vitrine.v1.PriceRange\x12\t\n\x01k\x18\x05 \x01(\x05\x12\x0e\n\x06offset\x18\x06 \x01(\x05\x12\x13\n\x0b\x65xclude_ids\x18\x07 \x03(\t\x12\"\n\x06\x66usion\x18\x08 \x01(\x0e\x32\x12.vitrine.v1.Fusion\x12\x37\n\x07weights\x18\t \x03(\x0b\x32&.vitrine.v1.SearchRequest.WeightsEntry\x12\x0f\n\x07sources\x18\n \x03(\t\x12\x0e\n\x06\x66ields\x18\x0b \x03(\t\x12\x0f\n\x07\x65xplain\x18\x0c \x01(\x08\x1a.\n\x0c\x46iltersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\":\n\x0bSourceScore\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0c\n\x04rank\x18\x03 \x01(\x05\"t\n\x03Hit\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12(\n\x07sources\x18\x03 \x03(\x0b\x32\x17.vitrine.v1.SourceScore\x12\x13\n\x0b\x66ields_json\x18\x04 \x01(\t\x12\x13\n\x0b\x65xplanation\x18\x05 \x01(\t\"\xef\x01\n\x0eSearchResponse\x12\x1d\n\x04hits\x18\x01 \x03(\x0b\x32\x0f.vitrine.v1.Hit\x12\x18\n\x10total_candidates\x18\x02 \x01(\x05\x12\x16\n\x0e\x62undle_version\x18\x03 \x01(\t\x12\x45\n\x0emodel_versions\x18\x04 \x03(\x0b\x32-.vitrine.v1.SearchResponse.ModelVersionsEntry\x12\x0f\n\x07took_ms\x18\x05 \x01(\x01\x1a\x34\n\x12ModelVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\r\n\x0bInfoRequest\"=\n\x0cInfoResponse\x12\x16\n\x0e\x62undle_version\x18\x01 \x01(\t\x12\x15\n\rmanifest_json\x18\x02 \x01(\t\"\xf1\x01\n\x04Item\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12\x34\n\nattributes\x18\x05 \x03(\x0b\x32 .vitrine.v1.Item.AttributesEntry\x12\x12\n\x05price\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x11\n\timage_uri\x18\x07 \x01(\t\x12\r\n\x05image\x18\x08 \x01(\x0c\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06_price\"/\n\rUpsertRequest\x12\x1e\n\x04item\x18\x01 \x01(\x0b\x32\x10.vitrine.v1.Item\"\x17\n\tUpsertAck\x12\n\n\x02id\x18\x01 \x01(\t\"\x1c\n\rDeleteRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\"\x19\n\nGetRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\"!\n\x0bGetResponse\x12\x12\n\nitems_json\x18\x01 \x03(\t*E\n\x06\x46usion\x12\x16\n\x12\x46USION_UNSPECIFIED\x10\x00\x12\x0e\n\nFUSION_RRF\x10\x01\x12\x13\n\x0f\x46USION_WEIGHTED\x10\x02\x32\x84\x01\n\x06Search\x12?\n\x06Search\x12\x19.vitrine.v1.SearchRequest\x1a\x1a.vitrine.v1.SearchResponse\x12\x39\n\x04Info\x12\x17.vitrine.v1.InfoRequest\x1a\x18.vitrine.v1.InfoResponse2\xc2\x01\n\x07\x43\x61talog\x12>\n\x06Upsert\x12\x19.vitrine.v1.UpsertRequest\x1a\x15.vitrine.v1.UpsertAck(\x01\x30\x01\x12?\n\x06\x44\x65lete\x12\x19.vitrine.v1.DeleteRequest\x1a\x1a.vitrine.v1.DeleteResponse\x12\x36\n\x03Get\x12\x16.vitrine.v1.GetRequest\x1a\x17.vitrine.v1.GetResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dproto/vitrine/v1/search.proto\x12\nvitrine.v1\"@\n\nPriceRange\x12\x10\n\x03min\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03max\x18\x02 \x01(\x01H\x01\x88\x01\x01\x42\x06\n\x04_minB\x06\n\x04_max\"\xab\x03\n\rSearchRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\x37\n\x07\x66ilters\x18\x03 \x03(\x0b\x32&.vitrine.v1.SearchRequest.FiltersEntry\x12%\n\x05price\x18\x04 \x01(\x0b\x32\x16.vitrine.v1.PriceRange\x12\t\n\x01k\x18\x05 \x01(\x05\x12\x0e\n\x06offset\x18\x06 \x01(\x05\x12\x13\n\x0b\x65xclude_ids\x18\x07 \x03(\t\x12\"\n\x06\x66usion\x18\x08 \x01(\x0e\x32\x12.vitrine.v1.Fusion\x12\x37\n\x07weights\x18\t \x03(\x0b\x32&.vitrine.v1.SearchRequest.WeightsEntry\x12\x0f\n\x07sources\x18\n \x03(\t\x12\x0e\n\x06\x66ields\x18\x0b \x03(\t\x12\x0f\n\x07\x65xplain\x18\x0c \x01(\x08\x1a.\n\x0c\x46iltersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\":\n\x0bSourceScore\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0c\n\x04rank\x18\x03 \x01(\x05\"t\n\x03Hit\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12(\n\x07sources\x18\x03 \x03(\x0b\x32\x17.vitrine.v1.SourceScore\x12\x13\n\x0b\x66ields_json\x18\x04 \x01(\t\x12\x13\n\x0b\x65xplanation\x18\x05 \x01(\t\"\xef\x01\n\x0eSearchResponse\x12\x1d\n\x04hits\x18\x01 \x03(\x0b\x32\x0f.vitrine.v1.Hit\x12\x18\n\x10total_candidates\x18\x02 \x01(\x05\x12\x16\n\x0e\x62undle_version\x18\x03 \x01(\t\x12\x45\n\x0emodel_versions\x18\x04 \x03(\x0b\x32-.vitrine.v1.SearchResponse.ModelVersionsEntry\x12\x0f\n\x07took_ms\x18\x05 \x01(\x01\x1a\x34\n\x12ModelVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\r\n\x0bInfoRequest\"=\n\x0cInfoResponse\x12\x16\n\x0e\x62undle_version\x18\x01 \x01(\t\x12\x15\n\rmanifest_json\x18\x02 \x01(\t\"\xf1\x01\n\x04Item\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12\x34\n\nattributes\x18\x05 \x03(\x0b\x32 .vitrine.v1.Item.AttributesEntry\x12\x12\n\x05price\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x11\n\timage_uri\x18\x07 \x01(\t\x12\r\n\x05image\x18\x08 \x01(\x0c\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06_price\"\xa3\x01\n\tItemPatch\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\x05price\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x39\n\nattributes\x18\x03 \x03(\x0b\x32%.vitrine.v1.ItemPatch.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06_price\"c\n\rUpsertRequest\x12 \n\x04item\x18\x01 \x01(\x0b\x32\x10.vitrine.v1.ItemH\x00\x12&\n\x05patch\x18\x02 \x01(\x0b\x32\x15.vitrine.v1.ItemPatchH\x00\x42\x08\n\x06\x63hange\"(\n\tUpsertAck\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08\"\x1c\n\rDeleteRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\"\x19\n\nGetRequest\x12\x0b\n\x03ids\x18\x01 \x03(\t\"!\n\x0bGetResponse\x12\x12\n\nitems_json\x18\x01 \x03(\t\"\"\n\x0fSnapshotRequest\x12\x0f\n\x07out_dir\x18\x01 \x01(\t\"G\n\x10SnapshotResponse\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\x12\r\n\x05items\x18\x03 \x01(\x03*E\n\x06\x46usion\x12\x16\n\x12\x46USION_UNSPECIFIED\x10\x00\x12\x0e\n\nFUSION_RRF\x10\x01\x12\x13\n\x0f\x46USION_WEIGHTED\x10\x02\x32\x84\x01\n\x06Search\x12?\n\x06Search\x12\x19.vitrine.v1.SearchRequest\x1a\x1a.vitrine.v1.SearchResponse\x12\x39\n\x04Info\x12\x17.vitrine.v1.InfoRequest\x1a\x18.vitrine.v1.InfoResponse2\x89\x02\n\x07\x43\x61talog\x12>\n\x06Upsert\x12\x19.vitrine.v1.UpsertRequest\x1a\x15.vitrine.v1.UpsertAck(\x01\x30\x01\x12?\n\x06\x44\x65lete\x12\x19.vitrine.v1.DeleteRequest\x1a\x1a.vitrine.v1.DeleteResponse\x12\x36\n\x03Get\x12\x16.vitrine.v1.GetRequest\x1a\x17.vitrine.v1.GetResponse\x12\x45\n\x08Snapshot\x12\x1b.vitrine.v1.SnapshotRequest\x1a\x1c.vitrine.v1.SnapshotResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,8 +39,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SEARCHRESPONSE_MODELVERSIONSENTRY']._serialized_options = b'8\001'
   _globals['_ITEM_ATTRIBUTESENTRY']._loaded_options = None
   _globals['_ITEM_ATTRIBUTESENTRY']._serialized_options = b'8\001'
-  _globals['_FUSION']._serialized_start=1484
-  _globals['_FUSION']._serialized_end=1553
+  _globals['_ITEMPATCH_ATTRIBUTESENTRY']._loaded_options = None
+  _globals['_ITEMPATCH_ATTRIBUTESENTRY']._serialized_options = b'8\001'
+  _globals['_FUSION']._serialized_start=1828
+  _globals['_FUSION']._serialized_end=1897
   _globals['_PRICERANGE']._serialized_start=45
   _globals['_PRICERANGE']._serialized_end=109
   _globals['_SEARCHREQUEST']._serialized_start=112
@@ -65,20 +67,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ITEM']._serialized_end=1281
   _globals['_ITEM_ATTRIBUTESENTRY']._serialized_start=1222
   _globals['_ITEM_ATTRIBUTESENTRY']._serialized_end=1271
-  _globals['_UPSERTREQUEST']._serialized_start=1283
-  _globals['_UPSERTREQUEST']._serialized_end=1330
-  _globals['_UPSERTACK']._serialized_start=1332
-  _globals['_UPSERTACK']._serialized_end=1355
-  _globals['_DELETEREQUEST']._serialized_start=1357
-  _globals['_DELETEREQUEST']._serialized_end=1385
-  _globals['_DELETERESPONSE']._serialized_start=1387
-  _globals['_DELETERESPONSE']._serialized_end=1420
-  _globals['_GETREQUEST']._serialized_start=1422
-  _globals['_GETREQUEST']._serialized_end=1447
-  _globals['_GETRESPONSE']._serialized_start=1449
-  _globals['_GETRESPONSE']._serialized_end=1482
-  _globals['_SEARCH']._serialized_start=1556
-  _globals['_SEARCH']._serialized_end=1688
-  _globals['_CATALOG']._serialized_start=1691
-  _globals['_CATALOG']._serialized_end=1885
+  _globals['_ITEMPATCH']._serialized_start=1284
+  _globals['_ITEMPATCH']._serialized_end=1447
+  _globals['_ITEMPATCH_ATTRIBUTESENTRY']._serialized_start=1222
+  _globals['_ITEMPATCH_ATTRIBUTESENTRY']._serialized_end=1271
+  _globals['_UPSERTREQUEST']._serialized_start=1449
+  _globals['_UPSERTREQUEST']._serialized_end=1548
+  _globals['_UPSERTACK']._serialized_start=1550
+  _globals['_UPSERTACK']._serialized_end=1590
+  _globals['_DELETEREQUEST']._serialized_start=1592
+  _globals['_DELETEREQUEST']._serialized_end=1620
+  _globals['_DELETERESPONSE']._serialized_start=1622
+  _globals['_DELETERESPONSE']._serialized_end=1655
+  _globals['_GETREQUEST']._serialized_start=1657
+  _globals['_GETREQUEST']._serialized_end=1682
+  _globals['_GETRESPONSE']._serialized_start=1684
+  _globals['_GETRESPONSE']._serialized_end=1717
+  _globals['_SNAPSHOTREQUEST']._serialized_start=1719
+  _globals['_SNAPSHOTREQUEST']._serialized_end=1753
+  _globals['_SNAPSHOTRESPONSE']._serialized_start=1755
+  _globals['_SNAPSHOTRESPONSE']._serialized_end=1826
+  _globals['_SEARCH']._serialized_start=1900
+  _globals['_SEARCH']._serialized_end=2032
+  _globals['_CATALOG']._serialized_start=2035
+  _globals['_CATALOG']._serialized_end=2300
 # @@protoc_insertion_point(module_scope)

@@ -150,17 +150,38 @@ class Item(_message.Message):
     image: bytes
     def __init__(self, id: _Optional[str] = ..., title: _Optional[str] = ..., description: _Optional[str] = ..., category: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ..., price: _Optional[float] = ..., image_uri: _Optional[str] = ..., image: _Optional[bytes] = ...) -> None: ...
 
+class ItemPatch(_message.Message):
+    __slots__ = ("id", "price", "attributes")
+    class AttributesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PRICE_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    price: float
+    attributes: _containers.ScalarMap[str, str]
+    def __init__(self, id: _Optional[str] = ..., price: _Optional[float] = ..., attributes: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
 class UpsertRequest(_message.Message):
-    __slots__ = ("item",)
+    __slots__ = ("item", "patch")
     ITEM_FIELD_NUMBER: _ClassVar[int]
+    PATCH_FIELD_NUMBER: _ClassVar[int]
     item: Item
-    def __init__(self, item: _Optional[_Union[Item, _Mapping]] = ...) -> None: ...
+    patch: ItemPatch
+    def __init__(self, item: _Optional[_Union[Item, _Mapping]] = ..., patch: _Optional[_Union[ItemPatch, _Mapping]] = ...) -> None: ...
 
 class UpsertAck(_message.Message):
-    __slots__ = ("id",)
+    __slots__ = ("id", "changed")
     ID_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
     id: str
-    def __init__(self, id: _Optional[str] = ...) -> None: ...
+    changed: bool
+    def __init__(self, id: _Optional[str] = ..., changed: _Optional[bool] = ...) -> None: ...
 
 class DeleteRequest(_message.Message):
     __slots__ = ("ids",)
@@ -185,3 +206,19 @@ class GetResponse(_message.Message):
     ITEMS_JSON_FIELD_NUMBER: _ClassVar[int]
     items_json: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, items_json: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SnapshotRequest(_message.Message):
+    __slots__ = ("out_dir",)
+    OUT_DIR_FIELD_NUMBER: _ClassVar[int]
+    out_dir: str
+    def __init__(self, out_dir: _Optional[str] = ...) -> None: ...
+
+class SnapshotResponse(_message.Message):
+    __slots__ = ("path", "bundle_version", "items")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    bundle_version: str
+    items: int
+    def __init__(self, path: _Optional[str] = ..., bundle_version: _Optional[str] = ..., items: _Optional[int] = ...) -> None: ...

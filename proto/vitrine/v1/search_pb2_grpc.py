@@ -166,6 +166,11 @@ class CatalogStub:
                 request_serializer=proto_dot_vitrine_dot_v1_dot_search__pb2.GetRequest.SerializeToString,
                 response_deserializer=proto_dot_vitrine_dot_v1_dot_search__pb2.GetResponse.FromString,
                 _registered_method=True)
+        self.Snapshot = channel.unary_unary(
+                '/vitrine.v1.Catalog/Snapshot',
+                request_serializer=proto_dot_vitrine_dot_v1_dot_search__pb2.SnapshotRequest.SerializeToString,
+                response_deserializer=proto_dot_vitrine_dot_v1_dot_search__pb2.SnapshotResponse.FromString,
+                _registered_method=True)
 
 
 class CatalogServicer:
@@ -192,6 +197,13 @@ class CatalogServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Snapshot(self, request, context):
+        """Writes a consistent, versioned copy of the live index to a directory on the server while serving continues.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CatalogServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -209,6 +221,11 @@ def add_CatalogServicer_to_server(servicer, server):
                     servicer.Get,
                     request_deserializer=proto_dot_vitrine_dot_v1_dot_search__pb2.GetRequest.FromString,
                     response_serializer=proto_dot_vitrine_dot_v1_dot_search__pb2.GetResponse.SerializeToString,
+            ),
+            'Snapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.Snapshot,
+                    request_deserializer=proto_dot_vitrine_dot_v1_dot_search__pb2.SnapshotRequest.FromString,
+                    response_serializer=proto_dot_vitrine_dot_v1_dot_search__pb2.SnapshotResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -292,6 +309,33 @@ class Catalog:
             '/vitrine.v1.Catalog/Get',
             proto_dot_vitrine_dot_v1_dot_search__pb2.GetRequest.SerializeToString,
             proto_dot_vitrine_dot_v1_dot_search__pb2.GetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Snapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vitrine.v1.Catalog/Snapshot',
+            proto_dot_vitrine_dot_v1_dot_search__pb2.SnapshotRequest.SerializeToString,
+            proto_dot_vitrine_dot_v1_dot_search__pb2.SnapshotResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,165 @@
+"""CLIP text and image encoding on open_clip: pretrained tags (where a hub is reachable) or Vitrine checkpoint dirs.
+
+A checkpoint directory written by `vitrine train clip` is self-contained:
+    open_clip_config.json   {"model_cfg": open_clip model config, "preprocess": {...}, "arch": name}
+    model.safetensors       the whole model's weights
+    text_tower/             the HF text tower's config and tokenizer (when the text tower is a HF model)
+    training.json, metrics.json, data_fingerprint.txt  (written by the trainer)
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from encoders.base import l2_normalize, pick_device
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+CONFIG_FILE = "open_clip_config.json"
+WEIGHTS_FILE = "model.safetensors"
+TEXT_TOWER_DIR = "text_tower"
+_TOKENIZER_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+
+
+def is_checkpoint_dir(path: str | Path) -> bool:
+    return (Path(path) / CONFIG_FILE).is_file()
+
+
+def build_model(model_cfg: dict[str, Any], pretrained_text: bool = True) -> torch.nn.Module:
+    """Builds an untrained open_clip model from a config dict (CustomTextCLIP when the text tower is a HF model)."""
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg, CustomTextCLIP
+
+    cfg = json.loads(json.dumps(model_cfg))
+    text_cfg = CLIPTextCfg(**cfg["text_cfg"])
+    if text_cfg.hf_model_name:
+        text_cfg.hf_model_pretrained = pretrained_text
+        return CustomTextCLIP(embed_dim=cfg["embed_dim"], vision_cfg=CLIPVisionCfg(**cfg["vision_cfg"]), text_cfg=text_cfg)
+    return CLIP(embed_dim=cfg["embed_dim"], vision_cfg=CLIPVisionCfg(**cfg["vision_cfg"]), text_cfg=text_cfg)
+
+
+def make_tokenizer(model_cfg: dict[str, Any]):
+    import open_clip
+
+    text_cfg = model_cfg["text_cfg"]
+    context_length = text_cfg.get("context_length", 77)
+    if text_cfg.get("hf_tokenizer_name"):
+        return open_clip.tokenizer.HFTokenizer(text_cfg["hf_tokenizer_name"], context_length=context_length)
+    return open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
+
+
+def make_transform(preprocess: dict[str, Any], is_train: bool = False):
+    import open_clip
+
+    return open_clip.image_transform(preprocess["image_size"], is_train=is_train, mean=tuple(preprocess["mean"]),
+                                     std=tuple(preprocess["std"]), resize_mode=preprocess.get("resize_mode", "shortest"))
+
+
+def save_checkpoint_dir(model: torch.nn.Module, model_cfg: dict[str, Any], preprocess: dict[str, Any], out: Path,
+                        arch: str = "vitrine-clip") -> None:
+    """Writes weights, the open_clip config and the text tower's tokenizer so loading needs no other input."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = json.loads(json.dumps(model_cfg))
+    hf_name = cfg["text_cfg"].get("hf_model_name")
+    if hf_name:
+        src = Path(hf_name)
+        dst = out / TEXT_TOWER_DIR
+        if src.resolve() != dst.resolve():
+            dst.mkdir(exist_ok=True)
+            for name in _TOKENIZER_FILES:
+                if (src / name).is_file():
+                    shutil.copy2(src / name, dst / name)
+        cfg["text_cfg"]["hf_model_name"] = TEXT_TOWER_DIR
+        cfg["text_cfg"]["hf_tokenizer_name"] = TEXT_TOWER_DIR
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out / WEIGHTS_FILE))
+    (out / CONFIG_FILE).write_text(json.dumps({"arch": arch, "model_cfg": cfg, "preprocess": preprocess}, indent=2))
+
+
+def load_checkpoint_dir(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, dict, dict]:
+    """Returns (model in eval mode, model_cfg with absolute paths, preprocess) from a Vitrine checkpoint dir."""
+    from safetensors.torch import load_file
+
+    path = Path(path).resolve()
+    meta = json.loads((path / CONFIG_FILE).read_text())
+    cfg = meta["model_cfg"]
+    for key in ("hf_model_name", "hf_tokenizer_name"):
+        if cfg["text_cfg"].get(key) == TEXT_TOWER_DIR:
+            cfg["text_cfg"][key] = str(path / TEXT_TOWER_DIR)
+    model = build_model(cfg, pretrained_text=False)
+    missing, unexpected = model.load_state_dict(load_file(str(path / WEIGHTS_FILE)), strict=False)
+    real_missing = [k for k in missing if not k.endswith("position_ids")]
+    if real_missing or unexpected:
+        raise ValueError(f"{path}: weights do not match the config (missing {real_missing[:5]}, unexpected {unexpected[:5]})")
+    return model.to(device).eval(), cfg, meta["preprocess"]
+
+
+class ClipEncoder:
+    """Text and image encoding into one space: batched, L2-normalised float32, CUDA + fp16 autocast when present."""
+
+    def __init__(self, name_or_dir: str, pretrained: str | None = None, device: str | None = None) -> None:
+        import torch
+
+        self.device = pick_device(device)
+        self.name = name_or_dir
+        if is_checkpoint_dir(name_or_dir):
+            self.model, cfg, preprocess = load_checkpoint_dir(name_or_dir, self.device)
+            self.tokenizer = make_tokenizer(cfg)
+            self.preprocess = make_transform(preprocess)
+            self.image_size = preprocess["image_size"]
+            meta_path = Path(name_or_dir) / "training.json"
+            self.version = json.loads(meta_path.read_text()).get("version", "") if meta_path.is_file() else ""
+        else:
+            import open_clip
+
+            if Path(name_or_dir).exists():
+                raise ValueError(f"{name_or_dir} is not a Vitrine CLIP checkpoint directory (no {CONFIG_FILE}).")
+            # A hub tag, e.g. ViT-B-32 with pretrained="laion2b_s34b_b79k"; needs network on first use.
+            self.model, _, self.preprocess = open_clip.create_model_and_transforms(name_or_dir, pretrained=pretrained, device=self.device)
+            self.model.eval()
+            self.tokenizer = open_clip.get_tokenizer(name_or_dir)
+            self.image_size = self.model.visual.image_size
+            self.version = f"{name_or_dir}:{pretrained or 'random'}"
+        with torch.no_grad():
+            self.dim = int(self.model.encode_text(self.tokenizer(["probe"]).to(self.device)).shape[-1])
+
+    def _autocast(self):
+        import contextlib
+
+        import torch
+
+        if self.device.startswith("cuda"):
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
+    def encode_texts(self, texts: list[str], batch_size: int = 128, progress: bool = False) -> np.ndarray:
+        import torch
+
+        out = []
+        with torch.no_grad(), self._autocast():
+            for start in range(0, len(texts), batch_size):
+                tokens = self.tokenizer(list(texts[start:start + batch_size])).to(self.device)
+                out.append(self.model.encode_text(tokens).float().cpu().numpy())  # (B, D)
+        return l2_normalize(np.concatenate(out)) if out else np.zeros((0, self.dim), np.float32)
+
+    def preprocess_images(self, images: list[Image.Image]) -> torch.Tensor:
+        import torch
+
+        return torch.stack([self.preprocess(img) for img in images])  # (B, 3, H, W)
+
+    def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+        import torch
+
+        with torch.no_grad(), self._autocast():
+            return l2_normalize(self.model.encode_image(pixels.to(self.device)).float().cpu().numpy())  # (B, D)
+
+    def encode_images(self, images: list[Image.Image], batch_size: int = 128, progress: bool = False) -> np.ndarray:
+        out = [self.encode_pixels(self.preprocess_images(images[s:s + batch_size])) for s in range(0, len(images), batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)

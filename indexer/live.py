@@ -1,0 +1,508 @@
+"""Live catalog updates over an open bundle: a write-ahead log, consistent apply, checkpoints, replay, snapshots.
+
+The WAL (`<bundle>/wal.log`) is the only thing a write waits on before it is acknowledged:
+
+    record  := magic "VW" | length u32 LE | crc32(payload) u32 LE | payload (length bytes, UTF-8 JSON)
+    payload := {"seq": n, "op": "upsert", "items": [...], "keep_vectors": bool} | {"seq": n, "op": "delete", "ids": [...]}
+
+- A write is validated, encoded (text vectors), appended and fsync'd, then applied to the docstore,
+  Tantivy and every vector index under the exclusive side of a readers/writer lock, and only then acked.
+  One writer mutex orders WAL appends and applies, so the log order is the apply order.
+- Replay at start-up reads records until the first short or CRC-failing one; that torn tail was never
+  acked (its fsync did not return) and is truncated away. Records carry whole items, so re-applying a
+  record that is already reflected on disk is a no-op ("idempotent by id"): an upsert of an item equal
+  to the stored one changes nothing, a delete of a missing id changes nothing.
+- The docstore (SQLite) is the source of truth after replay; a reconcile pass then deletes doc numbers
+  from Tantivy and FAISS that the docstore lacks and adds the ones they lack, so a crash at any point
+  (between the three stores, or mid-checkpoint) leaves no ghost and no hole.
+- A checkpoint commits Tantivy, saves each FAISS index (temp file + fsync + rename), checkpoints
+  SQLite, rewrites the manifest's counts, and only then truncates the WAL to zero bytes.
+Tantivy only shows committed documents, so a background thread commits every `commit_interval_s`
+when there were writes; deletes are invisible at once because the searcher drops doc numbers that
+are missing from the docstore.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import struct
+import threading
+import time
+import uuid
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import tantivy
+
+from encoders.base import TextEncoder
+from indexer.bm25 import Bm25Index
+from indexer.bundle import MANIFEST, Bundle, fsync_dir, item_text, write_json_atomic
+from indexer.catalog import Item, item_from_dict
+from indexer.docstore import DocStore
+
+log = logging.getLogger("vitrine.live")
+
+WAL_NAME = "wal.log"
+_MAGIC = b"VW"
+_HEADER = struct.Struct("<2sII")  # magic, payload length, crc32
+MAX_RECORD_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class LiveConfig:
+    """[live] section: how often Tantivy commits for visibility and how often the WAL is checkpointed."""
+
+    commit_interval_s: float = 0.5  # Tantivy commits cost ~50-100 ms of CPU on a 2-core box; 0.5 s keeps visibility < 1 s
+    checkpoint_interval_s: float = 60.0
+    checkpoint_records: int = 5_000
+    max_pending_writes: int = 64  # writers queued on the writer mutex beyond this get RESOURCE_EXHAUSTED
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LiveConfig:
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"Unknown key(s) in [live]: {', '.join(sorted(unknown))}.")
+        cfg = cls(**d)
+        for name in ("commit_interval_s", "checkpoint_interval_s"):
+            value = getattr(cfg, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"Field 'live.{name}' must be a positive number of seconds, got {value!r}.")
+        for name in ("checkpoint_records", "max_pending_writes"):
+            value = getattr(cfg, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"Field 'live.{name}' must be a positive integer, got {value!r}.")
+        return cfg
+
+
+class Overloaded(RuntimeError):
+    """Too many writes are queued; the caller should back off and retry."""
+
+
+class ReadWriteLock:
+    """Many readers or one writer; a waiting writer blocks new readers so writes are never starved."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._writer = False
+        self._writers_waiting = 0
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if self._readers == 0:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._writers_waiting += 1
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._writers_waiting -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+class Wal:
+    """An append-only log of length+CRC framed JSON records; see the module docstring for the format."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._f = open(self.path, "ab+")
+        self.records = 0          # records since the last truncation
+        self.oldest_t: float | None = None  # wall time of the oldest record not yet checkpointed
+
+    def replay(self) -> list[dict[str, Any]]:
+        """Returns every intact record in order and truncates a torn or corrupt tail."""
+        self._f.seek(0)
+        data = self._f.read()
+        out, pos = [], 0
+        while pos + _HEADER.size <= len(data):
+            magic, length, crc = _HEADER.unpack_from(data, pos)
+            end = pos + _HEADER.size + length
+            if magic != _MAGIC or length > MAX_RECORD_BYTES or end > len(data):
+                break
+            payload = data[pos + _HEADER.size:end]
+            if zlib.crc32(payload) != crc:
+                break
+            out.append(json.loads(payload))
+            pos = end
+        if pos < len(data):
+            log.warning("WAL %s: dropping %d bytes of torn or corrupt tail after %d records", self.path, len(data) - pos, len(out))
+            self._f.truncate(pos)
+            os.fsync(self._f.fileno())
+        self._f.seek(0, os.SEEK_END)
+        self.records = len(out)
+        self.oldest_t = time.time() if out else None
+        return out
+
+    def append(self, payload: dict[str, Any]) -> None:
+        """Appends one record and returns only after it is on disk."""
+        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        self._f.write(_HEADER.pack(_MAGIC, len(body), zlib.crc32(body)) + body)
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self.records += 1
+        if self.oldest_t is None:
+            self.oldest_t = time.time()
+
+    def truncate(self) -> None:
+        self._f.truncate(0)
+        self._f.seek(0)
+        os.fsync(self._f.fileno())
+        self.records = 0
+        self.oldest_t = None
+
+    def size_bytes(self) -> int:
+        return self._f.tell()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def merge_patch(item: Item, price: float | None, attributes: Mapping[str, str]) -> Item:
+    """The item with `price` replaced (when given) and `attributes` merged; an empty value removes a key."""
+    attrs = dict(item.attributes)
+    for key, value in attributes.items():
+        if value == "":
+            attrs.pop(key, None)
+        else:
+            attrs[key] = value
+    return Item(id=item.id, title=item.title, description=item.description, category=item.category,
+                attributes=attrs, price=item.price if price is None else price, image=item.image)
+
+
+class LiveIndex:
+    """Applies upserts and deletes to an open bundle durably; searches take `lock.read()`.
+
+    Only the "text" dense source can be re-encoded here; other dense sources (CLIP) are kept
+    consistent on delete, and new items simply get no vector in them until the images issue lands.
+    """
+
+    def __init__(self, bundle: Bundle, text_encoder: TextEncoder | None, config: LiveConfig = LiveConfig()) -> None:
+        if "text" in bundle.vectors and text_encoder is None:
+            raise ValueError(f"bundle {bundle.path} has text vectors, so live updates need its text encoder.")
+        self.bundle = bundle
+        self.encoder = text_encoder
+        self.config = config
+        self.lock = ReadWriteLock()
+        self._writer = threading.Lock()
+        self._pending = 0
+        self._pending_lock = threading.Lock()
+        self._dirty = False
+        self._seq = 0
+        self.last_checkpoint_t = time.time()
+        # The WAL carries durability, so SQLite need not fsync each commit; a checkpoint syncs it.
+        bundle.docstore._db.execute("PRAGMA synchronous=NORMAL")
+        self.wal = Wal(bundle.path / WAL_NAME)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._recover()
+
+    # ----- start-up -----------------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        t0 = time.perf_counter()
+        records = self.wal.replay()
+        for rec in records:
+            self._seq = max(self._seq, int(rec.get("seq", 0)))
+            if rec["op"] == "upsert":
+                items = [item_from_dict(d) for d in rec["items"]]
+                if rec.get("keep_vectors"):
+                    for item in items:
+                        self._apply_patch(item)
+                else:
+                    self._apply_upserts(items, self._encode(items))
+            elif rec["op"] == "delete":
+                self._apply_delete(rec["ids"])
+        fixed = self.reconcile()
+        if records or any(fixed.values()):
+            self.checkpoint()
+        log.info("live index ready: replayed %d WAL records, reconciled %s in %.2f s", len(records), fixed, time.perf_counter() - t0)
+
+    def reconcile(self) -> dict[str, int]:
+        """Makes Tantivy and every vector index hold exactly the docstore's doc numbers; returns fix counts."""
+        docstore, fixed = self.bundle.docstore, {}
+        live = set(docstore.items)
+        in_bm25 = set(bm25_docnos(self.bundle.bm25))
+        extra, missing = in_bm25 - live, live - in_bm25
+        if extra:
+            self.bundle.bm25.delete(sorted(extra))
+        if missing:
+            self.bundle.bm25.add([(d, docstore.items[d]) for d in sorted(missing)])
+        if extra or missing:
+            self.bundle.bm25.commit()
+        fixed["bm25"] = len(extra) + len(missing)
+        for source, vi in self.bundle.vectors.items():
+            have = vector_ids(vi.index)
+            both = have if vi.refine is None else have & vector_ids(vi.refine)
+            anywhere = have if vi.refine is None else have | vector_ids(vi.refine)
+            want = {d for d in live if docstore.items[d].has_text()} if source == "text" else anywhere & live
+            stale = (anywhere - want) | (anywhere - both)
+            if stale:
+                vi.remove(np.array(sorted(stale), dtype=np.int64))
+            add = sorted(want - (both - stale))
+            if add and source == "text":
+                xb = self.encoder.encode_texts([item_text(docstore.items[d]) for d in add])  # (N, D)
+                vi.add(xb, np.array(add, dtype=np.int64))
+            fixed[source] = len(stale) + len(add)
+        return fixed
+
+    # ----- writes ---------------------------------------------------------------------------------
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        with self._pending_lock:
+            if self._pending >= self.config.max_pending_writes:
+                raise Overloaded(f"{self._pending} writes are already queued; retry later.")
+            self._pending += 1
+        try:
+            with self._writer:
+                yield
+        finally:
+            with self._pending_lock:
+                self._pending -= 1
+
+    def upsert(self, items: Sequence[Item]) -> int:
+        """Durably inserts or replaces whole items (last one wins per id); returns how many changed."""
+        items = list({it.id: it for it in items}.values())
+        xb = self._encode(items)  # outside every lock: encoding is the slow part
+        with self._writing():
+            docstore = self.bundle.docstore
+            changed = [i for i, it in enumerate(items) if docstore.get(it.id) != it]
+            if not changed:
+                return 0
+            items = [items[i] for i in changed]
+            xb = None if xb is None else xb[changed]
+            self._log({"op": "upsert", "items": [it.to_dict() for it in items]})
+            self._apply_upserts(items, xb)
+        return len(items)
+
+    def patch(self, item_id: str, price: float | None = None, attributes: Mapping[str, str] | None = None) -> Item | None:
+        """Durably updates price and attributes in place without re-encoding; None when the id is unknown."""
+        with self._writing():
+            current = self.bundle.docstore.get(item_id)
+            if current is None:
+                return None
+            merged = merge_patch(current, price, attributes or {})
+            if merged != current:
+                self._log({"op": "upsert", "items": [merged.to_dict()], "keep_vectors": True})
+                self._apply_patch(merged)
+            return merged
+
+    def delete(self, ids: Sequence[str]) -> int:
+        """Durably deletes items by id; returns how many existed."""
+        with self._writing():
+            present = [i for i in dict.fromkeys(ids) if i in self.bundle.docstore.docno_by_id]
+            if present:
+                self._log({"op": "delete", "ids": present})
+                self._apply_delete(present)
+            return len(present)
+
+    def get(self, ids: Sequence[str]) -> list[Item]:
+        with self.lock.read():
+            return [it for it in (self.bundle.docstore.get(i) for i in ids) if it is not None]
+
+    def _log(self, payload: dict[str, Any]) -> None:
+        self._seq += 1
+        self.wal.append({"seq": self._seq, **payload})
+
+    def _encode(self, items: Sequence[Item]) -> np.ndarray | None:
+        if "text" not in self.bundle.vectors:
+            return None
+        texts = [item_text(it) for it in items]
+        return self.encoder.encode_texts(texts) if texts else None  # (N, D)
+
+    def _apply_upserts(self, items: Sequence[Item], xb: np.ndarray | None) -> None:
+        docstore, bundle = self.bundle.docstore, self.bundle
+        with self.lock.write():
+            old = [docstore.docno_by_id[it.id] for it in items if it.id in docstore.docno_by_id]
+            rows = docstore.assign(items)
+            docstore.put_many(rows)
+            bundle.bm25.delete(old)
+            bundle.bm25.add(rows)
+            for source, vi in bundle.vectors.items():
+                if old:
+                    vi.remove(np.array(old, dtype=np.int64))
+                if source == "text" and xb is not None:
+                    keep = [i for i, (_, it) in enumerate(rows) if it.has_text()]
+                    if keep:
+                        vi.add(xb[keep], np.array([rows[i][0] for i in keep], dtype=np.int64))
+            self._dirty = True
+
+    def _apply_patch(self, item: Item) -> None:
+        """Same doc number, so every vector stays; stored fields, filters and the BM25 document change."""
+        docstore, bm25 = self.bundle.docstore, self.bundle.bm25
+        docno = docstore.docno_by_id.get(item.id)
+        if docno is None:  # deleted meanwhile (only during replay): a whole upsert restores it
+            self._apply_upserts([item], self._encode([item]))
+            return
+        if docstore.items[docno] == item:
+            return
+        with self.lock.write():
+            docstore.delete_ids([item.id])
+            docstore.put_many([(docno, item)])
+            bm25.delete([docno])
+            bm25.add([(docno, item)])
+            self._dirty = True
+
+    def _apply_delete(self, ids: Sequence[str]) -> None:
+        with self.lock.write():
+            docnos = self.bundle.docstore.delete_ids(ids)
+            if docnos:
+                self.bundle.bm25.delete(docnos)
+                for vi in self.bundle.vectors.values():
+                    vi.remove(np.array(docnos, dtype=np.int64))
+                self._dirty = True
+
+    # ----- visibility, checkpoints, snapshots ----------------------------------------------------
+
+    def commit(self) -> None:
+        """Makes BM25 see every applied write (Tantivy only searches committed segments)."""
+        with self._writer:
+            if self._dirty:
+                self._dirty = False
+                self.bundle.bm25.commit()
+
+    def checkpoint(self) -> None:
+        """Persists Tantivy, FAISS and SQLite, then truncates the WAL; writes wait, searches do not."""
+        with self._writer:
+            bundle = self.bundle
+            self._dirty = False
+            bundle.bm25.commit()
+            for source, meta in bundle.manifest.get("vectors", {}).items():
+                bundle.vectors[source].save(bundle.path / meta["file"])
+            if bundle.vectors:
+                fsync_dir(bundle.path / "vectors")
+            bundle.docstore._db.execute("PRAGMA wal_checkpoint(FULL)")
+            self._write_manifest()
+            self.wal.truncate()
+            self.last_checkpoint_t = time.time()
+
+    def _write_manifest(self) -> None:
+        manifest = self.bundle.manifest
+        manifest.setdefault("counts", {})["items"] = len(self.bundle.docstore)
+        for source, meta in manifest.get("vectors", {}).items():
+            meta["count"] = self.bundle.vectors[source].ntotal
+            manifest["counts"][f"{source}_vectors"] = meta["count"]
+        manifest["next_docno"] = int(self.bundle.docstore.next_docno)
+        write_json_atomic(self.bundle.path / MANIFEST, manifest)
+
+    def snapshot(self, out: str | Path) -> dict:
+        """Writes a consistent, versioned bundle of the current state to `out` while searches go on."""
+        out = Path(out)
+        if out.exists():
+            raise FileExistsError(f"snapshot directory {out} already exists")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+        (tmp / "vectors").mkdir(parents=True)
+        try:
+            with self._writer:  # writes wait while the state is copied; Tantivy is rebuilt afterwards
+                rows = sorted(self.bundle.docstore.items.items())
+                next_docno = int(self.bundle.docstore.next_docno)
+                src = sqlite3.connect(str(self.bundle.docstore.path))
+                dst = sqlite3.connect(str(tmp / "docstore.sqlite"))
+                try:
+                    src.backup(dst)
+                finally:
+                    dst.close()
+                    src.close()
+                manifest = json.loads(json.dumps(self.bundle.manifest))
+                for source, meta in manifest.get("vectors", {}).items():
+                    vi = self.bundle.vectors[source]
+                    vi.save(tmp / meta["file"])
+                    meta["count"] = vi.ntotal
+            bm25 = Bm25Index(tmp / "bm25", self.bundle.bm25.config, create=True)
+            bm25.add(rows)
+            bm25.close()
+            manifest.update(
+                bundle_version=time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-snap-" + uuid.uuid4().hex[:6],
+                created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                snapshot_of=self.bundle.version, next_docno=next_docno,
+            )
+            manifest.setdefault("counts", {})["items"] = len(rows)
+            write_json_atomic(tmp / MANIFEST, manifest)
+            fsync_dir(tmp)
+            os.replace(tmp, out)
+            fsync_dir(out.parent)
+            return manifest
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def start(self) -> None:
+        """Starts the background thread that commits Tantivy and checkpoints the WAL."""
+        self._thread = threading.Thread(target=self._run, name="vitrine-live", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        cfg = self.config
+        while not self._stop.wait(cfg.commit_interval_s):
+            try:
+                due = (self.wal.records >= cfg.checkpoint_records or
+                       (self.wal.records and time.time() - self.last_checkpoint_t >= cfg.checkpoint_interval_s))
+                self.checkpoint() if due else self.commit()
+            except Exception:  # noqa: BLE001 - keep serving; the WAL still holds every write
+                log.exception("background commit or checkpoint failed")
+
+    def stats(self) -> dict[str, float]:
+        wal = self.wal
+        return {"items": len(self.bundle.docstore), "wal_records": wal.records, "wal_bytes": wal.size_bytes(),
+                "wal_lag_s": 0.0 if wal.oldest_t is None else time.time() - wal.oldest_t,
+                **{f"vectors_{s}": vi.ntotal for s, vi in self.bundle.vectors.items()}}
+
+    def close(self) -> None:
+        """Stops the background thread and checkpoints, so the next start replays nothing."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.wal.records or self._dirty:
+            self.checkpoint()
+        self.wal.close()
+
+
+def bm25_docnos(bm25: Bm25Index) -> list[int]:
+    """Every doc number in the committed Tantivy index."""
+    bm25.index.reload()
+    searcher = bm25.index.searcher()
+    n = searcher.num_docs
+    if n == 0:
+        return []
+    result = searcher.search(tantivy.Query.all_query(), limit=n, count=False)
+    return [int(d) for d in searcher.fast_field_values("docno", [addr for _, addr in result.hits])]
+
+
+def vector_ids(index: faiss.Index) -> set[int]:
+    """Every id stored in an id-mapped or IVF FAISS index."""
+    if hasattr(index, "id_map"):
+        return set(faiss.vector_to_array(index.id_map).tolist())
+    ivf = faiss.extract_index_ivf(index)
+    out: set[int] = set()
+    for lst in range(ivf.nlist):
+        n = ivf.invlists.list_size(lst)
+        if n:
+            out.update(faiss.rev_swig_ptr(ivf.invlists.get_ids(lst), n).tolist())
+    return out

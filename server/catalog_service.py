@@ -1,0 +1,209 @@
+"""The Catalog gRPC service: streaming Upsert (acked once durable), Delete, Get and Snapshot over a LiveIndex."""
+from __future__ import annotations
+
+import hmac
+import json
+import math
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import grpc
+
+from indexer.catalog import MAX_ID_LENGTH, Item
+from indexer.live import LiveIndex
+from proto.vitrine.v1 import search_pb2, search_pb2_grpc
+from ranking.pipeline import InvalidRequest, Unsupported
+from server.service import Metrics, StatusError, _abort_on_error, check_deadline, status_for
+
+AUTH_HEADER = "authorization"
+
+
+@dataclass(frozen=True)
+class CatalogConfig:
+    """[catalog] section: write authentication and request limits."""
+
+    auth_token: str | None = None  # when set, write RPCs need metadata `authorization: Bearer <token>`
+    max_ids: int = 1000            # ids per Delete or Get
+    max_text_chars: int = 20_000   # per text field
+    max_attributes: int = 100
+    max_attribute_chars: int = 1000
+    max_uri_chars: int = 2048
+    max_streams: int = 8           # concurrent Upsert streams; more get RESOURCE_EXHAUSTED
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CatalogConfig:
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"Unknown key(s) in [catalog]: {', '.join(sorted(unknown))}.")
+        cfg = cls(**d)
+        if cfg.auth_token is not None and (not isinstance(cfg.auth_token, str) or len(cfg.auth_token) < 16):
+            raise ValueError("Field 'catalog.auth_token' must be a string of at least 16 characters.")
+        for name in ("max_ids", "max_text_chars", "max_attributes", "max_attribute_chars", "max_uri_chars", "max_streams"):
+            value = getattr(cfg, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"Field 'catalog.{name}' must be a positive integer, got {value!r}.")
+        return cfg
+
+
+def _check_id(value: str, name: str) -> str:
+    item_id = value.strip()
+    if not item_id:
+        raise InvalidRequest(name, "must not be empty.")
+    if len(item_id) > MAX_ID_LENGTH:
+        raise InvalidRequest(name, f"is {len(item_id)} characters; the limit is {MAX_ID_LENGTH}.")
+    if any(ord(c) < 32 or ord(c) == 127 for c in item_id):
+        raise InvalidRequest(name, "must not contain control characters.")
+    return item_id
+
+
+def _check_attributes(attrs: dict[str, str], name: str, cfg: CatalogConfig, allow_empty: bool) -> dict[str, str]:
+    if len(attrs) > cfg.max_attributes:
+        raise InvalidRequest(name, f"has {len(attrs)} entries; the limit is {cfg.max_attributes}.")
+    for key, value in attrs.items():
+        if not key.strip():
+            raise InvalidRequest(name, "has an empty key.")
+        if len(key) > cfg.max_attribute_chars or len(value) > cfg.max_attribute_chars:
+            raise InvalidRequest(f"{name}.{key[:64]}", f"is longer than {cfg.max_attribute_chars} characters.")
+        if not allow_empty and not value.strip():
+            raise InvalidRequest(f"{name}.{key[:64]}", "must not be empty.")
+    return dict(attrs)
+
+
+def _check_price(value: float, name: str) -> float:
+    if not math.isfinite(value) or value < 0:
+        raise InvalidRequest(name, f"must be a finite non-negative number, got {value}.")
+    return float(value)
+
+
+def item_from_proto(msg: search_pb2.Item, cfg: CatalogConfig) -> Item:
+    """Validates a proto Item; raises InvalidRequest naming the field (e.g. `item.price`)."""
+    item_id = _check_id(msg.id, "item.id")
+    for name in ("title", "description", "category"):
+        if len(getattr(msg, name)) > cfg.max_text_chars:
+            raise InvalidRequest(f"item.{name}", f"is longer than {cfg.max_text_chars} characters.")
+    attributes = _check_attributes(dict(msg.attributes), "item.attributes", cfg, allow_empty=False)
+    price = _check_price(msg.price, "item.price") if msg.HasField("price") else None
+    if len(msg.image_uri) > cfg.max_uri_chars:
+        raise InvalidRequest("item.image_uri", f"is longer than {cfg.max_uri_chars} characters.")
+    if msg.image:
+        raise Unsupported("item.image: this server cannot store or encode inline image bytes yet; send image_uri.")
+    return Item(id=item_id, title=msg.title, description=msg.description, category=msg.category,
+                attributes=attributes, price=price, image=msg.image_uri or None)
+
+
+class CatalogServicer(search_pb2_grpc.CatalogServicer):
+    """Thin: proto -> Item -> LiveIndex -> ack. Writes need the shared secret when one is configured."""
+
+    def __init__(self, live: LiveIndex | None, config: CatalogConfig = CatalogConfig(), metrics: Metrics | None = None) -> None:
+        self.live = live
+        self.config = config
+        self.metrics = metrics
+        self._streams = 0
+        self._streams_lock = threading.Lock()
+
+    def _require_live(self) -> LiveIndex:
+        if self.live is None:
+            raise StatusError(grpc.StatusCode.UNAVAILABLE, "live catalog updates are not available: the server is "
+                                                           "loading or was started with --read-only.")
+        return self.live
+
+    def _authorize(self, context: grpc.ServicerContext) -> None:
+        token = self.config.auth_token
+        if token is None:
+            return
+        sent = dict(context.invocation_metadata()).get(AUTH_HEADER, "")
+        if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
+            raise StatusError(grpc.StatusCode.UNAUTHENTICATED, "write RPCs need metadata 'authorization: Bearer <token>'.")
+
+    @contextmanager
+    def _stream_slot(self) -> Iterator[None]:
+        with self._streams_lock:
+            if self._streams >= self.config.max_streams:
+                raise StatusError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{self._streams} upsert streams are open; retry later.")
+            self._streams += 1
+        try:
+            yield
+        finally:
+            with self._streams_lock:
+                self._streams -= 1
+
+    def Upsert(self, request_iterator: Iterator[search_pb2.UpsertRequest], context: grpc.ServicerContext
+               ) -> Iterator[search_pb2.UpsertAck]:
+        """Acks each item after its WAL record is fsync'd and applied; the first bad item ends the stream."""
+        t0, code, message = time.perf_counter(), grpc.StatusCode.OK, ""
+        try:
+            self._authorize(context)
+            live = self._require_live()
+            with self._stream_slot():
+                for n, req in enumerate(request_iterator):
+                    check_deadline(context)
+                    yield self._upsert_one(live, req, n)
+        except grpc.RpcError:  # the client cancelled or went away mid-stream; every acked item is durable
+            code = grpc.StatusCode.CANCELLED
+            return
+        except Exception as exc:  # noqa: BLE001 - every error becomes a status
+            code, message = status_for(exc, "Upsert")
+        finally:
+            if self.metrics is not None:
+                self.metrics.observe("Upsert", code, time.perf_counter() - t0)
+        if code != grpc.StatusCode.OK:
+            context.abort(code, message)
+
+    def _upsert_one(self, live: LiveIndex, req: search_pb2.UpsertRequest, n: int) -> search_pb2.UpsertAck:
+        kind = req.WhichOneof("change")
+        try:
+            if kind == "item":
+                item = item_from_proto(req.item, self.config)
+                return search_pb2.UpsertAck(id=item.id, changed=live.upsert([item]) > 0)
+            if kind == "patch":
+                item_id = _check_id(req.patch.id, "patch.id")
+                price = _check_price(req.patch.price, "patch.price") if req.patch.HasField("price") else None
+                attrs = _check_attributes(dict(req.patch.attributes), "patch.attributes", self.config, allow_empty=True)
+                before = live.get([item_id])
+                merged = live.patch(item_id, price, attrs)
+                if merged is None:
+                    raise StatusError(grpc.StatusCode.NOT_FOUND, f"patch.id: no item {item_id!r} to patch (request {n}).")
+                return search_pb2.UpsertAck(id=item_id, changed=not before or before[0] != merged)
+            raise InvalidRequest("item", "each UpsertRequest needs an item or a patch.")
+        except InvalidRequest as exc:
+            # Say which request of the stream was bad; everything before it was acked.
+            raise InvalidRequest(exc.field, f"{str(exc).removeprefix(exc.field + ': ')} (request {n})") from None
+
+    @_abort_on_error
+    def Delete(self, request: search_pb2.DeleteRequest, context: grpc.ServicerContext) -> search_pb2.DeleteResponse:
+        self._authorize(context)
+        ids = self._ids(request.ids)
+        live = self._require_live()
+        check_deadline(context)
+        return search_pb2.DeleteResponse(deleted=live.delete(ids))
+
+    @_abort_on_error
+    def Get(self, request: search_pb2.GetRequest, context: grpc.ServicerContext) -> search_pb2.GetResponse:
+        ids = self._ids(request.ids)
+        items = self._require_live().get(ids)
+        return search_pb2.GetResponse(items_json=[json.dumps(it.to_dict(), ensure_ascii=False) for it in items])
+
+    @_abort_on_error
+    def Snapshot(self, request: search_pb2.SnapshotRequest, context: grpc.ServicerContext) -> search_pb2.SnapshotResponse:
+        self._authorize(context)
+        if not request.out_dir.strip():
+            raise InvalidRequest("out_dir", "must name a directory on the server.")
+        live = self._require_live()
+        try:
+            manifest = live.snapshot(request.out_dir)
+        except FileExistsError as exc:
+            raise StatusError(grpc.StatusCode.ALREADY_EXISTS, f"out_dir: {exc}") from None
+        except OSError as exc:
+            raise StatusError(grpc.StatusCode.FAILED_PRECONDITION, f"out_dir: {exc.strerror or exc}") from None
+        return search_pb2.SnapshotResponse(path=request.out_dir, bundle_version=manifest["bundle_version"],
+                                           items=manifest["counts"]["items"])
+
+    def _ids(self, raw: list[str]) -> list[str]:
+        if not raw:
+            raise InvalidRequest("ids", "must list at least one id.")
+        if len(raw) > self.config.max_ids:
+            raise InvalidRequest("ids", f"has {len(raw)} ids; the limit is {self.config.max_ids}.")
+        return [_check_id(i, f"ids[{n}]") for n, i in enumerate(raw)]
