@@ -204,6 +204,10 @@ FUSIONS = ([("rrf", k, wb) for k in (10, 20, 30, 60) for wb in (0.3, 0.4, 0.5, 0
            + [(h, None, wb) for h in ("minmax", "max", "z", "ztop") for wb in (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)])
 
 
+if os.environ.get("FUSE"):  # e.g. FUSE=max restricts the sweep to one family
+    FUSIONS = [f for f in FUSIONS if f[0] in os.environ["FUSE"].split(",")]
+
+
 def fuse_eval(B, T, qrels, fusion, cand):
     how, k, wb = fusion
     run = {}
@@ -241,6 +245,8 @@ BM25_VARIANTS = {
     "stem_t0.5_all_hy": V(t=0.5, hy=True), "stem_t0.25_body_core_a2_hy": V(t=0.25, attrs="core", a=2, hy=True, body=True),
     "stem_t0.5_body_core_a2_hy": V(t=0.5, attrs="core", a=2, hy=True, body=True),
     "stem_t0.5_core_a2_c0.5_hy": V(t=0.5, attrs="core", a=2, c=0.5, hy=True),
+    # round 4
+    "stem_t0.25_body_a2_hy": V(t=0.25, a=2, hy=True, body=True),
 }
 
 
@@ -295,7 +301,75 @@ def cmd_sweep() -> dict:
     return {"best": best[0][1] if best else None, "ndcg@10": best[0][2] if best else None}
 
 
+class CachedEncoder:
+    """Wraps the MiniLM encoder with vectors cached by exact text (from `encode`), encoding only misses."""
+
+    def __init__(self) -> None:
+        from encoders.text import SentenceTransformerEncoder
+        self.inner = SentenceTransformerEncoder()
+        self.name, self.dim = self.inner.name, self.inner.dim
+        self.cache: dict[str, np.ndarray] = {}
+        self.misses = 0
+
+    def preload(self, texts: list[str], x: np.ndarray) -> None:
+        self.cache.update(zip(texts, x))
+
+    def encode_texts(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        miss = [t for t in dict.fromkeys(texts) if t not in self.cache]
+        if miss:
+            self.misses += len(miss)
+            self.cache.update(zip(miss, self.inner.encode_texts(miss, batch_size)))
+        return np.vstack([self.cache[t] for t in texts]).astype(np.float32) if texts else np.zeros((0, self.dim), np.float32)
+
+
+def cmd_build() -> dict:
+    """Rebuilds runs/{ds}-Flat and runs/{ds}-auto with the current defaults (item_text, Bm25Config, AnnConfig)."""
+    from indexer.ann import AnnConfig
+    from indexer.bundle import IndexerConfig, build_bundle, item_text
+    enc = CachedEncoder()
+    out = {}
+    for ds, cached in (("fashion", "title_core"), ("scifact", "current")):
+        items = load(ds)
+        p = CACHE / f"x-{ds}-{cached}.npy"
+        if p.exists():  # vectors of the tuned text variant; a text that differs from item_text is re-encoded
+            enc.preload([text_variant(it, cached) for it in items], np.load(p))
+        before = enc.misses
+        for name, cfg in (("Flat", IndexerConfig(ann=AnnConfig(factory="Flat"))), ("auto", IndexerConfig())):
+            m = build_bundle(items, f"runs/{ds}-{name}", enc, cfg, force=True, progress=False)
+            out[f"{ds}-{name}"] = m["vectors"]["text"]["factory"]
+        out[f"{ds}-encoded"] = enc.misses - before
+        assert all(item_text(it) in enc.cache for it in items)
+        print(ds, out, flush=True)
+    return out
+
+
+def cmd_final() -> dict:
+    """nDCG@10 of the built bundles through Searcher with the default SearchConfig (optionally nprobe/k_factor_rf)."""
+    from encoders.text import SentenceTransformerEncoder
+    from indexer.ann import AnnConfig
+    from indexer.bundle import Bundle
+    from ranking.pipeline import SearchConfig, Searcher, SearchRequest
+    enc = SentenceTransformerEncoder()
+    kinds = sys.argv[2].split(",") if len(sys.argv) > 2 else ["Flat", "auto"]
+    ann = AnnConfig(**{k: int(v) for k, v in (kv.split("=") for kv in sys.argv[3].split(","))}) if len(sys.argv) > 3 else None
+    res = {}
+    for kind in kinds:
+        for ds, task in TASKS:
+            b = Bundle(f"runs/{ds}-{kind}", ann=ann)
+            s = Searcher(b, enc, SearchConfig())
+            qs = load_queries(DATA / ds / "queries" / f"{task}.jsonl")
+            qrels = load_qrels(DATA / ds / "qrels" / f"{task}.tsv")
+            run = {}
+            for q in qs:
+                r = s.search(SearchRequest(text=q["text"], k=10, exclude_ids=q.get("exclude_ids", [])))
+                run[q["qid"]] = [h.id for h in r.hits]
+            res[f"{kind}:{ds}/{task}"] = ndcg(run, qrels)
+            b.close()
+            print(kind, ds, task, res[f"{kind}:{ds}/{task}"], flush=True)
+    return res
+
+
 if __name__ == "__main__":
     mode = sys.argv[1] if len(sys.argv) > 1 else "sweep"
-    res = {"encode": cmd_encode}[mode]() if mode == "encode" else globals()[f"cmd_{mode}"]()
+    res = globals()[f"cmd_{mode}"]()
     print(json.dumps(res))

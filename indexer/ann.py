@@ -53,7 +53,7 @@ def gpu_available() -> bool:
 @dataclass(frozen=True)
 class AnnConfig:
     factory: str = AUTO
-    nprobe: int = 16
+    nprobe: int = 64  # 16 lost 0.065 nDCG@10 on scifact (IVF132) and 0.026 on fashion (IVF237); 64 loses < 0.01 (bench/tune_first_stage.py)
     k_factor_rf: int = 10  # how many PQ candidates per wanted hit the refine store re-scores (bench/ann.py)
     use_gpu: bool = True  # used only when gpu_available()
 

@@ -15,13 +15,20 @@ from indexer.docstore import filter_term, filter_terms
 TEXT_FIELDS = ("title", "description", "category", "attributes")
 # Characters Tantivy's query parser treats as syntax; user text is searched as plain words.
 _SYNTAX = re.compile(r"[^\w\s]+", re.UNICODE)
+# "t-shirt" is also searched as "tshirt", so a hyphenated query word matches its closed compound.
+_HYPHENATED = re.compile(r"\b(\w+)-(\w+)\b", re.UNICODE)
+# Attributes that describe when or how an item is worn or used rather than what it is; on fashion they
+# only add noise to both BM25 and the dense item text (bench/tune_first_stage.py), so neither indexes them.
+CONTEXT_ATTRIBUTES = frozenset({"season", "usage"})
 
 
 @dataclass(frozen=True)
 class Bm25Config:
     tokenizer: str = "en_stem"
-    # Title words matter more than a long description; measured on fashion and scifact (bench/first_stage.py).
-    boosts: Mapping[str, float] = field(default_factory=lambda: {"title": 1.5, "category": 1.0, "attributes": 1.0, "description": 1.0})
+    # Measured by bench/tune_first_stage.py on scifact claims and fashion text queries: the description field
+    # also holds the title (one BM25 "body" field, as in BEIR), so the title field only adds a small extra;
+    # clean attribute values (colour, gender, article type) are the most reliable product evidence.
+    boosts: Mapping[str, float] = field(default_factory=lambda: {"title": 0.25, "category": 1.0, "attributes": 2.0, "description": 1.0})
 
     @classmethod
     def from_dict(cls, d: dict) -> Bm25Config:
@@ -54,9 +61,10 @@ def _document(docno: int, item: Item) -> tantivy.Document:
     doc.add_unsigned("docno", docno)
     doc.add_text("docno_key", str(docno))
     doc.add_text("title", item.title)
-    doc.add_text("description", item.description)
+    # The body field is title + description, so a long abstract's title counts in the same BM25 document.
+    doc.add_text("description", f"{item.title}. {item.description}" if item.title and item.description else item.description)
     doc.add_text("category", item.category.replace(">", " "))
-    doc.add_text("attributes", " ".join(item.attributes.values()))
+    doc.add_text("attributes", " ".join(v for k, v in item.attributes.items() if k not in CONTEXT_ATTRIBUTES))
     for term in filter_terms(item):
         doc.add_text("filters", term)
     if item.price is not None:
@@ -125,7 +133,9 @@ class Bm25Index:
     ) -> list[tuple[int, float]]:
         """Returns up to k (docno, BM25 score) pairs, best first; an all-punctuation query returns []."""
         # Lower-cased so that AND/OR/NOT in a user's text are words, not operators.
-        words = _SYNTAX.sub(" ", text).strip().lower()
+        joined = [a + b for a, b in _HYPHENATED.findall(text)]
+        # split() also folds \v, \f and Unicode spaces, which Tantivy's parser rejects.
+        words = " ".join(_SYNTAX.sub(" ", " ".join([text, *joined])).split()).lower()
         if not words:
             return []
         query = self.index.parse_query(words, list(TEXT_FIELDS), field_boosts=dict(self.config.boosts))

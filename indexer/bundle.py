@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from encoders.base import TextEncoder
 from indexer.ann import AnnConfig, VectorIndex
-from indexer.bm25 import Bm25Config, Bm25Index
+from indexer.bm25 import CONTEXT_ATTRIBUTES, Bm25Config, Bm25Index
 from indexer.catalog import Item
 from indexer.docstore import DocStore
 
@@ -32,12 +32,16 @@ MANIFEST = "manifest.json"
 
 
 def item_text(item: Item, max_chars: int = 2000) -> str:
-    """The text a dense encoder sees for an item: title, category path, attribute values, then description."""
+    """The text a dense encoder sees for an item: title, attribute values, then description.
+
+    Context attributes (season, usage) and the category path are left out: on fashion, title plus
+    gender/colour/article type encodes best with MiniLM (bench/tune_first_stage.py); the article type
+    already carries the category's leaf.
+    """
     parts = [item.title]
-    if item.category:
-        parts.append(item.category.replace(" > ", ", "))
-    if item.attributes:
-        parts.append(", ".join(str(v) for v in item.attributes.values()))
+    attrs = [str(v) for k, v in item.attributes.items() if k not in CONTEXT_ATTRIBUTES and v]
+    if attrs:
+        parts.append(", ".join(attrs))
     if item.description:
         parts.append(item.description)
     return ". ".join(p for p in parts if p)[:max_chars]

@@ -123,7 +123,9 @@ class DocStore:
         sets: list[set[int]] = []
         for field, value in filters.items():
             if field.casefold() not in self.filter_fields:
-                known = ", ".join(sorted(self.filter_fields))
+                fields = sorted(self.filter_fields)
+                # Bounded: live writes can add many attribute names, and a status message must stay small.
+                known = ", ".join(fields[:30]) + (f", … ({len(fields) - 30} more)" if len(fields) > 30 else "")
                 raise ValueError(f"filters: unknown filter field {field!r}; this catalog has: {known}.")
             sets.append(self._postings.get(filter_term(field, value), set()))
         if price_min is not None or price_max is not None:

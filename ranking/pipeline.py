@@ -30,9 +30,10 @@ class Unsupported(RuntimeError):
 
 @dataclass(frozen=True)
 class SearchConfig:
-    fusion: FusionMethod = FusionMethod.WEIGHTED
-    # Measured by bench/first_stage.py on scifact and fashion; see README "Fusion defaults".
-    weights: Mapping[str, float] = field(default_factory=lambda: {"bm25": 0.35, "text": 0.65, "clip_text": 0.5, "clip_image": 1.0})
+    fusion: FusionMethod = FusionMethod.WEIGHTED_MAX
+    # bm25/text measured by bench/tune_first_stage.py on scifact claims and fashion text-literal/paraphrase
+    # (one setting for all three; 0.4-0.5 for bm25 is a plateau); see README "Fusion defaults".
+    weights: Mapping[str, float] = field(default_factory=lambda: {"bm25": 0.45, "text": 0.55, "clip_text": 0.5, "clip_image": 1.0})
     rrf_k: int = 60
     candidates: int = 100       # depth each source retrieves before fusion
     default_k: int = 10

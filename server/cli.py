@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=None)
     p.add_argument("--offset", type=int, default=0)
     p.add_argument("--exclude", default="", help="comma-separated ids to leave out")
-    p.add_argument("--fusion", choices=["rrf", "weighted"], default="")
+    p.add_argument("--fusion", choices=["rrf", "weighted", "weighted_max"], default="")
     p.add_argument("--weight", action="append", default=[], metavar="SOURCE=W", help="fusion weight (repeatable)")
     p.add_argument("--sources", default="", help="comma-separated sources to use, e.g. bm25,text")
     p.add_argument("--fields", default="", help="stored fields to return, e.g. title,price or *")

@@ -10,7 +10,8 @@ import grpc
 
 from proto.vitrine.v1 import search_pb2, search_pb2_grpc
 
-FUSION = {"": search_pb2.FUSION_UNSPECIFIED, "rrf": search_pb2.FUSION_RRF, "weighted": search_pb2.FUSION_WEIGHTED}
+FUSION = {"": search_pb2.FUSION_UNSPECIFIED, "rrf": search_pb2.FUSION_RRF, "weighted": search_pb2.FUSION_WEIGHTED,
+          "weighted_max": search_pb2.FUSION_WEIGHTED_MAX}
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ from ranking.pipeline import InvalidRequest, Searcher, SearchRequest, SearchResu
 log = logging.getLogger("vitrine.server")
 
 STORED_FIELDS = ("id", "title", "description", "category", "attributes", "price", "image")
-_FUSION = {search_pb2.FUSION_RRF: FusionMethod.RRF, search_pb2.FUSION_WEIGHTED: FusionMethod.WEIGHTED}
+_FUSION = {search_pb2.FUSION_RRF: FusionMethod.RRF, search_pb2.FUSION_WEIGHTED: FusionMethod.WEIGHTED,
+           search_pb2.FUSION_WEIGHTED_MAX: FusionMethod.WEIGHTED_MAX}
 SERVICE_NAMES = ("vitrine.v1.Search", "vitrine.v1.Catalog")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 

@@ -69,13 +69,11 @@ def test_every_upserted_item_gets_the_oracles_status(target, item):
 
 
 def test_random_mixed_requests_get_expected_statuses_and_server_stays_healthy(target):
-    summary = fuzz(target, 600, seed=3, unicode_whitespace=False)
+    summary = fuzz(target, 600, seed=3, unicode_whitespace=True)
     assert summary["wrong_status"] == 0, summary["examples"]
     assert summary["unhealthy_checks"] == 0 and summary["healthy_at_end"]
 
 
-@pytest.mark.xfail(strict=True, reason="indexer/bm25.py hands \\v, \\f, NBSP and other Unicode spaces to Tantivy's "
-                   "query parser, which raises, so the search is INTERNAL; fix: ' '.join(words.split()) there.")
 @pytest.mark.parametrize("space", ["\x0b", "\x0c", "\u00a0", "\u3000"])
 def test_unicode_whitespace_in_a_query_is_not_an_internal_error(target, space):
     with grpc.insecure_channel(target) as channel:

@@ -12,9 +12,11 @@ class Fusion(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FUSION_UNSPECIFIED: _ClassVar[Fusion]
     FUSION_RRF: _ClassVar[Fusion]
     FUSION_WEIGHTED: _ClassVar[Fusion]
+    FUSION_WEIGHTED_MAX: _ClassVar[Fusion]
 FUSION_UNSPECIFIED: Fusion
 FUSION_RRF: Fusion
 FUSION_WEIGHTED: Fusion
+FUSION_WEIGHTED_MAX: Fusion
 
 class PriceRange(_message.Message):
     __slots__ = ("min", "max")
