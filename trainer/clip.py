@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import random
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -137,9 +138,9 @@ def retrieval_recall(img: torch.Tensor, txt: torch.Tensor, k: int = 10) -> dict[
     """Image->text and text->image recall@k where pair i matches pair i; inputs are unit vectors (N, D)."""
     sims = img @ txt.T  # (N, N)
     target = torch.arange(len(img))
-    k = min(k, len(img))
-    i2t = (sims.topk(k, dim=1).indices == target[:, None]).any(1).float().mean().item()
-    t2i = (sims.T.topk(k, dim=1).indices == target[:, None]).any(1).float().mean().item()
+    kk = min(k, len(img))
+    i2t = (sims.topk(kk, dim=1).indices == target[:, None]).any(1).float().mean().item()
+    t2i = (sims.T.topk(kk, dim=1).indices == target[:, None]).any(1).float().mean().item()
     return {f"i2t_r@{k}": i2t, f"t2i_r@{k}": t2i, f"mean_r@{k}": (i2t + t2i) / 2}
 
 
@@ -281,8 +282,10 @@ class ClipTrainer:
                                    "elapsed_s": round(time.perf_counter() - t_start, 1)})
             self.log(f"epoch {epoch + 1}: loss {np.mean(losses):.3f}, held-out mean R@10 {metrics['mean_r@10']:.3f}")
             state["epoch"] = epoch + 1
-            if metrics["mean_r@10"] > state["best"]:
-                state.update(best=metrics["mean_r@10"], best_epoch=epoch + 1, bad_epochs=0)
+            # R@10 saturates on small held-out sets; adding R@1 keeps the selection sensitive.
+            score = metrics["mean_r@10"] + metrics["mean_r@1"]
+            if score > state["best"]:
+                state.update(best=score, best_epoch=epoch + 1, bad_epochs=0)
                 save_checkpoint_dir(self.model, self.model_cfg, self.preprocess, best_dir)
             else:
                 state["bad_epochs"] += 1
@@ -295,14 +298,14 @@ class ClipTrainer:
         return self._finish(best_dir, state, pairs, len(train_idx), len(val_idx), time.perf_counter() - t_start)
 
     def _finish(self, best_dir: Path, state: dict, pairs: Pairs, n_train: int, n_val: int, seconds: float) -> dict:
-        for f in best_dir.iterdir():
-            target = self.out_dir / f.name
-            if target.is_dir():
-                import shutil
-
-                shutil.rmtree(target)
-            f.replace(target)
-        best_dir.rmdir()
+        # After a resume that found nothing better, the best model is already in out_dir.
+        if best_dir.is_dir():
+            for f in best_dir.iterdir():
+                target = self.out_dir / f.name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                f.replace(target)
+            best_dir.rmdir()
         best = next(c for c in state["curve"] if c["epoch"] == state["best_epoch"])
         version = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         training = {"version": version, "config": asdict(self.config), "train_pairs": n_train, "heldout_pairs": n_val,
