@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
@@ -26,6 +26,9 @@ from indexer.ann import AnnConfig, VectorIndex
 from indexer.bm25 import CONTEXT_ATTRIBUTES, Bm25Config, Bm25Index
 from indexer.catalog import Item
 from indexer.docstore import DocStore
+
+if TYPE_CHECKING:
+    from encoders.clip import ClipEncoder
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -89,6 +92,8 @@ def build_bundle(
     text_encoder: TextEncoder | None,
     config: IndexerConfig = IndexerConfig(),
     *,
+    clip_encoder: ClipEncoder | None = None,
+    catalog_dir: str | Path | None = None,
     catalog_path: str | None = None,
     config_dict: dict | None = None,
     force: bool = False,
@@ -136,6 +141,14 @@ def build_bundle(
             vectors["text"] = {"file": "vectors/text.faiss", "factory": index.factory, "dim": index.dim,
                                "count": index.ntotal, "model": "text", "metric": "inner_product"}
             models["text"] = {"name": text_encoder.name, "dim": text_encoder.dim, "kind": "sentence-transformers"}
+        broken: list[tuple[str, str]] = []
+        if clip_encoder is not None:
+            t0 = time.perf_counter()
+            meta, broken = _build_clip_index(rows, Path(catalog_dir or "."), clip_encoder, config, tmp, progress)
+            timings["clip_s"] = time.perf_counter() - t0
+            vectors["clip_image"] = meta
+            models["clip"] = {"name": clip_encoder.name, "dim": clip_encoder.dim, "kind": "open_clip",
+                              "version": getattr(clip_encoder, "version", "")}
         docstore.close()
 
         manifest = {
@@ -143,7 +156,10 @@ def build_bundle(
             "bundle_version": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6],
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "catalog": catalog_path,
-            "counts": {"items": len(rows), "text_vectors": vectors.get("text", {}).get("count", 0)},
+            "counts": {"items": len(rows), "text_vectors": vectors.get("text", {}).get("count", 0),
+                       "clip_vectors": vectors.get("clip_image", {}).get("count", 0),
+                       "images": vectors.get("clip_image", {}).get("images", 0), "broken_images": len(broken)},
+            "broken_images": [{"id": i, "reason": r} for i, r in broken[:100]],
             "next_docno": int(docstore.next_docno),
             "models": models,
             "vectors": vectors,
@@ -165,6 +181,38 @@ def build_bundle(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _build_clip_index(rows: Sequence[tuple[int, Item]], catalog_dir: Path, clip: ClipEncoder, config: IndexerConfig,
+                      tmp: Path, progress: bool) -> tuple[dict, list[tuple[str, str]]]:
+    """CLIP image vectors for items with an image; for text-only items (or broken images) their CLIP text vector,
+    so that photo queries can still reach them."""
+    from indexer.images import encode_catalog_images
+
+    t0 = time.perf_counter()
+    img_ids, xb_img, broken = encode_catalog_images(rows, catalog_dir, clip, config.batch_size, progress=progress)
+    images_per_s = len(img_ids) / max(time.perf_counter() - t0, 1e-9)
+    have = set(img_ids.tolist())
+    text_rows = [(d, it) for d, it in rows if d not in have and it.has_text()]
+    xb_txt = encode_in_batches(clip.encode_texts, [clip_item_text(it) for _, it in text_rows], config.batch_size,
+                               "encode clip text", clip.dim, progress) if text_rows else np.zeros((0, clip.dim), np.float32)
+    ids = np.concatenate([img_ids, np.array([d for d, _ in text_rows], dtype=np.int64)])
+    xb = np.concatenate([xb_img, xb_txt])
+    if len(ids) == 0:
+        index = VectorIndex.build(np.zeros((0, clip.dim), np.float32), ids, AnnConfig(factory="Flat"))
+    else:
+        index = VectorIndex.build(xb, ids, config.ann)
+    index.save(tmp / "vectors" / "clip_image.faiss")
+    return {"file": "vectors/clip_image.faiss", "factory": index.factory, "dim": index.dim, "count": index.ntotal,
+            "images": int(len(img_ids)), "text_only": len(text_rows), "images_per_s": round(images_per_s, 1),
+            "model": "clip", "metric": "inner_product"}, broken
+
+
+def clip_item_text(item: Item) -> str:
+    """The text CLIP pairs with an item's image (in training) or stands in for it (text-only items):
+    title plus category path and attribute values."""
+    parts = [item.title, item.category.replace(" > ", ", ") if item.category else "", ", ".join(item.attributes.values())]
+    return ". ".join(p for p in parts if p)
 
 
 class Bundle:

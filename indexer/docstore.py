@@ -6,9 +6,10 @@ upsert can delete an item's old number from every index and add a new one withou
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +136,22 @@ class DocStore:
         sets.sort(key=len)
         result = set(sets[0]).intersection(*sets[1:]) if sets else set()
         return np.fromiter(result, dtype=np.int64, count=len(result))
+
+    def mentioned_values(self, text: str, fields: Sequence[str] = ()) -> dict[str, str]:
+        """Attribute values of this catalog that the text names as whole words, longest per field.
+
+        "the same but in navy blue" -> {"color": "navy blue"}. Used as constraints for composed queries.
+        """
+        words = " " + " ".join(re.findall(r"\w+", text.casefold())) + " "
+        found: dict[str, str] = {}
+        for term, docs in self._postings.items():
+            field, _, value = term.partition("=")
+            if not docs or field == CATEGORY or (fields and field not in fields):
+                continue
+            norm = " ".join(re.findall(r"\w+", value))
+            if len(norm) >= 3 and f" {norm} " in words and len(norm) > len(found.get(field, "")):
+                found[field] = norm
+        return found
 
     def set_meta(self, key: str, value: str) -> None:
         self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))

@@ -4,16 +4,22 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
-from encoders.base import TextEncoder
+from encoders.base import TextEncoder, l2_normalize
 from encoders.images import decode_image
 from indexer.bundle import Bundle
 from ranking.fusion import FusionMethod, fuse
 from ranking.types import Hit
 
 SOURCES = ("bm25", "text", "clip_text", "clip_image")
+CONSTRAINT_MODES = ("hard", "soft", "off")
+
+
+class ClipLike(TextEncoder, Protocol):
+    def encode_images(self, images: list, batch_size: int = 64, progress: bool = False) -> np.ndarray: ...
 
 
 class InvalidRequest(ValueError):
@@ -36,6 +42,12 @@ class SearchConfig:
     weights: Mapping[str, float] = field(default_factory=lambda: {"bm25": 0.45, "text": 0.55, "clip_text": 0.5, "clip_image": 1.0})
     rrf_k: int = 60
     candidates: int = 100       # depth each source retrieves before fusion
+    # Composed queries: q = normalise(image + composed_text_weight * text) in CLIP space, and attribute
+    # values named in the text ("in red") used as a hard filter, a soft boost, or not at all.
+    composed_text_weight: float = 0.5
+    constraint: str = "hard"
+    constraint_bonus: float = 0.3
+    constraint_fields: tuple[str, ...] = ()   # empty: every attribute
     default_k: int = 10
     max_k: int = 1000
     max_offset: int = 10_000
@@ -64,7 +76,11 @@ class SearchConfig:
                     raise ValueError(f"Field 'search.weights.{name}' must be a non-negative number, got {w!r}.")
                 merged[name] = float(w)
             d["weights"] = merged
+        if "constraint_fields" in d:
+            d["constraint_fields"] = tuple(d["constraint_fields"])
         cfg = cls(**d)
+        if cfg.constraint not in CONSTRAINT_MODES:
+            raise ValueError(f"Field 'search.constraint' must be one of {', '.join(CONSTRAINT_MODES)}, got {cfg.constraint!r}.")
         for name in ("rrf_k", "candidates", "default_k", "max_k", "max_text_chars", "max_image_bytes", "max_image_pixels"):
             value = getattr(cfg, name)
             if not isinstance(value, int) or value < 1:
@@ -86,6 +102,8 @@ class SearchRequest:
     weights: Mapping[str, float] = field(default_factory=dict)
     sources: Sequence[str] = ()
     explain: bool = False
+    constraint: str = ""                       # composed queries; "" = config default
+    composed_text_weight: float | None = None  # composed queries; None = config default
 
 
 @dataclass(frozen=True)
@@ -94,39 +112,56 @@ class SearchResult:
     total_candidates: int
     timings_ms: dict[str, float]
     bundle_version: str
+    constraints: Mapping[str, str] = field(default_factory=dict)
 
 
 class Searcher:
     """Answers SearchRequests over one bundle with the given encoders; safe to call from many threads."""
 
-    def __init__(self, bundle: Bundle, text_encoder: TextEncoder | None, config: SearchConfig = SearchConfig()) -> None:
+    def __init__(self, bundle: Bundle, text_encoder: TextEncoder | None, config: SearchConfig = SearchConfig(),
+                 clip_encoder: ClipLike | None = None) -> None:
         self.bundle = bundle
         self.text_encoder = text_encoder
+        self.clip_encoder = clip_encoder
         self.config = config
 
     def available_sources(self) -> list[str]:
         out = ["bm25"]
         if self.text_encoder is not None and "text" in self.bundle.vectors:
             out.append("text")
+        if self.clip_encoder is not None and "clip_image" in self.bundle.vectors:
+            out += ["clip_text", "clip_image"]
         return out
 
     def search(self, req: SearchRequest) -> SearchResult:
         t_start = time.perf_counter()
         timings: dict[str, float] = {}
         k = self._validate(req)
+        image = None
         if req.image:
-            decode_image(req.image, self.config.max_image_bytes, self.config.max_image_pixels)
-            raise Unsupported("image: this bundle has no CLIP image index, so it cannot answer image queries; "
-                              "build one with `vitrine index --clip-model`.")
+            image = decode_image(req.image, self.config.max_image_bytes, self.config.max_image_pixels)
+            if "clip_image" not in self.available_sources():
+                raise Unsupported("image: this bundle has no CLIP image index, so it cannot answer image queries; "
+                                  "build one with `vitrine index --clip-model`.")
+        text = req.text.strip()
+        mode = "composed" if image is not None and text else "image" if image is not None else "text"
         try:
             allowed = self.bundle.docstore.allowed(req.filters, req.price_min, req.price_max)
         except ValueError as exc:
             raise InvalidRequest("filters", str(exc).removeprefix("filters: ")) from None
-        sources = self._active_sources(req)
+        sources = self._active_sources(req, mode)
+        constraints, constraint_mode = {}, req.constraint or self.config.constraint
+        if mode == "composed" and constraint_mode != "off":
+            constraints = self.bundle.docstore.mentioned_values(text, self.config.constraint_fields)
+            if constraints and constraint_mode == "hard":
+                narrowed = self.bundle.docstore.allowed({**req.filters, **constraints}, req.price_min, req.price_max)
+                if narrowed is not None and len(narrowed):
+                    allowed = narrowed
+                else:
+                    constraint_mode = "soft"  # nothing matches every named value: rank by them instead
         exclude = set(req.exclude_ids)
         depth = max(self.config.candidates, req.offset + k) + len(exclude)
         lists: dict[str, list[tuple[str, float]]] = {}
-        text = req.text.strip()
         if "bm25" in sources and text:
             t0 = time.perf_counter()
             pairs = self.bundle.bm25.search(text, depth, req.filters, req.price_min, req.price_max)
@@ -139,13 +174,46 @@ class Searcher:
             t0 = time.perf_counter()
             lists["text"] = self._ann("text", xq, depth, allowed, exclude)
             timings["text_ann"] = (time.perf_counter() - t0) * 1e3
+        clip_text = None
+        if ("clip_text" in sources or mode == "composed") and text and self.clip_encoder is not None:
+            t0 = time.perf_counter()
+            clip_text = self.clip_encoder.encode_texts([text])  # (1, D)
+            timings["clip_text_encode"] = (time.perf_counter() - t0) * 1e3
+        if "clip_text" in sources and clip_text is not None:
+            t0 = time.perf_counter()
+            lists["clip_text"] = self._ann("clip_image", clip_text, depth, allowed, exclude)
+            timings["clip_text_ann"] = (time.perf_counter() - t0) * 1e3
+        if "clip_image" in sources and image is not None:
+            t0 = time.perf_counter()
+            xq = self.clip_encoder.encode_images([image])  # (1, D)
+            if mode == "composed":
+                w = self.config.composed_text_weight if req.composed_text_weight is None else req.composed_text_weight
+                xq = l2_normalize(xq + w * clip_text)
+            timings["clip_image_encode"] = (time.perf_counter() - t0) * 1e3
+            t0 = time.perf_counter()
+            lists["clip_image"] = self._ann("clip_image", xq, depth, allowed, exclude)
+            timings["clip_image_ann"] = (time.perf_counter() - t0) * 1e3
         t0 = time.perf_counter()
         weights = {**self.config.weights, **req.weights}
         fused = fuse(lists, req.fusion or self.config.fusion, weights, self.config.rrf_k)
+        if constraints and constraint_mode == "soft":
+            fused = self._boost(fused, constraints)
         timings["fusion"] = (time.perf_counter() - t0) * 1e3
         timings["total"] = (time.perf_counter() - t_start) * 1e3
         return SearchResult(hits=fused[req.offset:req.offset + k], total_candidates=len(fused),
-                            timings_ms=timings, bundle_version=self.bundle.version)
+                            timings_ms=timings, bundle_version=self.bundle.version, constraints=constraints)
+
+    def _boost(self, hits: list[Hit], constraints: Mapping[str, str]) -> list[Hit]:
+        """Soft constraints: each named attribute value an item has adds constraint_bonus to its fused score."""
+        docstore = self.bundle.docstore
+        out = []
+        for h in hits:
+            item = docstore.get(h.id)
+            matches = 0 if item is None else sum(
+                1 for f, v in constraints.items()
+                if any(k.casefold() == f and " ".join(str(x).casefold().split()) == v for k, x in item.attributes.items()))
+            out.append(Hit(h.id, h.score + self.config.constraint_bonus * matches, h.scores_by_source))
+        return sorted(out, key=lambda h: (-h.score, h.id))
 
     def _ann(self, source: str, xq: np.ndarray, depth: int, allowed: np.ndarray | None, exclude: set[str]) -> list[tuple[str, float]]:
         if allowed is not None and len(allowed) == 0:
@@ -164,10 +232,12 @@ class Searcher:
                 out.append((item.id, score))
         return out
 
-    def _active_sources(self, req: SearchRequest) -> list[str]:
+    def _active_sources(self, req: SearchRequest, mode: str = "text") -> list[str]:
         available = self.available_sources()
         if not req.sources:
-            return available
+            # Words like "the same but in red" mean nothing to BM25 on their own: composed queries go through CLIP.
+            wanted = {"text": ("bm25", "text", "clip_text"), "image": ("clip_image",), "composed": ("clip_image",)}[mode]
+            return [s for s in available if s in wanted]
         for s in req.sources:
             if s not in SOURCES:
                 raise InvalidRequest("sources", f"unknown source {s!r}; sources are {', '.join(SOURCES)}.")
@@ -193,6 +263,10 @@ class Searcher:
                 raise InvalidRequest(name, f"must be a finite number, got {value}.")
         if req.price_min is not None and req.price_max is not None and req.price_min > req.price_max:
             raise InvalidRequest("price", f"min {req.price_min} is greater than max {req.price_max}.")
+        if req.constraint and req.constraint not in CONSTRAINT_MODES:
+            raise InvalidRequest("constraint", f"must be one of {', '.join(CONSTRAINT_MODES)}, got {req.constraint!r}.")
+        if req.composed_text_weight is not None and not (np.isfinite(req.composed_text_weight) and req.composed_text_weight >= 0):
+            raise InvalidRequest("composed_text_weight", f"must be a non-negative finite number, got {req.composed_text_weight}.")
         for name, w in req.weights.items():
             if name not in SOURCES:
                 raise InvalidRequest("weights", f"unknown source {name!r}; sources are {', '.join(SOURCES)}.")

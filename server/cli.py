@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.add_argument("--text-model", help="sentence-transformers name or local dir (default all-MiniLM-L6-v2, offline)")
     p.add_argument("--no-text-vectors", action="store_true", help="BM25 only; skip the dense text index")
+    p.add_argument("--clip-model", help="CLIP checkpoint dir (from `vitrine train clip`) or open_clip architecture name")
+    p.add_argument("--clip-pretrained", help="open_clip pretrained tag for --clip-model NAME, e.g. laion2b_s34b_b79k (needs a hub)")
     p.add_argument("--columns", help="CSV column map, e.g. id=sku,title=name,attributes.color=colour")
     p.add_argument("--skip-invalid", action="store_true", help="skip bad lines (reported) instead of failing")
     p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
@@ -59,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sources", default="", help="comma-separated sources to use, e.g. bm25,text")
     p.add_argument("--fields", default="", help="stored fields to return, e.g. title,price or *")
     p.add_argument("--explain", action="store_true")
+    p.add_argument("--constraint", choices=["hard", "soft", "off"], default="", help="composed queries: named attribute values")
+    p.add_argument("--composed-text-weight", type=float, default=None)
     p.add_argument("--queries", help="batch mode: query JSONL (qid, text, image, exclude_ids, filters)")
     p.add_argument("--image-root", help="batch mode: directory that relative query image paths are under")
     p.add_argument("--out", help="batch mode: write the run JSONL here (default stdout)")
@@ -113,14 +117,26 @@ def cmd_index(args: argparse.Namespace) -> int:
         from encoders.text import SentenceTransformerEncoder
 
         encoder = SentenceTransformerEncoder(args.text_model or config.encoders.text_model, device=config.encoders.device)
+    clip = None
+    if args.clip_model:
+        from encoders.clip import ClipEncoder, is_checkpoint_dir
+
+        name = str(Path(args.clip_model).resolve()) if is_checkpoint_dir(args.clip_model) else args.clip_model
+        clip = ClipEncoder(name, pretrained=args.clip_pretrained, device=config.encoders.device)
     manifest = build_bundle(
         items, args.out, encoder,
         IndexerConfig(batch_size=config.encoders.batch_size, ann=config.index, bm25=config.bm25),
+        clip_encoder=clip, catalog_dir=Path(args.catalog).resolve().parent,
         catalog_path=str(Path(args.catalog).resolve()), config_dict=config.to_dict(), force=args.force,
         progress=not args.quiet,
     )
+    if manifest["counts"].get("broken_images"):
+        print(f"{manifest['counts']['broken_images']} image(s) could not be read (listed in manifest.json), e.g.:",
+              file=sys.stderr)
+        for b in manifest["broken_images"][:10]:
+            print(f"  item {b['id']}: {b['reason']}", file=sys.stderr)
     summary = {"bundle": str(args.out), "bundle_version": manifest["bundle_version"], "items": manifest["counts"]["items"],
-               "skipped_lines": len(errors), "vectors": {k: {"factory": v["factory"], "count": v["count"]} for k, v in manifest["vectors"].items()},
+               "skipped_lines": len(errors), "broken_images": manifest["counts"].get("broken_images", 0), "vectors": {k: {"factory": v["factory"], "count": v["count"]} for k, v in manifest["vectors"].items()},
                "seconds": round(time.perf_counter() - t0, 1)}
     print(json.dumps(summary))
     return 0
@@ -139,7 +155,13 @@ def load_searcher(bundle_path: str, config_path: str | None):  # -> (Searcher, V
 
         encoder = SentenceTransformerEncoder(bundle.manifest["models"]["text"]["name"], device=config.encoders.device)
         encoder.encode_texts(["warm up"])  # the first call pays one-off costs; not a user's query
-    return Searcher(bundle, encoder, config.search), config
+    clip = None
+    if "clip" in bundle.manifest.get("models", {}):
+        from encoders.clip import ClipEncoder
+
+        clip = ClipEncoder(bundle.manifest["models"]["clip"]["name"], device=config.encoders.device)
+        clip.encode_texts(["warm up"])
+    return Searcher(bundle, encoder, config.search, clip_encoder=clip), config
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -197,6 +219,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         filters=_parse_pairs(args.filter, "--filter"), price_min=args.price_min, price_max=args.price_max,
         fusion=args.fusion, weights=_parse_pairs(args.weight, "--weight", float),
         sources=[s for s in args.sources.split(",") if s], fields=[f for f in args.fields.split(",") if f],
+        constraint=args.constraint, composed_text_weight=args.composed_text_weight,
     )
     with VitrineClient(args.target, timeout_s=args.timeout) as client:
         if args.queries:

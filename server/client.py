@@ -68,14 +68,18 @@ class VitrineClient:
         sources: Sequence[str] = (),
         fields: Sequence[str] = (),
         explain: bool = False,
+        constraint: str = "",
+        composed_text_weight: float | None = None,
     ) -> ClientResult:
         if fusion not in FUSION:
             raise ValueError(f"fusion must be one of {sorted(FUSION)}, got {fusion!r}.")
         req = search_pb2.SearchRequest(
             text=text, image=image, filters=dict(filters or {}), k=k, offset=offset,
             exclude_ids=list(exclude_ids), fusion=FUSION[fusion], weights=dict(weights or {}),
-            sources=list(sources), fields=list(fields), explain=explain,
+            sources=list(sources), fields=list(fields), explain=explain, constraint=constraint,
         )
+        if composed_text_weight is not None:
+            req.composed_text_weight = composed_text_weight
         if price_min is not None:
             req.price.min = price_min
         if price_max is not None:

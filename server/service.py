@@ -153,6 +153,8 @@ def request_from_proto(req: search_pb2.SearchRequest) -> tuple[SearchRequest, li
         weights=dict(req.weights),
         sources=list(req.sources),
         explain=req.explain,
+        constraint=req.constraint,
+        composed_text_weight=req.composed_text_weight if req.HasField("composed_text_weight") else None,
     ), fields
 
 

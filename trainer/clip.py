@@ -27,6 +27,7 @@ from tqdm import tqdm
 from encoders.base import pick_device
 from encoders.clip import build_model, is_checkpoint_dir, load_checkpoint_dir, make_tokenizer, save_checkpoint_dir
 from encoders.text import resolve_text_model
+from indexer.bundle import clip_item_text
 from indexer.catalog import Item, resolve_image
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -80,10 +81,7 @@ class Pairs:
     broken: list[tuple[str, str]] = field(default_factory=list)
 
 
-def pair_text(item: Item) -> str:
-    """The text an image is trained against: title plus category and attribute values."""
-    parts = [item.title, item.category.replace(" > ", ", ") if item.category else "", ", ".join(item.attributes.values())]
-    return ". ".join(p for p in parts if p)
+pair_text = clip_item_text  # the text an image is trained against; the indexer uses the same for text-only items
 
 
 def load_square(path: str, size: int) -> np.ndarray:

@@ -27,7 +27,7 @@ class PriceRange(_message.Message):
     def __init__(self, min: _Optional[float] = ..., max: _Optional[float] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("text", "image", "filters", "price", "k", "offset", "exclude_ids", "fusion", "weights", "sources", "fields", "explain")
+    __slots__ = ("text", "image", "filters", "price", "k", "offset", "exclude_ids", "fusion", "weights", "sources", "fields", "explain", "constraint", "composed_text_weight")
     class FiltersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +54,8 @@ class SearchRequest(_message.Message):
     SOURCES_FIELD_NUMBER: _ClassVar[int]
     FIELDS_FIELD_NUMBER: _ClassVar[int]
     EXPLAIN_FIELD_NUMBER: _ClassVar[int]
+    CONSTRAINT_FIELD_NUMBER: _ClassVar[int]
+    COMPOSED_TEXT_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     text: str
     image: bytes
     filters: _containers.ScalarMap[str, str]
@@ -66,7 +68,9 @@ class SearchRequest(_message.Message):
     sources: _containers.RepeatedScalarFieldContainer[str]
     fields: _containers.RepeatedScalarFieldContainer[str]
     explain: bool
-    def __init__(self, text: _Optional[str] = ..., image: _Optional[bytes] = ..., filters: _Optional[_Mapping[str, str]] = ..., price: _Optional[_Union[PriceRange, _Mapping]] = ..., k: _Optional[int] = ..., offset: _Optional[int] = ..., exclude_ids: _Optional[_Iterable[str]] = ..., fusion: _Optional[_Union[Fusion, str]] = ..., weights: _Optional[_Mapping[str, float]] = ..., sources: _Optional[_Iterable[str]] = ..., fields: _Optional[_Iterable[str]] = ..., explain: _Optional[bool] = ...) -> None: ...
+    constraint: str
+    composed_text_weight: float
+    def __init__(self, text: _Optional[str] = ..., image: _Optional[bytes] = ..., filters: _Optional[_Mapping[str, str]] = ..., price: _Optional[_Union[PriceRange, _Mapping]] = ..., k: _Optional[int] = ..., offset: _Optional[int] = ..., exclude_ids: _Optional[_Iterable[str]] = ..., fusion: _Optional[_Union[Fusion, str]] = ..., weights: _Optional[_Mapping[str, float]] = ..., sources: _Optional[_Iterable[str]] = ..., fields: _Optional[_Iterable[str]] = ..., explain: _Optional[bool] = ..., constraint: _Optional[str] = ..., composed_text_weight: _Optional[float] = ...) -> None: ...
 
 class SourceScore(_message.Message):
     __slots__ = ("source", "score", "rank")

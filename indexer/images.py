@@ -1,0 +1,75 @@
+"""Reading catalog images for encoding: decoded in worker threads while the encoder works on the previous batch."""
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from encoders.clip import ClipEncoder
+from encoders.images import ImageError, decode_image
+from indexer.catalog import Item, resolve_image
+
+MAX_IMAGE_BYTES = 20 * 1024 * 1024
+URL_TIMEOUT_S = 10.0
+
+
+def read_image_bytes(location: str) -> bytes:
+    """Reads a local path or an http(s) URL, refusing anything over MAX_IMAGE_BYTES."""
+    if location.startswith(("http://", "https://")):
+        with urllib.request.urlopen(location, timeout=URL_TIMEOUT_S) as resp:  # noqa: S310 - catalog URLs are the shop's own
+            data = resp.read(MAX_IMAGE_BYTES + 1)
+    else:
+        data = Path(location).read_bytes()
+    if len(data) > MAX_IMAGE_BYTES:
+        raise ImageError(f"image: larger than {MAX_IMAGE_BYTES} bytes")
+    return data
+
+
+def _load_batch(encoder: ClipEncoder, batch: Sequence[tuple[int, Item, str]]):
+    ok, pixels, broken = [], [], []
+    for docno, item, location in batch:
+        try:
+            img = decode_image(read_image_bytes(location), MAX_IMAGE_BYTES)
+            pixels.append(encoder.preprocess(img))
+            ok.append(docno)
+        except (OSError, ValueError) as exc:
+            broken.append((item.id, f"{location}: {exc}"))
+    return ok, pixels, broken
+
+
+def encode_catalog_images(
+    rows: Sequence[tuple[int, Item]], catalog_dir: Path, encoder: ClipEncoder, batch_size: int = 64,
+    workers: int = 2, progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+    """Encodes every row's image. Returns (doc numbers, (N, D) vectors, [(item id, reason)] for broken images).
+
+    A broken, missing or unreachable image is reported with its item id and does not stop the job.
+    """
+    import torch
+
+    todo = [(docno, item, resolve_image(item, catalog_dir)) for docno, item in rows if item.image]
+    batches = [todo[s:s + batch_size] for s in range(0, len(todo), batch_size)]
+    docnos: list[int] = []
+    vectors: list[np.ndarray] = []
+    broken: list[tuple[str, str]] = []
+    with ThreadPoolExecutor(workers) as pool, tqdm(total=len(todo), desc="encode images", unit="img",
+                                                   disable=not progress, mininterval=1.0) as bar:
+        pending: list[Future] = [pool.submit(_load_batch, encoder, b) for b in batches[:workers + 1]]
+        next_batch = len(pending)
+        while pending:
+            ok, pixels, bad = pending.pop(0).result()
+            if next_batch < len(batches):  # keep decoding ahead while this batch encodes
+                pending.append(pool.submit(_load_batch, encoder, batches[next_batch]))
+                next_batch += 1
+            broken.extend(bad)
+            if pixels:
+                vectors.append(encoder.encode_pixels(torch.stack(pixels)))  # (B, D)
+                docnos.extend(ok)
+            bar.update(len(ok) + len(bad))
+    xb = np.concatenate(vectors) if vectors else np.zeros((0, encoder.dim), np.float32)
+    return np.array(docnos, dtype=np.int64), xb, broken
+
