@@ -105,16 +105,16 @@ def sweep(xb: np.ndarray, xq: np.ndarray, gt: np.ndarray, flat: faiss.Index, arg
     refines: dict[str, tuple[faiss.Index | None, int, float]] = {"none": (None, 0, 0.0)}
     flat_bytes = xb.nbytes + 64  # IndexFlat serialises its vectors plus a small header
     refines["RFlat"] = (flat, flat_bytes, 0.0)
-    t0 = time.perf_counter()
-    sq8 = faiss.IndexScalarQuantizer(D, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
-    sq8.train(train_sample(xb, 65_536))
-    sq8.add(xb)
-    refines["Refine(SQ8)"] = (sq8, index_bytes(sq8), time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    sq4 = faiss.IndexScalarQuantizer(D, faiss.ScalarQuantizer.QT_4bit, faiss.METRIC_INNER_PRODUCT)
-    sq4.train(train_sample(xb, 65_536))
-    sq4.add(xb)
-    refines["Refine(SQ4)"] = (sq4, index_bytes(sq4), time.perf_counter() - t0)
+    for spec in args.refines:
+        # Any FAISS factory as the refine store: SQ8 / SQ4 (scalar), or PQ128 / OPQ128,PQ128 (a finer PQ than the base).
+        t0 = time.perf_counter()
+        store = faiss.index_factory(D, spec, faiss.METRIC_INNER_PRODUCT)
+        store.train(train_sample(xb, 65_536))
+        store.add(xb)
+        refines[f"Refine({spec})"] = (store, index_bytes(store), time.perf_counter() - t0)
+        print(f"refine store {spec}: {index_bytes(store) / len(xb):.0f} B/vector in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    if not args.with_rflat:
+        del refines["RFlat"]
 
     for nlist in args.nlists:
         t0 = time.perf_counter()
@@ -197,6 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nlists", type=lambda s: [int(x) for x in s.split(",")], default=[1024, 4096])
     p.add_argument("--pq", type=lambda s: s.split(","), default=["PQ48", "PQ96", "PQ192x4fs"])
     p.add_argument("--nprobes", type=lambda s: [int(x) for x in s.split(",")], default=[8, 16, 32, 64, 128])
+    p.add_argument("--refines", type=lambda s: s.split(";"), default=["SQ8", "SQ4"],
+                   help="';'-separated FAISS factories for refine stores, e.g. 'SQ8;PQ128;OPQ128,PQ128'")
+    p.add_argument("--no-rflat", dest="with_rflat", action="store_false", help="skip the exact (RFlat) refine store")
+    p.add_argument("--out-name", default="ann", help="result file name under bench/results/")
     p.add_argument("--k-factor", type=int, default=10, help="refine shortlist = k * k_factor (as AnnConfig.k_factor_rf)")
     p.add_argument("--points-per-centroid", type=int, default=32, help="k-means training sample per list (FAISS wants >= 39; 32 keeps 2 cores in budget)")
     p.add_argument("--pq-train", type=int, default=65_536)
@@ -247,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         "notes": "qps_single: one query per call on one OpenMP thread; qps_batched: all queries in one call on "
                  f"{args.threads} threads. bytes = serialized base index + refine store.",
     }
-    report("ann" if not args.quick else "ann-quick", result)
+    report(args.out_name if not args.quick else f"{args.out_name}-quick", result)
     return 0
 
 

@@ -123,6 +123,22 @@ class Bm25Index:
     def num_docs(self) -> int:
         return self.index.searcher().num_docs
 
+    def term_coverage(self, text: str) -> float:
+        """Fraction of the query's words that occur anywhere in the index (after its tokenizer).
+
+        High for literal queries ("navy blue shirt men"), low for paraphrases ("azure purse") whose
+        words the catalog never uses: the pipeline uses it to decide how much CLIP text should count.
+        """
+        words = [w for w in _SYNTAX.sub(" ", text).lower().split() if len(w) > 2]
+        if not words:
+            return 0.0
+        searcher = self.index.searcher()
+        found = 0
+        for w in words:
+            q = self.index.parse_query(w, list(TEXT_FIELDS))
+            found += searcher.search(q, limit=1, count=False).hits != []
+        return found / len(words)
+
     def search(
         self,
         text: str,

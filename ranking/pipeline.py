@@ -48,6 +48,10 @@ class SearchConfig:
     constraint: str = "hard"
     constraint_bonus: float = 0.3
     constraint_fields: tuple[str, ...] = ()   # empty: every attribute
+    # CLIP text joins fully when under this fraction of the query's words occur in the catalog
+    # (paraphrases); above it, BM25 + MiniLM already win and clip_text's weight is scaled by literal_clip_scale.
+    literal_coverage: float = 1.0
+    literal_clip_scale: float = 0.0
     default_k: int = 10
     max_k: int = 1000
     max_offset: int = 10_000
@@ -195,6 +199,11 @@ class Searcher:
             timings["clip_image_ann"] = (time.perf_counter() - t0) * 1e3
         t0 = time.perf_counter()
         weights = {**self.config.weights, **req.weights}
+        if "clip_text" in lists and "clip_text" not in req.weights and ("bm25" in lists or "text" in lists):
+            coverage = self.bundle.bm25.term_coverage(text)
+            timings["coverage"] = (time.perf_counter() - t0) * 1e3
+            if coverage >= self.config.literal_coverage:
+                weights["clip_text"] = weights.get("clip_text", 0.0) * self.config.literal_clip_scale
         fused = fuse(lists, req.fusion or self.config.fusion, weights, self.config.rrf_k)
         if constraints and constraint_mode == "soft":
             fused = self._boost(fused, constraints)
