@@ -4,9 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -86,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging()
     args = build_parser().parse_args(argv)
-    handlers = {"index": cmd_index, "serve": cmd_serve, "search": cmd_search, "info": cmd_info, "demo": cmd_demo}
+    # `serve` is handled by server.cli_catalog (it adds the live-update flags), via the parser's `handler`.
+    handlers = {"index": cmd_index, "search": cmd_search, "info": cmd_info, "demo": cmd_demo}
     try:
         handler = getattr(args, "handler", None) or handlers[args.command]
         return handler(args)
@@ -162,32 +161,6 @@ def load_searcher(bundle_path: str, config_path: str | None):  # -> (Searcher, V
         clip = ClipEncoder(bundle.manifest["models"]["clip"]["name"], device=config.encoders.device)
         clip.encode_texts(["warm up"])
     return Searcher(bundle, encoder, config.search, clip_encoder=clip), config
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    from server.service import create_server
-
-    if not (Path(args.bundle) / "manifest.json").is_file():
-        raise FileNotFoundError(f"bundle {args.bundle} does not exist or is not a Vitrine bundle (no manifest.json); "
-                                f"build one with `vitrine index --catalog C --out {args.bundle}`")
-    searcher, config = load_searcher(args.bundle, args.config)
-    server, port, _, health = create_server(searcher, f"{args.host}:{args.port}", config.server)
-    log.info("serving bundle %s (%d items) on %s:%d", searcher.bundle.version, len(searcher.bundle.docstore), args.host, port)
-    print(f"listening on {args.host}:{port}", flush=True)
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("signal %d: draining for up to %.0f s", signum, config.server.grace_s)
-        health.enter_graceful_shutdown()
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    stop.wait()
-    server.stop(config.server.grace_s).wait()
-    searcher.bundle.close()
-    log.info("stopped")
-    return 0
 
 
 def _parse_pairs(pairs: list[str], flag: str, cast=str) -> dict:
