@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from ranking.evaluation import read_run  # noqa: E402
 from ranking.metrics import evaluate, load_qrels  # noqa: E402
 from server.demo import start_server  # noqa: E402
 
@@ -89,10 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                             continue  # the per-source references only need measuring once
                         run_path = tmp / f"{name}-{flavour}-{task}-{variant}.jsonl"
                         lat = run_batch(target, data / name / "queries" / f"{task}.jsonl", extra, run_path)
-                        run = {}
-                        for line in run_path.read_text().splitlines():
-                            row = json.loads(line)
-                            run[row["qid"]] = [h["id"] for h in row["hits"]]
+                        run = {qid: [d for d, _ in hits] for qid, hits in read_run(run_path).items()}
                         m = evaluate(run, qrels)
                         key = f"{name}/{task}/{flavour}/{variant}"
                         results["figures"][key] = {

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.first_stage import machine, run_batch  # noqa: E402
+from ranking.evaluation import read_run  # noqa: E402
 from ranking.metrics import evaluate, load_qrels  # noqa: E402
 from server.demo import start_server  # noqa: E402
 
@@ -67,10 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                 for variant, flags in variants.items():
                     run_path = tmp / f"{name}-{task}-{variant}.jsonl"
                     lat = run_batch(target, data / name / "queries" / f"{task}.jsonl", flags, run_path)
-                    run = {}
-                    for line in run_path.read_text().splitlines():
-                        row = json.loads(line)
-                        run[row["qid"]] = [h["id"] for h in row["hits"]]
+                    run = {qid: [d for d, _ in hits] for qid, hits in read_run(run_path).items()}
                     m = evaluate(run, qrels)
                     key = f"{name}/{task}/{variant}"
                     results["figures"][key] = {"ndcg@10": round(m["ndcg@10"], 4), "recall@10": round(m["recall@10"], 4),

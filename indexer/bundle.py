@@ -74,6 +74,22 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def publish_dir(tmp: Path, out: Path) -> None:
+    """Makes a fully written directory visible at `out` in one rename, replacing an existing one.
+
+    Readers see the old directory or the new one, never half of either; the fsyncs make the rename durable.
+    """
+    fsync_dir(tmp)
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+    fsync_dir(out.parent)
+
+
 def encode_in_batches(encode: Callable[[list], np.ndarray], inputs: Sequence, batch_size: int, desc: str,
                       dim: int, progress: bool = True) -> np.ndarray:
     """Runs `encode` over `inputs` in batches under one progress bar; returns (N, dim) float32."""
@@ -168,15 +184,7 @@ def build_bundle(
             "timings": {k: round(v, 3) for k, v in timings.items()},
         }
         write_json_atomic(tmp / MANIFEST, manifest)
-        fsync_dir(tmp)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-        fsync_dir(out.parent)
+        publish_dir(tmp, out)
         return manifest
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -45,7 +45,7 @@ import tantivy
 
 from encoders.base import TextEncoder
 from indexer.bm25 import Bm25Index
-from indexer.bundle import MANIFEST, Bundle, fsync_dir, item_text, write_json_atomic
+from indexer.bundle import MANIFEST, Bundle, fsync_dir, item_text, publish_dir, write_json_atomic
 from indexer.catalog import Item, item_from_dict
 from indexer.docstore import DocStore
 
@@ -445,9 +445,7 @@ class LiveIndex:
             )
             manifest.setdefault("counts", {})["items"] = len(rows)
             write_json_atomic(tmp / MANIFEST, manifest)
-            fsync_dir(tmp)
-            os.replace(tmp, out)
-            fsync_dir(out.parent)
+            publish_dir(tmp, out)  # `out` was checked absent above, so this is a plain rename
             return manifest
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
