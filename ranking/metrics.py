@@ -38,7 +38,7 @@ def load_qrels(path: str | Path) -> Qrels:
 
 
 def load_queries(path: str | Path) -> list[dict]:
-    """Reads query lines (`qid`, `text`?, `image`?, `exclude_ids`?, `filters`?), validating each."""
+    """Reads query lines (`qid` or BEIR's `_id`, `text`?, `image`?, `exclude_ids`?, `filters`?), validating each."""
     out = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
@@ -48,6 +48,8 @@ def load_queries(path: str | Path) -> list[dict]:
                 q = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}: line {lineno}: invalid JSON ({exc.msg})") from None
+            if isinstance(q, dict) and "qid" not in q and "_id" in q:
+                q["qid"] = q.pop("_id")  # BEIR queries.jsonl
             if not isinstance(q, dict) or "qid" not in q:
                 raise ValueError(f"{path}: line {lineno}: a query needs a 'qid'")
             if not q.get("text") and not q.get("image"):

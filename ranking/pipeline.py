@@ -10,12 +10,17 @@ import numpy as np
 
 from encoders.base import TextEncoder, l2_normalize
 from encoders.images import decode_image
-from indexer.bundle import Bundle
+from indexer.bundle import Bundle, item_text
+from ranking.features import QueryContext, candidate_features
 from ranking.fusion import FusionMethod, fuse
-from ranking.types import Hit
+from ranking.ltr import LTR, LtrRanker
+from ranking.rerank import CrossEncoderReranker, RerankConfig, rerank_scores
+from ranking.types import Hit, SourceHit
 
 SOURCES = ("bm25", "text", "clip_text", "clip_image")
 CONSTRAINT_MODES = ("hard", "soft", "off")
+# "first": fused first stage only; "cross": + cross-encoder on the top rerank_depth; "full": + LightGBM ranker.
+STAGES = ("first", "cross", "full")
 
 
 class ClipLike(TextEncoder, Protocol):
@@ -52,6 +57,7 @@ class SearchConfig:
     # (paraphrases); above it, BM25 + MiniLM already win and clip_text's weight is scaled by literal_clip_scale.
     literal_coverage: float = 1.0
     literal_clip_scale: float = 0.0
+    stages: str = "full"        # the deepest stage applied when a request does not say (only loaded models run)
     default_k: int = 10
     max_k: int = 1000
     max_offset: int = 10_000
@@ -83,6 +89,8 @@ class SearchConfig:
         if "constraint_fields" in d:
             d["constraint_fields"] = tuple(d["constraint_fields"])
         cfg = cls(**d)
+        if cfg.stages not in STAGES:
+            raise ValueError(f"Field 'search.stages' must be one of {', '.join(STAGES)}, got {cfg.stages!r}.")
         if cfg.constraint not in CONSTRAINT_MODES:
             raise ValueError(f"Field 'search.constraint' must be one of {', '.join(CONSTRAINT_MODES)}, got {cfg.constraint!r}.")
         for name in ("rrf_k", "candidates", "default_k", "max_k", "max_text_chars", "max_image_bytes", "max_image_pixels"):
@@ -108,6 +116,9 @@ class SearchRequest:
     explain: bool = False
     constraint: str = ""                       # composed queries; "" = config default
     composed_text_weight: float | None = None  # composed queries; None = config default
+    stages: str = ""                           # "first" | "cross" | "full"; "" = config default
+    rerank_depth: int | None = None            # candidates the second stage re-scores; None = config default
+    log_features: bool = False                 # compute second-stage features even without a ranker
 
 
 @dataclass(frozen=True)
@@ -117,17 +128,30 @@ class SearchResult:
     timings_ms: dict[str, float]
     bundle_version: str
     constraints: Mapping[str, str] = field(default_factory=dict)
+    mode: str = "text"
+    stages: str = "first"                                        # the stages that actually ran
+    # Per re-ranked candidate id: its feature row (ranking.features.FEATURES order) when computed, and with
+    # `explain` and a ranker, each feature's contribution to the ranker score (LightGBM pred_contrib).
+    features: Mapping[str, np.ndarray] = field(default_factory=dict)
+    contributions: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
 
 class Searcher:
     """Answers SearchRequests over one bundle with the given encoders; safe to call from many threads."""
 
     def __init__(self, bundle: Bundle, text_encoder: TextEncoder | None, config: SearchConfig = SearchConfig(),
-                 clip_encoder: ClipLike | None = None) -> None:
+                 clip_encoder: ClipLike | None = None, reranker: CrossEncoderReranker | None = None,
+                 ranker: LtrRanker | None = None, rerank: RerankConfig | None = None) -> None:
         self.bundle = bundle
         self.text_encoder = text_encoder
         self.clip_encoder = clip_encoder
         self.config = config
+        self.reranker = reranker
+        self.ranker = ranker
+        self.rerank = rerank or (reranker.config if reranker is not None else RerankConfig())
+
+    def available_stages(self) -> list[str]:
+        return ["first", *(["cross"] if self.reranker is not None else []), *(["full"] if self.ranker is not None else [])]
 
     def available_sources(self) -> list[str]:
         out = ["bm25"]
@@ -208,9 +232,52 @@ class Searcher:
         if constraints and constraint_mode == "soft":
             fused = self._boost(fused, constraints)
         timings["fusion"] = (time.perf_counter() - t0) * 1e3
+        query = QueryContext(text, mode, dict(req.filters), {}, self.config.candidates)
+        ranked, applied, features, contributions = self._second_stage(req, query, fused, timings)
         timings["total"] = (time.perf_counter() - t_start) * 1e3
-        return SearchResult(hits=fused[req.offset:req.offset + k], total_candidates=len(fused),
-                            timings_ms=timings, bundle_version=self.bundle.version, constraints=constraints)
+        return SearchResult(hits=ranked[req.offset:req.offset + k], total_candidates=len(fused),
+                            timings_ms=timings, bundle_version=self.bundle.version, constraints=constraints,
+                            mode=mode, stages=applied, features=features, contributions=contributions)
+
+    def _second_stage(self, req: SearchRequest, query: QueryContext, fused: list[Hit], timings: dict[str, float],
+                      ) -> tuple[list[Hit], str, dict[str, np.ndarray], dict[str, dict[str, float]]]:
+        """Cross-encoder, then LightGBM, over the top rerank_depth fused hits; deeper hits keep fused order."""
+        stages = req.stages or self.config.stages
+        depth = self.rerank.depth if req.rerank_depth is None else req.rerank_depth
+        cross = stages in ("cross", "full") and self.reranker is not None and bool(query.text)
+        ltr = stages == "full" and self.ranker is not None
+        if depth == 0 or not fused or not (cross or ltr or req.log_features):
+            return fused, "first", {}, {}
+        t0 = time.perf_counter()
+        hits = [Hit(h.id, h.score, {**h.scores_by_source, "fused": SourceHit(h.score, r)})
+                for r, h in enumerate(fused[:depth], start=1)] + fused[depth:]
+        n = min(depth, len(fused))
+        items = {h.id: self.bundle.docstore.get(h.id) for h in hits[:n]}
+        applied = "first"
+        if cross:
+            docs = [item_text(items[h.id]) if items[h.id] is not None else "" for h in hits[:n]]
+            hits = rerank_scores(self.reranker.score(query.text, docs), hits)
+            timings["cross"] = (time.perf_counter() - t0) * 1e3
+            applied = "cross"
+        features: dict[str, np.ndarray] = {}
+        contributions: dict[str, dict[str, float]] = {}
+        if ltr or req.log_features:
+            t0 = time.perf_counter()
+            query = QueryContext(query.text, query.mode, query.filters,
+                                 self.bundle.docstore.mentioned_values(query.text) if query.text else {}, query.depth)
+            X = candidate_features(query, hits[:n], [items[h.id] for h in hits[:n]])
+            features = {h.id: x for h, x in zip(hits[:n], X)}
+            timings["features"] = (time.perf_counter() - t0) * 1e3
+        if ltr:
+            t0 = time.perf_counter()
+            head = hits[:n]
+            hits = rerank_scores(self.ranker.predict(X), hits, LTR)
+            if req.explain:
+                contrib, names = self.ranker.contributions(X)
+                contributions = {h.id: {name: float(c) for name, c in zip(names, row)} for h, row in zip(head, contrib)}
+            timings["ltr"] = (time.perf_counter() - t0) * 1e3
+            applied = "full"
+        return hits, applied, features, contributions
 
     def _boost(self, hits: list[Hit], constraints: Mapping[str, str]) -> list[Hit]:
         """Soft constraints: each named attribute value an item has adds constraint_bonus to its fused score."""
@@ -274,6 +341,13 @@ class Searcher:
             raise InvalidRequest("price", f"min {req.price_min} is greater than max {req.price_max}.")
         if req.constraint and req.constraint not in CONSTRAINT_MODES:
             raise InvalidRequest("constraint", f"must be one of {', '.join(CONSTRAINT_MODES)}, got {req.constraint!r}.")
+        if req.stages and req.stages not in STAGES:
+            raise InvalidRequest("stages", f"must be one of {', '.join(STAGES)}, got {req.stages!r}.")
+        if req.stages in ("cross", "full") and req.stages not in self.available_stages():
+            raise InvalidRequest("stages", f"stage {req.stages!r} needs a {'cross-encoder' if req.stages == 'cross' else 'ranker'} "
+                                           f"and this server has none loaded; available: {', '.join(self.available_stages())}.")
+        if req.rerank_depth is not None and not 0 <= req.rerank_depth <= self.rerank.max_depth:
+            raise InvalidRequest("rerank_depth", f"must be between 0 and {self.rerank.max_depth}, got {req.rerank_depth}.")
         if req.composed_text_weight is not None and not (np.isfinite(req.composed_text_weight) and req.composed_text_weight >= 0):
             raise InvalidRequest("composed_text_weight", f"must be a non-negative finite number, got {req.composed_text_weight}.")
         for name, w in req.weights.items():

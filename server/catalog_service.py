@@ -110,7 +110,7 @@ class CatalogServicer(search_pb2_grpc.CatalogServicer):
                                                            "loading or was started with --read-only.")
         return self.live
 
-    def _authorize(self, context: grpc.ServicerContext) -> None:
+    def authorize(self, context: grpc.ServicerContext) -> None:
         token = self.config.auth_token
         if token is None:
             return
@@ -135,7 +135,7 @@ class CatalogServicer(search_pb2_grpc.CatalogServicer):
         """Acks each item after its WAL record is fsync'd and applied; the first bad item ends the stream."""
         t0, code, message = time.perf_counter(), grpc.StatusCode.OK, ""
         try:
-            self._authorize(context)
+            self.authorize(context)
             live = self._require_live()
             with self._stream_slot():
                 for n, req in enumerate(request_iterator):
@@ -174,7 +174,7 @@ class CatalogServicer(search_pb2_grpc.CatalogServicer):
 
     @_abort_on_error
     def Delete(self, request: search_pb2.DeleteRequest, context: grpc.ServicerContext) -> search_pb2.DeleteResponse:
-        self._authorize(context)
+        self.authorize(context)
         ids = self._ids(request.ids)
         live = self._require_live()
         check_deadline(context)
@@ -188,7 +188,7 @@ class CatalogServicer(search_pb2_grpc.CatalogServicer):
 
     @_abort_on_error
     def Snapshot(self, request: search_pb2.SnapshotRequest, context: grpc.ServicerContext) -> search_pb2.SnapshotResponse:
-        self._authorize(context)
+        self.authorize(context)
         if not request.out_dir.strip():
             raise InvalidRequest("out_dir", "must name a directory on the server.")
         live = self._require_live()

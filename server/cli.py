@@ -14,7 +14,7 @@ import numpy as np
 log = logging.getLogger("vitrine")
 
 # Modules that add subcommands: each has register(subparsers) and sets `handler` defaults on its parsers.
-EXTENSIONS: tuple[str, ...] = ("server.cli_catalog", "trainer.cli", "server.cli_eval")
+EXTENSIONS: tuple[str, ...] = ("server.cli_catalog", "trainer.cli", "trainer.cli_rank", "server.cli_eval")
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
@@ -39,7 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("serve", help="serve a bundle over gRPC")
-    p.add_argument("--bundle", required=True)
+    p.add_argument("--bundle", required=True, help="bundle directory, or a `current` symlink to follow with --watch")
+    p.add_argument("--reranker", help="cross-encoder directory (from `vitrine train reranker`) or name")
+    p.add_argument("--ranker", help="LightGBM ranker directory (from `vitrine train ranker`)")
+    p.add_argument("--watch", type=float, default=None, metavar="SECONDS",
+                   help="poll --bundle (a symlink) this often and hot-swap when it points elsewhere")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=50051, help="0 binds a free port")
     _add_config(p)
@@ -61,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--explain", action="store_true")
     p.add_argument("--constraint", choices=["hard", "soft", "off"], default="", help="composed queries: named attribute values")
     p.add_argument("--composed-text-weight", type=float, default=None)
+    p.add_argument("--stages", choices=["first", "cross", "full"], default="", help="second stage to apply (default: all loaded)")
+    p.add_argument("--rerank-depth", type=int, default=None, help="candidates the second stage re-scores")
+    p.add_argument("--log-features", action="store_true", help="ask the server to log this query's candidate features")
     p.add_argument("--queries", help="batch mode: query JSONL (qid, text, image, exclude_ids, filters)")
     p.add_argument("--image-root", help="batch mode: directory that relative query image paths are under")
     p.add_argument("--out", help="batch mode: write the run JSONL here (default stdout)")
@@ -141,12 +148,19 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_searcher(bundle_path: str, config_path: str | None):  # -> (Searcher, VitrineConfig)
-    from indexer.bundle import Bundle
-    from ranking.pipeline import Searcher
+def load_searcher(bundle_path: str, config_path: str | None, reranker: str | None = None,
+                  ranker: str | None = None):  # -> (Searcher, VitrineConfig)
     from server.config import load_config
 
     config = load_config(config_path)
+    return build_searcher(bundle_path, config, reranker, ranker), config
+
+
+def build_searcher(bundle_path: str, config, reranker: str | None = None, ranker: str | None = None):  # -> Searcher
+    """Opens a bundle with its encoders and the optional second-stage models, warmed up."""
+    from indexer.bundle import Bundle
+    from ranking.pipeline import Searcher
+
     bundle = Bundle(bundle_path, ann=config.index)
     encoder = None
     if "text" in bundle.vectors:
@@ -160,7 +174,20 @@ def load_searcher(bundle_path: str, config_path: str | None):  # -> (Searcher, V
 
         clip = ClipEncoder(bundle.manifest["models"]["clip"]["name"], device=config.encoders.device)
         clip.encode_texts(["warm up"])
-    return Searcher(bundle, encoder, config.search, clip_encoder=clip), config
+    cross = ltr = None
+    if reranker:
+        from ranking.rerank import CrossEncoderReranker
+
+        cross = CrossEncoderReranker(reranker, config.rerank, device=config.encoders.device)
+        cross.score("warm up", ["warm up"])
+    if ranker:
+        from ranking.ltr import LtrRanker
+
+        ltr = LtrRanker(ranker)
+        if ltr.meta.get("reranker") and cross is None:
+            log.warning("ranker %s was trained with cross-encoder scores but no --reranker is loaded; "
+                        "its cross_* features will be missing", ranker)
+    return Searcher(bundle, encoder, config.search, clip_encoder=clip, reranker=cross, ranker=ltr, rerank=config.rerank)
 
 
 def _parse_pairs(pairs: list[str], flag: str, cast=str) -> dict:
@@ -193,6 +220,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         fusion=args.fusion, weights=_parse_pairs(args.weight, "--weight", float),
         sources=[s for s in args.sources.split(",") if s], fields=[f for f in args.fields.split(",") if f],
         constraint=args.constraint, composed_text_weight=args.composed_text_weight,
+        stages=args.stages, rerank_depth=args.rerank_depth, log_features=args.log_features,
     )
     with VitrineClient(args.target, timeout_s=args.timeout) as client:
         if args.queries:
@@ -205,9 +233,12 @@ def cmd_search(args: argparse.Namespace) -> int:
                 row["fields"] = hit.fields
             if hit.explanation:
                 row["explain"] = hit.explanation
+            if hit.contributions:
+                row["contributions"] = {k: round(v, 6) for k, v in hit.contributions.items()}
             print(json.dumps(row, ensure_ascii=False))
         print(json.dumps({"total_candidates": result.total_candidates, "bundle_version": result.bundle_version,
-                          "took_ms": round(result.took_ms, 2)}), file=sys.stderr)
+                          "model_versions": result.model_versions, "stages": result.stages,
+                          "took_ms": round(result.took_ms, 2), "request_id": result.request_id}), file=sys.stderr)
     return 0
 
 

@@ -173,8 +173,9 @@ def cmd_serve_live(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from indexer.live import LiveIndex
-    from server.cli import load_searcher
+    from server.cli import build_searcher
     from server.config import load_config
+    from server.query_log import QueryLog
     from server.service import Metrics, attach, create_server
 
     if not (Path(args.bundle) / "manifest.json").is_file():
@@ -186,9 +187,18 @@ def cmd_serve_live(args: argparse.Namespace) -> int:
     metrics = Metrics()
     if args.metrics_port is not None:
         metrics.serve_http(args.metrics_port, args.host)
-    server, port, servicer, health = create_server(None, f"{args.host}:{args.port}", config.server,
-                                                   catalog=catalog, metrics=metrics)
-    searcher, _ = load_searcher(args.bundle, args.config)
+    models = {"reranker": args.reranker, "ranker": args.ranker}
+
+    def loader(bundle: str, reranker: str | None, ranker: str | None):  # noqa: ANN202 - a Searcher
+        # A reload that names no second-stage model keeps the one being served.
+        models.update({k: v for k, v in (("reranker", reranker), ("ranker", ranker)) if v})
+        return build_searcher(bundle, config, models["reranker"], models["ranker"])
+
+    query_log = QueryLog(config.logs)
+    pointer = args.bundle if Path(args.bundle).is_symlink() else None
+    server, port, servicer, health = create_server(None, f"{args.host}:{args.port}", config.server, catalog=catalog,
+                                                   metrics=metrics, query_log=query_log, loader=loader, pointer=pointer)
+    searcher = build_searcher(str(Path(args.bundle).resolve()), config, args.reranker, args.ranker)
     live = None
     if not args.read_only:
         live = LiveIndex(searcher.bundle, searcher.text_encoder, config.live)
@@ -198,6 +208,12 @@ def cmd_serve_live(args: argparse.Namespace) -> int:
              args.host, port, "" if live else " read-only")
     print(f"listening on {args.host}:{port}", flush=True)
     stop = threading.Event()
+    if args.watch:
+        if pointer is None:
+            raise ValueError(f"--watch needs --bundle to be a symlink (a `current` pointer), got {args.bundle}")
+        if live is not None:
+            raise ValueError("--watch swaps bundles, which needs --read-only (live writes go to the serving bundle's WAL)")
+        servicer.reloader.watch(args.watch, stop)
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("signal %d: draining for up to %.0f s", signum, config.server.grace_s)
@@ -210,7 +226,8 @@ def cmd_serve_live(args: argparse.Namespace) -> int:
     server.stop(config.server.grace_s).wait()
     if live is not None:
         live.close()
-    searcher.bundle.close()
+    servicer.searcher.bundle.close()
+    query_log.close()
     log.info("stopped")
     return 0
 

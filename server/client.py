@@ -21,6 +21,8 @@ class ClientHit:
     sources: Mapping[str, float]
     fields: Mapping[str, Any] = field(default_factory=dict)
     explanation: str = ""
+    contributions: Mapping[str, float] = field(default_factory=dict)
+    features: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,9 @@ class ClientResult:
     bundle_version: str
     model_versions: Mapping[str, str]
     took_ms: float
+    stages: str = ""
+    request_id: str = ""
+    stage_ms: Mapping[str, float] = field(default_factory=dict)
 
 
 class VitrineClient:
@@ -70,6 +75,10 @@ class VitrineClient:
         explain: bool = False,
         constraint: str = "",
         composed_text_weight: float | None = None,
+        stages: str = "",
+        rerank_depth: int | None = None,
+        log_features: bool = False,
+        session: str = "",
     ) -> ClientResult:
         if fusion not in FUSION:
             raise ValueError(f"fusion must be one of {sorted(FUSION)}, got {fusion!r}.")
@@ -77,7 +86,10 @@ class VitrineClient:
             text=text, image=image, filters=dict(filters or {}), k=k, offset=offset,
             exclude_ids=list(exclude_ids), fusion=FUSION[fusion], weights=dict(weights or {}),
             sources=list(sources), fields=list(fields), explain=explain, constraint=constraint,
+            stages=stages, log_features=log_features, session=session,
         )
+        if rerank_depth is not None:
+            req.rerank_depth = rerank_depth
         if composed_text_weight is not None:
             req.composed_text_weight = composed_text_weight
         if price_min is not None:
@@ -87,13 +99,31 @@ class VitrineClient:
         resp = self.stub.Search(req, timeout=self.timeout_s)
         return ClientResult(
             hits=[ClientHit(id=h.id, score=h.score, sources={s.source: s.score for s in h.sources},
-                            fields=json.loads(h.fields_json) if h.fields_json else {}, explanation=h.explanation)
+                            fields=json.loads(h.fields_json) if h.fields_json else {}, explanation=h.explanation,
+                            contributions=dict(h.contributions), features=dict(h.features))
                   for h in resp.hits],
             total_candidates=resp.total_candidates,
             bundle_version=resp.bundle_version,
             model_versions=dict(resp.model_versions),
             took_ms=resp.took_ms,
+            stages=resp.stages,
+            request_id=resp.request_id,
+            stage_ms=dict(resp.stage_ms),
         )
+
+    def feedback(self, request_id: str, clicked: Sequence[str], dwell_ms: Mapping[str, int] | None = None) -> bool:
+        """Reports clicks on a response; True when the server wrote them to its click log."""
+        resp = self.stub.Feedback(search_pb2.FeedbackRequest(request_id=request_id, clicked=list(clicked),
+                                                             dwell_ms=dict(dwell_ms or {})), timeout=self.timeout_s)
+        return resp.logged
+
+    def reload(self, bundle: str = "", reranker: str = "", ranker: str = "", token: str | None = None,
+               timeout_s: float = 600.0) -> search_pb2.ReloadResponse:
+        """Asks the server to hot-swap to another bundle (Admin service)."""
+        stub = search_pb2_grpc.AdminStub(self.channel)
+        metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        return stub.Reload(search_pb2.ReloadRequest(bundle=bundle, reranker=reranker, ranker=ranker),
+                           metadata=metadata, timeout=timeout_s)
 
     def info(self) -> dict:
         resp = self.stub.Info(search_pb2.InfoRequest(), timeout=self.timeout_s)

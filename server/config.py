@@ -10,10 +10,12 @@ from indexer.ann import AnnConfig
 from indexer.bm25 import Bm25Config
 from indexer.live import LiveConfig
 from ranking.pipeline import SearchConfig
+from ranking.rerank import RerankConfig
 from server.catalog_service import CatalogConfig
+from server.query_log import LogConfig
 from server.service import ServerConfig
 
-SECTIONS = ("index", "bm25", "encoders", "search", "server", "live", "catalog")
+SECTIONS = ("index", "bm25", "encoders", "search", "rerank", "server", "live", "catalog", "logs")
 
 
 @dataclass(frozen=True)
@@ -41,9 +43,11 @@ class VitrineConfig:
     bm25: Bm25Config = field(default_factory=Bm25Config)
     encoders: EncoderConfig = field(default_factory=EncoderConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    rerank: RerankConfig = field(default_factory=RerankConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     live: LiveConfig = field(default_factory=LiveConfig)
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
+    logs: LogConfig = field(default_factory=LogConfig)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> VitrineConfig:
@@ -58,9 +62,11 @@ class VitrineConfig:
             bm25=Bm25Config.from_dict(d.get("bm25", {})),
             encoders=EncoderConfig.from_dict(d.get("encoders", {})),
             search=SearchConfig.from_dict(d.get("search", {})),
+            rerank=RerankConfig.from_dict(d.get("rerank", {})),
             server=ServerConfig.from_dict(d.get("server", {})),
             live=LiveConfig.from_dict(d.get("live", {})),
             catalog=CatalogConfig.from_dict(d.get("catalog", {})),
+            logs=LogConfig.from_dict(d.get("logs", {})),
         )
 
     def to_dict(self) -> dict[str, Any]:

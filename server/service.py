@@ -21,14 +21,16 @@ from encoders.images import ImageError
 from indexer.live import LiveIndex, Overloaded, ReadWriteLock
 from proto.vitrine.v1 import search_pb2, search_pb2_grpc
 from ranking.fusion import FusionMethod
+from ranking.features import FEATURES
 from ranking.pipeline import InvalidRequest, Searcher, SearchRequest, SearchResult, Unsupported
+from server.query_log import QueryLog, feature_record
 
 log = logging.getLogger("vitrine.server")
 
 STORED_FIELDS = ("id", "title", "description", "category", "attributes", "price", "image")
 _FUSION = {search_pb2.FUSION_RRF: FusionMethod.RRF, search_pb2.FUSION_WEIGHTED: FusionMethod.WEIGHTED,
            search_pb2.FUSION_WEIGHTED_MAX: FusionMethod.WEIGHTED_MAX}
-SERVICE_NAMES = ("vitrine.v1.Search", "vitrine.v1.Catalog")
+SERVICE_NAMES = ("vitrine.v1.Search", "vitrine.v1.Catalog", "vitrine.v1.Admin")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -155,23 +157,43 @@ def request_from_proto(req: search_pb2.SearchRequest) -> tuple[SearchRequest, li
         explain=req.explain,
         constraint=req.constraint,
         composed_text_weight=req.composed_text_weight if req.HasField("composed_text_weight") else None,
+        stages=req.stages,
+        rerank_depth=req.rerank_depth if req.HasField("rerank_depth") else None,
+        log_features=req.log_features,
     ), fields
 
 
-def explain_hit(hit: Any, method: FusionMethod, weights: dict[str, float]) -> str:
-    parts = [f"{s}: score={h.score:.4f} rank={h.rank} weight={weights.get(s, 1.0):g}" for s, h in sorted(hit.scores_by_source.items())]
-    return f"fused={hit.score:.4f} by {method.value} of [" + "; ".join(parts) + "]"
+_LATER_STAGES = ("fused", "cross", "ltr")
+
+
+def explain_hit(hit: Any, method: FusionMethod, weights: dict[str, float], contributions: dict[str, float] | None = None) -> str:
+    """One line a person can read: first-stage sources and fusion, then the cross-encoder and ranker, if they ran."""
+    by = hit.scores_by_source
+    parts = [f"{s}: score={h.score:.4f} rank={h.rank} weight={weights.get(s, 1.0):g}"
+             for s, h in sorted(by.items()) if s not in _LATER_STAGES]
+    fused = by["fused"].score if "fused" in by else hit.score
+    out = f"fused={fused:.4f} by {method.value} of [" + "; ".join(parts) + "]"
+    if "cross" in by:
+        out += f"; cross-encoder={by['cross'].score:.4f} (rank {by['cross'].rank})"
+    if "ltr" in by:
+        out += f"; ranker={by['ltr'].score:.4f} (rank {by['ltr'].rank})"
+        if contributions:
+            top = sorted(((k, v) for k, v in contributions.items() if k != "bias"), key=lambda kv: -abs(kv[1]))[:5]
+            out += " = bias {:+.3f} ".format(contributions.get("bias", 0.0)) + " ".join(f"{k} {v:+.3f}" for k, v in top) + " ..."
+    return out
 
 
 class SearchServicer(search_pb2_grpc.SearchServicer):
     """Thin: proto -> SearchRequest -> Searcher -> proto. The searcher can be swapped atomically."""
 
-    def __init__(self, searcher: Searcher | None, lock: ReadWriteLock | None = None, metrics: Metrics | None = None) -> None:
+    def __init__(self, searcher: Searcher | None, lock: ReadWriteLock | None = None, metrics: Metrics | None = None,
+                 query_log: QueryLog | None = None) -> None:
         self._searcher = searcher
         self._lock = threading.Lock()
         # With live updates, searches share this lock with writes: FAISS add/remove is not safe beside a search.
         self.read_lock = lock
         self.metrics = metrics
+        self.query_log = query_log or QueryLog()
 
     @property
     def searcher(self) -> Searcher:
@@ -192,18 +214,43 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         searcher = self.searcher  # one bundle serves the whole request, even during a swap
         req, fields = request_from_proto(request)
         check_deadline(context)
+        log_features = self.query_log.wants_features(req.log_features)
+        if log_features != req.log_features:
+            from dataclasses import replace
+
+            req = replace(req, log_features=log_features)
         with self._reading():
             result = searcher.search(req)
             response = self._response(searcher, req, result, fields)
+        response.request_id = self.query_log.new_request_id()
+        query = {"text": req.text, "mode": result.mode, **({"filters": dict(req.filters)} if req.filters else {})}
+        if log_features and result.features:
+            self.query_log.features.write(feature_record(response.request_id, query, result.bundle_version,
+                                                         dict(response.model_versions), [h.id for h in result.hits],
+                                                         result.features))
+        self.query_log.remember(response.request_id, query, [h.id for h in result.hits], request.session)
         if self.metrics is not None:
             for stage, ms in result.timings_ms.items():
                 self.metrics.stages.labels(stage).observe(ms / 1e3)
         return response
 
     @_abort_on_error
+    def Feedback(self, request: search_pb2.FeedbackRequest, context: grpc.ServicerContext) -> search_pb2.FeedbackResponse:
+        if not request.request_id:
+            raise InvalidRequest("request_id", "is empty; quote the request_id of the SearchResponse.")
+        try:
+            logged = self.query_log.feedback(request.request_id, list(request.clicked), dict(request.dwell_ms))
+        except KeyError:
+            raise StatusError(grpc.StatusCode.NOT_FOUND, f"request_id {request.request_id!r} is unknown or too old to log.") from None
+        return search_pb2.FeedbackResponse(logged=logged)
+
+    @_abort_on_error
     def Info(self, request: search_pb2.InfoRequest, context: grpc.ServicerContext) -> search_pb2.InfoResponse:
-        bundle = self.searcher.bundle
-        return search_pb2.InfoResponse(bundle_version=bundle.version, manifest_json=json.dumps(bundle.manifest))
+        searcher = self.searcher
+        # The served stages join the manifest so `vitrine eval --ablate` can measure each one.
+        manifest = {**searcher.bundle.manifest, "stages": {"stages": searcher.available_stages()},
+                    "served_models": model_versions(searcher)}
+        return search_pb2.InfoResponse(bundle_version=searcher.bundle.version, manifest_json=json.dumps(manifest))
 
     def _response(self, searcher: Searcher, req: SearchRequest, result: SearchResult, fields: list[str]) -> search_pb2.SearchResponse:
         method = req.fusion or searcher.config.fusion
@@ -212,9 +259,10 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
             total_candidates=result.total_candidates,
             bundle_version=result.bundle_version,
             took_ms=result.timings_ms.get("total", 0.0),
+            stages=result.stages,
+            stage_ms=result.timings_ms,
         )
-        for name, meta in searcher.bundle.manifest.get("models", {}).items():
-            resp.model_versions[name] = str(meta.get("version") or meta.get("name", ""))
+        resp.model_versions.update(model_versions(searcher))
         docstore = searcher.bundle.docstore
         for hit in result.hits:
             h = resp.hits.add(id=hit.id, score=hit.score)
@@ -227,18 +275,36 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
                     stored = {f: stored[f] for f in fields if f in stored}
                 h.fields_json = json.dumps(stored, ensure_ascii=False)
             if req.explain:
-                h.explanation = explain_hit(hit, method, weights)
+                contrib = result.contributions.get(hit.id)
+                h.explanation = explain_hit(hit, method, weights, contrib)
+                if contrib:
+                    h.contributions.update(contrib)
+                x = result.features.get(hit.id)
+                if x is not None:
+                    h.features.update({n: float(v) for n, v in zip(FEATURES, x) if v == v})  # NaN = absent
         return resp
+
+
+def model_versions(searcher: Searcher) -> dict[str, str]:
+    """Every model that can touch a response, by role: bundle encoders, then the second stage's."""
+    out = {name: str(meta.get("version") or meta.get("name", "")) for name, meta in searcher.bundle.manifest.get("models", {}).items()}
+    if searcher.reranker is not None:
+        out["reranker"] = searcher.reranker.version
+    if searcher.ranker is not None:
+        out["ranker"] = searcher.ranker.version
+    return out
 
 
 def create_server(searcher: Searcher | None, address: str = "127.0.0.1:0", config: ServerConfig = ServerConfig(), *,
                   live: LiveIndex | None = None, catalog: Any = None, metrics: Metrics | None = None,
+                  query_log: QueryLog | None = None, loader: Any = None, pointer: str | None = None,
                   ) -> tuple[grpc.Server, int, SearchServicer, health.HealthServicer]:
     """Builds and starts a server with the Search and Catalog services, health and reflection.
 
     Returns it, the bound port, the search servicer (its `.catalog` is the Catalog servicer) and health.
     With `searcher=None` the server answers UNAVAILABLE and health says NOT_SERVING until `mark_serving`.
-    `catalog` is a server.catalog_service.CatalogConfig; writes need `live`.
+    `catalog` is a server.catalog_service.CatalogConfig; writes need `live`. With a `loader` (see server/admin.py)
+    the Admin service can hot-swap bundles; its Reloader is `servicer.reloader`.
     """
     from server.catalog_service import CatalogConfig, CatalogServicer
 
@@ -251,12 +317,18 @@ def create_server(searcher: Searcher | None, address: str = "127.0.0.1:0", confi
             ("grpc.so_reuseport", 0),
         ],
     )
-    servicer = SearchServicer(searcher, live.lock if live is not None else None, metrics)
+    servicer = SearchServicer(searcher, live.lock if live is not None else None, metrics, query_log)
     if metrics is not None and live is not None:
         metrics.watch(live.stats)
     search_pb2_grpc.add_SearchServicer_to_server(servicer, server)
     servicer.catalog = CatalogServicer(live, catalog or CatalogConfig(), metrics)
     search_pb2_grpc.add_CatalogServicer_to_server(servicer.catalog, server)
+    servicer.reloader = None
+    if loader is not None:
+        from server.admin import AdminServicer, Reloader
+
+        servicer.reloader = Reloader(servicer, loader, pointer, live_writes=live is not None)
+        search_pb2_grpc.add_AdminServicer_to_server(AdminServicer(servicer.reloader, servicer.catalog.authorize, metrics), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (*SERVICE_NAMES, search_pb2.DESCRIPTOR.services_by_name["Search"].full_name, health.SERVICE_NAME,
@@ -279,6 +351,8 @@ def attach(servicer: SearchServicer, health_servicer: health.HealthServicer, sea
     if live is not None:
         servicer.read_lock = live.lock
         servicer.catalog.live = live
+        if servicer.reloader is not None:
+            servicer.reloader.live_writes = True
         if servicer.metrics is not None:
             servicer.metrics.watch(live.stats)
     servicer.swap(searcher)

@@ -64,3 +64,21 @@ def small_bundle(small_bundle_path):
     b = Bundle(small_bundle_path)
     yield b
     b.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_encoder_dir(tmp_path_factory) -> str:
+    """A randomly initialised 2-layer BERT cross-encoder (with MiniLM's tokenizer), saved as a CrossEncoder directory."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from encoders.text import resolve_text_model
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_text_model("all-MiniLM-L6-v2"))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, num_labels=1)
+    out = tmp_path_factory.mktemp("models") / "tiny-ce"
+    BertForSequenceClassification(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)

@@ -27,7 +27,7 @@ class PriceRange(_message.Message):
     def __init__(self, min: _Optional[float] = ..., max: _Optional[float] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("text", "image", "filters", "price", "k", "offset", "exclude_ids", "fusion", "weights", "sources", "fields", "explain", "constraint", "composed_text_weight")
+    __slots__ = ("text", "image", "filters", "price", "k", "offset", "exclude_ids", "fusion", "weights", "sources", "fields", "explain", "constraint", "composed_text_weight", "stages", "rerank_depth", "log_features", "session")
     class FiltersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,10 @@ class SearchRequest(_message.Message):
     EXPLAIN_FIELD_NUMBER: _ClassVar[int]
     CONSTRAINT_FIELD_NUMBER: _ClassVar[int]
     COMPOSED_TEXT_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
+    RERANK_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    LOG_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
     text: str
     image: bytes
     filters: _containers.ScalarMap[str, str]
@@ -70,7 +74,11 @@ class SearchRequest(_message.Message):
     explain: bool
     constraint: str
     composed_text_weight: float
-    def __init__(self, text: _Optional[str] = ..., image: _Optional[bytes] = ..., filters: _Optional[_Mapping[str, str]] = ..., price: _Optional[_Union[PriceRange, _Mapping]] = ..., k: _Optional[int] = ..., offset: _Optional[int] = ..., exclude_ids: _Optional[_Iterable[str]] = ..., fusion: _Optional[_Union[Fusion, str]] = ..., weights: _Optional[_Mapping[str, float]] = ..., sources: _Optional[_Iterable[str]] = ..., fields: _Optional[_Iterable[str]] = ..., explain: _Optional[bool] = ..., constraint: _Optional[str] = ..., composed_text_weight: _Optional[float] = ...) -> None: ...
+    stages: str
+    rerank_depth: int
+    log_features: bool
+    session: str
+    def __init__(self, text: _Optional[str] = ..., image: _Optional[bytes] = ..., filters: _Optional[_Mapping[str, str]] = ..., price: _Optional[_Union[PriceRange, _Mapping]] = ..., k: _Optional[int] = ..., offset: _Optional[int] = ..., exclude_ids: _Optional[_Iterable[str]] = ..., fusion: _Optional[_Union[Fusion, str]] = ..., weights: _Optional[_Mapping[str, float]] = ..., sources: _Optional[_Iterable[str]] = ..., fields: _Optional[_Iterable[str]] = ..., explain: _Optional[bool] = ..., constraint: _Optional[str] = ..., composed_text_weight: _Optional[float] = ..., stages: _Optional[str] = ..., rerank_depth: _Optional[int] = ..., log_features: _Optional[bool] = ..., session: _Optional[str] = ...) -> None: ...
 
 class SourceScore(_message.Message):
     __slots__ = ("source", "score", "rank")
@@ -83,21 +91,39 @@ class SourceScore(_message.Message):
     def __init__(self, source: _Optional[str] = ..., score: _Optional[float] = ..., rank: _Optional[int] = ...) -> None: ...
 
 class Hit(_message.Message):
-    __slots__ = ("id", "score", "sources", "fields_json", "explanation")
+    __slots__ = ("id", "score", "sources", "fields_json", "explanation", "contributions", "features")
+    class ContributionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class FeaturesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     SOURCES_FIELD_NUMBER: _ClassVar[int]
     FIELDS_JSON_FIELD_NUMBER: _ClassVar[int]
     EXPLANATION_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTIONS_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
     id: str
     score: float
     sources: _containers.RepeatedCompositeFieldContainer[SourceScore]
     fields_json: str
     explanation: str
-    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., sources: _Optional[_Iterable[_Union[SourceScore, _Mapping]]] = ..., fields_json: _Optional[str] = ..., explanation: _Optional[str] = ...) -> None: ...
+    contributions: _containers.ScalarMap[str, float]
+    features: _containers.ScalarMap[str, float]
+    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., sources: _Optional[_Iterable[_Union[SourceScore, _Mapping]]] = ..., fields_json: _Optional[str] = ..., explanation: _Optional[str] = ..., contributions: _Optional[_Mapping[str, float]] = ..., features: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("hits", "total_candidates", "bundle_version", "model_versions", "took_ms")
+    __slots__ = ("hits", "total_candidates", "bundle_version", "model_versions", "took_ms", "stages", "request_id", "stage_ms")
     class ModelVersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -105,17 +131,82 @@ class SearchResponse(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class StageMsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     HITS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     TOOK_MS_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    STAGE_MS_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     total_candidates: int
     bundle_version: str
     model_versions: _containers.ScalarMap[str, str]
     took_ms: float
-    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., total_candidates: _Optional[int] = ..., bundle_version: _Optional[str] = ..., model_versions: _Optional[_Mapping[str, str]] = ..., took_ms: _Optional[float] = ...) -> None: ...
+    stages: str
+    request_id: str
+    stage_ms: _containers.ScalarMap[str, float]
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., total_candidates: _Optional[int] = ..., bundle_version: _Optional[str] = ..., model_versions: _Optional[_Mapping[str, str]] = ..., took_ms: _Optional[float] = ..., stages: _Optional[str] = ..., request_id: _Optional[str] = ..., stage_ms: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class FeedbackRequest(_message.Message):
+    __slots__ = ("request_id", "clicked", "dwell_ms")
+    class DwellMsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CLICKED_FIELD_NUMBER: _ClassVar[int]
+    DWELL_MS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    clicked: _containers.RepeatedScalarFieldContainer[str]
+    dwell_ms: _containers.ScalarMap[str, int]
+    def __init__(self, request_id: _Optional[str] = ..., clicked: _Optional[_Iterable[str]] = ..., dwell_ms: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class FeedbackResponse(_message.Message):
+    __slots__ = ("logged",)
+    LOGGED_FIELD_NUMBER: _ClassVar[int]
+    logged: bool
+    def __init__(self, logged: _Optional[bool] = ...) -> None: ...
+
+class ReloadRequest(_message.Message):
+    __slots__ = ("bundle", "reranker", "ranker")
+    BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    RERANKER_FIELD_NUMBER: _ClassVar[int]
+    RANKER_FIELD_NUMBER: _ClassVar[int]
+    bundle: str
+    reranker: str
+    ranker: str
+    def __init__(self, bundle: _Optional[str] = ..., reranker: _Optional[str] = ..., ranker: _Optional[str] = ...) -> None: ...
+
+class ReloadResponse(_message.Message):
+    __slots__ = ("bundle_version", "previous_bundle_version", "model_versions", "load_ms")
+    class ModelVersionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    LOAD_MS_FIELD_NUMBER: _ClassVar[int]
+    bundle_version: str
+    previous_bundle_version: str
+    model_versions: _containers.ScalarMap[str, str]
+    load_ms: float
+    def __init__(self, bundle_version: _Optional[str] = ..., previous_bundle_version: _Optional[str] = ..., model_versions: _Optional[_Mapping[str, str]] = ..., load_ms: _Optional[float] = ...) -> None: ...
 
 class InfoRequest(_message.Message):
     __slots__ = ()

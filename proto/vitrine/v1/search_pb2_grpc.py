@@ -44,6 +44,11 @@ class SearchStub:
                 request_serializer=proto_dot_vitrine_dot_v1_dot_search__pb2.InfoRequest.SerializeToString,
                 response_deserializer=proto_dot_vitrine_dot_v1_dot_search__pb2.InfoResponse.FromString,
                 _registered_method=True)
+        self.Feedback = channel.unary_unary(
+                '/vitrine.v1.Search/Feedback',
+                request_serializer=proto_dot_vitrine_dot_v1_dot_search__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=proto_dot_vitrine_dot_v1_dot_search__pb2.FeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class SearchServicer:
@@ -63,6 +68,13 @@ class SearchServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Feedback(self, request, context):
+        """Reports what the user did with a response (clicks, dwell); the server appends a click-log line.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +87,11 @@ def add_SearchServicer_to_server(servicer, server):
                     servicer.Info,
                     request_deserializer=proto_dot_vitrine_dot_v1_dot_search__pb2.InfoRequest.FromString,
                     response_serializer=proto_dot_vitrine_dot_v1_dot_search__pb2.InfoResponse.SerializeToString,
+            ),
+            'Feedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Feedback,
+                    request_deserializer=proto_dot_vitrine_dot_v1_dot_search__pb2.FeedbackRequest.FromString,
+                    response_serializer=proto_dot_vitrine_dot_v1_dot_search__pb2.FeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +148,107 @@ class Search:
             '/vitrine.v1.Search/Info',
             proto_dot_vitrine_dot_v1_dot_search__pb2.InfoRequest.SerializeToString,
             proto_dot_vitrine_dot_v1_dot_search__pb2.InfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vitrine.v1.Search/Feedback',
+            proto_dot_vitrine_dot_v1_dot_search__pb2.FeedbackRequest.SerializeToString,
+            proto_dot_vitrine_dot_v1_dot_search__pb2.FeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class AdminStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Reload = channel.unary_unary(
+                '/vitrine.v1.Admin/Reload',
+                request_serializer=proto_dot_vitrine_dot_v1_dot_search__pb2.ReloadRequest.SerializeToString,
+                response_deserializer=proto_dot_vitrine_dot_v1_dot_search__pb2.ReloadResponse.FromString,
+                _registered_method=True)
+
+
+class AdminServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def Reload(self, request, context):
+        """Loads another bundle (and optionally other second-stage models) beside the current one, then switches
+        to it atomically; searches in flight finish on the old one. Needs the write token when one is set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AdminServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Reload': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reload,
+                    request_deserializer=proto_dot_vitrine_dot_v1_dot_search__pb2.ReloadRequest.FromString,
+                    response_serializer=proto_dot_vitrine_dot_v1_dot_search__pb2.ReloadResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'vitrine.v1.Admin', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('vitrine.v1.Admin', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Admin:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Reload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vitrine.v1.Admin/Reload',
+            proto_dot_vitrine_dot_v1_dot_search__pb2.ReloadRequest.SerializeToString,
+            proto_dot_vitrine_dot_v1_dot_search__pb2.ReloadResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,145 @@
+"""Cross-encoder re-ranking of the first stage's top candidates (sentence-transformers `CrossEncoder`).
+
+The pure core is `rerank_scores(scores, hits)`; `CrossEncoderReranker` computes the scores in batches,
+truncating documents deliberately, on CUDA when present, with an LRU cache of (query, document) scores.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from encoders.base import pick_device
+from ranking.types import Hit, SourceHit
+
+CROSS = "cross"
+
+
+@dataclass(frozen=True)
+class RerankConfig:
+    # Candidates re-scored when a request does not say; 30 keeps fashion p99 under 300 ms on 2 CPU cores
+    # (bench/second_stage.py, README "Second stage").
+    depth: int = 30
+    max_depth: int = 200
+    batch_size: int = 32
+    # Tokens for query + document. Documents are cut to max_doc_chars first (title and lead survive), then the
+    # tokenizer truncates the document side only, so a long abstract never crowds out the query.
+    max_length: int = 192
+    max_doc_chars: int = 1200
+    cache_size: int = 50_000
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RerankConfig:
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"Unknown key(s) in [rerank]: {', '.join(sorted(unknown))}.")
+        cfg = cls(**d)
+        for name in cls.__dataclass_fields__:
+            value = getattr(cfg, name)
+            if not isinstance(value, int) or value < (0 if name in ("depth", "cache_size") else 1):
+                raise ValueError(f"Field 'rerank.{name}' must be a {'non-negative' if name in ('depth', 'cache_size') else 'positive'} integer, got {value!r}.")
+        if cfg.depth > cfg.max_depth:
+            raise ValueError(f"Field 'rerank.depth' ({cfg.depth}) must not exceed 'rerank.max_depth' ({cfg.max_depth}).")
+        return cfg
+
+
+def rerank_scores(scores: Sequence[float] | np.ndarray, hits: Sequence[Hit], source: str = CROSS) -> list[Hit]:
+    """Re-orders the first len(scores) hits by `scores`; the rest keep their order below them.
+
+    Each re-scored hit records `source` in scores_by_source (score and rank among the re-scored). Hits below the
+    depth are scored just under the lowest re-scored one, so the returned list stays sorted by score.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    n = len(scores)
+    if n > len(hits):
+        raise ValueError(f"got {n} scores for {len(hits)} hits.")
+    if n == 0:
+        return list(hits)
+    order = sorted(range(n), key=lambda i: (-scores[i], i))  # ties keep first-stage order
+    head = [Hit(hits[i].id, float(scores[i]), {**hits[i].scores_by_source, source: SourceHit(float(scores[i]), rank)})
+            for rank, i in enumerate(order, start=1)]
+    floor, tail = float(scores.min()), hits[n:]
+    head += [Hit(h.id, floor - 1.0 - j / max(len(tail), 1), h.scores_by_source) for j, h in enumerate(tail)]
+    return head
+
+
+def truncate_doc(text: str, max_chars: int) -> str:
+    """Cuts at a word boundary so the tokenizer never sees half a word."""
+    if len(text) <= max_chars:
+        return text
+    cut = text[:max_chars]
+    space = cut.rfind(" ")
+    return cut[:space] if space > max_chars // 2 else cut
+
+
+def model_version(path: str) -> str:
+    """A short id for a cross-encoder: its training run id when Vitrine trained it, else its name."""
+    meta = Path(path) / "training.json"
+    if meta.is_file():
+        return json.loads(meta.read_text(encoding="utf-8")).get("version", Path(path).name)
+    return Path(path).name or path
+
+
+class CrossEncoderReranker:
+    """Scores (query, document) pairs with a CrossEncoder; safe to call from many threads."""
+
+    def __init__(self, name_or_dir: str, config: RerankConfig = RerankConfig(), device: str | None = None) -> None:
+        from sentence_transformers.cross_encoder import CrossEncoder
+
+        from encoders.text import resolve_text_model
+
+        path = resolve_text_model(name_or_dir)
+        self.device = pick_device(device)
+        self.config = config
+        self.name = name_or_dir
+        self.version = model_version(path)
+        # A local model must never trigger a hub lookup: there may be no network.
+        self.model = CrossEncoder(path, num_labels=1, max_length=config.max_length, device=self.device,
+                                  local_files_only=Path(path).is_dir())
+        self.tokenizer = self.model.tokenizer
+        self.net = self.model.transformers_model   # an HF *ForSequenceClassification
+        self.net.eval()
+        self._cache: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._net_lock = threading.Lock()   # torch inference on CPU already uses every core; queue, don't thrash
+
+    def logits(self, queries: Sequence[str], docs: Sequence[str]) -> "torch.Tensor":  # noqa: F821
+        """Raw relevance logits for aligned (query, document) pairs, with gradients when the net is training. (B,)"""
+        enc = self.tokenizer(list(queries), [truncate_doc(d, self.config.max_doc_chars) for d in docs],
+                             truncation="only_second", max_length=self.config.max_length, padding=True,
+                             return_tensors="pt").to(self.device)
+        return self.net(**enc).logits[:, 0]
+
+    def score(self, query: str, docs: Sequence[str]) -> np.ndarray:
+        """Relevance scores (logits) of `docs` for `query`, from the cache where possible. (N,)"""
+        import torch
+
+        keys = [(query, hashlib.blake2b(d.encode("utf-8"), digest_size=12).hexdigest()) for d in docs]
+        out = np.empty(len(docs), dtype=np.float32)
+        todo = []
+        with self._cache_lock:
+            for i, key in enumerate(keys):
+                cached = self._cache.get(key)
+                if cached is None:
+                    todo.append(i)
+                else:
+                    self._cache.move_to_end(key)
+                    out[i] = cached
+        bs = self.config.batch_size
+        with self._net_lock, torch.inference_mode():
+            for start in range(0, len(todo), bs):
+                idx = todo[start:start + bs]
+                out[idx] = self.logits([query] * len(idx), [docs[i] for i in idx]).float().cpu().numpy()
+        if self.config.cache_size and todo:
+            with self._cache_lock:
+                for i in todo:
+                    self._cache[keys[i]] = float(out[i])
+                while len(self._cache) > self.config.cache_size:
+                    self._cache.popitem(last=False)
+        return out

@@ -1,0 +1,126 @@
+"""What the server writes about the searches it serves: candidate features (for learning to rank) and click logs.
+
+Both are JSONL, one self-describing object per line, appended with one write + flush under a lock, so a
+crash loses at most the line being written and never corrupts earlier ones.
+"""
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ranking.features import SCHEMA_VERSION, features_to_dict
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """[logs] section."""
+
+    feature_log: str = ""              # JSONL path; empty = no feature log
+    feature_sample_rate: float = 0.0   # share of searches logged without being asked (0..1)
+    click_log: str = ""                # JSONL path for Feedback; empty = Feedback answers logged=false
+    pending_searches: int = 10_000     # searches remembered for Feedback (oldest forgotten first)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LogConfig:
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"Unknown key(s) in [logs]: {', '.join(sorted(unknown))}.")
+        cfg = cls(**d)
+        if not isinstance(cfg.feature_sample_rate, (int, float)) or not 0 <= cfg.feature_sample_rate <= 1:
+            raise ValueError(f"Field 'logs.feature_sample_rate' must be between 0 and 1, got {cfg.feature_sample_rate!r}.")
+        if not isinstance(cfg.pending_searches, int) or cfg.pending_searches < 1:
+            raise ValueError(f"Field 'logs.pending_searches' must be a positive integer, got {cfg.pending_searches!r}.")
+        return cfg
+
+
+class JsonlAppender:
+    """Thread-safe line appender; the file is opened once, in append mode."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.path, "a", encoding="utf-8")
+        self._lock = threading.Lock()
+
+    def write(self, obj: Mapping[str, Any]) -> None:
+        line = json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n"
+        with self._lock:
+            self._f.write(line)
+            self._f.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._f.close()
+
+
+def feature_record(request_id: str, query: Mapping[str, Any], bundle_version: str, models: Mapping[str, str],
+                   ranked_ids: Sequence[str], features: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """One feature-log line: the query and, in served order, each re-ranked candidate's features."""
+    return {
+        "schema_version": SCHEMA_VERSION, "request_id": request_id, "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "query": dict(query), "bundle_version": bundle_version, "models": dict(models),
+        "candidates": [{"id": i, "position": p, "features": features_to_dict(features[i])}
+                       for p, i in enumerate((i for i in ranked_ids if i in features), start=1)],
+    }
+
+
+class QueryLog:
+    """Feature sampling/logging and the memory of recent searches that Feedback turns into click-log lines."""
+
+    def __init__(self, config: LogConfig = LogConfig(), seed: int | None = None) -> None:
+        self.config = config
+        self.features = JsonlAppender(config.feature_log) if config.feature_log else None
+        self.clicks = JsonlAppender(config.click_log) if config.click_log else None
+        self._recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._rng = random.Random(seed)
+
+    def new_request_id(self) -> str:
+        return uuid.uuid4().hex
+
+    def wants_features(self, asked: bool) -> bool:
+        if self.features is None:
+            return False
+        return asked or (self.config.feature_sample_rate > 0 and self._rng.random() < self.config.feature_sample_rate)
+
+    def remember(self, request_id: str, query: Mapping[str, Any], shown: Sequence[str], session: str) -> None:
+        if self.clicks is None:
+            return
+        entry = {"query": dict(query), "shown": list(shown), "session": session,
+                 "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        with self._lock:
+            self._recent[request_id] = entry
+            while len(self._recent) > self.config.pending_searches:
+                self._recent.popitem(last=False)
+
+    def feedback(self, request_id: str, clicked: Sequence[str], dwell_ms: Mapping[str, int]) -> bool:
+        """Appends a click-log line for a remembered search. KeyError when the id is unknown or forgotten."""
+        if self.clicks is None:
+            return False
+        with self._lock:
+            entry = self._recent.get(request_id)
+        if entry is None:
+            raise KeyError(request_id)
+        line = {"query": entry["query"], "shown": entry["shown"], "clicked": list(clicked), "ts": entry["ts"],
+                "request_id": request_id}
+        if entry["session"]:
+            line["session"] = entry["session"]
+        if dwell_ms:
+            line["dwell_ms"] = dict(dwell_ms)
+        self.clicks.write(line)
+        return True
+
+    def close(self) -> None:
+        for f in (self.features, self.clicks):
+            if f is not None:
+                f.close()

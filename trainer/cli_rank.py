@@ -1,0 +1,193 @@
+"""`vitrine train reranker` and `vitrine train ranker`: harnesses over trainer/reranker.py, trainer/ranker.py and ranking/ltr.py."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+
+def _train_subparsers(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """The `vitrine train` sub-command group that trainer/cli.py created."""
+    train = sub.choices["train"]
+    return next(a for a in train._actions if isinstance(a, argparse._SubParsersAction))
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    tsub = _train_subparsers(sub)
+    p = tsub.add_parser("reranker", help="fine-tune a cross-encoder on judgments, with hard negatives from the first stage")
+    p.add_argument("--catalog", required=True)
+    p.add_argument("--queries", required=True, help="query JSONL (qid or _id, text)")
+    p.add_argument("--qrels", required=True, help="training judgments (BEIR TSV)")
+    p.add_argument("--out", required=True, help="cross-encoder directory to write")
+    p.add_argument("--base", default="all-MiniLM-L6-v2", help="name or directory to start from (default: the offline MiniLM)")
+    p.add_argument("--bundle", help="bundle to mine negatives with (default: index --catalog into a temporary one)")
+    p.add_argument("--forbid-qrels", action="append", default=[], metavar="TSV",
+                   help="held-out judgments whose queries must never be trained on (repeatable)")
+    p.add_argument("--no-sibling-guard", action="store_true",
+                   help="do not also forbid the queries of every other *.tsv beside --qrels (e.g. test.tsv)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--negatives", type=int)
+    p.add_argument("--mine-depth", type=int)
+    p.add_argument("--max-length", type=int)
+    p.add_argument("--batch-queries", type=int)
+    p.add_argument("--holdout", type=float)
+    p.add_argument("--reserve-for-ranker", type=float, help="share of queries kept away from the cross-encoder for the ranker")
+    p.add_argument("--max-queries", type=int, help="train on at most this many queries (quick runs)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", default=None)
+    p.add_argument("--config", help="vitrine.toml (first-stage settings for mining)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=cmd_train_reranker)
+
+    p = tsub.add_parser("ranker", help="train the LightGBM LambdaRank model on second-stage features")
+    p.add_argument("--out", required=True, help="ranker directory to write")
+    p.add_argument("--queries", required=True, help="query JSONL (qid or _id, text)")
+    labels = p.add_mutually_exclusive_group(required=True)
+    labels.add_argument("--qrels", help="graded judgments (BEIR TSV)")
+    labels.add_argument("--clicks", help="click log (JSONL); labels from clicks with position-bias correction")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--bundle", help="compute features in-process with the server's pipeline over this bundle")
+    src.add_argument("--features", help="a feature log the server wrote ([logs] feature_log)")
+    p.add_argument("--reranker", help="cross-encoder directory used for the cross_* features (with --bundle)")
+    p.add_argument("--depth", type=int, default=None, help="candidates per query (default [rerank] depth)")
+    p.add_argument("--include-reranker-queries", action="store_true",
+                   help="also train on queries the cross-encoder trained on (its scores there are over-confident)")
+    p.add_argument("--forbid-qrels", action="append", default=[], metavar="TSV", help="held-out judgments never to train on")
+    p.add_argument("--no-sibling-guard", action="store_true")
+    p.add_argument("--config", help="vitrine.toml")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(handler=cmd_train_ranker)
+
+
+def forbidden_qids(qrels_path: str | None, forbid: list[str], siblings: bool) -> dict[str, str]:
+    """qid -> source file for every judgment set that must stay unseen: --forbid-qrels, plus --qrels's siblings."""
+    from ranking.metrics import load_qrels
+
+    paths = [Path(f) for f in forbid]
+    if siblings and qrels_path:
+        own = Path(qrels_path).resolve()
+        paths += [p for p in sorted(own.parent.glob("*.tsv")) if p.resolve() != own]
+    out: dict[str, str] = {}
+    for p in paths:
+        for qid in load_qrels(p):
+            out.setdefault(qid, str(p))
+    return out
+
+
+def _mining_bundle(args: argparse.Namespace, config, items, tmp: Path):  # -> Searcher
+    from encoders.text import SentenceTransformerEncoder
+    from indexer.bundle import IndexerConfig, build_bundle
+    from server.cli import build_searcher
+
+    if args.bundle:
+        return build_searcher(args.bundle, config)
+    out = tmp / "mining-bundle"
+    print(f"indexing {len(items)} items into a temporary bundle to mine negatives (pass --bundle to reuse one)", file=sys.stderr)
+    encoder = SentenceTransformerEncoder(config.encoders.text_model, device=config.encoders.device)
+    build_bundle(items, out, encoder, IndexerConfig(batch_size=config.encoders.batch_size, ann=config.index, bm25=config.bm25),
+                 progress=not args.quiet)
+    return build_searcher(str(out), config)
+
+
+def cmd_train_reranker(args: argparse.Namespace) -> int:
+    from indexer.bundle import item_text
+    from indexer.catalog import read_catalog
+    from ranking.metrics import load_qrels, load_queries
+    from ranking.pipeline import SearchRequest
+    from server.config import load_config
+    from trainer.reranker import RerankerTrainConfig, check_disjoint, train_reranker
+
+    overrides = {k: v for k, v in {
+        "epochs": args.epochs, "lr": args.lr, "negatives": args.negatives, "mine_depth": args.mine_depth,
+        "max_length": args.max_length, "batch_queries": args.batch_queries, "holdout": args.holdout,
+        "reserve_for_ranker": args.reserve_for_ranker, "seed": args.seed}.items() if v is not None}
+    tconfig = RerankerTrainConfig(**overrides)
+    config = load_config(args.config)
+    qrels = load_qrels(args.qrels)
+    all_queries = load_queries(args.queries)
+    texts = {q["qid"]: q.get("text", "") for q in all_queries}
+    train_qids = [q for q in texts if q in qrels and texts[q]]
+    if args.max_queries:
+        train_qids = sorted(train_qids)[:args.max_queries]
+    kept = check_disjoint(train_qids, forbidden_qids(args.qrels, args.forbid_qrels, not args.no_sibling_guard), texts)
+    if len(kept) < len(train_qids):
+        print(f"dropped {len(train_qids) - len(kept)} training queries whose text equals a held-out query's", file=sys.stderr)
+    train_qids = kept
+    items, _ = read_catalog(args.catalog, skip_invalid=True)
+    docs = {it.id: item_text(it) for it in items}
+    with tempfile.TemporaryDirectory(prefix="vitrine-mine-", dir=Path(args.out).resolve().parent) as tmp:
+        searcher = _mining_bundle(args, config, items, Path(tmp))
+        try:
+            candidates = {q: [h.id for h in searcher.search(SearchRequest(text=texts[q], k=tconfig.mine_depth, stages="first")).hits]
+                          for q in train_qids}
+        finally:
+            searcher.bundle.close()
+    recall = sum(any(d in qrels[q] for d in candidates[q]) for q in train_qids) / max(len(train_qids), 1)
+    print(f"mined {tconfig.mine_depth} first-stage candidates for {len(train_qids)} queries "
+          f"(a relevant one among them for {recall:.1%})", file=sys.stderr)
+    summary = train_reranker(args.base, Path(args.out), {q: texts[q] for q in train_qids}, qrels, docs, candidates, tconfig,
+                             device=args.device, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr),
+                             extra_meta={"catalog": str(Path(args.catalog).resolve()), "qrels": str(Path(args.qrels).resolve())})
+    print(json.dumps({"out": args.out, "best_epoch": summary["best_epoch"], "heldout": summary["heldout"],
+                      "seconds": summary["seconds"]}))
+    return 0
+
+
+def cmd_train_ranker(args: argparse.Namespace) -> int:
+    from ranking.ltr import LtrTrainConfig, train_ranker
+    from ranking.metrics import load_qrels, load_queries
+    from server.config import load_config
+    from trainer.ranker import (collect_features, label_with_clicks, label_with_qrels, read_feature_log,
+                                reranker_seen_qids)
+    from trainer.reranker import check_disjoint
+
+    config = load_config(args.config)
+    queries = load_queries(args.queries)
+    texts = {q["qid"]: q.get("text", "") for q in queries}
+    click_table = None
+    if args.clicks:
+        from trainer.clicks import click_label_table
+
+        click_table, queries = click_label_table(args.clicks, queries)
+        labelled = set(click_table)
+    else:
+        qrels = load_qrels(args.qrels)
+        labelled = set(qrels)
+    seen = set() if args.include_reranker_queries else reranker_seen_qids(args.reranker)
+    use = [q for q in queries if q["qid"] in labelled and q["qid"] not in seen and q.get("text")]
+    if seen:
+        print(f"leaving out {len(labelled & seen)} queries the cross-encoder trained on; {len(use)} remain", file=sys.stderr)
+    kept = set(check_disjoint([q["qid"] for q in use], forbidden_qids(args.qrels, args.forbid_qrels, not args.no_sibling_guard), texts))
+    if len(kept) < len(use):
+        print(f"dropped {len(use) - len(kept)} queries whose text equals a held-out query's", file=sys.stderr)
+    use = [q for q in use if q["qid"] in kept]
+    depth = args.depth or config.rerank.depth
+    if args.features:
+        wanted = {" ".join(q["text"].split()): q["qid"] for q in use}
+        groups, skipped = read_feature_log(args.features, wanted)
+        print(f"read {len(groups)} queries from {args.features} ({skipped} lines for other queries)", file=sys.stderr)
+    else:
+        from server.cli import build_searcher
+
+        searcher = build_searcher(args.bundle, config, reranker=args.reranker)
+        try:
+            groups = list(collect_features(searcher, use, depth, progress=not args.quiet))
+        finally:
+            searcher.bundle.close()
+    meta = {"reranker": args.reranker, "bundle": args.bundle, "features_log": args.features, "depth": depth,
+            "labels": "clicks" if args.clicks else "qrels", "train_qids": sorted({g.qid for g in groups})}
+    if click_table is not None:
+        X, y, qids, positions = label_with_clicks(groups, click_table)
+        ltr_config = LtrTrainConfig(seed=args.seed, position_bias_regularization=0.0)
+    else:
+        X, y, qids = label_with_qrels(groups, qrels)
+        positions, ltr_config = None, LtrTrainConfig(seed=args.seed)
+    summary = train_ranker(X, y, qids, Path(args.out), ltr_config, positions=positions, extra_meta=meta,
+                           log=lambda m: print(m, file=sys.stderr))
+    print(json.dumps({"out": args.out, "best_iteration": summary["best_iteration"], "valid": summary["valid"],
+                      "queries": summary["train_queries"] + summary["valid_queries"], "rows": summary["rows"]}))
+    return 0

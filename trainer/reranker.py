@@ -1,0 +1,196 @@
+"""Fine-tunes a cross-encoder on graded judgments with hard negatives mined from Vitrine's own first stage.
+
+Loss: listwise softmax cross-entropy over one relevant document and `negatives` first-stage mistakes per query
+(the negatives the reranker must learn to push down). A held-out split of queries picks the best epoch by
+nDCG@10 of the re-ranked first-stage candidates; the training queries are recorded so that evaluation and the
+ranker trainer can refuse to touch them.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from ranking.metrics import ndcg_at_k
+
+Qrels = Mapping[str, Mapping[str, int]]
+
+
+@dataclass(frozen=True)
+class RerankerTrainConfig:
+    epochs: int = 2
+    batch_queries: int = 8          # queries per step; each brings 1 positive + `negatives` pairs
+    negatives: int = 3
+    mine_depth: int = 30            # first-stage depth negatives are mined from (and held-out queries re-ranked at)
+    lr: float = 5e-5
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_length: int = 192
+    holdout: float = 0.15           # share of training queries held out for early stopping
+    reserve_for_ranker: float = 0.0  # share of queries kept away from this model, for training the LightGBM ranker
+    patience: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_queries", "negatives", "mine_depth", "max_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}.")
+        for name in ("holdout", "reserve_for_ranker"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}.")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}.")
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.casefold().split())
+
+
+def check_disjoint(train_qids: Sequence[str], forbidden: Mapping[str, str], texts: Mapping[str, str]) -> list[str]:
+    """Guards against training on evaluation queries; returns train_qids minus those that repeat one's text.
+
+    A training id that is also a held-out id is a mistake in the inputs and raises. A training query whose text
+    equals a held-out query's under another id (SciFact has such pairs) is dropped, so the model never sees it.
+
+    Args:
+        train_qids: the queries about to be trained on.
+        forbidden: qid -> where it comes from (e.g. "scifact/qrels/test.tsv").
+        texts: qid -> query text, for every query known.
+    """
+    by_id = sorted(set(train_qids) & set(forbidden))
+    if by_id:
+        raise ValueError(f"{len(by_id)} training quer{'y' if len(by_id) == 1 else 'ies'} also appear in held-out "
+                         f"judgments ({forbidden[by_id[0]]}), e.g. {by_id[:5]}; training on them would leak the test set.")
+    forbidden_texts = {_norm(texts[q]) for q in forbidden if texts.get(q)}
+    return [q for q in train_qids if _norm(texts.get(q, "")) not in forbidden_texts]
+
+
+def split_queries(qids: Sequence[str], holdout: float, reserve: float, seed: int) -> tuple[list[str], list[str], list[str]]:
+    """Deterministic (train, held-out, reserved-for-ranker) split of query ids."""
+    qids = sorted(set(qids))
+    random.Random(seed).shuffle(qids)
+    n_hold, n_res = int(round(len(qids) * holdout)), int(round(len(qids) * reserve))
+    if len(qids) - n_hold - n_res < 1:
+        raise ValueError(f"{len(qids)} queries leave none to train on after the held-out and reserved shares.")
+    return qids[n_hold + n_res:], qids[:n_hold], qids[n_hold:n_hold + n_res]
+
+
+def listwise_batches(qids: Sequence[str], qrels: Qrels, candidates: Mapping[str, Sequence[str]], negatives: int,
+                     batch_queries: int, rng: random.Random) -> list[list[tuple[str, str, list[str]]]]:
+    """Groups of (qid, positive doc, negative docs); hard negatives come from the query's first-stage list."""
+    groups = []
+    for qid in qids:
+        positives = [d for d, g in qrels.get(qid, {}).items() if g > 0]
+        pool = [d for d in candidates.get(qid, []) if qrels.get(qid, {}).get(d, 0) <= 0]
+        if not positives or len(pool) < negatives:
+            continue
+        for pos in positives:
+            groups.append((qid, pos, rng.sample(pool, negatives)))
+    rng.shuffle(groups)
+    return [groups[i:i + batch_queries] for i in range(0, len(groups), batch_queries)]
+
+
+def rerank_ndcg(score_fn: Callable[[str, list[str]], np.ndarray], qids: Sequence[str], queries: Mapping[str, str],
+                candidates: Mapping[str, Sequence[str]], docs: Mapping[str, str], qrels: Qrels, k: int = 10) -> float:
+    """Mean nDCG@k of each query's first-stage candidates re-ordered by score_fn(query, doc texts)."""
+    values = []
+    for qid in qids:
+        cands = list(candidates.get(qid, []))
+        if not cands:
+            values.append(0.0)
+            continue
+        scores = score_fn(queries[qid], [docs.get(d, "") for d in cands])
+        ranked = [cands[i] for i in sorted(range(len(cands)), key=lambda i: (-scores[i], i))]
+        values.append(ndcg_at_k(ranked, qrels.get(qid, {}), k))
+    return float(np.mean(values)) if values else 0.0
+
+
+def train_reranker(base: str, out_dir: Path, queries: Mapping[str, str], qrels: Qrels, docs: Mapping[str, str],
+                   candidates: Mapping[str, Sequence[str]], config: RerankerTrainConfig = RerankerTrainConfig(),
+                   device: str | None = None, progress: bool = True, log: Callable[[str], None] = print,
+                   extra_meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Fine-tunes `base` (a name or directory) and writes the best epoch to out_dir as a CrossEncoder directory.
+
+    Args:
+        queries: qid -> text for the training queries; qrels: their graded judgments.
+        docs: doc_id -> the text the reranker sees (the same `item_text` the server uses).
+        candidates: qid -> first-stage doc ids in rank order (hard-negative pool and held-out candidates).
+    """
+    import torch
+
+    from ranking.rerank import CrossEncoderReranker, RerankConfig
+
+    torch.manual_seed(config.seed)
+    rng = random.Random(config.seed)
+    train_q, held_q, reserved_q = split_queries([q for q in queries if q in qrels], config.holdout,
+                                                config.reserve_for_ranker, config.seed)
+    model = CrossEncoderReranker(base, RerankConfig(max_length=config.max_length, cache_size=0), device=device)
+    net = model.net
+    baseline = {"first_stage": rerank_ndcg(lambda q, d: -np.arange(len(d), dtype=np.float32), held_q, queries,
+                                           candidates, docs, qrels)}
+    baseline["base_model"] = rerank_ndcg(model.score, held_q, queries, candidates, docs, qrels)
+    log(f"reranker: {len(train_q)} train / {len(held_q)} held-out / {len(reserved_q)} reserved queries; held-out nDCG@10 "
+        f"first stage {baseline['first_stage']:.4f}, base model {baseline['base_model']:.4f}")
+    steps_per_epoch = len(listwise_batches(train_q, qrels, candidates, config.negatives, config.batch_queries, random.Random(0)))
+    if steps_per_epoch == 0:
+        raise ValueError("no training query has both a relevant document and enough first-stage negatives.")
+    total = steps_per_epoch * config.epochs
+    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    warmup = max(1, int(total * config.warmup_ratio))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(s / total, 1.0)))))
+    best, best_epoch, bad, curve, t0 = -1.0, 0, 0, [], time.perf_counter()
+    tmp_best = Path(out_dir).with_name(Path(out_dir).name + ".best-tmp")
+    for epoch in range(1, config.epochs + 1):
+        net.train()
+        losses = []
+        batches = listwise_batches(train_q, qrels, candidates, config.negatives, config.batch_queries, rng)
+        for batch in tqdm(batches, desc=f"reranker epoch {epoch}", disable=not progress, unit="step"):
+            q_texts, d_texts = [], []
+            for qid, pos, negs in batch:
+                for d in (pos, *negs):
+                    q_texts.append(queries[qid])
+                    d_texts.append(docs.get(d, ""))
+            logits = model.logits(q_texts, d_texts).view(len(batch), 1 + config.negatives)   # (B, 1+N)
+            loss = torch.nn.functional.cross_entropy(logits, torch.zeros(len(batch), dtype=torch.long, device=logits.device))
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+        net.eval()
+        model._cache.clear()
+        score = rerank_ndcg(model.score, held_q, queries, candidates, docs, qrels)
+        curve.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "heldout_ndcg@10": score})
+        log(f"reranker epoch {epoch}: loss {np.mean(losses):.4f}, held-out nDCG@10 {score:.4f}")
+        if score > best:
+            best, best_epoch, bad = score, epoch, 0
+            shutil.rmtree(tmp_best, ignore_errors=True)
+            model.model.save(str(tmp_best))
+        else:
+            bad += 1
+            if bad > config.patience:
+                log(f"reranker: early stop after epoch {epoch} (best {best_epoch})")
+                break
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp_best.rename(out_dir)
+    summary = {
+        "version": f"ce-{time.strftime('%Y%m%d-%H%M%S')}", "base": base, "config": asdict(config),
+        "best_epoch": best_epoch, "heldout": {"ndcg@10": best, **{f"{k}_ndcg@10": v for k, v in baseline.items()}},
+        "curve": curve, "seconds": round(time.perf_counter() - t0, 1),
+        "train_qids": train_q, "heldout_qids": held_q, "reserved_qids": reserved_q, **(extra_meta or {}),
+    }
+    (out_dir / "training.json").write_text(json.dumps(summary, indent=2))
+    (out_dir / "metrics.json").write_text(json.dumps({"heldout": summary["heldout"], "curve": curve}, indent=2))
+    return summary
