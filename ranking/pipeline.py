@@ -14,7 +14,7 @@ from indexer.bundle import Bundle, item_text
 from ranking.features import QueryContext, candidate_features
 from ranking.fusion import FusionMethod, fuse
 from ranking.ltr import LTR, LtrRanker
-from ranking.rerank import CrossEncoderReranker, RerankConfig, rerank_scores
+from ranking.rerank import CrossEncoderReranker, RerankConfig, blend_scores, rerank_scores
 from ranking.types import Hit, SourceHit
 
 SOURCES = ("bm25", "text", "clip_text", "clip_image")
@@ -256,7 +256,9 @@ class Searcher:
         applied = "first"
         if cross:
             docs = [item_text(items[h.id]) if items[h.id] is not None else "" for h in hits[:n]]
-            hits = rerank_scores(self.reranker.score(query.text, docs), hits)
+            cross_scores = self.reranker.score(query.text, docs)
+            blended = blend_scores(np.array([h.score for h in hits[:n]]), cross_scores, self.reranker.blend)
+            hits = rerank_scores(blended, hits, raw=cross_scores)
             timings["cross"] = (time.perf_counter() - t0) * 1e3
             applied = "cross"
         features: dict[str, np.ndarray] = {}

@@ -23,15 +23,15 @@ CROSS = "cross"
 
 @dataclass(frozen=True)
 class RerankConfig:
-    # Candidates re-scored when a request does not say; 30 keeps fashion p99 under 300 ms on 2 CPU cores
+    # Candidates re-scored when a request does not say; 20 keeps fashion p99 under 300 ms on 2 CPU cores
     # (bench/second_stage.py, README "Second stage").
-    depth: int = 30
+    depth: int = 20
     max_depth: int = 200
     batch_size: int = 32
     # Tokens for query + document. Documents are cut to max_doc_chars first (title and lead survive), then the
     # tokenizer truncates the document side only, so a long abstract never crowds out the query.
-    max_length: int = 192
-    max_doc_chars: int = 1200
+    max_length: int = 128
+    max_doc_chars: int = 800
     cache_size: int = 50_000
 
     @classmethod
@@ -49,24 +49,43 @@ class RerankConfig:
         return cfg
 
 
-def rerank_scores(scores: Sequence[float] | np.ndarray, hits: Sequence[Hit], source: str = CROSS) -> list[Hit]:
+def rerank_scores(scores: Sequence[float] | np.ndarray, hits: Sequence[Hit], source: str = CROSS,
+                  raw: Sequence[float] | np.ndarray | None = None) -> list[Hit]:
     """Re-orders the first len(scores) hits by `scores`; the rest keep their order below them.
 
-    Each re-scored hit records `source` in scores_by_source (score and rank among the re-scored). Hits below the
-    depth are scored just under the lowest re-scored one, so the returned list stays sorted by score.
+    Each re-scored hit records `source` in scores_by_source: its `raw` score (default: `scores`) and its rank by
+    that raw score among the re-scored. Hits below the depth are scored just under the lowest re-scored one,
+    so the returned list stays sorted by score.
     """
     scores = np.asarray(scores, dtype=np.float64)
+    raw = scores if raw is None else np.asarray(raw, dtype=np.float64)
     n = len(scores)
-    if n > len(hits):
-        raise ValueError(f"got {n} scores for {len(hits)} hits.")
+    if n > len(hits) or len(raw) != n:
+        raise ValueError(f"got {n} scores ({len(raw)} raw) for {len(hits)} hits.")
     if n == 0:
         return list(hits)
+    raw_rank = {i: r for r, i in enumerate(sorted(range(n), key=lambda i: (-raw[i], i)), start=1)}
     order = sorted(range(n), key=lambda i: (-scores[i], i))  # ties keep first-stage order
-    head = [Hit(hits[i].id, float(scores[i]), {**hits[i].scores_by_source, source: SourceHit(float(scores[i]), rank)})
-            for rank, i in enumerate(order, start=1)]
+    head = [Hit(hits[i].id, float(scores[i]), {**hits[i].scores_by_source, source: SourceHit(float(raw[i]), raw_rank[i])})
+            for i in order]
     floor, tail = float(scores.min()), hits[n:]
     head += [Hit(h.id, floor - 1.0 - j / max(len(tail), 1), h.scores_by_source) for j, h in enumerate(tail)]
     return head
+
+
+def minmax(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    span = x.max() - x.min() if len(x) else 0.0
+    return (x - x.min()) / span if span > 0 else np.zeros_like(x)
+
+
+def blend_scores(first: np.ndarray, cross: np.ndarray, alpha: float) -> np.ndarray:
+    """(1 - alpha) * first-stage + alpha * cross-encoder, each min-max normalised over the re-scored candidates.
+
+    alpha = 1 orders by the cross-encoder alone; the trainer picks alpha on held-out queries, so a cross-encoder
+    that is only partly right still adds what it knows instead of replacing a better first stage.
+    """
+    return (1.0 - alpha) * minmax(first) + alpha * minmax(cross)
 
 
 def truncate_doc(text: str, max_chars: int) -> str:
@@ -78,12 +97,10 @@ def truncate_doc(text: str, max_chars: int) -> str:
     return cut[:space] if space > max_chars // 2 else cut
 
 
-def model_version(path: str) -> str:
-    """A short id for a cross-encoder: its training run id when Vitrine trained it, else its name."""
+def training_meta(path: str) -> dict:
+    """training.json of a cross-encoder Vitrine trained ({} for any other model)."""
     meta = Path(path) / "training.json"
-    if meta.is_file():
-        return json.loads(meta.read_text(encoding="utf-8")).get("version", Path(path).name)
-    return Path(path).name or path
+    return json.loads(meta.read_text(encoding="utf-8")) if meta.is_file() else {}
 
 
 class CrossEncoderReranker:
@@ -98,7 +115,10 @@ class CrossEncoderReranker:
         self.device = pick_device(device)
         self.config = config
         self.name = name_or_dir
-        self.version = model_version(path)
+        meta = training_meta(path)
+        self.version = meta.get("version", Path(path).name or path)
+        # Weight of the cross-encoder against the fused first-stage score, chosen on held-out queries by the trainer.
+        self.blend = float(meta.get("blend", 1.0))
         # A local model must never trigger a hub lookup: there may be no network.
         self.model = CrossEncoder(path, num_labels=1, max_length=config.max_length, device=self.device,
                                   local_files_only=Path(path).is_dir())

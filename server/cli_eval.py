@@ -23,8 +23,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     where.add_argument("--target", help="HOST:PORT of a running `vitrine serve`")
     where.add_argument("--bundle", help="bundle directory; served in-process on a free port for the run")
     p.add_argument("--config", help="vitrine.toml used with --bundle")
+    p.add_argument("--reranker", help="with --bundle: cross-encoder directory to serve")
+    p.add_argument("--ranker", help="with --bundle: LightGBM ranker directory to serve")
     p.add_argument("--k", type=int, default=100, help="hits requested per query (metrics go up to @100)")
     p.add_argument("--ablate", action="store_true", help="also each source alone, each fusion method and each stage setting")
+    p.add_argument("--ablate-stages", action="store_true", help="only each stage setting (first, cross, full), in one run")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--markdown", action="store_true", help="print a markdown table")
     p.add_argument("--check-ranx", action="store_true", help="recompute every metric with ranx on the same run and report the largest difference")
@@ -61,7 +64,7 @@ def serving(args: argparse.Namespace) -> Iterator[str]:
 
     if not (Path(args.bundle) / "manifest.json").is_file():
         raise FileNotFoundError(f"bundle {args.bundle} does not exist or is not a Vitrine bundle (no manifest.json)")
-    searcher, config = load_searcher(args.bundle, args.config)
+    searcher, config = load_searcher(args.bundle, args.config, getattr(args, "reranker", None), getattr(args, "ranker", None))
     server, port, _, _ = create_server(searcher, "127.0.0.1:0", config.server)
     try:
         yield f"127.0.0.1:{port}"
@@ -133,7 +136,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         info = client.info()
         search = make_search(client, args.k, image_root)
         plan = [DEFAULT_VARIANT]
-        if args.ablate:
+        if args.ablate_stages:
+            from ranking.pipeline import SOURCES
+
+            plan = ablation_plan([], [], served_plan(info, SOURCES)[1])
+        elif args.ablate:
             from ranking.pipeline import SOURCES
 
             candidates, stages = served_plan(info, SOURCES)

@@ -14,8 +14,9 @@ from ranking.rerank import RerankConfig
 from server.catalog_service import CatalogConfig
 from server.query_log import LogConfig
 from server.service import ServerConfig
+from trainer.gate import GateConfig
 
-SECTIONS = ("index", "bm25", "encoders", "search", "rerank", "server", "live", "catalog", "logs")
+SECTIONS = ("index", "bm25", "encoders", "search", "rerank", "server", "live", "catalog", "logs", "gate")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class VitrineConfig:
     live: LiveConfig = field(default_factory=LiveConfig)
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
     logs: LogConfig = field(default_factory=LogConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> VitrineConfig:
@@ -67,6 +69,7 @@ class VitrineConfig:
             live=LiveConfig.from_dict(d.get("live", {})),
             catalog=CatalogConfig.from_dict(d.get("catalog", {})),
             logs=LogConfig.from_dict(d.get("logs", {})),
+            gate=GateConfig.from_dict(d.get("gate", {})),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ranking.features import SCHEMA_VERSION, features_to_dict
+from trainer.clicks import ClickLogWriter, session_from_dict
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ class QueryLog:
     def __init__(self, config: LogConfig = LogConfig(), seed: int | None = None) -> None:
         self.config = config
         self.features = JsonlAppender(config.feature_log) if config.feature_log else None
-        self.clicks = JsonlAppender(config.click_log) if config.click_log else None
+        self.clicks = ClickLogWriter(config.click_log) if config.click_log else None
         self._recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
@@ -93,10 +94,15 @@ class QueryLog:
             return False
         return asked or (self.config.feature_sample_rate > 0 and self._rng.random() < self.config.feature_sample_rate)
 
-    def remember(self, request_id: str, query: Mapping[str, Any], shown: Sequence[str], session: str) -> None:
+    def remember(self, request_id: str, query: Mapping[str, Any], shown: Sequence[str], session: str,
+                 image: bytes = b"") -> None:
+        """Keeps a served search until its Feedback; an image query's photo is stored beside the click log."""
         if self.clicks is None:
             return
-        entry = {"query": dict(query), "shown": list(shown), "session": session,
+        query = {"text": query.get("text", "")}
+        if image:
+            query["image"] = self.clicks.store_query_image(image)
+        entry = {"query": query, "shown": list(shown), "session": session,
                  "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         with self._lock:
             self._recent[request_id] = entry
@@ -112,12 +118,10 @@ class QueryLog:
         if entry is None:
             raise KeyError(request_id)
         line = {"query": entry["query"], "shown": entry["shown"], "clicked": list(clicked), "ts": entry["ts"],
-                "request_id": request_id}
-        if entry["session"]:
-            line["session"] = entry["session"]
+                "session": entry["session"] or request_id}
         if dwell_ms:
             line["dwell_ms"] = dict(dwell_ms)
-        self.clicks.write(line)
+        self.clicks.write(session_from_dict(line))   # validated like any log line a shop sends
         return True
 
     def close(self) -> None:

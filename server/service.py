@@ -228,7 +228,7 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
             self.query_log.features.write(feature_record(response.request_id, query, result.bundle_version,
                                                          dict(response.model_versions), [h.id for h in result.hits],
                                                          result.features))
-        self.query_log.remember(response.request_id, query, [h.id for h in result.hits], request.session)
+        self.query_log.remember(response.request_id, query, [h.id for h in result.hits], request.session, req.image)
         if self.metrics is not None:
             for stage, ms in result.timings_ms.items():
                 self.metrics.stages.labels(stage).observe(ms / 1e3)

@@ -1,9 +1,14 @@
-"""`vitrine train clip`: the command-line harness over trainer/clip.py."""
+"""`vitrine train clip`: the command-line harness over trainer/clip.py (catalog pairs) and trainer/click_clip.py (--clicks)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from trainer.tracking import MlflowTracker
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,10 +32,47 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--device", default=None)
     p.add_argument("--quiet", action="store_true")
+    c = p.add_argument_group("fine-tuning from click logs (trainer/click_clip.py; needs --base)")
+    c.add_argument("--clicks", help="click log JSONL: train on (query -> clicked item) instead of catalog pairs")
+    c.add_argument("--general-fraction", type=float, default=None, help="share of each batch that is catalog pairs (default 0.25; 0 = off)")
+    c.add_argument("--general-pairs", type=int, default=None, help="catalog pairs the general mix draws from (default 2000)")
+    c.add_argument("--hard-negatives", type=int, default=None, help="skipped items above a click used as negatives (default 2)")
+    c.add_argument("--ipw-eta", type=float, default=None, help="position bias 1/rank**eta behind the click weights (default 1)")
+    c.add_argument("--ipw-max-weight", type=float, default=None, help="clip of the inverse-propensity weight; 1 = unweighted (default 10)")
+    c.add_argument("--text-target-weight", type=float, default=None, help="also pull queries towards the clicked item's text")
+    c.add_argument("--holdout-fraction", type=float, default=None, help="share of queries held out for model selection (default 0.1)")
+    t = p.add_argument_group("experiment tracking (MLflow, local file store)")
+    t.add_argument("--mlflow-dir", default="runs/mlruns", help="MLflow store: a directory or a tracking URI (default runs/mlruns)")
+    t.add_argument("--experiment", default="vitrine-clip", help="MLflow experiment name")
+    t.add_argument("--no-mlflow", action="store_true", help="train without tracking (mlflow-skinny is an optional extra)")
     p.set_defaults(handler=cmd_train_clip)
 
 
+def _tracker(args: argparse.Namespace, run_name: str) -> MlflowTracker | None:
+    """An MLflow tracker, or None with --no-mlflow; fails before training when mlflow is missing."""
+    if args.no_mlflow:
+        return None
+    from trainer.tracking import MlflowTracker
+
+    try:
+        return MlflowTracker(args.mlflow_dir, experiment=args.experiment, run_name=run_name)
+    except ImportError as exc:
+        raise SystemExit(f"train clip: {exc}") from None
+
+
+def _track(tracker: MlflowTracker | None, params: dict, result: dict, out: str) -> None:
+    if tracker is None:
+        return
+    from trainer.tracking import log_training
+
+    best = next(c for c in result["curve"] if c["epoch"] == result["best_epoch"])
+    log_training(tracker, params, result["curve"], best, out)
+    print(f"tracked as MLflow run {tracker.run_id} in {tracker.uri}")
+
+
 def cmd_train_clip(args: argparse.Namespace) -> int:
+    if args.clicks:
+        return cmd_train_clip_clicks(args)
     from indexer.catalog import read_catalog
     from trainer.clip import ClipTrainConfig, ClipTrainer, load_pairs
 
@@ -41,13 +83,61 @@ def cmd_train_clip(args: argparse.Namespace) -> int:
     if args.freeze_image:
         overrides["freeze_image"] = True
     config = ClipTrainConfig(**overrides)
-    items, _ = read_catalog(args.catalog, skip_invalid=True)
-    trainer = ClipTrainer(config, Path(args.out), base=args.base, device=args.device)
-    size = trainer.preprocess["image_size"]
-    pairs = load_pairs(items, Path(args.catalog).resolve().parent, size, progress=not args.quiet)
-    if pairs.broken:
-        print(f"skipped {len(pairs.broken)} item(s) with broken or missing images, e.g. {pairs.broken[:3]}")
-    result = trainer.fit(pairs, resume=args.resume, progress=not args.quiet)
+    tracker = _tracker(args, f"clip {Path(args.out).name}")
+    with tracker or contextlib.nullcontext():  # a crash marks the MLflow run FAILED
+        items, _ = read_catalog(args.catalog, skip_invalid=True)
+        trainer = ClipTrainer(config, Path(args.out), base=args.base, device=args.device)
+        size = trainer.preprocess["image_size"]
+        pairs = load_pairs(items, Path(args.catalog).resolve().parent, size, progress=not args.quiet)
+        if pairs.broken:
+            print(f"skipped {len(pairs.broken)} item(s) with broken or missing images, e.g. {pairs.broken[:3]}")
+        result = trainer.fit(pairs, resume=args.resume, progress=not args.quiet)
+        _track(tracker, {"mode": "catalog", "base": args.base, "catalog": args.catalog, **result["config"]}, result, args.out)
     print(json.dumps({"out": args.out, "best_epoch": result["best_epoch"], "seconds": result["seconds"],
                       "heldout": next(c for c in result["curve"] if c["epoch"] == result["best_epoch"])}))
+    return 0
+
+
+def cmd_train_clip_clicks(args: argparse.Namespace) -> int:
+    from indexer.catalog import read_catalog
+    from trainer.click_clip import (
+        ClickClipTrainer,
+        ClickTrainConfig,
+        prepare_click_data,
+    )
+    from trainer.clicks import read_click_log
+
+    if not args.base:
+        raise SystemExit("train clip --clicks fine-tunes an existing model: give --base MODEL_DIR.")
+    if args.resume or args.max_pairs or args.image_size or args.vision or args.holdout:
+        raise SystemExit("--resume, --max-pairs, --image-size, --vision and --holdout apply to catalog training, not --clicks.")
+    overrides = {k: v for k, v in {
+        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "freeze_text": args.freeze_text,
+        "patience": args.patience, "seed": args.seed, "general_fraction": args.general_fraction,
+        "general_pairs": args.general_pairs, "hard_negatives": args.hard_negatives, "eta": args.ipw_eta,
+        "max_weight": args.ipw_max_weight, "text_target_weight": args.text_target_weight,
+        "holdout_fraction": args.holdout_fraction}.items() if v is not None}
+    if args.freeze_image:
+        overrides["freeze_image"] = True
+    try:
+        config = ClickTrainConfig.from_dict(overrides)
+    except ValueError as exc:
+        raise SystemExit(f"train clip --clicks: {exc}") from None
+    tracker = _tracker(args, f"clicks {Path(args.out).name}")
+    with tracker or contextlib.nullcontext():
+        sessions, summary = read_click_log(args.clicks)
+        print(f"click log {args.clicks}: {summary}")
+        items, _ = read_catalog(args.catalog, skip_invalid=True)
+        log = (lambda s: None) if args.quiet else print
+        trainer = ClickClipTrainer(config, Path(args.out), base=args.base, device=args.device, log=log)
+        data = prepare_click_data(sessions, items, Path(args.catalog).resolve().parent, Path(args.clicks).resolve().parent,
+                                  config, trainer.preprocess["image_size"], progress=not args.quiet)
+        result = trainer.fit_clicks(data, progress=not args.quiet)
+        params = {"mode": "clicks", "base": args.base, "catalog": args.catalog, "clicks": args.clicks,
+                  "log": summary.to_dict() | {"first_errors": len(summary.errors)}, **result["clicks"]["config"],
+                  "examples": result["clicks"]["examples"]}
+        _track(tracker, params, result, args.out)
+    best = next(c for c in result["curve"] if c["epoch"] == result["best_epoch"])
+    print(json.dumps({"out": args.out, "best_epoch": result["best_epoch"], "seconds": result["seconds"],
+                      "base": result["clicks"]["base_metrics"], "heldout": best}))
     return 0

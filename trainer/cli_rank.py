@@ -122,16 +122,19 @@ def cmd_train_reranker(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="vitrine-mine-", dir=Path(args.out).resolve().parent) as tmp:
         searcher = _mining_bundle(args, config, items, Path(tmp))
         try:
-            candidates = {q: [h.id for h in searcher.search(SearchRequest(text=texts[q], k=tconfig.mine_depth, stages="first")).hits]
-                          for q in train_qids}
+            mined = {q: searcher.search(SearchRequest(text=texts[q], k=tconfig.mine_depth, stages="first")).hits
+                     for q in train_qids}
         finally:
             searcher.bundle.close()
+    candidates = {q: [h.id for h in hits] for q, hits in mined.items()}
+    first_scores = {q: [h.score for h in hits] for q, hits in mined.items()}
     recall = sum(any(d in qrels[q] for d in candidates[q]) for q in train_qids) / max(len(train_qids), 1)
     print(f"mined {tconfig.mine_depth} first-stage candidates for {len(train_qids)} queries "
           f"(a relevant one among them for {recall:.1%})", file=sys.stderr)
     summary = train_reranker(args.base, Path(args.out), {q: texts[q] for q in train_qids}, qrels, docs, candidates, tconfig,
                              device=args.device, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr),
-                             extra_meta={"catalog": str(Path(args.catalog).resolve()), "qrels": str(Path(args.qrels).resolve())})
+                             extra_meta={"catalog": str(Path(args.catalog).resolve()), "qrels": str(Path(args.qrels).resolve())},
+                             first_scores=first_scores)
     print(json.dumps({"out": args.out, "best_epoch": summary["best_epoch"], "heldout": summary["heldout"],
                       "seconds": summary["seconds"]}))
     return 0
@@ -150,7 +153,7 @@ def cmd_train_ranker(args: argparse.Namespace) -> int:
     texts = {q["qid"]: q.get("text", "") for q in queries}
     click_table = None
     if args.clicks:
-        from trainer.clicks import click_label_table
+        from trainer.ranker import click_label_table
 
         click_table, queries = click_label_table(args.clicks, queries)
         labelled = set(click_table)

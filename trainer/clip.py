@@ -142,6 +142,16 @@ def retrieval_recall(img: torch.Tensor, txt: torch.Tensor, k: int = 10) -> dict[
     return {f"i2t_r@{k}": i2t, f"t2i_r@{k}": t2i, f"mean_r@{k}": (i2t + t2i) / 2}
 
 
+def warmup_cosine(opt: torch.optim.Optimizer, warmup_steps: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over `warmup_steps`, then cosine decay to zero at step `total`."""
+    def lr_at(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, total - warmup_steps)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+
+
 class ClipTrainer:
     """Trains a CLIP model on Pairs; resumable from out_dir/checkpoint.pt; keeps the best held-out model."""
 
@@ -240,12 +250,7 @@ class ClipTrainer:
         steps_per_epoch = max(1, len(train_idx) // cfg.batch_size)
         total = steps_per_epoch * cfg.epochs
 
-        def lr_at(step: int) -> float:  # linear warm-up, then cosine to zero
-            if step < cfg.warmup_steps:
-                return (step + 1) / cfg.warmup_steps
-            return 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+        sched = warmup_cosine(opt, cfg.warmup_steps, total)
         state = {"epoch": 0, "best": -1.0, "best_epoch": -1, "curve": [], "bad_epochs": 0}
         ckpt_path = self.out_dir / "checkpoint.pt"
         if resume and ckpt_path.is_file():

@@ -3,6 +3,7 @@ the feature log the server writes; labels from graded qrels or from a click-labe
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,3 +104,28 @@ def reranker_seen_qids(reranker_dir: str | Path | None) -> set[str]:
         return set()
     return set(json.loads(meta.read_text(encoding="utf-8")).get("train_qids", []))
 
+
+
+def click_label_table(path: str | Path, queries: Sequence[Mapping]) -> tuple[dict[str, dict[str, tuple[int, int]]], list[dict]]:
+    """Per query of `queries` (joined by text): doc id -> (clicked in any session 0/1, best position shown).
+
+    Returns the table and the queries it covers. Text-only sessions are used; malformed lines are counted and
+    reported by the reader, never fatal.
+    """
+    from trainer.clicks import ClickLogSummary, iter_click_log
+
+    qid_by_text = {" ".join(q.get("text", "").split()): q["qid"] for q in queries if q.get("text")}
+    table: dict[str, dict[str, tuple[int, int]]] = {}
+    summary = ClickLogSummary()
+    for s in iter_click_log(path, summary):
+        qid = qid_by_text.get(" ".join(s.text.split()))
+        if qid is None or s.image:
+            continue
+        clicked = set(s.clicked)
+        row = table.setdefault(qid, {})
+        for pos, doc in enumerate(s.shown, start=1):
+            was, best = row.get(doc, (0, pos))
+            row[doc] = (max(was, int(doc in clicked)), min(best, pos))
+    if summary.malformed:
+        print(f"click log {path}: {summary}", file=sys.stderr)
+    return table, [q for q in queries if q["qid"] in table]

@@ -30,15 +30,16 @@ class RerankerTrainConfig:
     epochs: int = 2
     batch_queries: int = 8          # queries per step; each brings 1 positive + `negatives` pairs
     negatives: int = 3
-    mine_depth: int = 30            # first-stage depth negatives are mined from (and held-out queries re-ranked at)
+    mine_depth: int = 20            # first-stage depth negatives are mined from (and held-out queries re-ranked at)
     lr: float = 5e-5
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
-    max_length: int = 192
+    max_length: int = 128
     holdout: float = 0.15           # share of training queries held out for early stopping
     reserve_for_ranker: float = 0.0  # share of queries kept away from this model, for training the LightGBM ranker
     patience: int = 1
     seed: int = 0
+    eval_base: bool = False         # also score the untrained base on held-out (off: a fresh head is random)
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_queries", "negatives", "mine_depth", "max_length"):
@@ -114,16 +115,39 @@ def rerank_ndcg(score_fn: Callable[[str, list[str]], np.ndarray], qids: Sequence
     return float(np.mean(values)) if values else 0.0
 
 
+def fit_blend(score_fn: Callable[[str, list[str]], np.ndarray], qids: Sequence[str], queries: Mapping[str, str],
+              candidates: Mapping[str, Sequence[str]], first_scores: Mapping[str, Sequence[float]], docs: Mapping[str, str],
+              qrels: Qrels, grid: Sequence[float] = tuple(i / 20 for i in range(21))) -> tuple[float, dict[float, float]]:
+    """The cross-encoder weight (ranking.rerank.blend_scores) with the best held-out nDCG@10, and every one tried."""
+    from ranking.rerank import blend_scores
+
+    qids = [q for q in qids if candidates.get(q)]
+    cross = {q: score_fn(queries[q], [docs.get(d, "") for d in candidates[q]]) for q in qids}
+    results = {}
+    for alpha in grid:
+        values = []
+        for q in qids:
+            s = blend_scores(np.asarray(first_scores[q], dtype=np.float64), cross[q], alpha)
+            ranked = [candidates[q][i] for i in sorted(range(len(s)), key=lambda i: (-s[i], i))]
+            values.append(ndcg_at_k(ranked, qrels.get(q, {}), 10))
+        results[alpha] = float(np.mean(values)) if values else 0.0
+    best = max(results, key=lambda a: (results[a], -a))   # ties: the smaller weight, i.e. trust the first stage
+    return best, results
+
+
 def train_reranker(base: str, out_dir: Path, queries: Mapping[str, str], qrels: Qrels, docs: Mapping[str, str],
                    candidates: Mapping[str, Sequence[str]], config: RerankerTrainConfig = RerankerTrainConfig(),
                    device: str | None = None, progress: bool = True, log: Callable[[str], None] = print,
-                   extra_meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                   extra_meta: Mapping[str, Any] | None = None,
+                   first_scores: Mapping[str, Sequence[float]] | None = None) -> dict[str, Any]:
     """Fine-tunes `base` (a name or directory) and writes the best epoch to out_dir as a CrossEncoder directory.
 
     Args:
         queries: qid -> text for the training queries; qrels: their graded judgments.
         docs: doc_id -> the text the reranker sees (the same `item_text` the server uses).
         candidates: qid -> first-stage doc ids in rank order (hard-negative pool and held-out candidates).
+        first_scores: qid -> their fused first-stage scores; with them, the weight of the cross-encoder against the
+            first stage is chosen on the held-out queries and saved as "blend" (else 1: the cross-encoder alone).
     """
     import torch
 
@@ -137,9 +161,10 @@ def train_reranker(base: str, out_dir: Path, queries: Mapping[str, str], qrels: 
     net = model.net
     baseline = {"first_stage": rerank_ndcg(lambda q, d: -np.arange(len(d), dtype=np.float32), held_q, queries,
                                            candidates, docs, qrels)}
-    baseline["base_model"] = rerank_ndcg(model.score, held_q, queries, candidates, docs, qrels)
+    if config.eval_base:
+        baseline["base_model"] = rerank_ndcg(model.score, held_q, queries, candidates, docs, qrels)
     log(f"reranker: {len(train_q)} train / {len(held_q)} held-out / {len(reserved_q)} reserved queries; held-out nDCG@10 "
-        f"first stage {baseline['first_stage']:.4f}, base model {baseline['base_model']:.4f}")
+        + ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in baseline.items()))
     steps_per_epoch = len(listwise_batches(train_q, qrels, candidates, config.negatives, config.batch_queries, random.Random(0)))
     if steps_per_epoch == 0:
         raise ValueError("no training query has both a relevant document and enough first-stage negatives.")
@@ -191,6 +216,11 @@ def train_reranker(base: str, out_dir: Path, queries: Mapping[str, str], qrels: 
         "curve": curve, "seconds": round(time.perf_counter() - t0, 1),
         "train_qids": train_q, "heldout_qids": held_q, "reserved_qids": reserved_q, **(extra_meta or {}),
     }
+    if first_scores is not None and held_q:
+        best_model = CrossEncoderReranker(str(out_dir), RerankConfig(max_length=config.max_length, cache_size=0), device=device)
+        summary["blend"], tried = fit_blend(best_model.score, held_q, queries, candidates, first_scores, docs, qrels)
+        summary["heldout"]["blended_ndcg@10"] = tried[summary["blend"]]
+        log(f"reranker: blend weight {summary['blend']:.2f} gives held-out nDCG@10 {tried[summary['blend']]:.4f}")
     (out_dir / "training.json").write_text(json.dumps(summary, indent=2))
     (out_dir / "metrics.json").write_text(json.dumps({"heldout": summary["heldout"], "curve": curve}, indent=2))
     return summary

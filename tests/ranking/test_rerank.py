@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from ranking.rerank import CrossEncoderReranker, RerankConfig, rerank_scores, truncate_doc
+from ranking.rerank import CrossEncoderReranker, RerankConfig, blend_scores, rerank_scores, truncate_doc
 from ranking.types import Hit, SourceHit
 from trainer.reranker import RerankerTrainConfig, check_disjoint, rerank_ndcg, split_queries, train_reranker
 
@@ -20,8 +20,19 @@ def test_rerank_scores_reorders_the_head_and_keeps_the_tail_below():
     assert out[0].scores_by_source["bm25"].rank == 2          # first-stage evidence is kept
     assert "cross" not in out[3].scores_by_source
     assert all(a.score > b.score for a, b in zip(out, out[1:]))
-    with pytest.raises(ValueError, match="got 6 scores for 5 hits"):
+    with pytest.raises(ValueError, match=r"got 6 scores \(6 raw\) for 5 hits"):
         rerank_scores(np.zeros(6), hits)
+
+
+def test_blended_order_records_the_raw_cross_encoder_score_and_rank():
+    hits = [Hit(str(i), 1.0 - i / 10, {}) for i in range(3)]
+    cross = np.array([0.0, 5.0, 1.0])
+    blended = blend_scores(np.array([h.score for h in hits]), cross, alpha=0.2)
+    out = rerank_scores(blended, hits, raw=cross)
+    assert [h.id for h in out] == ["0", "1", "2"]                  # mostly first stage at alpha 0.2
+    assert out[1].scores_by_source["cross"] == SourceHit(5.0, 1)   # features see the raw score and its rank
+    np.testing.assert_allclose(blend_scores(np.array([3.0, 1.0]), np.array([0.0, 2.0]), 1.0), [0.0, 1.0])
+    np.testing.assert_allclose(blend_scores(np.array([3.0, 1.0]), np.array([0.0, 2.0]), 0.0), [1.0, 0.0])
 
 
 def test_truncate_doc_cuts_at_a_word_boundary():
@@ -75,9 +86,11 @@ def _toy_task(n_queries: int = 40):
 def test_reranker_trainer_learns_a_toy_task(tiny_cross_encoder_dir, tmp_path):
     queries, qrels, docs, candidates = _toy_task()
     config = RerankerTrainConfig(epochs=4, batch_queries=4, negatives=3, lr=1e-3, holdout=0.25, max_length=32, patience=4)
+    first = {q: [1.0 - j / 10 for j in range(len(c))] for q, c in candidates.items()}   # first stage: no signal
     summary = train_reranker(tiny_cross_encoder_dir, tmp_path / "ce", queries, qrels, docs, candidates, config,
-                             device="cpu", progress=False, log=lambda m: None)
-    assert summary["heldout"]["ndcg@10"] > summary["heldout"]["base_model_ndcg@10"] + 0.2
+                             device="cpu", progress=False, log=lambda m: None, first_scores=first)
+    assert summary["blend"] >= 0.5   # the first stage knows nothing here, so the cross-encoder gets the weight
+    assert summary["heldout"]["ndcg@10"] > summary["heldout"]["first_stage_ndcg@10"] + 0.2
     assert summary["heldout"]["ndcg@10"] > 0.8
     saved = json.loads((tmp_path / "ce" / "training.json").read_text())
     assert set(saved["train_qids"]).isdisjoint(saved["heldout_qids"])

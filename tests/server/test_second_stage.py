@@ -117,7 +117,11 @@ def test_feedback_writes_a_click_log_line(served):
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     line = json.loads((tmp / "clicks.jsonl").read_text().splitlines()[-1])
     assert line["query"]["text"] == "red dress" and line["shown"] == [h.id for h in result.hits]
-    assert line["clicked"] == [result.hits[1].id] and line["session"] == "s-1" and line["ts"].endswith("Z")
+    assert line["clicked"] == [result.hits[1].id] and line["session"] == "s-1" and line["dwell_ms"] == {result.hits[1].id: 4200}
+    from trainer.clicks import read_click_log
+
+    sessions, summary = read_click_log(tmp / "clicks.jsonl")   # the trainer reads what the server wrote
+    assert summary.malformed == 0 and sessions[-1].click_ranks() == [2]
 
 
 def test_hot_swap_under_load_fails_no_query(served, small_bundle_path, tmp_path):
