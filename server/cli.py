@@ -14,7 +14,7 @@ import numpy as np
 log = logging.getLogger("vitrine")
 
 # Modules that add subcommands: each has register(subparsers) and sets `handler` defaults on its parsers.
-EXTENSIONS: tuple[str, ...] = ("server.cli_catalog", "trainer.cli", "trainer.cli_rank", "trainer.cli_loop", "server.cli_eval")
+EXTENSIONS: tuple[str, ...] = ("server.cli_catalog", "trainer.cli", "trainer.cli_rank", "trainer.cli_loop", "trainer.cli_retrain", "server.cli_eval")
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:

@@ -40,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--ipw-eta", type=float, default=None, help="position bias 1/rank**eta behind the click weights (default 1)")
     c.add_argument("--ipw-max-weight", type=float, default=None, help="clip of the inverse-propensity weight; 1 = unweighted (default 10)")
     c.add_argument("--text-target-weight", type=float, default=None, help="also pull queries towards the clicked item's text")
+    c.add_argument("--general-holdout", type=int, default=None, help="catalog pairs kept out to measure forgetting (default 300)")
     c.add_argument("--holdout-fraction", type=float, default=None, help="share of queries held out for model selection (default 0.1)")
     t = p.add_argument_group("experiment tracking (MLflow, local file store)")
     t.add_argument("--mlflow-dir", default="runs/mlruns", help="MLflow store: a directory or a tracking URI (default runs/mlruns)")
@@ -116,7 +117,7 @@ def cmd_train_clip_clicks(args: argparse.Namespace) -> int:
         "patience": args.patience, "seed": args.seed, "general_fraction": args.general_fraction,
         "general_pairs": args.general_pairs, "hard_negatives": args.hard_negatives, "eta": args.ipw_eta,
         "max_weight": args.ipw_max_weight, "text_target_weight": args.text_target_weight,
-        "holdout_fraction": args.holdout_fraction}.items() if v is not None}
+        "holdout_fraction": args.holdout_fraction, "general_holdout": args.general_holdout}.items() if v is not None}
     if args.freeze_image:
         overrides["freeze_image"] = True
     try:

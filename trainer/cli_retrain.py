@@ -1,0 +1,157 @@
+"""`vitrine retrain`: the whole click loop in one command — train, gate, index, promote, switch.
+
+Each step is the same command a person would run (`train clip --clicks`, `gate`, `index`), called through
+`server.cli.main`; the first step that fails stops the run with a report naming it. The serving bundle is
+never touched: the new bundle is written beside it, then a `current` symlink is re-pointed atomically (a server
+started with `--watch` follows it) and/or a running server is told to switch with the Admin Reload RPC.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("retrain", help="fine-tune CLIP on a click log, gate it, re-index and switch the server")
+    p.add_argument("--clicks", required=True, help="click log (JSONL)")
+    p.add_argument("--bundle", required=True, help="the serving bundle, ideally a `current` symlink to it")
+    p.add_argument("--registry", help="model registry directory (default: BUNDLE's folder/models)")
+    p.add_argument("--target", help="HOST:PORT of a running server to switch with Admin/Reload")
+    p.add_argument("--token", default=None, help="write token for Reload (default: $VITRINE_AUTH_TOKEN)")
+    p.add_argument("--heldout-fraction", type=float, default=0.2, help="share of sessions (seeded random) the gate keeps")
+    p.add_argument("--flickr", help="flickr8k folder for the general-knowledge check")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--freeze-text", choices=["none", "transformer", "all"], default=None)
+    p.add_argument("--train-arg", action="append", default=[], metavar="ARG",
+                   help="passed on to `vitrine train clip --clicks` (repeatable), e.g. --train-arg=--general-fraction=0.5")
+    p.add_argument("--work", help="where candidates and split logs go (default: BUNDLE's folder/retrain-<time>)")
+    p.add_argument("--config", help="vitrine.toml ([gate] margins, indexer settings)")
+    p.add_argument("--no-mlflow", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=cmd_retrain)
+
+
+def point_current(link: Path, target: Path) -> None:
+    """Re-points a symlink atomically: a reader sees the old target or the new one, never none."""
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(os.path.relpath(target, link.parent), tmp)
+    os.replace(tmp, link)
+
+
+def split_log(clicks: Path, work: Path, fraction: float, seed: int) -> tuple[Path, Path, dict[str, Any]]:
+    """Writes train and held-out logs, image paths made absolute.
+
+    The held-out sessions are a seeded random `fraction` of all sessions, so the gate measures the same traffic
+    mix the candidate learned from, on sessions it never saw. (Splitting by time would be truer to a shop's next
+    week, but simulated logs are written query by query, so it would hold out whole queries.)
+    """
+    import random
+    from dataclasses import replace
+
+    from trainer.clicks import ClickLogWriter, read_click_log, resolve_query_image
+
+    sessions, summary = read_click_log(clicks)
+    if not sessions:
+        raise ValueError(f"click log {clicks} has no valid session ({summary}).")
+    order = list(range(len(sessions)))
+    random.Random(seed).shuffle(order)
+    n_held = int(round(len(sessions) * fraction))
+    held_idx = set(order[len(order) - n_held:])
+    train = [s for i, s in enumerate(sessions) if i not in held_idx]
+    held = [s for i, s in enumerate(sessions) if i in held_idx]
+    if not any(s.click_ranks() for s in held) or not any(s.click_ranks() for s in train):
+        raise ValueError(f"click log {clicks}: too few sessions with clicks to hold some out ({summary}).")
+    paths = (work / "clicks-train.jsonl", work / "clicks-heldout.jsonl")
+    for path, part in zip(paths, (train, held)):
+        with ClickLogWriter(path) as w:
+            for s in part:
+                w.write(replace(s, image=resolve_query_image(s, clicks.resolve().parent)))
+    return paths[0], paths[1], {"sessions": len(sessions), "train": len(train), "heldout": len(held),
+                                "malformed_lines": summary.malformed}
+
+
+def _step(report: dict, name: str, argv: list[str]) -> int:
+    from server.cli import main
+
+    print(f"[retrain] {name}: vitrine {' '.join(argv)}", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    try:
+        rc = main(argv)
+    except SystemExit as exc:   # some handlers exit with a message
+        rc = exc.code if isinstance(exc.code, int) else 1
+        if not isinstance(exc.code, int) and exc.code:
+            print(exc.code, file=sys.stderr)
+    report["steps"].append({"step": name, "exit": rc, "seconds": round(time.perf_counter() - t0, 1)})
+    return rc
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from trainer.registry import ModelRegistry
+
+    link = Path(args.bundle)
+    serving = link.resolve()
+    manifest_path = serving / "manifest.json"
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"--bundle {args.bundle} is not a Vitrine bundle (no manifest.json)")
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    current_model = manifest.get("models", {}).get("clip", {}).get("name")
+    catalog = manifest.get("catalog_path") or manifest.get("catalog")
+    if not current_model or not Path(current_model).is_dir():
+        raise ValueError(f"bundle {serving} has no local CLIP model to fine-tune (models.clip.name = {current_model!r}).")
+    if not catalog or not Path(catalog).is_file():
+        raise ValueError(f"bundle {serving} does not record a readable catalog path ({catalog!r}); re-index it with `vitrine index`.")
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    work = Path(args.work) if args.work else serving.parent / f"retrain-{stamp}"
+    work.mkdir(parents=True, exist_ok=True)
+    registry = Path(args.registry) if args.registry else serving.parent / "models"
+    report: dict[str, Any] = {"bundle": str(serving), "current_model": current_model, "work": str(work), "steps": []}
+    t0 = time.perf_counter()
+
+    def finish(ok: bool, why: str = "") -> int:
+        report.update(ok=ok, seconds=round(time.perf_counter() - t0, 1), **({"stopped": why} if why else {}))
+        (work / "report.json").write_text(json.dumps(report, indent=2))
+        print(json.dumps(report))
+        return 0 if ok else 1
+
+    train_log, held_log, report["clicks"] = split_log(Path(args.clicks), work, args.heldout_fraction, args.seed)
+    candidate = work / "candidate"
+    argv = ["train", "clip", "--clicks", str(train_log), "--catalog", catalog, "--base", current_model, "--out",
+            str(candidate), "--quiet", "--seed", str(args.seed)]
+    argv += (["--epochs", str(args.epochs)] if args.epochs else []) + (["--lr", str(args.lr)] if args.lr else [])
+    argv += (["--freeze-text", args.freeze_text] if args.freeze_text else []) + list(args.train_arg)
+    argv += ["--no-mlflow"] if args.no_mlflow else ["--mlflow-dir", str(serving.parent / "mlruns")]
+    if _step(report, "train", argv) != 0:
+        return finish(False, "training failed")
+    argv = ["gate", "--candidate", str(candidate), "--current", current_model, "--clicks", str(held_log), "--catalog",
+            catalog, "--registry", str(registry), "--report", str(work / "gate.json")]
+    argv += (["--flickr", args.flickr] if args.flickr else []) + (["--config", args.config] if args.config else [])
+    if _step(report, "gate", argv) != 0:
+        return finish(False, "the gate rejected the candidate (see gate.json); nothing was indexed or switched")
+    version = ModelRegistry(registry).current()
+    model_dir = registry / version
+    report["promoted"] = {"version": version, "path": str(model_dir)}
+    new_bundle = serving.parent / f"{serving.name.split('@')[0]}@{version}-{stamp}"
+    argv = ["index", "--catalog", catalog, "--out", str(new_bundle), "--clip-model", str(model_dir), "--quiet"]
+    argv += ["--config", args.config] if args.config else []
+    if _step(report, "index", argv) != 0:
+        return finish(False, "indexing failed; the serving bundle is unchanged")
+    report["new_bundle"] = str(new_bundle)
+    if link.is_symlink():
+        point_current(link, new_bundle)
+        report["pointer"] = f"{link} -> {new_bundle.name}"
+    if args.target:
+        from server.client import VitrineClient
+
+        with VitrineClient(args.target) as client:
+            resp = client.reload(str(new_bundle), token=args.token or os.environ.get("VITRINE_AUTH_TOKEN"))
+        report["reload"] = {"bundle_version": resp.bundle_version, "previous": resp.previous_bundle_version,
+                            "load_ms": round(resp.load_ms, 1)}
+    return finish(True)
