@@ -335,13 +335,7 @@ class ClickClipTrainer(ClipTrainer):
                 general = (data.general_train[rng.choice(len(data.general_train), min(n_general, len(data.general_train)), replace=False)]
                            if n_general else None)
                 loss = self._loss(batch, general, data, cache)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                with torch.no_grad():
-                    self.model.logit_scale.clamp_(0, math.log(100))
-                losses.append(loss.item())
+                losses.append(self._step(opt, sched, loss))
             metrics = self.evaluate_clicks(data, item_text)
             train_loss = float(np.mean(losses))
             state["curve"].append({"epoch": epoch + 1, "train_loss": train_loss, **metrics,

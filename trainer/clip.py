@@ -221,6 +221,16 @@ class ClipTrainer:
         return x
 
     @torch.no_grad()
+    def _step(self, opt: torch.optim.Optimizer, sched: Any, loss: torch.Tensor) -> float:
+        """One optimiser step; the temperature stays within CLIP's bound (logit scale <= 100)."""
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            self.model.logit_scale.clamp_(0, math.log(100))
+        return loss.item()
+
     def evaluate(self, pixels: torch.Tensor, text_inputs: torch.Tensor) -> dict[str, float]:
         self.model.eval()
         img = torch.cat([F.normalize(self.model.encode_image(normalize_pixels(pixels[s:s + 256]).to(self.device)), dim=-1)
@@ -274,13 +284,7 @@ class ClipTrainer:
                 img = F.normalize(self.model.encode_image(normalize_pixels(self._augment(pairs.pixels[idx])).to(self.device)), dim=-1)  # (B, D)
                 txt = F.normalize(self._encode_text(text_all[idx]), dim=-1)  # (B, D)
                 loss = info_nce(img, txt, self.model.logit_scale.exp())
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                with torch.no_grad():
-                    self.model.logit_scale.clamp_(0, math.log(100))
-                losses.append(loss.item())
+                losses.append(self._step(opt, sched, loss))
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", T=f"{1 / self.model.logit_scale.exp().item():.3f}")
             metrics = self.evaluate(val_pix, val_txt)
             state["curve"].append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), **metrics,
