@@ -248,8 +248,9 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
     def Info(self, request: search_pb2.InfoRequest, context: grpc.ServicerContext) -> search_pb2.InfoResponse:
         searcher = self.searcher
         # The served stages join the manifest so `vitrine eval --ablate` can measure each one.
-        manifest = {**searcher.bundle.manifest, "stages": {"stages": searcher.available_stages()},
-                    "served_models": model_versions(searcher)}
+        stages = searcher.available_stages()
+        manifest = {**searcher.bundle.manifest, "served_models": model_versions(searcher),
+                    **({"stages": {"stages": stages}} if len(stages) > 1 else {})}
         return search_pb2.InfoResponse(bundle_version=searcher.bundle.version, manifest_json=json.dumps(manifest))
 
     def _response(self, searcher: Searcher, req: SearchRequest, result: SearchResult, fields: list[str]) -> search_pb2.SearchResponse:

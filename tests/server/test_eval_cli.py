@@ -81,7 +81,7 @@ def test_eval_with_bundle_serves_it_in_process(small_bundle_path, keyword_encode
     import server.cli
     from server.config import load_config
 
-    def fake_load_searcher(path, config_path):
+    def fake_load_searcher(path, config_path, reranker=None, ranker=None):
         return Searcher(Bundle(path), keyword_encoder), load_config(None)
 
     monkeypatch.setattr(server.cli, "load_searcher", fake_load_searcher)
