@@ -30,6 +30,7 @@ class RerankerTrainConfig:
     epochs: int = 2
     batch_queries: int = 8          # queries per step; each brings 1 positive + `negatives` pairs
     negatives: int = 3
+    max_positives: int = 3          # per query and epoch; catalogs can judge hundreds of items relevant to one query
     mine_depth: int = 20            # first-stage depth negatives are mined from (and held-out queries re-ranked at)
     lr: float = 5e-5
     warmup_ratio: float = 0.1
@@ -86,16 +87,24 @@ def split_queries(qids: Sequence[str], holdout: float, reserve: float, seed: int
 
 
 def listwise_batches(qids: Sequence[str], qrels: Qrels, candidates: Mapping[str, Sequence[str]], negatives: int,
-                     batch_queries: int, rng: random.Random) -> list[list[tuple[str, str, list[str]]]]:
-    """Groups of (qid, positive doc, negative docs); hard negatives come from the query's first-stage list."""
+                     batch_queries: int, rng: random.Random, max_positives: int = 3) -> list[list[tuple[str, str, list[str]]]]:
+    """Groups of (qid, positive doc, negative docs); hard negatives come from the query's first-stage list.
+
+    At most `max_positives` positives per query: the highest-graded ones, those the first stage retrieved first.
+    """
     groups = []
     for qid in qids:
-        positives = [d for d, g in qrels.get(qid, {}).items() if g > 0]
-        pool = [d for d in candidates.get(qid, []) if qrels.get(qid, {}).get(d, 0) <= 0]
-        if not positives or len(pool) < negatives:
-            continue
+        judged = qrels.get(qid, {})
+        retrieved = set(candidates.get(qid, []))
+        positives = [d for d, g in judged.items() if g > 0]
+        rng.shuffle(positives)
+        positives = sorted(positives, key=lambda d: (-judged[d], d not in retrieved))[:max_positives]
         for pos in positives:
-            groups.append((qid, pos, rng.sample(pool, negatives)))
+            # A negative is anything the first stage ranked that is graded below this positive (grade-1 items
+            # are negatives for a grade-2 positive: "red shirt" must beat the blue shirt).
+            pool = [d for d in candidates.get(qid, []) if judged.get(d, 0) < judged[pos]]
+            if len(pool) >= negatives:
+                groups.append((qid, pos, rng.sample(pool, negatives)))
     rng.shuffle(groups)
     return [groups[i:i + batch_queries] for i in range(0, len(groups), batch_queries)]
 
@@ -165,7 +174,8 @@ def train_reranker(base: str, out_dir: Path, queries: Mapping[str, str], qrels: 
         baseline["base_model"] = rerank_ndcg(model.score, held_q, queries, candidates, docs, qrels)
     log(f"reranker: {len(train_q)} train / {len(held_q)} held-out / {len(reserved_q)} reserved queries; held-out nDCG@10 "
         + ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in baseline.items()))
-    steps_per_epoch = len(listwise_batches(train_q, qrels, candidates, config.negatives, config.batch_queries, random.Random(0)))
+    steps_per_epoch = len(listwise_batches(train_q, qrels, candidates, config.negatives, config.batch_queries, random.Random(0),
+                                           config.max_positives))
     if steps_per_epoch == 0:
         raise ValueError("no training query has both a relevant document and enough first-stage negatives.")
     total = steps_per_epoch * config.epochs
@@ -177,7 +187,7 @@ def train_reranker(base: str, out_dir: Path, queries: Mapping[str, str], qrels: 
     for epoch in range(1, config.epochs + 1):
         net.train()
         losses = []
-        batches = listwise_batches(train_q, qrels, candidates, config.negatives, config.batch_queries, rng)
+        batches = listwise_batches(train_q, qrels, candidates, config.negatives, config.batch_queries, rng, config.max_positives)
         for batch in tqdm(batches, desc=f"reranker epoch {epoch}", disable=not progress, unit="step"):
             q_texts, d_texts = [], []
             for qid, pos, negs in batch:

@@ -110,3 +110,15 @@ def test_reranker_scores_are_cached_and_batched_consistently(tiny_cross_encoder_
     np.testing.assert_allclose(again, first[::-1], atol=1e-5)
     unbatched = CrossEncoderReranker(tiny_cross_encoder_dir, RerankConfig(batch_size=16, max_length=32, cache_size=0), device="cpu")
     np.testing.assert_allclose(unbatched.score("red shirt", docs), first, atol=1e-4)
+
+
+def test_listwise_batches_cap_positives_and_take_lower_grades_as_negatives():
+    from trainer.reranker import listwise_batches
+
+    qrels = {"q": {f"d{i}": 2 if i < 5 else 1 for i in range(10)}}      # 5 exact matches, 5 partial
+    candidates = {"q": [f"d{i}" for i in range(10)] + ["x1", "x2"]}
+    groups = [g for batch in listwise_batches(["q"], qrels, candidates, 3, 8, random.Random(0), max_positives=2) for g in batch]
+    assert len(groups) == 2
+    for _, pos, negs in groups:
+        assert qrels["q"][pos] == 2
+        assert all(qrels["q"].get(n, 0) < 2 for n in negs)          # partial matches count as negatives
