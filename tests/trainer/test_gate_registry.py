@@ -140,3 +140,17 @@ def test_brute_force_run_and_composed_queries():
                 for c in (["a"], ["a", "b"], [])]
     queries, qrels = click_judgments(sessions)
     assert len(queries) == 1 and qrels[queries[0].qid] == {"a": 2, "b": 1}
+
+
+def test_general_metrics_at_chance_are_reported_but_do_not_gate():
+    from trainer.gate import GateConfig, decide
+
+    config = GateConfig(in_domain_metrics=("click_ndcg@10",), general_metrics=("flickr_t2i_r@10", "catalog_i2t_r@10"))
+    report = decide({"click_ndcg@10": 0.1, "flickr_t2i_r@10": 0.017, "catalog_i2t_r@10": 0.9},
+                    {"click_ndcg@10": 0.2, "flickr_t2i_r@10": 0.013, "catalog_i2t_r@10": 0.85}, config)
+    assert report.promote
+    flickr = next(c for c in report.checks if c.metric == "flickr_t2i_r@10")
+    assert flickr.passed is None and "chance floor" in flickr.reason
+    worse = decide({"click_ndcg@10": 0.1, "flickr_t2i_r@10": 0.017, "catalog_i2t_r@10": 0.9},
+                   {"click_ndcg@10": 0.2, "flickr_t2i_r@10": 0.013, "catalog_i2t_r@10": 0.7}, config)
+    assert not worse.promote                                   # a real drop above the floor still rejects
