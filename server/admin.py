@@ -7,6 +7,7 @@ or from a watcher that follows a `current` pointer (a symlink, as the registry w
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +37,7 @@ class Reloader:
         self.close_after_s = close_after_s
         self._lock = threading.Lock()
         self.swaps = 0
+        self.load_nice = 10
 
     def reload(self, bundle: str = "", reranker: str = "", ranker: str = "") -> tuple[Searcher, Searcher | None, float]:
         """Loads and switches; returns (new, old, load seconds). Raises ValueError/FileNotFoundError on a bad path."""
@@ -51,7 +53,7 @@ class Reloader:
             raise FileNotFoundError(f"bundle: {target} is not a Vitrine bundle (no manifest.json).")
         with self._lock:
             t0 = time.perf_counter()
-            new = self.loader(str(path), reranker or None, ranker or None)
+            new = self._load_in_background(str(path), reranker or None, ranker or None)
             old = self.servicer.swap(new)
             self.swaps += 1
         seconds = time.perf_counter() - t0
@@ -61,6 +63,28 @@ class Reloader:
             timer.daemon = True
             timer.start()
         return new, old, seconds
+
+    def _load_in_background(self, path: str, reranker: str | None, ranker: str | None) -> Searcher:
+        """Runs the loader in a thread at a lower CPU priority, so loading competes less with serving."""
+        out: dict[str, object] = {}
+
+        def work() -> None:
+            try:
+                # Linux applies a thread's nice value to that thread (and threads it starts); elsewhere skip.
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.load_nice)
+            except (AttributeError, OSError):
+                pass
+            try:
+                out["searcher"] = self.loader(path, reranker, ranker)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                out["error"] = exc
+
+        thread = threading.Thread(target=work, name="vitrine-bundle-load")
+        thread.start()
+        thread.join()
+        if "error" in out:
+            raise out["error"]  # type: ignore[misc]
+        return out["searcher"]  # type: ignore[return-value]
 
     def watch(self, every_s: float, stop: threading.Event) -> threading.Thread:
         """Polls the pointer and reloads when it names another directory; a failed load keeps the old bundle."""
