@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import grpc
@@ -216,8 +216,6 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         check_deadline(context)
         log_features = self.query_log.wants_features(req.log_features)
         if log_features != req.log_features:
-            from dataclasses import replace
-
             req = replace(req, log_features=log_features)
         with self._reading():
             result = searcher.search(req)
