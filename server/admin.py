@@ -36,7 +36,6 @@ class Reloader:
         self.pointer = pointer
         self.close_after_s = close_after_s
         self._lock = threading.Lock()
-        self.swaps = 0
         self.load_nice = 10
 
     def reload(self, bundle: str = "", reranker: str = "", ranker: str = "") -> tuple[Searcher, Searcher | None, float]:
@@ -55,7 +54,6 @@ class Reloader:
             t0 = time.perf_counter()
             new = self._load_in_background(str(path), reranker or None, ranker or None)
             old = self.servicer.swap(new)
-            self.swaps += 1
         seconds = time.perf_counter() - t0
         log.info("switched to bundle %s (%s) in %.1f s", new.bundle.version, path, seconds)
         if old is not None and old.bundle is not new.bundle:

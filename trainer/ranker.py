@@ -97,13 +97,9 @@ def label_with_clicks(groups: Sequence[QueryFeatures], clicks: Mapping[str, Mapp
 
 def reranker_seen_qids(reranker_dir: str | Path | None) -> set[str]:
     """Queries a Vitrine cross-encoder trained on: its scores on them are over-confident, so the ranker skips them."""
-    if not reranker_dir:
-        return set()
-    meta = Path(reranker_dir) / "training.json"
-    if not meta.is_file():
-        return set()
-    return set(json.loads(meta.read_text(encoding="utf-8")).get("train_qids", []))
+    from ranking.rerank import training_meta
 
+    return set(training_meta(str(reranker_dir)).get("train_qids", [])) if reranker_dir else set()
 
 
 def click_label_table(path: str | Path, queries: Sequence[Mapping]) -> tuple[dict[str, dict[str, tuple[int, int]]], list[dict]]:
