@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m server.cli demo
+	$(PY) -m cli.main demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -26,9 +26,9 @@ import numpy as np  # noqa: E402
 
 from bench.machine import machine  # noqa: E402
 from indexer.catalog import Item, read_catalog  # noqa: E402
+from ranking.clicklog import ClickLogWriter, read_click_log  # noqa: E402
 from ranking.metrics import load_qrels, load_queries  # noqa: E402
 from trainer.click_clip import ClickClipTrainer, ClickTrainConfig, prepare_click_data  # noqa: E402
-from trainer.clicks import ClickLogWriter, read_click_log  # noqa: E402
 from trainer.gate import GateConfig, GateData, QuerySet, decide, load_flickr, measure  # noqa: E402
 from trainer.registry import ModelRegistry  # noqa: E402
 from trainer.simulate import SimulatorConfig, simulate_clicks  # noqa: E402

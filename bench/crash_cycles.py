@@ -16,7 +16,6 @@ import os
 import queue
 import random
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -26,12 +25,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from cli.demo import start_server  # noqa: E402
 from indexer.bundle import build_bundle  # noqa: E402
 from indexer.catalog import Item, item_from_dict  # noqa: E402
 from proto.vitrine.v1 import search_pb2  # noqa: E402
-from server.cli_catalog import CatalogClient, item_to_proto  # noqa: E402
-from server.client import VitrineClient  # noqa: E402
-from server.demo import start_server  # noqa: E402
+from server.client import (  # noqa: E402
+    CatalogClient,
+    VitrineClient,  # noqa: E402
+    item_to_proto,
+)
 
 IDS = [f"p{i}" for i in range(40)]
 

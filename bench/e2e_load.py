@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.target:
         target = args.target
     else:
-        from server.demo import start_server
+        from cli.demo import start_server
 
         proc, target = start_server(Path(args.bundle))
     rows = []

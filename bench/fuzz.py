@@ -170,9 +170,9 @@ def fuzz(target: str, n: int, seed: int = 0, unicode_whitespace: bool = True) ->
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cli.demo import start_server
     from indexer.bundle import build_bundle
     from indexer.catalog import Item
-    from server.demo import start_server
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=10_000)

@@ -57,7 +57,7 @@ def _writer(target: str, rate: float, seconds: float, seed: int, ids: list[str],
 
     from indexer.catalog import Item
     from proto.vitrine.v1 import search_pb2
-    from server.cli_catalog import CatalogClient, item_to_proto
+    from server.client import CatalogClient, item_to_proto
 
     rng = random.Random(seed)
     requests: queue.Queue = queue.Queue()
@@ -143,9 +143,9 @@ def _phase(target: str, pid: int, args: argparse.Namespace, writes: bool, ids: l
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cli.demo import generate_catalog, start_server
     from indexer.bundle import build_bundle
     from indexer.catalog import read_catalog
-    from server.demo import generate_catalog, start_server
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=float, default=150.0, help="seconds per phase")

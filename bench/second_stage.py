@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.machine import machine  # noqa: E402
 
-VITRINE = [sys.executable, "-m", "server.cli"]
+VITRINE = [sys.executable, "-m", "cli.main"]
 
 
 def run(args: list[str], log: Path) -> dict:

@@ -10,7 +10,6 @@ Caches live under runs/tune/ (gitignored). The last stdout line of every mode is
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import sys
@@ -82,7 +81,6 @@ def cmd_encode() -> dict:
         print("encoded fashion", v, out[v], flush=True)
     p = CACHE / "x-scifact-current.npy"
     if not p.exists():  # scifact vectors come from the prebuilt Flat bundle (same item_text), no re-encode
-        import faiss
         from indexer.bundle import Bundle
         b = Bundle("runs/scifact-Flat")
         idx = b.vectors["text"].index

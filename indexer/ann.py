@@ -10,6 +10,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from encoders.config import check, check_positive_ints, config_from_dict
+
 AUTO = "auto"
 # Below this many vectors an IVF quantizer cannot be trained well (FAISS wants ~39 points per
 # centroid), so the index is exact. Between it and PQ_MIN_VECTORS, IVF with 4-bit fast-scan PQ
@@ -59,18 +61,10 @@ class AnnConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> AnnConfig:
-        unknown = set(d) - {"factory", "nprobe", "k_factor_rf", "use_gpu"}
-        if unknown:
-            raise ValueError(f"Unknown key(s) in [index]: {', '.join(sorted(unknown))}.")
-        cfg = cls(**d)
-        if not isinstance(cfg.factory, str) or not cfg.factory:
-            raise ValueError("Field 'index.factory' must be a FAISS factory string or \"auto\".")
-        if not isinstance(cfg.nprobe, int) or cfg.nprobe < 1:
-            raise ValueError(f"Field 'index.nprobe' must be a positive integer, got {cfg.nprobe!r}.")
-        if not isinstance(cfg.k_factor_rf, int) or cfg.k_factor_rf < 1:
-            raise ValueError(f"Field 'index.k_factor_rf' must be a positive integer, got {cfg.k_factor_rf!r}.")
+        cfg = config_from_dict(cls, d, "index")
+        check(bool(cfg.factory), "index.factory", 'a FAISS factory string or "auto"', cfg.factory)
+        check_positive_ints(cfg, "index", ("nprobe", "k_factor_rf"))
         return cfg
-
 
 def split_refine(factory: str) -> tuple[str, str | None]:
     """Splits "IVF..,PQ..,RFlat" / "..,Refine(SQ8)" into the base factory and the refine store's factory.

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import tantivy
 
+from encoders.config import check, config_from_dict
 from indexer.catalog import Item
 from indexer.docstore import filter_term, filter_terms
 
@@ -32,17 +33,12 @@ class Bm25Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> Bm25Config:
-        unknown = set(d) - {"tokenizer", "boosts"}
-        if unknown:
-            raise ValueError(f"Unknown key(s) in [bm25]: {', '.join(sorted(unknown))}.")
-        boosts = d.get("boosts", cls().boosts)
-        for name, value in boosts.items():
-            if name not in TEXT_FIELDS:
-                raise ValueError(f"Field 'bm25.boosts.{name}' is not one of {', '.join(TEXT_FIELDS)}.")
-            if not isinstance(value, (int, float)) or value <= 0:
-                raise ValueError(f"Field 'bm25.boosts.{name}' must be a positive number, got {value!r}.")
-        return cls(tokenizer=d.get("tokenizer", cls.tokenizer), boosts=dict(boosts))
-
+        cfg = config_from_dict(cls, d, "bm25")
+        for name, value in cfg.boosts.items():
+            check(name in TEXT_FIELDS, f"bm25.boosts.{name}", f"one of {', '.join(TEXT_FIELDS)}", name)
+            check(isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0,
+                  f"bm25.boosts.{name}", "a positive number", value)
+        return cfg
 
 def _schema(tokenizer: str) -> tantivy.Schema:
     sb = tantivy.SchemaBuilder()

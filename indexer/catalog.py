@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from indexer.jsonl import LineError, iter_jsonl
 
 TEXT_FIELDS = ("title", "description", "category")
 KNOWN_FIELDS = ("id", "title", "description", "category", "attributes", "price", "image")
@@ -41,15 +42,6 @@ class Item:
 
     def has_text(self) -> bool:
         return bool(self.title or self.description or self.category or self.attributes)
-
-
-@dataclass(frozen=True)
-class LineError:
-    line: int
-    message: str
-
-    def __str__(self) -> str:
-        return f"line {self.line}: {self.message}"
 
 
 class CatalogError(ValueError):
@@ -103,21 +95,9 @@ def item_from_dict(obj: Any) -> Item:
     return Item(id=item_id, attributes=clean_attrs, price=price, image=image or None, **texts)
 
 
-def iter_jsonl(path: Path) -> Iterator[tuple[int, Item | LineError]]:
+def iter_catalog_jsonl(path: Path) -> Iterator[tuple[int, Item | LineError]]:
     """Yields (line number, Item or LineError) for every non-blank line of a JSONL catalog."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield lineno, LineError(lineno, f"invalid JSON ({exc.msg} at column {exc.colno})")
-                continue
-            try:
-                yield lineno, item_from_dict(obj)
-            except ValueError as exc:
-                yield lineno, LineError(lineno, str(exc))
+    return iter_jsonl(path, item_from_dict)
 
 
 def parse_column_map(spec: str | None) -> dict[str, str]:
@@ -181,7 +161,7 @@ def read_catalog(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"catalog {path} does not exist")
-    rows = iter_csv(path, column_map or {}) if path.suffix.lower() == ".csv" else iter_jsonl(path)
+    rows = iter_csv(path, column_map or {}) if path.suffix.lower() == ".csv" else iter_catalog_jsonl(path)
     items: list[Item] = []
     errors: list[LineError] = []
     seen: dict[str, int] = {}

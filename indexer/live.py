@@ -44,10 +44,10 @@ import numpy as np
 import tantivy
 
 from encoders.base import TextEncoder
+from encoders.config import check, check_positive_ints, config_from_dict
 from indexer.bm25 import Bm25Index
 from indexer.bundle import MANIFEST, Bundle, fsync_dir, item_text, publish_dir, write_json_atomic
 from indexer.catalog import Item, item_from_dict
-from indexer.docstore import DocStore
 
 log = logging.getLogger("vitrine.live")
 
@@ -68,20 +68,11 @@ class LiveConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> LiveConfig:
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"Unknown key(s) in [live]: {', '.join(sorted(unknown))}.")
-        cfg = cls(**d)
+        cfg = config_from_dict(cls, d, "live")
         for name in ("commit_interval_s", "checkpoint_interval_s"):
-            value = getattr(cfg, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ValueError(f"Field 'live.{name}' must be a positive number of seconds, got {value!r}.")
-        for name in ("checkpoint_records", "max_pending_writes"):
-            value = getattr(cfg, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Field 'live.{name}' must be a positive integer, got {value!r}.")
+            check(getattr(cfg, name) > 0, f"live.{name}", "a positive number of seconds", getattr(cfg, name))
+        check_positive_ints(cfg, "live", ("checkpoint_records", "max_pending_writes"))
         return cfg
-
 
 class Overloaded(RuntimeError):
     """Too many writes are queued; the caller should back off and retry."""

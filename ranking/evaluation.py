@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from indexer.jsonl import read_jsonl
 from ranking.metrics import DEFAULT_KS, METRICS, Qrels, Run, evaluate
 
 ScoredRun = dict[str, list[tuple[str, float]]]  # qid -> [(doc_id, score)], best first
@@ -152,18 +153,15 @@ def write_run(path: str | Path, run: ScoredRun) -> None:
             f.write(json.dumps({"qid": qid, "hits": [{"id": d, "score": s} for d, s in hits]}) + "\n")
 
 
+def _run_row(row: Any) -> tuple[str, list[tuple[str, float]]]:
+    try:
+        return str(row["qid"]), [(str(h["id"]), float(h["score"])) for h in row["hits"]]
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"expected {{'qid', 'hits': [{{'id', 'score'}}]}} ({exc!r})") from None
+
+
 def read_run(path: str | Path) -> ScoredRun:
-    run: ScoredRun = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                run[str(row["qid"])] = [(str(h["id"]), float(h["score"])) for h in row["hits"]]
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise ValueError(f"{path}: line {lineno}: expected {{'qid', 'hits': [{{'id', 'score'}}]}} ({exc})") from None
-    return run
+    return dict(read_jsonl(path, _run_row))
 
 
 # ---- formatting ----------------------------------------------------------------------------------------

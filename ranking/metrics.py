@@ -6,12 +6,14 @@ first relevant hit within k; Recall@k is relevant retrieved within k over all re
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from indexer.jsonl import read_jsonl
 
 Qrels = dict[str, dict[str, int]]   # qid -> doc_id -> grade
 Run = dict[str, list[str]]          # qid -> ranked doc ids, best first
@@ -37,26 +39,21 @@ def load_qrels(path: str | Path) -> Qrels:
     return qrels
 
 
+def query_from_dict(q: Any) -> dict:
+    """Validates one query line (`qid` or BEIR's `_id`, `text`?, `image`?, `exclude_ids`?, `filters`?)."""
+    if isinstance(q, dict) and "qid" not in q and "_id" in q:
+        q["qid"] = q.pop("_id")  # BEIR queries.jsonl
+    if not isinstance(q, dict) or "qid" not in q:
+        raise ValueError("a query needs a 'qid'")
+    if not q.get("text") and not q.get("image"):
+        raise ValueError(f"query {q['qid']!r} has neither 'text' nor 'image'")
+    q["qid"] = str(q["qid"])
+    return q
+
+
 def load_queries(path: str | Path) -> list[dict]:
-    """Reads query lines (`qid` or BEIR's `_id`, `text`?, `image`?, `exclude_ids`?, `filters`?), validating each."""
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                q = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}: line {lineno}: invalid JSON ({exc.msg})") from None
-            if isinstance(q, dict) and "qid" not in q and "_id" in q:
-                q["qid"] = q.pop("_id")  # BEIR queries.jsonl
-            if not isinstance(q, dict) or "qid" not in q:
-                raise ValueError(f"{path}: line {lineno}: a query needs a 'qid'")
-            if not q.get("text") and not q.get("image"):
-                raise ValueError(f"{path}: line {lineno}: query {q['qid']!r} has neither 'text' nor 'image'")
-            q["qid"] = str(q["qid"])
-            out.append(q)
-    return out
+    """Reads query lines, validating each; a bad line raises ValueError naming the file and line."""
+    return read_jsonl(path, query_from_dict)
 
 
 def dcg(gains: Sequence[float]) -> float:

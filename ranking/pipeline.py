@@ -1,26 +1,33 @@
 """The search pipeline over an opened bundle: validate, filter, retrieve from each source, fuse, paginate."""
 from __future__ import annotations
 
+import enum
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 import numpy as np
 
 from encoders.base import TextEncoder, l2_normalize
+from encoders.config import check, check_positive_ints, config_from_dict
 from encoders.images import decode_image
 from indexer.bundle import Bundle, item_text
 from ranking.features import QueryContext, candidate_features
 from ranking.fusion import FusionMethod, fuse
 from ranking.ltr import LTR, LtrRanker
 from ranking.rerank import CrossEncoderReranker, RerankConfig, blend_scores, rerank_scores
-from ranking.types import Hit, SourceHit
+from ranking.types import Constraint, Hit, SourceHit, Stage
 
 SOURCES = ("bm25", "text", "clip_text", "clip_image")
-CONSTRAINT_MODES = ("hard", "soft", "off")
-# "first": fused first stage only; "cross": + cross-encoder on the top rerank_depth; "full": + LightGBM ranker.
-STAGES = ("first", "cross", "full")
+
+
+def parse_enum(kind: type[enum.StrEnum], value: str, field_name: str) -> enum.StrEnum:
+    """A request's string as the enum, or InvalidRequest naming the field and the allowed values."""
+    try:
+        return kind(value)
+    except ValueError:
+        raise InvalidRequest(field_name, f"must be one of {', '.join(m.value for m in kind)}, got {value!r}.") from None
 
 
 class ClipLike(TextEncoder, Protocol):
@@ -50,14 +57,14 @@ class SearchConfig:
     # Composed queries: q = normalise(image + composed_text_weight * text) in CLIP space, and attribute
     # values named in the text ("in red") used as a hard filter, a soft boost, or not at all.
     composed_text_weight: float = 0.5
-    constraint: str = "hard"
+    constraint: Constraint = Constraint.HARD
     constraint_bonus: float = 0.3
     constraint_fields: tuple[str, ...] = ()   # empty: every attribute
     # CLIP text joins fully when under this fraction of the query's words occur in the catalog
     # (paraphrases); above it, BM25 + MiniLM already win and clip_text's weight is scaled by literal_clip_scale.
     literal_coverage: float = 1.0
     literal_clip_scale: float = 0.0
-    stages: str = "full"        # the deepest stage applied when a request does not say (only loaded models run)
+    stages: Stage = Stage.FULL  # the deepest stage applied when a request does not say (only loaded models run)
     default_k: int = 10
     max_k: int = 1000
     max_offset: int = 10_000
@@ -66,38 +73,16 @@ class SearchConfig:
     max_image_pixels: int = 40_000_000
 
     @classmethod
-    def from_dict(cls, d: dict) -> SearchConfig:
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"Unknown key(s) in [search]: {', '.join(sorted(unknown))}.")
-        d = dict(d)
-        if "fusion" in d:
-            try:
-                d["fusion"] = FusionMethod(d["fusion"])
-            except ValueError:
-                raise ValueError(f"Field 'search.fusion' must be one of {[m.value for m in FusionMethod]}, got {d['fusion']!r}.") from None
-        if "weights" in d:
-            merged = dict(cls().weights)
-            for name, w in d["weights"].items():
-                if name not in SOURCES:
-                    raise ValueError(f"Field 'search.weights.{name}' is not a source; sources are {', '.join(SOURCES)}.")
-                if not isinstance(w, (int, float)) or w < 0:
-                    raise ValueError(f"Field 'search.weights.{name}' must be a non-negative number, got {w!r}.")
-                merged[name] = float(w)
-            d["weights"] = merged
-        if "constraint_fields" in d:
-            d["constraint_fields"] = tuple(d["constraint_fields"])
-        cfg = cls(**d)
-        if cfg.stages not in STAGES:
-            raise ValueError(f"Field 'search.stages' must be one of {', '.join(STAGES)}, got {cfg.stages!r}.")
-        if cfg.constraint not in CONSTRAINT_MODES:
-            raise ValueError(f"Field 'search.constraint' must be one of {', '.join(CONSTRAINT_MODES)}, got {cfg.constraint!r}.")
-        for name in ("rrf_k", "candidates", "default_k", "max_k", "max_text_chars", "max_image_bytes", "max_image_pixels"):
-            value = getattr(cfg, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"Field 'search.{name}' must be a positive integer, got {value!r}.")
-        return cfg
+    def from_dict(cls, d: Mapping[str, Any]) -> SearchConfig:
+        cfg = config_from_dict(cls, d, "search")
+        for name, w in cfg.weights.items():
+            check(name in SOURCES, f"search.weights.{name}", f"a source ({', '.join(SOURCES)})", name)
+            check(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0, f"search.weights.{name}",
+                  "a non-negative number", w)
+        check_positive_ints(cfg, "search", ("rrf_k", "candidates", "default_k", "max_k", "max_text_chars",
+                                            "max_image_bytes", "max_image_pixels"))
+        # A [search.weights] table overrides the sources it names; the others keep their defaults.
+        return replace(cfg, weights={**cls().weights, **{k: float(v) for k, v in cfg.weights.items()}})
 
 
 @dataclass(frozen=True)
@@ -116,7 +101,7 @@ class SearchRequest:
     explain: bool = False
     constraint: str = ""                       # composed queries; "" = config default
     composed_text_weight: float | None = None  # composed queries; None = config default
-    stages: str = ""                           # "first" | "cross" | "full"; "" = config default
+    stages: str = ""                           # a Stage value; "" = config default
     rerank_depth: int | None = None            # candidates the second stage re-scores; None = config default
     log_features: bool = False                 # compute second-stage features even without a ranker
 
@@ -129,7 +114,7 @@ class SearchResult:
     bundle_version: str
     constraints: Mapping[str, str] = field(default_factory=dict)
     mode: str = "text"
-    stages: str = "first"                                        # the stages that actually ran
+    stages: str = Stage.FIRST                                    # the deepest stage that actually ran
     # Per re-ranked candidate id: its feature row (ranking.features.FEATURES order) when computed, and with
     # `explain` and a ranker, each feature's contribution to the ranker score (LightGBM pred_contrib).
     features: Mapping[str, np.ndarray] = field(default_factory=dict)
@@ -151,7 +136,8 @@ class Searcher:
         self.rerank = rerank or (reranker.config if reranker is not None else RerankConfig())
 
     def available_stages(self) -> list[str]:
-        return ["first", *(["cross"] if self.reranker is not None else []), *(["full"] if self.ranker is not None else [])]
+        return [Stage.FIRST, *([Stage.CROSS] if self.reranker is not None else []),
+                *([Stage.FULL] if self.ranker is not None else [])]
 
     def available_sources(self) -> list[str]:
         out = ["bm25"]
@@ -178,15 +164,15 @@ class Searcher:
         except ValueError as exc:
             raise InvalidRequest("filters", str(exc).removeprefix("filters: ")) from None
         sources = self._active_sources(req, mode)
-        constraints, constraint_mode = {}, req.constraint or self.config.constraint
-        if mode == "composed" and constraint_mode != "off":
+        constraints, constraint_mode = {}, Constraint(req.constraint or self.config.constraint)
+        if mode == "composed" and constraint_mode is not Constraint.OFF:
             constraints = self.bundle.docstore.mentioned_values(text, self.config.constraint_fields)
-            if constraints and constraint_mode == "hard":
+            if constraints and constraint_mode is Constraint.HARD:
                 narrowed = self.bundle.docstore.allowed({**req.filters, **constraints}, req.price_min, req.price_max)
                 if narrowed is not None and len(narrowed):
                     allowed = narrowed
                 else:
-                    constraint_mode = "soft"  # nothing matches every named value: rank by them instead
+                    constraint_mode = Constraint.SOFT  # nothing matches every named value: rank by them instead
         exclude = set(req.exclude_ids)
         depth = max(self.config.candidates, req.offset + k) + len(exclude)
         lists: dict[str, list[tuple[str, float]]] = {}
@@ -229,7 +215,7 @@ class Searcher:
             if coverage >= self.config.literal_coverage:
                 weights["clip_text"] = weights.get("clip_text", 0.0) * self.config.literal_clip_scale
         fused = fuse(lists, req.fusion or self.config.fusion, weights, self.config.rrf_k)
-        if constraints and constraint_mode == "soft":
+        if constraints and constraint_mode is Constraint.SOFT:
             fused = self._boost(fused, constraints)
         timings["fusion"] = (time.perf_counter() - t0) * 1e3
         query = QueryContext(text, mode, dict(req.filters), {}, self.config.candidates)
@@ -242,25 +228,25 @@ class Searcher:
     def _second_stage(self, req: SearchRequest, query: QueryContext, fused: list[Hit], timings: dict[str, float],
                       ) -> tuple[list[Hit], str, dict[str, np.ndarray], dict[str, dict[str, float]]]:
         """Cross-encoder, then LightGBM, over the top rerank_depth fused hits; deeper hits keep fused order."""
-        stages = req.stages or self.config.stages
+        stages = Stage(req.stages or self.config.stages)
         depth = self.rerank.depth if req.rerank_depth is None else req.rerank_depth
-        cross = stages in ("cross", "full") and self.reranker is not None and bool(query.text)
-        ltr = stages == "full" and self.ranker is not None
+        cross = stages in (Stage.CROSS, Stage.FULL) and self.reranker is not None and bool(query.text)
+        ltr = stages is Stage.FULL and self.ranker is not None
         if depth == 0 or not fused or not (cross or ltr or req.log_features):
-            return fused, "first", {}, {}
+            return fused, Stage.FIRST, {}, {}
         t0 = time.perf_counter()
         hits = [Hit(h.id, h.score, {**h.scores_by_source, "fused": SourceHit(h.score, r)})
                 for r, h in enumerate(fused[:depth], start=1)] + fused[depth:]
         n = min(depth, len(fused))
         items = {h.id: self.bundle.docstore.get(h.id) for h in hits[:n]}
-        applied = "first"
+        applied = Stage.FIRST
         if cross:
             docs = [item_text(items[h.id]) if items[h.id] is not None else "" for h in hits[:n]]
             cross_scores = self.reranker.score(query.text, docs)
             blended = blend_scores(np.array([h.score for h in hits[:n]]), cross_scores, self.reranker.blend)
             hits = rerank_scores(blended, hits, raw=cross_scores)
             timings["cross"] = (time.perf_counter() - t0) * 1e3
-            applied = "cross"
+            applied = Stage.CROSS
         features: dict[str, np.ndarray] = {}
         contributions: dict[str, dict[str, float]] = {}
         if ltr or req.log_features:
@@ -278,7 +264,7 @@ class Searcher:
                 contrib, names = self.ranker.contributions(X)
                 contributions = {h.id: {name: float(c) for name, c in zip(names, row)} for h, row in zip(head, contrib)}
             timings["ltr"] = (time.perf_counter() - t0) * 1e3
-            applied = "full"
+            applied = Stage.FULL
         return hits, applied, features, contributions
 
     def _boost(self, hits: list[Hit], constraints: Mapping[str, str]) -> list[Hit]:
@@ -341,13 +327,14 @@ class Searcher:
                 raise InvalidRequest(name, f"must be a finite number, got {value}.")
         if req.price_min is not None and req.price_max is not None and req.price_min > req.price_max:
             raise InvalidRequest("price", f"min {req.price_min} is greater than max {req.price_max}.")
-        if req.constraint and req.constraint not in CONSTRAINT_MODES:
-            raise InvalidRequest("constraint", f"must be one of {', '.join(CONSTRAINT_MODES)}, got {req.constraint!r}.")
-        if req.stages and req.stages not in STAGES:
-            raise InvalidRequest("stages", f"must be one of {', '.join(STAGES)}, got {req.stages!r}.")
-        if req.stages in ("cross", "full") and req.stages not in self.available_stages():
-            raise InvalidRequest("stages", f"stage {req.stages!r} needs a {'cross-encoder' if req.stages == 'cross' else 'ranker'} "
-                                           f"and this server has none loaded; available: {', '.join(self.available_stages())}.")
+        if req.constraint:
+            parse_enum(Constraint, req.constraint, "constraint")
+        if req.stages:
+            stage = parse_enum(Stage, req.stages, "stages")
+            if stage not in self.available_stages():
+                raise InvalidRequest("stages", f"stage {stage.value!r} needs a "
+                                               f"{'cross-encoder' if stage is Stage.CROSS else 'ranker'} and this server has "
+                                               f"none loaded; available: {', '.join(self.available_stages())}.")
         if req.rerank_depth is not None and not 0 <= req.rerank_depth <= self.rerank.max_depth:
             raise InvalidRequest("rerank_depth", f"must be between 0 and {self.rerank.max_depth}, got {req.rerank_depth}.")
         if req.composed_text_weight is not None and not (np.isfinite(req.composed_text_weight) and req.composed_text_weight >= 0):

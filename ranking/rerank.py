@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from encoders.base import pick_device
+from encoders.config import check, check_positive_ints, config_from_dict
 from ranking.types import Hit, SourceHit
 
 CROSS = "cross"
@@ -36,18 +37,11 @@ class RerankConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> RerankConfig:
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"Unknown key(s) in [rerank]: {', '.join(sorted(unknown))}.")
-        cfg = cls(**d)
-        for name in cls.__dataclass_fields__:
-            value = getattr(cfg, name)
-            if not isinstance(value, int) or value < (0 if name in ("depth", "cache_size") else 1):
-                raise ValueError(f"Field 'rerank.{name}' must be a {'non-negative' if name in ('depth', 'cache_size') else 'positive'} integer, got {value!r}.")
-        if cfg.depth > cfg.max_depth:
-            raise ValueError(f"Field 'rerank.depth' ({cfg.depth}) must not exceed 'rerank.max_depth' ({cfg.max_depth}).")
+        cfg = config_from_dict(cls, d, "rerank")
+        check_positive_ints(cfg, "rerank", ("depth", "cache_size"), minimum=0)
+        check_positive_ints(cfg, "rerank", ("max_depth", "batch_size", "max_length", "max_doc_chars"))
+        check(cfg.depth <= cfg.max_depth, "rerank.depth", f"at most rerank.max_depth ({cfg.max_depth})", cfg.depth)
         return cfg
-
 
 def rerank_scores(scores: Sequence[float] | np.ndarray, hits: Sequence[Hit], source: str = CROSS,
                   raw: Sequence[float] | np.ndarray | None = None) -> list[Hit]:

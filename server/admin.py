@@ -17,7 +17,8 @@ import grpc
 
 from proto.vitrine.v1 import search_pb2, search_pb2_grpc
 from ranking.pipeline import Searcher
-from server.service import SearchServicer, StatusError, _abort_on_error, model_versions
+from server.state import ServingState, model_versions
+from server.status import Metrics, StatusError, abort_on_error
 
 log = logging.getLogger("vitrine.admin")
 
@@ -28,10 +29,8 @@ Loader = Callable[[str, "str | None", "str | None"], Searcher]
 class Reloader:
     """Serialises reloads and retires old searchers; shared by the Admin RPC and the pointer watcher."""
 
-    def __init__(self, servicer: SearchServicer, loader: Loader, pointer: str | None = None, close_after_s: float = 60.0,
-                 live_writes: bool = False) -> None:
-        self.servicer = servicer
-        self.live_writes = live_writes
+    def __init__(self, state: ServingState, loader: Loader, pointer: str | None = None, close_after_s: float = 60.0) -> None:
+        self.state = state
         self.loader = loader
         self.pointer = pointer
         self.close_after_s = close_after_s
@@ -40,7 +39,7 @@ class Reloader:
 
     def reload(self, bundle: str = "", reranker: str = "", ranker: str = "") -> tuple[Searcher, Searcher | None, float]:
         """Loads and switches; returns (new, old, load seconds). Raises ValueError/FileNotFoundError on a bad path."""
-        if self.live_writes:
+        if self.state.live is not None:
             # Acknowledged writes live in the serving bundle's WAL; a swap would drop them from search.
             raise ValueError("bundle: this server accepts live catalog writes; hot swap needs `vitrine serve --read-only` "
                              "(index the writes into the next bundle instead).")
@@ -53,7 +52,7 @@ class Reloader:
         with self._lock:
             t0 = time.perf_counter()
             new = self._load_in_background(str(path), reranker or None, ranker or None)
-            old = self.servicer.swap(new)
+            old = self.state.swap(new)
         seconds = time.perf_counter() - t0
         log.info("switched to bundle %s (%s) in %.1f s", new.bundle.version, path, seconds)
         if old is not None and old.bundle is not new.bundle:
@@ -108,12 +107,13 @@ class Reloader:
 
 
 class AdminServicer(search_pb2_grpc.AdminServicer):
-    def __init__(self, reloader: Reloader, authorize: Callable[[grpc.ServicerContext], None], metrics=None) -> None:
+    def __init__(self, reloader: Reloader, authorize: Callable[[grpc.ServicerContext], None],
+                 metrics: Metrics | None = None) -> None:
         self.reloader = reloader
         self.authorize = authorize
         self.metrics = metrics
 
-    @_abort_on_error
+    @abort_on_error
     def Reload(self, request: search_pb2.ReloadRequest, context: grpc.ServicerContext) -> search_pb2.ReloadResponse:
         self.authorize(context)
         try:

@@ -12,11 +12,13 @@ from dataclasses import dataclass
 
 import grpc
 
+from encoders.config import check, check_positive_ints, config_from_dict
 from indexer.catalog import MAX_ID_LENGTH, Item
 from indexer.live import LiveIndex
 from proto.vitrine.v1 import search_pb2, search_pb2_grpc
 from ranking.pipeline import InvalidRequest, Unsupported
-from server.service import Metrics, StatusError, _abort_on_error, check_deadline, status_for
+from server.state import ServingState
+from server.status import Metrics, StatusError, abort_on_error, check_deadline, status_for
 
 AUTH_HEADER = "authorization"
 
@@ -35,18 +37,12 @@ class CatalogConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> CatalogConfig:
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"Unknown key(s) in [catalog]: {', '.join(sorted(unknown))}.")
-        cfg = cls(**d)
-        if cfg.auth_token is not None and (not isinstance(cfg.auth_token, str) or len(cfg.auth_token) < 16):
-            raise ValueError("Field 'catalog.auth_token' must be a string of at least 16 characters.")
-        for name in ("max_ids", "max_text_chars", "max_attributes", "max_attribute_chars", "max_uri_chars", "max_streams"):
-            value = getattr(cfg, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Field 'catalog.{name}' must be a positive integer, got {value!r}.")
+        cfg = config_from_dict(cls, d, "catalog")
+        check(cfg.auth_token is None or len(cfg.auth_token) >= 16, "catalog.auth_token",
+              "a string of at least 16 characters", "<hidden>")
+        check_positive_ints(cfg, "catalog", ("max_ids", "max_text_chars", "max_attributes", "max_attribute_chars",
+                                             "max_uri_chars", "max_streams"))
         return cfg
-
 
 def _check_id(value: str, name: str) -> str:
     item_id = value.strip()
@@ -97,18 +93,12 @@ def item_from_proto(msg: search_pb2.Item, cfg: CatalogConfig) -> Item:
 class CatalogServicer(search_pb2_grpc.CatalogServicer):
     """Thin: proto -> Item -> LiveIndex -> ack. Writes need the shared secret when one is configured."""
 
-    def __init__(self, live: LiveIndex | None, config: CatalogConfig = CatalogConfig(), metrics: Metrics | None = None) -> None:
-        self.live = live
+    def __init__(self, state: ServingState, config: CatalogConfig = CatalogConfig(), metrics: Metrics | None = None) -> None:
+        self.state = state
         self.config = config
         self.metrics = metrics
         self._streams = 0
         self._streams_lock = threading.Lock()
-
-    def _require_live(self) -> LiveIndex:
-        if self.live is None:
-            raise StatusError(grpc.StatusCode.UNAVAILABLE, "live catalog updates are not available: the server is "
-                                                           "loading or was started with --read-only.")
-        return self.live
 
     def authorize(self, context: grpc.ServicerContext) -> None:
         token = self.config.auth_token
@@ -136,7 +126,7 @@ class CatalogServicer(search_pb2_grpc.CatalogServicer):
         t0, code, message = time.perf_counter(), grpc.StatusCode.OK, ""
         try:
             self.authorize(context)
-            live = self._require_live()
+            live = self.state.require_live()
             with self._stream_slot():
                 for n, req in enumerate(request_iterator):
                     check_deadline(context)
@@ -172,26 +162,26 @@ class CatalogServicer(search_pb2_grpc.CatalogServicer):
             # Say which request of the stream was bad; everything before it was acked.
             raise InvalidRequest(exc.field, f"{str(exc).removeprefix(exc.field + ': ')} (request {n})") from None
 
-    @_abort_on_error
+    @abort_on_error
     def Delete(self, request: search_pb2.DeleteRequest, context: grpc.ServicerContext) -> search_pb2.DeleteResponse:
         self.authorize(context)
         ids = self._ids(request.ids)
-        live = self._require_live()
+        live = self.state.require_live()
         check_deadline(context)
         return search_pb2.DeleteResponse(deleted=live.delete(ids))
 
-    @_abort_on_error
+    @abort_on_error
     def Get(self, request: search_pb2.GetRequest, context: grpc.ServicerContext) -> search_pb2.GetResponse:
         ids = self._ids(request.ids)
-        items = self._require_live().get(ids)
+        items = self.state.require_live().get(ids)
         return search_pb2.GetResponse(items_json=[json.dumps(it.to_dict(), ensure_ascii=False) for it in items])
 
-    @_abort_on_error
+    @abort_on_error
     def Snapshot(self, request: search_pb2.SnapshotRequest, context: grpc.ServicerContext) -> search_pb2.SnapshotResponse:
         self.authorize(context)
         if not request.out_dir.strip():
             raise InvalidRequest("out_dir", "must name a directory on the server.")
-        live = self._require_live()
+        live = self.state.require_live()
         try:
             manifest = live.snapshot(request.out_dir)
         except FileExistsError as exc:

@@ -1,14 +1,21 @@
-"""A small Python client for shop backends: `VitrineClient("host:port").search(text="red dress")`."""
+"""Python clients for shop backends: `VitrineClient("host:port").search(text="red dress")`, and `CatalogClient`.
+
+Needs only grpcio and protobuf (the base install), never torch.
+"""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import grpc
 
+from indexer.catalog import Item
 from proto.vitrine.v1 import search_pb2, search_pb2_grpc
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+TOKEN_ENV = "VITRINE_AUTH_TOKEN"  # where the CLI finds the write token when --token is not given
 
 FUSION = {"": search_pb2.FUSION_UNSPECIFIED, "rrf": search_pb2.FUSION_RRF, "weighted": search_pb2.FUSION_WEIGHTED,
           "weighted_max": search_pb2.FUSION_WEIGHTED_MAX}
@@ -37,18 +44,19 @@ class ClientResult:
     stage_ms: Mapping[str, float] = field(default_factory=dict)
 
 
-class VitrineClient:
-    """Blocking client over one channel; raises grpc.RpcError with the server's status and message."""
+class _Client:
+    """The channel scaffold both clients share: one channel, a default deadline, the write token as metadata."""
 
-    def __init__(self, target: str, timeout_s: float = 10.0) -> None:
-        self.channel = grpc.insecure_channel(target, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)])
-        self.stub = search_pb2_grpc.SearchStub(self.channel)
+    def __init__(self, target: str, timeout_s: float, token: str | None = None) -> None:
+        self.channel = grpc.insecure_channel(target, options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                                                              ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
         self.timeout_s = timeout_s
+        self.metadata: tuple[tuple[str, str], ...] = bearer(token)
 
     def close(self) -> None:
         self.channel.close()
 
-    def __enter__(self) -> VitrineClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -56,6 +64,18 @@ class VitrineClient:
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
         grpc.channel_ready_future(self.channel).result(timeout=timeout_s)
+
+
+def bearer(token: str | None) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+class VitrineClient(_Client):
+    """Blocking client of the Search (and Admin) service; raises grpc.RpcError with the server's status and message."""
+
+    def __init__(self, target: str, timeout_s: float = 10.0, token: str | None = None) -> None:
+        super().__init__(target, timeout_s, token)
+        self.stub = search_pb2_grpc.SearchStub(self.channel)
 
     def search(
         self,
@@ -121,10 +141,48 @@ class VitrineClient:
                timeout_s: float = 600.0) -> search_pb2.ReloadResponse:
         """Asks the server to hot-swap to another bundle (Admin service)."""
         stub = search_pb2_grpc.AdminStub(self.channel)
-        metadata = (("authorization", f"Bearer {token}"),) if token else ()
         return stub.Reload(search_pb2.ReloadRequest(bundle=bundle, reranker=reranker, ranker=ranker),
-                           metadata=metadata, timeout=timeout_s)
+                           metadata=bearer(token) if token else self.metadata, timeout=timeout_s)
 
     def info(self) -> dict:
         resp = self.stub.Info(search_pb2.InfoRequest(), timeout=self.timeout_s)
         return {"bundle_version": resp.bundle_version, "manifest": json.loads(resp.manifest_json)}
+
+
+def item_to_proto(item: Item) -> search_pb2.Item:
+    msg = search_pb2.Item(id=item.id, title=item.title, description=item.description, category=item.category,
+                          attributes=dict(item.attributes), image_uri=item.image or "")
+    if item.price is not None:
+        msg.price = item.price
+    return msg
+
+
+class CatalogClient(_Client):
+    """Blocking client of the Catalog service; raises grpc.RpcError with the server's status and message."""
+
+    def __init__(self, target: str, token: str | None = None, timeout_s: float = 30.0) -> None:
+        super().__init__(target, timeout_s, token)
+        self.stub = search_pb2_grpc.CatalogStub(self.channel)
+
+    def upsert(self, requests: Iterable[search_pb2.UpsertRequest], timeout_s: float | None = None) -> Iterator[search_pb2.UpsertAck]:
+        """Streams requests and yields each ack as the server makes the write durable."""
+        return self.stub.Upsert(iter(requests), metadata=self.metadata, timeout=timeout_s)
+
+    def upsert_items(self, items: Iterable[Item]) -> Iterator[search_pb2.UpsertAck]:
+        return self.upsert(search_pb2.UpsertRequest(item=item_to_proto(it)) for it in items)
+
+    def patch(self, item_id: str, price: float | None = None, attributes: dict[str, str] | None = None) -> search_pb2.UpsertAck:
+        patch = search_pb2.ItemPatch(id=item_id, attributes=attributes or {})
+        if price is not None:
+            patch.price = price
+        return next(iter(self.upsert([search_pb2.UpsertRequest(patch=patch)], self.timeout_s)))
+
+    def delete(self, ids: Sequence[str]) -> int:
+        return self.stub.Delete(search_pb2.DeleteRequest(ids=list(ids)), metadata=self.metadata, timeout=self.timeout_s).deleted
+
+    def get(self, ids: Sequence[str]) -> list[dict]:
+        resp = self.stub.Get(search_pb2.GetRequest(ids=list(ids)), metadata=self.metadata, timeout=self.timeout_s)
+        return [json.loads(s) for s in resp.items_json]
+
+    def snapshot(self, out_dir: str) -> search_pb2.SnapshotResponse:
+        return self.stub.Snapshot(search_pb2.SnapshotRequest(out_dir=out_dir), metadata=self.metadata, timeout=600.0)

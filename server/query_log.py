@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from encoders.config import check, check_positive_ints, config_from_dict
+from ranking.clicklog import ClickLogWriter, session_from_dict
 from ranking.features import SCHEMA_VERSION, features_to_dict
-from trainer.clicks import ClickLogWriter, session_from_dict
 
 
 @dataclass(frozen=True)
@@ -33,16 +34,10 @@ class LogConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> LogConfig:
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"Unknown key(s) in [logs]: {', '.join(sorted(unknown))}.")
-        cfg = cls(**d)
-        if not isinstance(cfg.feature_sample_rate, (int, float)) or not 0 <= cfg.feature_sample_rate <= 1:
-            raise ValueError(f"Field 'logs.feature_sample_rate' must be between 0 and 1, got {cfg.feature_sample_rate!r}.")
-        if not isinstance(cfg.pending_searches, int) or cfg.pending_searches < 1:
-            raise ValueError(f"Field 'logs.pending_searches' must be a positive integer, got {cfg.pending_searches!r}.")
+        cfg = config_from_dict(cls, d, "logs")
+        check(0 <= cfg.feature_sample_rate <= 1, "logs.feature_sample_rate", "between 0 and 1", cfg.feature_sample_rate)
+        check_positive_ints(cfg, "logs", ("pending_searches",))
         return cfg
-
 
 class JsonlAppender:
     """Thread-safe line appender; the file is opened once, in append mode."""

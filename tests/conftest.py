@@ -1,6 +1,7 @@
 """Shared fixtures: a keyword one-hot encoder for exact assertions and a small bundle built with it."""
 from __future__ import annotations
 
+import random
 import re
 
 import numpy as np
@@ -10,6 +11,35 @@ from encoders.base import l2_normalize
 from indexer.ann import AnnConfig
 from indexer.bundle import Bundle, IndexerConfig, build_bundle
 from indexer.catalog import Item
+
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """One intra-op thread everywhere: float sums then add up in one order on any machine, and two OpenMP threads
+    on a 2-core box shared with other jobs spin on each other (the tiny models here ran ~10x slower)."""
+    try:
+        import torch
+    except ImportError:  # the light client install has no torch
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def seeded():
+    """Every test starts from the same random state, whatever ran before it."""
+    random.seed(0)
+    np.random.seed(0)
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.manual_seed(0)
+
 
 VOCAB = ["shirt", "dress", "shoe", "watch", "bag", "red", "blue", "black", "green", "men", "women", "crimson", "azure"]
 # Synonyms map onto the same dimension, so the fake dense source "understands" paraphrases BM25 misses.

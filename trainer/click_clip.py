@@ -11,7 +11,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from encoders.config import config_from_dict
 from indexer.catalog import Item, resolve_image
+from ranking.clicklog import ClickSession, resolve_log_image, resolve_query_image
 from trainer.click_eval import brute_force_run, click_judgments, run_metrics
-from trainer.clicks import ClickSession, resolve_log_image, resolve_query_image
 from trainer.clip import (
     ClipTrainConfig,
     ClipTrainer,
@@ -80,19 +81,7 @@ class ClickTrainConfig:
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> ClickTrainConfig:
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(obj) - set(known))
-        if unknown:
-            raise ValueError(f"click training config has unknown field(s) {', '.join(unknown)}.")
-        kw = {}
-        for name, value in obj.items():
-            want = type(getattr(cls(), name))
-            if want is float and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            if not isinstance(value, want) or (want is int and isinstance(value, bool)):
-                raise ValueError(f"click training config field '{name}' must be {want.__name__}, got {value!r}.")
-            kw[name] = value
-        return cls(**kw)
+        return config_from_dict(cls, obj, "click_train")
 
     def clip_config(self) -> ClipTrainConfig:
         """The ClipTrainConfig that ClipTrainer's model loading and freezing read."""

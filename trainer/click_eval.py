@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from encoders.base import l2_normalize
+from ranking.clicklog import ClickSession
 from ranking.metrics import Qrels, Run, evaluate
-from trainer.clicks import ClickSession
 
 
 @dataclass(frozen=True)

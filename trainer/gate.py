@@ -9,15 +9,16 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from encoders.config import check, config_from_dict
 from indexer.catalog import Item, read_catalog, resolve_image
+from ranking.clicklog import ClickSession, resolve_log_image
 from trainer.click_eval import brute_force_run, click_judgments, compose, run_metrics
-from trainer.clicks import ClickSession, resolve_log_image
 
 CLICK_METRICS = ("click_ndcg@10", "click_recall@10")
 GENERAL_METRICS = ("catalog_i2t_r@10", "catalog_t2i_r@10", "flickr_i2t_r@10", "flickr_t2i_r@10")
@@ -37,42 +38,21 @@ class GateConfig:
     chance_floor: float = 0.05
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.min_gain) and self.min_gain >= 0):
-            raise ValueError(f"gate.min_gain must be a non-negative number, got {self.min_gain}.")
-        if not 0.0 <= self.max_general_drop <= 1.0:
-            raise ValueError(f"gate.max_general_drop must be a fraction in [0, 1], got {self.max_general_drop}.")
+        check(math.isfinite(self.min_gain) and self.min_gain >= 0, "gate.min_gain", "a non-negative number", self.min_gain)
+        check(0.0 <= self.max_general_drop <= 1.0, "gate.max_general_drop", "a fraction in [0, 1]", self.max_general_drop)
         for name, allowed in (("in_domain_metrics", CLICK_METRICS), ("general_metrics", GENERAL_METRICS)):
             bad = [m for m in getattr(self, name) if m not in allowed]
-            if bad:
-                raise ValueError(f"gate.{name} names unknown metric(s) {', '.join(bad)}; known: {', '.join(allowed)}.")
-        if not self.in_domain_metrics:
-            raise ValueError("gate.in_domain_metrics must name at least one metric, or nothing could justify a promotion.")
-        if self.general_items < 2:
-            raise ValueError(f"gate.general_items must be at least 2, got {self.general_items}.")
-        if self.composed_text_weight < 0:
-            raise ValueError(f"gate.composed_text_weight must not be negative, got {self.composed_text_weight}.")
+            check(not bad, f"gate.{name}", f"known metrics ({', '.join(allowed)}); unknown metric(s) {', '.join(bad)}",
+                  getattr(self, name))
+        check(bool(self.in_domain_metrics), "gate.in_domain_metrics",
+              "at least one metric, or nothing could justify a promotion", self.in_domain_metrics)
+        check(self.general_items >= 2, "gate.general_items", "at least 2", self.general_items)
+        check(self.composed_text_weight >= 0, "gate.composed_text_weight", "non-negative", self.composed_text_weight)
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> GateConfig:
         """Builds the [gate] section of vitrine.toml; raises ValueError naming a bad or unknown field."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(obj) - known)
-        if unknown:
-            raise ValueError(f"gate config has unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
-        kw: dict[str, Any] = {}
-        for name, value in obj.items():
-            if name in ("in_domain_metrics", "general_metrics"):
-                if isinstance(value, str) or not isinstance(value, Sequence) or not all(isinstance(v, str) for v in value):
-                    raise ValueError(f"gate.{name} must be a list of metric names, got {value!r}.")
-                value = tuple(value)
-            elif name in ("general_items", "seed"):
-                if isinstance(value, bool) or not isinstance(value, int):
-                    raise ValueError(f"gate.{name} must be an integer, got {value!r}.")
-            elif isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"gate.{name} must be a number, got {value!r}.")
-            kw[name] = value
-        return cls(**kw)
-
+        return config_from_dict(cls, obj, "gate")
 
 @dataclass(frozen=True)
 class Check:

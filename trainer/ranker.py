@@ -108,7 +108,7 @@ def click_label_table(path: str | Path, queries: Sequence[Mapping]) -> tuple[dic
     Returns the table and the queries it covers. Text-only sessions are used; malformed lines are counted and
     reported by the reader, never fatal.
     """
-    from trainer.clicks import ClickLogSummary, iter_click_log
+    from ranking.clicklog import ClickLogSummary, iter_click_log
 
     qid_by_text = {" ".join(q.get("text", "").split()): q["qid"] for q in queries if q.get("text")}
     table: dict[str, dict[str, tuple[int, int]]] = {}

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from trainer.clicks import ClickSession, parse_ts
+from encoders.config import config_from_dict
+from ranking.clicklog import ClickSession, parse_ts
 
 Qrels = dict[str, dict[str, int]]
 
@@ -63,24 +64,14 @@ class SimulatorConfig:
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> SimulatorConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(obj) - known)
-        if unknown:
-            raise ValueError(f"simulator config has unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
-        kw = dict(obj)
-        try:
-            if "model" in kw:
-                kw["model"] = ClickModel(kw["model"])
-            if "ranking" in kw:
-                kw["ranking"] = RankingMode(kw["ranking"])
-        except ValueError as exc:
-            raise ValueError(f"simulator config: {exc}; model is pbm or cascade, ranking is shuffled or ordered.") from None
-        if "click_prob" in kw:
+        obj = dict(obj) if isinstance(obj, Mapping) else obj
+        if isinstance(obj, dict) and "click_prob" in obj:  # TOML and JSON keys are strings; grades are integers
             try:
-                kw["click_prob"] = {int(g): float(p) for g, p in dict(kw["click_prob"]).items()}
+                obj["click_prob"] = {int(g): float(p) for g, p in dict(obj["click_prob"]).items()}
             except (TypeError, ValueError):
-                raise ValueError(f"simulator config field 'click_prob' must map grades to probabilities, got {kw['click_prob']!r}.") from None
-        return cls(**kw)
+                raise ValueError(f"Field 'simulator.click_prob' must map grades to probabilities, "
+                                 f"got {obj['click_prob']!r}.") from None
+        return config_from_dict(cls, obj, "simulator")
 
     def p_click(self, grade: int) -> float:
         """Click probability of an examined item; ungraded or negative grades use grade 0's."""

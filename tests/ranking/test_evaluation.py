@@ -5,8 +5,19 @@ import json
 import pytest
 
 from ranking.evaluation import (
-    Variant, ablation_plan, evaluate_encoder, format_markdown, format_table, latency_summary, max_abs_diff,
-    ranx_metrics, read_run, reports_to_json, run_queries, score_run, write_run,
+    Variant,
+    ablation_plan,
+    evaluate_encoder,
+    format_markdown,
+    format_table,
+    latency_summary,
+    max_abs_diff,
+    ranx_metrics,
+    read_run,
+    reports_to_json,
+    run_queries,
+    score_run,
+    write_run,
 )
 from ranking.metrics import evaluate
 from tests.conftest import make_items

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from server.cli import main
-from server.demo import generate_catalog, start_server
+from cli.demo import generate_catalog, start_server
+from cli.main import main
 
-VITRINE = [sys.executable, "-m", "server.cli"]
+VITRINE = [sys.executable, "-m", "cli.main"]
 
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -4,12 +4,12 @@ import json
 
 import pytest
 
+from cli.main import main
 from indexer.bundle import Bundle
 from ranking.evaluation import ranx_metrics, read_run
 from ranking.metrics import evaluate, load_qrels
 from ranking.pipeline import Searcher
-from server.cli import main
-from server.service import create_server
+from server.app import create_server
 
 QUERIES = [
     {"qid": "q1", "text": "red dress"},
@@ -32,7 +32,8 @@ def eval_files(tmp_path):
 @pytest.fixture()
 def target(small_bundle_path, keyword_encoder):
     bundle = Bundle(small_bundle_path)
-    server, port, _, _ = create_server(Searcher(bundle, keyword_encoder), "127.0.0.1:0")
+    served = create_server(Searcher(bundle, keyword_encoder), "127.0.0.1:0")
+    server, port = served.server, served.port
     yield f"127.0.0.1:{port}"
     server.stop(0).wait()
     bundle.close()
@@ -78,13 +79,12 @@ def test_eval_table_and_markdown(target, eval_files, capsys):
 
 
 def test_eval_with_bundle_serves_it_in_process(small_bundle_path, keyword_encoder, eval_files, monkeypatch, capsys):
-    import server.cli
-    from server.config import load_config
+    import cli.config
 
-    def fake_load_searcher(path, config_path, reranker=None, ranker=None):
-        return Searcher(Bundle(path), keyword_encoder), load_config(None)
+    def fake_searcher_for(path, config, reranker=None, ranker=None):
+        return Searcher(Bundle(path), keyword_encoder)
 
-    monkeypatch.setattr(server.cli, "load_searcher", fake_load_searcher)
+    monkeypatch.setattr(cli.config, "searcher_for", fake_searcher_for)
     queries, qrels = eval_files
     assert main(["eval", "--bundle", small_bundle_path, "--queries", queries, "--qrels", qrels, "--json"]) == 0
     obj = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

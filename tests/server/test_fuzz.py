@@ -14,7 +14,7 @@ from indexer.bundle import Bundle
 from indexer.live import LiveIndex
 from proto.vitrine.v1 import search_pb2, search_pb2_grpc
 from ranking.pipeline import Searcher
-from server.service import create_server
+from server.app import create_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from fuzz import expected_item_status, fuzz  # noqa: E402
@@ -27,7 +27,8 @@ def target(small_bundle_path, keyword_encoder, tmp_path_factory):
     bundle = Bundle(path)
     live = LiveIndex(bundle, keyword_encoder)
     live.start()
-    server, port, _, _ = create_server(Searcher(bundle, keyword_encoder), "127.0.0.1:0", live=live)
+    served = create_server(Searcher(bundle, keyword_encoder), "127.0.0.1:0", live=live)
+    server, port = served.server, served.port
     yield f"127.0.0.1:{port}"
     server.stop(0)
     live.close()

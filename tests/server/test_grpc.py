@@ -10,14 +10,15 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from proto.vitrine.v1 import search_pb2, search_pb2_grpc
 from ranking.pipeline import Searcher
+from server.app import create_server
 from server.client import VitrineClient
-from server.service import create_server
 
 
 @pytest.fixture()
 def served(small_bundle, keyword_encoder):
-    server, port, servicer, _ = create_server(Searcher(small_bundle, keyword_encoder), "127.0.0.1:0")
-    yield f"127.0.0.1:{port}", servicer
+    served = create_server(Searcher(small_bundle, keyword_encoder), "127.0.0.1:0")
+    server, port = served.server, served.port
+    yield f"127.0.0.1:{port}", served.search
     server.stop(0)
 
 
@@ -91,7 +92,7 @@ def test_internal_errors_become_internal_status_not_a_crash(served, monkeypatch)
     def boom(req):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(servicer.searcher, "search", boom)
+    monkeypatch.setattr(servicer.state.searcher, "search", boom)
     with VitrineClient(target) as client:
         with pytest.raises(grpc.RpcError) as err:
             client.search("red")

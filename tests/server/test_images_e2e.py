@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import json
 
 import grpc
 import numpy as np
@@ -14,8 +13,8 @@ from indexer.ann import AnnConfig
 from indexer.bundle import Bundle, IndexerConfig, build_bundle
 from indexer.catalog import Item
 from ranking.pipeline import Searcher
+from server.app import create_server
 from server.client import VitrineClient
-from server.service import create_server
 from tests.trainer.test_clip_trainer import TINY_CFG
 from trainer.clip import ClipTrainConfig, ClipTrainer, load_pairs
 
@@ -67,7 +66,8 @@ def served(catalog, keyword_encoder, tmp_path_factory):
     out = tmp_path_factory.mktemp("b") / "bundle"
     manifest = build_bundle(items, out, keyword_encoder, IndexerConfig(ann=AnnConfig(factory="Flat")),
                             clip_encoder=clip, catalog_dir=root, progress=False)
-    server, port, _, _ = create_server(Searcher(Bundle(out), keyword_encoder, clip_encoder=clip), "127.0.0.1:0")
+    served = create_server(Searcher(Bundle(out), keyword_encoder, clip_encoder=clip), "127.0.0.1:0")
+    server, port = served.server, served.port
     yield f"127.0.0.1:{port}", manifest, items
     server.stop(0)
 

@@ -5,23 +5,21 @@ import gc
 import json
 import shutil
 import time
-import urllib.request
 
 import grpc
-import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from cli.main import main
 from indexer.bundle import Bundle
 from indexer.catalog import Item
 from indexer.live import LiveConfig, LiveIndex, Wal, bm25_docnos, vector_ids
 from proto.vitrine.v1 import search_pb2
 from ranking.pipeline import Searcher, SearchRequest
+from server.app import create_server
 from server.catalog_service import CatalogConfig
-from server.cli import main
-from server.cli_catalog import CatalogClient
-from server.client import VitrineClient
-from server.service import Metrics, attach, create_server
+from server.client import CatalogClient, VitrineClient
+from server.status import Metrics
 
 TOKEN = "s3cret-token-for-tests"
 
@@ -183,8 +181,9 @@ def test_snapshot_is_a_servable_copy(live, keyword_encoder, tmp_path):
 @pytest.fixture()
 def served(live, keyword_encoder):
     metrics = Metrics()
-    server, port, servicer, _ = create_server(Searcher(live.bundle, keyword_encoder), "127.0.0.1:0", live=live,
+    served = create_server(Searcher(live.bundle, keyword_encoder), "127.0.0.1:0", live=live,
                                               catalog=CatalogConfig(auth_token=TOKEN), metrics=metrics)
+    server, port = served.server, served.port
     live.start()
     yield f"127.0.0.1:{port}", metrics
     server.stop(0)
@@ -267,7 +266,8 @@ def test_metrics_report_rpcs_stages_and_wal(served):
 
 
 def test_health_is_not_serving_until_the_bundle_is_attached(bundle_copy, keyword_encoder):
-    server, port, servicer, health = create_server(None, "127.0.0.1:0")
+    served = create_server(None, "127.0.0.1:0")
+    server, port = served.server, served.port
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             check = health_pb2_grpc.HealthStub(channel).Check
@@ -277,7 +277,7 @@ def test_health_is_not_serving_until_the_bundle_is_attached(bundle_copy, keyword
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
             bundle = Bundle(bundle_copy)
             live = LiveIndex(bundle, keyword_encoder)
-            attach(servicer, health, Searcher(bundle, keyword_encoder), live)
+            served.attach(Searcher(bundle, keyword_encoder), live)
             assert check(health_pb2.HealthCheckRequest(service="vitrine.v1.Catalog")).status == health_pb2.HealthCheckResponse.SERVING
             assert VitrineClient(f"127.0.0.1:{port}").search("red").hits
             live.close()

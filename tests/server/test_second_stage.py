@@ -16,9 +16,9 @@ from ranking.features import FEATURES, features_from_dict
 from ranking.ltr import LtrRanker, LtrTrainConfig, train_ranker
 from ranking.pipeline import Searcher
 from ranking.rerank import CrossEncoderReranker, RerankConfig
+from server.app import create_server
 from server.client import VitrineClient
 from server.query_log import LogConfig, QueryLog
-from server.service import create_server
 from trainer.ranker import collect_features, label_with_qrels
 
 QUERIES = [{"qid": "q1", "text": "red shirt"}, {"qid": "q2", "text": "black dress"}, {"qid": "q3", "text": "blue bag"},
@@ -55,10 +55,11 @@ def served(tmp_path, small_bundle_path, keyword_encoder, second_stage):
         return Searcher(opened[-1], keyword_encoder, reranker=reranker, ranker=ranker, rerank=reranker.config)
 
     searcher = loader(small_bundle_path, None, None)
-    server, port, servicer, _ = create_server(searcher, "127.0.0.1:0", query_log=QueryLog(logs), loader=loader)
-    yield f"127.0.0.1:{port}", servicer, tmp_path
+    served = create_server(searcher, "127.0.0.1:0", query_log=QueryLog(logs), loader=loader)
+    server, port = served.server, served.port
+    yield f"127.0.0.1:{port}", served.search, tmp_path
     server.stop(0)
-    servicer.query_log.close()
+    served.search.query_log.close()
 
 
 def test_full_pipeline_over_grpc_reports_stages_versions_and_contributions(served):
@@ -118,7 +119,7 @@ def test_feedback_writes_a_click_log_line(served):
     line = json.loads((tmp / "clicks.jsonl").read_text().splitlines()[-1])
     assert line["query"]["text"] == "red dress" and line["shown"] == [h.id for h in result.hits]
     assert line["clicked"] == [result.hits[1].id] and line["session"] == "s-1" and line["dwell_ms"] == {result.hits[1].id: 4200}
-    from trainer.clicks import read_click_log
+    from ranking.clicklog import read_click_log
 
     sessions, summary = read_click_log(tmp / "clicks.jsonl")   # the trainer reads what the server wrote
     assert summary.malformed == 0 and sessions[-1].click_ranks() == [2]
@@ -157,4 +158,4 @@ def test_hot_swap_under_load_fails_no_query(served, small_bundle_path, tmp_path)
     assert resp.bundle_version == "v2-test" and resp.previous_bundle_version != "v2-test"
     assert versions[-1] == "v2-test" and versions[0] != "v2-test" and len(versions) > 20
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "bundle" in bad.value.details()
-    assert servicer.searcher.bundle.version == "v2-test"
+    assert servicer.state.searcher.bundle.version == "v2-test"

@@ -35,18 +35,6 @@ def draw(color: str, shape: str, rng: np.random.Generator) -> np.ndarray:
     return np.clip(img.astype(int) + rng.integers(-20, 20, img.shape), 0, 255).astype(np.uint8)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def one_torch_thread():
-    """This machine's 2 cores are shared with long jobs; two OpenMP threads then spin on each other and the
-    tiny models here run ~10x slower than with one."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def toy_shop(tmp_path_factory) -> dict:
     """A catalog folder, its queries and graded qrels (2: colour and shape match; 1: shape matches)."""
@@ -91,7 +79,7 @@ def base_clip(toy_shop, tmp_path_factory) -> Path:
 
 
 def write_log(path: Path, shop: dict, seed: int, sessions_per_query: int) -> Path:
-    from trainer.clicks import ClickLogWriter
+    from ranking.clicklog import ClickLogWriter
     from trainer.simulate import SimulatorConfig, simulate_clicks
 
     config = SimulatorConfig(sessions_per_query=sessions_per_query, seed=seed, distractors=10)
@@ -110,12 +98,12 @@ def click_logs(toy_shop, tmp_path_factory) -> dict[str, Path]:
 
 
 def fine_tune(shop: dict, base: Path, log: Path, out: Path, **overrides) -> dict:
+    from ranking.clicklog import read_click_log
     from trainer.click_clip import (
         ClickClipTrainer,
         ClickTrainConfig,
         prepare_click_data,
     )
-    from trainer.clicks import read_click_log
 
     settings = {"epochs": 6, "batch_size": 32, "lr": 3e-3, "freeze_text": "none", "general_fraction": 0.25,
                 "holdout_fraction": 0.0, "warmup_steps": 3, "hflip": False, "general_holdout": 0} | overrides

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from encoders.clip import ClipEncoder
+from ranking.clicklog import read_click_log, session_from_dict
 from trainer.click_clip import (
     ClickTrainConfig,
     click_examples,
     ipw_weight,
     split_by_query,
 )
-from trainer.clicks import read_click_log, session_from_dict
 from trainer.gate import GateConfig, GateData, measure
 
 
@@ -51,9 +51,9 @@ def test_config_from_dict_names_the_field():
     assert ClickTrainConfig.from_dict({"lr": 1, "hard_negatives": 0}).lr == 1.0
     with pytest.raises(ValueError, match="general_fraction"):
         ClickTrainConfig.from_dict({"general_fraction": 1.0})
-    with pytest.raises(ValueError, match="'epochs' must be int"):
+    with pytest.raises(ValueError, match="click_train.epochs' must be an integer"):
         ClickTrainConfig.from_dict({"epochs": "3"})
-    with pytest.raises(ValueError, match="unknown field"):
+    with pytest.raises(ValueError, match="Unknown key"):
         ClickTrainConfig.from_dict({"learning_rate": 0.1})
     with pytest.raises(ValueError, match="freeze_text"):
         ClickTrainConfig(freeze_text="half")
@@ -77,7 +77,7 @@ def test_fine_tuning_on_clicks_improves_click_retrieval(toy_shop, base_clip, cli
 
 def test_cli_fine_tunes_from_clicks_and_tracks_the_run_in_mlflow(toy_shop, base_clip, click_logs, tmp_path):
     pytest.importorskip("mlflow")
-    from trainer.cli_loop import main
+    from cli.main import main
 
     out, store = tmp_path / "model", tmp_path / "mlruns"
     rc = main(["train", "clip", "--clicks", str(click_logs["train"]), "--catalog", str(toy_shop["catalog"]),
@@ -108,7 +108,7 @@ def test_missing_mlflow_names_the_package(monkeypatch):
 
 
 def test_train_clip_without_mlflow_says_which_package_to_install(toy_shop, base_clip, click_logs, tmp_path, monkeypatch):
-    from trainer.cli_loop import main
+    from cli.main import main
 
     monkeypatch.setitem(sys.modules, "mlflow", None)
     args = ["train", "clip", "--clicks", str(click_logs["train"]), "--catalog", str(toy_shop["catalog"]),

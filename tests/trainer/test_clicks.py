@@ -8,18 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from trainer.clicks import (
+from ranking.clicklog import (
     ClickLogSummary,
     ClickLogWriter,
     ClickSession,
-    click_label_rows,
     iter_click_log,
-    iter_yandex_sessions,
     parse_click_lines,
     read_click_log,
     session_from_dict,
-    write_click_labels,
 )
+from trainer.clicks import click_label_rows, iter_yandex_sessions, write_click_labels
 
 GOOD = {"query": {"text": "red shirt"}, "shown": ["a", "b", "c", "d"], "clicked": ["c"], "ts": "2024-05-01T10:00:00Z"}
 
@@ -100,7 +98,7 @@ def test_writer_appends_whole_lines_from_many_threads(tmp_path):
 
 
 def test_served_query_photos_are_stored_beside_the_log_and_resolve(tmp_path):
-    from trainer.clicks import resolve_query_image
+    from ranking.clicklog import resolve_query_image
 
     with ClickLogWriter(tmp_path / "logs" / "served.jsonl") as writer:
         rel = writer.store_query_image(b"\xff\xd8 jpeg bytes")

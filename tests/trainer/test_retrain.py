@@ -4,11 +4,11 @@ from __future__ import annotations
 import json
 import os
 
+from cli.main import main
 from indexer.bundle import Bundle
 from ranking.pipeline import Searcher
-from server.cli import main
+from server.app import create_server
 from server.client import VitrineClient
-from server.service import create_server
 
 
 def _config(path, **gate) -> str:
@@ -27,14 +27,15 @@ def _bundle(toy_shop, base_clip, tmp_path):
 
 def test_retrain_promotes_indexes_beside_repoints_and_switches_a_running_server(toy_shop, base_clip, click_logs, tmp_path, capsys):
     current = _bundle(toy_shop, base_clip, tmp_path)
-    from ranking.pipeline import SearchConfig
     from encoders.clip import ClipEncoder
+    from ranking.pipeline import SearchConfig
 
     def loader(path, _r, _l):
         b = Bundle(path)
         return Searcher(b, None, SearchConfig(), clip_encoder=ClipEncoder(b.manifest["models"]["clip"]["name"], device="cpu"))
 
-    server, port, servicer, _ = create_server(loader(str(current.resolve()), None, None), "127.0.0.1:0", loader=loader)
+    served = create_server(loader(str(current.resolve()), None, None), "127.0.0.1:0", loader=loader)
+    server, port = served.server, served.port
     try:
         before = VitrineClient(f"127.0.0.1:{port}").search("crimson box").bundle_version
         rc = main(["retrain", "--clicks", str(click_logs["train"]), "--bundle", str(current), "--target", f"127.0.0.1:{port}",

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer.cli_loop import main
-from trainer.clicks import read_click_log
+from cli.main import main
+from ranking.clicklog import read_click_log
 from trainer.simulate import (
     ClickModel,
     RankingMode,
@@ -86,11 +86,11 @@ def test_single_session_uses_the_grade_probabilities():
 
 def test_config_from_dict_rejects_bad_values():
     assert SimulatorConfig.from_dict({"model": "cascade", "click_prob": {"2": 1}}).click_prob == {2: 1.0}
-    with pytest.raises(ValueError, match="pbm or cascade"):
+    with pytest.raises(ValueError, match="simulator.model' must be one of 'pbm', 'cascade'"):
         SimulatorConfig.from_dict({"model": "dbn"})
     with pytest.raises(ValueError, match=r"click_prob\[2\]"):
         SimulatorConfig.from_dict({"click_prob": {2: 1.5}})
-    with pytest.raises(ValueError, match="unknown field"):
+    with pytest.raises(ValueError, match="Unknown key"):
         SimulatorConfig.from_dict({"sessions": 3})
 
 

@@ -9,8 +9,19 @@ from pathlib import Path
 from typing import Any
 
 from ranking.evaluation import (
-    DEFAULT_VARIANT, EvalReport, Variant, ablation_plan, format_markdown, format_models, format_table, max_abs_diff,
-    ranx_metrics, reports_to_json, run_queries, score_run, write_run,
+    DEFAULT_VARIANT,
+    EvalReport,
+    Variant,
+    ablation_plan,
+    format_markdown,
+    format_models,
+    format_table,
+    max_abs_diff,
+    ranx_metrics,
+    reports_to_json,
+    run_queries,
+    score_run,
+    write_run,
 )
 from ranking.metrics import load_qrels, load_queries
 
@@ -59,17 +70,18 @@ def serving(args: argparse.Namespace) -> Iterator[str]:
     if args.target:
         yield args.target
         return
-    from server.cli import load_searcher
-    from server.service import create_server
+    from cli.config import load_config, searcher_for
+    from server.app import create_server
 
     if not (Path(args.bundle) / "manifest.json").is_file():
         raise FileNotFoundError(f"bundle {args.bundle} does not exist or is not a Vitrine bundle (no manifest.json)")
-    searcher, config = load_searcher(args.bundle, args.config, getattr(args, "reranker", None), getattr(args, "ranker", None))
-    server, port, _, _ = create_server(searcher, "127.0.0.1:0", config.server)
+    config = load_config(args.config)
+    searcher = searcher_for(args.bundle, config, getattr(args, "reranker", None), getattr(args, "ranker", None))
+    served = create_server(searcher, "127.0.0.1:0", config.server)
     try:
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{served.port}"
     finally:
-        server.stop(0).wait()
+        served.stop(0)
         searcher.bundle.close()
 
 

@@ -1,7 +1,7 @@
 """`vitrine retrain`: the whole click loop in one command — train, gate, index, promote, switch.
 
-Each step is the same command a person would run (`train clip --clicks`, `gate`, `index`), called through
-`server.cli.main`; the first step that fails stops the run with a report naming it. The serving bundle is
+Each step is the same command a person would run (`train clip --clicks`, `gate`, `index`), parsed by that
+command's own parser and run in this process; the first step that fails stops the run with a report naming it. The serving bundle is
 never touched: the new bundle is written beside it, then a `current` symlink is re-pointed atomically (a server
 started with `--watch` follows it) and/or a running server is told to switch with the Admin Reload RPC.
 """
@@ -15,6 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cli import index, loop, train
+from server.client import TOKEN_ENV
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("retrain", help="fine-tune CLIP on a click log, gate it, re-index and switch the server")
@@ -22,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bundle", required=True, help="the serving bundle, ideally a `current` symlink to it")
     p.add_argument("--registry", help="model registry directory (default: BUNDLE's folder/models)")
     p.add_argument("--target", help="HOST:PORT of a running server to switch with Admin/Reload")
-    p.add_argument("--token", default=None, help="write token for Reload (default: $VITRINE_AUTH_TOKEN)")
+    p.add_argument("--token", default=None, help=f"write token for Reload (default: ${TOKEN_ENV})")
     p.add_argument("--heldout-fraction", type=float, default=0.2, help="share of sessions (seeded random) the gate keeps")
     p.add_argument("--flickr", help="flickr8k folder for the general-knowledge check")
     p.add_argument("--epochs", type=int, default=None)
@@ -56,7 +59,7 @@ def split_log(clicks: Path, work: Path, fraction: float, seed: int) -> tuple[Pat
     import random
     from dataclasses import replace
 
-    from trainer.clicks import ClickLogWriter, read_click_log, resolve_query_image
+    from ranking.clicklog import ClickLogWriter, read_click_log, resolve_query_image
 
     sessions, summary = read_click_log(clicks)
     if not sessions:
@@ -78,13 +81,21 @@ def split_log(clicks: Path, work: Path, fraction: float, seed: int) -> tuple[Pat
                                 "malformed_lines": summary.malformed}
 
 
-def _step(report: dict, name: str, argv: list[str]) -> int:
-    from server.cli import main
+def step_parser() -> argparse.ArgumentParser:
+    """The commands retrain runs, with the same flags as on the command line."""
+    parser = argparse.ArgumentParser(prog="vitrine")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in (train, loop, index):
+        module.register(sub)
+    return parser
 
+
+def _step(report: dict, name: str, argv: list[str]) -> int:
     print(f"[retrain] {name}: vitrine {' '.join(argv)}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     try:
-        rc = main(argv)
+        args = step_parser().parse_args(argv)
+        rc = args.handler(args)
     except SystemExit as exc:   # some handlers exit with a message
         rc = exc.code if isinstance(exc.code, int) else 1
         if not isinstance(exc.code, int) and exc.code:
@@ -151,7 +162,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         from server.client import VitrineClient
 
         with VitrineClient(args.target) as client:
-            resp = client.reload(str(new_bundle), token=args.token or os.environ.get("VITRINE_AUTH_TOKEN"))
+            resp = client.reload(str(new_bundle), token=args.token or os.environ.get(TOKEN_ENV))
         report["reload"] = {"bundle_version": resp.bundle_version, "previous": resp.previous_bundle_version,
                             "load_ms": round(resp.load_ms, 1)}
     return finish(True)

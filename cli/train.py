@@ -1,4 +1,7 @@
-"""`vitrine train clip`: the command-line harness over trainer/clip.py (catalog pairs) and trainer/click_clip.py (--clicks)."""
+"""`vitrine train clip`: the harness over trainer/clip.py (catalog pairs) and trainer/click_clip.py (--clicks).
+
+`vitrine train reranker|ranker` are in cli/rank.py; this module creates the `train` group they join.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,14 +10,20 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cli import rank
+
 if TYPE_CHECKING:
     from trainer.tracking import MlflowTracker
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    train = sub.add_parser("train", help="train models from catalog pairs")
+    train = sub.add_parser("train", help="train models from catalog pairs, judgments or click logs")
     tsub = train.add_subparsers(dest="model", required=True)
-    p = tsub.add_parser("clip", help="train (or fine-tune) a CLIP on the catalog's (image, text) pairs")
+    add_clip_arguments(tsub.add_parser("clip", help="train (or fine-tune) a CLIP on the catalog's (image, text) pairs"))
+    rank.register(tsub)
+
+
+def add_clip_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--catalog", required=True)
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--base", help="Vitrine CLIP checkpoint directory to fine-tune from")
@@ -101,12 +110,12 @@ def cmd_train_clip(args: argparse.Namespace) -> int:
 
 def cmd_train_clip_clicks(args: argparse.Namespace) -> int:
     from indexer.catalog import read_catalog
+    from ranking.clicklog import read_click_log
     from trainer.click_clip import (
         ClickClipTrainer,
         ClickTrainConfig,
         prepare_click_data,
     )
-    from trainer.clicks import read_click_log
 
     if not args.base:
         raise SystemExit("train clip --clicks fine-tunes an existing model: give --base MODEL_DIR.")

@@ -1,6 +1,7 @@
 """`vitrine demo`: index a catalog, start the server in its own process, and query it from this one."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
@@ -68,8 +69,19 @@ def generate_catalog(path: Path, n: int = 400, seed: int = 0) -> Path:
     return path
 
 
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="index a catalog, serve it and run example queries")
+    p.add_argument("--data", default=None, help="fashion data folder (default ../shared/data/fashion if present)")
+    p.add_argument("--workdir", default=".cache/demo")
+    p.set_defaults(handler=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    return run_demo(args.data, Path(args.workdir))
+
+
 def _vitrine(*args: str) -> list[str]:
-    return [sys.executable, "-m", "server.cli", *args]
+    return [sys.executable, "-m", "cli.main", *args]
 
 
 def start_server(bundle: Path, extra: list[str] | None = None, timeout_s: float = 300.0) -> tuple[subprocess.Popen, str]:

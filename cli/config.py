@@ -1,4 +1,7 @@
-"""The service-wide TOML configuration (`vitrine.toml`), read once at an entry point and passed down explicitly."""
+"""The service-wide TOML configuration (`vitrine.toml`), read once at an entry point and passed down explicitly.
+
+It lives with the commands because it spans both doors: [server] is the gRPC server's, [gate] the trainer's.
+"""
 from __future__ import annotations
 
 import tomllib
@@ -6,36 +9,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from encoders.config import EncoderConfig
 from indexer.ann import AnnConfig
 from indexer.bm25 import Bm25Config
 from indexer.live import LiveConfig
-from ranking.pipeline import SearchConfig
+from ranking.assemble import open_searcher
+from ranking.pipeline import SearchConfig, Searcher
 from ranking.rerank import RerankConfig
+from server.app import ServerConfig
 from server.catalog_service import CatalogConfig
 from server.query_log import LogConfig
-from server.service import ServerConfig
 from trainer.gate import GateConfig
 
 SECTIONS = ("index", "bm25", "encoders", "search", "rerank", "server", "live", "catalog", "logs", "gate")
-
-
-@dataclass(frozen=True)
-class EncoderConfig:
-    text_model: str = "all-MiniLM-L6-v2"
-    batch_size: int = 64
-    device: str | None = None  # None: CUDA when present, else CPU
-
-    @classmethod
-    def from_dict(cls, d: dict) -> EncoderConfig:
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"Unknown key(s) in [encoders]: {', '.join(sorted(unknown))}.")
-        cfg = cls(**d)
-        if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
-            raise ValueError(f"Field 'encoders.batch_size' must be a positive integer, got {cfg.batch_size!r}.")
-        if cfg.device not in (None, "cpu", "cuda") and not str(cfg.device).startswith("cuda:"):
-            raise ValueError(f"Field 'encoders.device' must be \"cpu\", \"cuda\" or \"cuda:N\", got {cfg.device!r}.")
-        return cfg
 
 
 @dataclass(frozen=True)
@@ -56,9 +42,6 @@ class VitrineConfig:
         unknown = set(d) - set(SECTIONS)
         if unknown:
             raise ValueError(f"Unknown section(s) {', '.join(sorted(unknown))}; sections are {', '.join(SECTIONS)}.")
-        for name in SECTIONS:
-            if name in d and not isinstance(d[name], dict):
-                raise ValueError(f"Section [{name}] must be a table.")
         return cls(
             index=AnnConfig.from_dict(d.get("index", {})),
             bm25=Bm25Config.from_dict(d.get("bm25", {})),
@@ -95,3 +78,10 @@ def load_config(path: str | Path | None) -> VitrineConfig:
         return VitrineConfig.from_dict(data)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"config file {path}: {exc}") from None
+
+
+def searcher_for(bundle: str, config: VitrineConfig, reranker: str | None = None, ranker: str | None = None) -> Searcher:
+    """Opens `bundle` with the sections of `config` that shape a search."""
+    return open_searcher(bundle, ann=config.index, encoders=config.encoders, search=config.search, rerank=config.rerank,
+                         reranker=reranker, ranker=ranker)
+

@@ -8,14 +8,8 @@ import tempfile
 from pathlib import Path
 
 
-def _train_subparsers(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
-    """The `vitrine train` sub-command group that trainer/cli.py created."""
-    train = sub.choices["train"]
-    return next(a for a in train._actions if isinstance(a, argparse._SubParsersAction))
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    tsub = _train_subparsers(sub)
+def register(tsub: argparse._SubParsersAction) -> None:
+    """Adds `reranker` and `ranker` to the `vitrine train` group (cli/train.py)."""
     p = tsub.add_parser("reranker", help="fine-tune a cross-encoder on judgments, with hard negatives from the first stage")
     p.add_argument("--catalog", required=True)
     p.add_argument("--queries", required=True, help="query JSONL (qid or _id, text)")
@@ -79,26 +73,26 @@ def forbidden_qids(qrels_path: str | None, forbid: list[str], siblings: bool) ->
 
 
 def _mining_bundle(args: argparse.Namespace, config, items, tmp: Path):  # -> Searcher
+    from cli.config import searcher_for
     from encoders.text import SentenceTransformerEncoder
     from indexer.bundle import IndexerConfig, build_bundle
-    from server.cli import build_searcher
 
     if args.bundle:
-        return build_searcher(args.bundle, config)
+        return searcher_for(args.bundle, config)
     out = tmp / "mining-bundle"
     print(f"indexing {len(items)} items into a temporary bundle to mine negatives (pass --bundle to reuse one)", file=sys.stderr)
     encoder = SentenceTransformerEncoder(config.encoders.text_model, device=config.encoders.device)
     build_bundle(items, out, encoder, IndexerConfig(batch_size=config.encoders.batch_size, ann=config.index, bm25=config.bm25),
                  progress=not args.quiet)
-    return build_searcher(str(out), config)
+    return searcher_for(str(out), config)
 
 
 def cmd_train_reranker(args: argparse.Namespace) -> int:
+    from cli.config import load_config
     from indexer.bundle import item_text
     from indexer.catalog import read_catalog
     from ranking.metrics import load_qrels, load_queries
     from ranking.pipeline import SearchRequest
-    from server.config import load_config
     from trainer.reranker import RerankerTrainConfig, check_disjoint, train_reranker
 
     overrides = {k: v for k, v in {
@@ -141,11 +135,10 @@ def cmd_train_reranker(args: argparse.Namespace) -> int:
 
 
 def cmd_train_ranker(args: argparse.Namespace) -> int:
+    from cli.config import load_config
     from ranking.ltr import LtrTrainConfig, train_ranker
     from ranking.metrics import load_qrels, load_queries
-    from server.config import load_config
-    from trainer.ranker import (collect_features, label_with_clicks, label_with_qrels, read_feature_log,
-                                reranker_seen_qids)
+    from trainer.ranker import collect_features, label_with_clicks, label_with_qrels, read_feature_log, reranker_seen_qids
     from trainer.reranker import check_disjoint
 
     config = load_config(args.config)
@@ -174,9 +167,9 @@ def cmd_train_ranker(args: argparse.Namespace) -> int:
         groups, skipped = read_feature_log(args.features, wanted)
         print(f"read {len(groups)} queries from {args.features} ({skipped} lines for other queries)", file=sys.stderr)
     else:
-        from server.cli import build_searcher
+        from cli.config import searcher_for
 
-        searcher = build_searcher(args.bundle, config, reranker=args.reranker)
+        searcher = searcher_for(args.bundle, config, reranker=args.reranker)
         try:
             groups = list(collect_features(searcher, use, depth, progress=not args.quiet))
         finally:

@@ -73,9 +73,9 @@ def parse_click_prob(spec: str) -> dict[int, float]:
 
 def cmd_simulate_clicks(args: argparse.Namespace) -> int:
     from indexer.catalog import read_catalog
+    from ranking.clicklog import ClickLogWriter
     from ranking.evaluation import read_run
     from ranking.metrics import load_qrels, load_queries
-    from trainer.clicks import ClickLogWriter
     from trainer.simulate import SimulatorConfig, simulate_clicks
 
     try:
@@ -103,12 +103,8 @@ def cmd_simulate_clicks(args: argparse.Namespace) -> int:
 
 
 def cmd_click_labels(args: argparse.Namespace) -> int:
-    from trainer.clicks import (
-        ClickLogSummary,
-        click_label_rows,
-        iter_click_log,
-        write_click_labels,
-    )
+    from ranking.clicklog import ClickLogSummary, iter_click_log
+    from trainer.clicks import click_label_rows, write_click_labels
 
     summary = ClickLogSummary()
     n = write_click_labels(click_label_rows(iter_click_log(args.clicks, summary), depth=args.depth), args.out)
@@ -121,14 +117,14 @@ def load_gate_config(path: str | None, overrides: dict) -> object:
     """The [gate] section of vitrine.toml (validated with the rest of the file), with command-line overrides."""
     from dataclasses import replace
 
-    from server.config import load_config
+    from cli.config import load_config
 
     return replace(load_config(path).gate, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
     from indexer.catalog import read_catalog
-    from trainer.clicks import read_click_log
+    from ranking.clicklog import read_click_log
     from trainer.gate import GateData, load_flickr, run_gate, write_report
     from trainer.registry import ModelRegistry, RegistryError
 
@@ -182,23 +178,3 @@ def cmd_registry(args: argparse.Namespace) -> int:
         print(f"registry: {exc}", file=sys.stderr)
         return 1
     return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """`train` and the click-loop commands on one parser, until server/cli.py lists this module in EXTENSIONS."""
-    from trainer import cli as train_cli
-
-    parser = argparse.ArgumentParser(prog="vitrine", description="Vitrine's click loop.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    train_cli.register(sub)
-    register(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.handler(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

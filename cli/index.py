@@ -1,0 +1,69 @@
+"""`vitrine index`: validate a catalog, encode it in batches (GPU when present) and write a versioned bundle."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("index", help="index a catalog into a new bundle")
+    p.add_argument("--catalog", required=True, help="catalog JSONL (or .csv with --columns)")
+    p.add_argument("--out", required=True, help="bundle directory to write")
+    p.add_argument("--config", help="vitrine.toml (see README, Configuration)")
+    p.add_argument("--text-model", help="sentence-transformers name or local dir (default all-MiniLM-L6-v2, offline)")
+    p.add_argument("--no-text-vectors", action="store_true", help="BM25 only; skip the dense text index")
+    p.add_argument("--clip-model", help="CLIP checkpoint dir (from `vitrine train clip`) or open_clip architecture name")
+    p.add_argument("--clip-pretrained", help="open_clip pretrained tag for --clip-model NAME, e.g. laion2b_s34b_b79k (needs a hub)")
+    p.add_argument("--columns", help="CSV column map, e.g. id=sku,title=name,attributes.color=colour")
+    p.add_argument("--skip-invalid", action="store_true", help="skip bad lines (reported) instead of failing")
+    p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p.set_defaults(handler=cmd_index)
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from cli.config import load_config
+    from indexer.bundle import IndexerConfig, build_bundle
+    from indexer.catalog import parse_column_map, read_catalog
+
+    config = load_config(args.config)
+    t0 = time.perf_counter()
+    items, errors = read_catalog(args.catalog, skip_invalid=args.skip_invalid, column_map=parse_column_map(args.columns))
+    if errors:
+        print(f"skipped {len(errors)} invalid line(s):", file=sys.stderr)
+        for e in errors[:50]:
+            print(f"  {e}", file=sys.stderr)
+    if not items:
+        raise ValueError(f"catalog {args.catalog} has no valid items")
+    encoder = None
+    if not args.no_text_vectors:
+        from encoders.text import SentenceTransformerEncoder
+
+        encoder = SentenceTransformerEncoder(args.text_model or config.encoders.text_model, device=config.encoders.device)
+    clip = None
+    if args.clip_model:
+        from encoders.clip import ClipEncoder, is_checkpoint_dir
+
+        name = str(Path(args.clip_model).resolve()) if is_checkpoint_dir(args.clip_model) else args.clip_model
+        clip = ClipEncoder(name, pretrained=args.clip_pretrained, device=config.encoders.device)
+    manifest = build_bundle(
+        items, args.out, encoder,
+        IndexerConfig(batch_size=config.encoders.batch_size, ann=config.index, bm25=config.bm25),
+        clip_encoder=clip, catalog_dir=Path(args.catalog).resolve().parent,
+        catalog_path=str(Path(args.catalog).resolve()), config_dict=config.to_dict(), force=args.force,
+        progress=not args.quiet,
+    )
+    if manifest["counts"].get("broken_images"):
+        print(f"{manifest['counts']['broken_images']} image(s) could not be read (listed in manifest.json), e.g.:",
+              file=sys.stderr)
+        for b in manifest["broken_images"][:10]:
+            print(f"  item {b['id']}: {b['reason']}", file=sys.stderr)
+    summary = {"bundle": str(args.out), "bundle_version": manifest["bundle_version"], "items": manifest["counts"]["items"],
+               "skipped_lines": len(errors), "broken_images": manifest["counts"].get("broken_images", 0), "vectors": {k: {"factory": v["factory"], "count": v["count"]} for k, v in manifest["vectors"].items()},
+               "seconds": round(time.perf_counter() - t0, 1)}
+    print(json.dumps(summary))
+    return 0

@@ -1,0 +1,154 @@
+"""The Search service: proto -> SearchRequest -> Searcher -> proto, and nothing else."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Any
+
+import grpc
+
+from proto.vitrine.v1 import search_pb2, search_pb2_grpc
+from ranking.features import FEATURES
+from ranking.fusion import FusionMethod
+from ranking.pipeline import InvalidRequest, Searcher, SearchRequest, SearchResult
+from server.query_log import QueryLog, feature_record
+from server.state import ServingState, model_versions
+from server.status import Metrics, StatusError, abort_on_error, check_deadline
+
+STORED_FIELDS = ("id", "title", "description", "category", "attributes", "price", "image")
+_FUSION = {search_pb2.FUSION_RRF: FusionMethod.RRF, search_pb2.FUSION_WEIGHTED: FusionMethod.WEIGHTED,
+           search_pb2.FUSION_WEIGHTED_MAX: FusionMethod.WEIGHTED_MAX}
+
+
+def request_from_proto(req: search_pb2.SearchRequest) -> tuple[SearchRequest, list[str]]:
+    fields = list(req.fields)
+    for f in fields:
+        if f not in STORED_FIELDS and f != "*":
+            raise InvalidRequest("fields", f"unknown stored field {f!r}; fields are {', '.join(STORED_FIELDS)} or '*'.")
+    if req.k < 0:
+        raise InvalidRequest("k", f"must be positive, got {req.k}.")
+    if req.fusion not in (search_pb2.FUSION_UNSPECIFIED, *_FUSION):
+        raise InvalidRequest("fusion", f"unknown fusion method {req.fusion}.")
+    has_price = req.HasField("price")
+    return SearchRequest(
+        text=req.text,
+        image=bytes(req.image),
+        filters=dict(req.filters),
+        price_min=req.price.min if has_price and req.price.HasField("min") else None,
+        price_max=req.price.max if has_price and req.price.HasField("max") else None,
+        k=req.k,
+        offset=req.offset,
+        exclude_ids=list(req.exclude_ids),
+        fusion=_FUSION.get(req.fusion),
+        weights=dict(req.weights),
+        sources=list(req.sources),
+        explain=req.explain,
+        constraint=req.constraint,
+        composed_text_weight=req.composed_text_weight if req.HasField("composed_text_weight") else None,
+        stages=req.stages,
+        rerank_depth=req.rerank_depth if req.HasField("rerank_depth") else None,
+        log_features=req.log_features,
+    ), fields
+
+
+_LATER_STAGES = ("fused", "cross", "ltr")
+
+
+def explain_hit(hit: Any, method: FusionMethod, weights: dict[str, float], contributions: dict[str, float] | None = None) -> str:
+    """One line a person can read: first-stage sources and fusion, then the cross-encoder and ranker, if they ran."""
+    by = hit.scores_by_source
+    parts = [f"{s}: score={h.score:.4f} rank={h.rank} weight={weights.get(s, 1.0):g}"
+             for s, h in sorted(by.items()) if s not in _LATER_STAGES]
+    fused = by["fused"].score if "fused" in by else hit.score
+    out = f"fused={fused:.4f} by {method.value} of [" + "; ".join(parts) + "]"
+    if "cross" in by:
+        out += f"; cross-encoder={by['cross'].score:.4f} (rank {by['cross'].rank})"
+    if "ltr" in by:
+        out += f"; ranker={by['ltr'].score:.4f} (rank {by['ltr'].rank})"
+        if contributions:
+            top = sorted(((k, v) for k, v in contributions.items() if k != "bias"), key=lambda kv: -abs(kv[1]))[:5]
+            out += " = bias {:+.3f} ".format(contributions.get("bias", 0.0)) + " ".join(f"{k} {v:+.3f}" for k, v in top) + " ..."
+    return out
+
+
+class SearchServicer(search_pb2_grpc.SearchServicer):
+    """Thin: proto -> SearchRequest -> Searcher -> proto. The searcher can be swapped atomically."""
+
+    def __init__(self, state: ServingState, metrics: Metrics | None = None, query_log: QueryLog | None = None) -> None:
+        self.state = state
+        self.metrics = metrics
+        self.query_log = query_log or QueryLog()
+
+    @abort_on_error
+    def Search(self, request: search_pb2.SearchRequest, context: grpc.ServicerContext) -> search_pb2.SearchResponse:
+        searcher = self.state.searcher  # one bundle serves the whole request, even during a swap
+        req, fields = request_from_proto(request)
+        check_deadline(context)
+        log_features = self.query_log.wants_features(req.log_features)
+        if log_features != req.log_features:
+            req = replace(req, log_features=log_features)
+        with self.state.reading():
+            result = searcher.search(req)
+            response = self._response(searcher, req, result, fields)
+        response.request_id = self.query_log.new_request_id()
+        query = {"text": req.text, "mode": result.mode, **({"filters": dict(req.filters)} if req.filters else {})}
+        if log_features and result.features:
+            self.query_log.features.write(feature_record(response.request_id, query, result.bundle_version,
+                                                         dict(response.model_versions), [h.id for h in result.hits],
+                                                         result.features))
+        self.query_log.remember(response.request_id, query, [h.id for h in result.hits], request.session, req.image)
+        if self.metrics is not None:
+            for stage, ms in result.timings_ms.items():
+                self.metrics.stages.labels(stage).observe(ms / 1e3)
+        return response
+
+    @abort_on_error
+    def Feedback(self, request: search_pb2.FeedbackRequest, context: grpc.ServicerContext) -> search_pb2.FeedbackResponse:
+        if not request.request_id:
+            raise InvalidRequest("request_id", "is empty; quote the request_id of the SearchResponse.")
+        try:
+            logged = self.query_log.feedback(request.request_id, list(request.clicked), dict(request.dwell_ms))
+        except KeyError:
+            raise StatusError(grpc.StatusCode.NOT_FOUND, f"request_id {request.request_id!r} is unknown or too old to log.") from None
+        return search_pb2.FeedbackResponse(logged=logged)
+
+    @abort_on_error
+    def Info(self, request: search_pb2.InfoRequest, context: grpc.ServicerContext) -> search_pb2.InfoResponse:
+        searcher = self.state.searcher
+        # The served stages join the manifest so `vitrine eval --ablate` can measure each one.
+        stages = searcher.available_stages()
+        manifest = {**searcher.bundle.manifest, "served_models": model_versions(searcher),
+                    **({"stages": {"stages": stages}} if len(stages) > 1 else {})}
+        return search_pb2.InfoResponse(bundle_version=searcher.bundle.version, manifest_json=json.dumps(manifest))
+
+    def _response(self, searcher: Searcher, req: SearchRequest, result: SearchResult, fields: list[str]) -> search_pb2.SearchResponse:
+        method = req.fusion or searcher.config.fusion
+        weights = {**searcher.config.weights, **req.weights}
+        resp = search_pb2.SearchResponse(
+            total_candidates=result.total_candidates,
+            bundle_version=result.bundle_version,
+            took_ms=result.timings_ms.get("total", 0.0),
+            stages=result.stages,
+            stage_ms=result.timings_ms,
+        )
+        resp.model_versions.update(model_versions(searcher))
+        docstore = searcher.bundle.docstore
+        for hit in result.hits:
+            h = resp.hits.add(id=hit.id, score=hit.score)
+            for source, sh in sorted(hit.scores_by_source.items()):
+                h.sources.add(source=source, score=sh.score, rank=sh.rank)
+            if fields:
+                item = docstore.get(hit.id)
+                stored = item.to_dict() if item is not None else {"id": hit.id}
+                if "*" not in fields:
+                    stored = {f: stored[f] for f in fields if f in stored}
+                h.fields_json = json.dumps(stored, ensure_ascii=False)
+            if req.explain:
+                contrib = result.contributions.get(hit.id)
+                h.explanation = explain_hit(hit, method, weights, contrib)
+                if contrib:
+                    h.contributions.update(contrib)
+                x = result.features.get(hit.id)
+                if x is not None:
+                    h.features.update({n: float(v) for n, v in zip(FEATURES, x) if v == v})  # NaN = absent
+        return resp

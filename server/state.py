@@ -1,0 +1,70 @@
+"""What the servicers serve from: the current Searcher (swapped atomically on reload) and the live index, if any.
+
+The server is built before its bundle has loaded (health says NOT_SERVING meanwhile), so the state starts empty
+and `attach` fills it once; the servicers hold this one object from construction on and are never patched.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+
+import grpc
+
+from indexer.live import LiveIndex
+from ranking.pipeline import Searcher
+from server.status import StatusError
+
+
+class ServingState:
+    def __init__(self, searcher: Searcher | None = None, live: LiveIndex | None = None) -> None:
+        self._searcher = searcher
+        self._live = live
+        self._lock = threading.Lock()
+
+    @property
+    def searcher(self) -> Searcher:
+        searcher = self._searcher
+        if searcher is None:
+            raise StatusError(grpc.StatusCode.UNAVAILABLE, "the server is still loading its bundle; retry shortly.")
+        return searcher
+
+    @property
+    def loaded(self) -> bool:
+        return self._searcher is not None
+
+    @property
+    def live(self) -> LiveIndex | None:
+        return self._live
+
+    def require_live(self) -> LiveIndex:
+        if self._live is None:
+            raise StatusError(grpc.StatusCode.UNAVAILABLE, "live catalog updates are not available: the server is "
+                                                           "loading or was started with --read-only.")
+        return self._live
+
+    def reading(self) -> contextlib.AbstractContextManager:
+        """With live updates, searches share the index lock with writes: FAISS add/remove is not safe beside a search."""
+        return self._live.lock.read() if self._live is not None else contextlib.nullcontext()
+
+    def attach(self, searcher: Searcher, live: LiveIndex | None = None) -> None:
+        """Completes a state created empty: the live index first, so no search runs unlocked beside a write."""
+        with self._lock:
+            if self._searcher is not None:
+                raise RuntimeError("the serving state already has a searcher; use swap() to replace it.")
+            self._live = live
+            self._searcher = searcher
+
+    def swap(self, searcher: Searcher) -> Searcher | None:
+        with self._lock:
+            old, self._searcher = self._searcher, searcher
+        return old
+
+
+def model_versions(searcher: Searcher) -> dict[str, str]:
+    """Every model that can touch a response, by role: bundle encoders, then the second stage's."""
+    out = {name: str(meta.get("version") or meta.get("name", "")) for name, meta in searcher.bundle.manifest.get("models", {}).items()}
+    if searcher.reranker is not None:
+        out["reranker"] = searcher.reranker.version
+    if searcher.ranker is not None:
+        out["ranker"] = searcher.ranker.version
+    return out
