@@ -5,19 +5,21 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow proto bench clean
+.PHONY: setup demo test test-slow proto lock bench clean
 
-$(STAMP): pyproject.toml
+# constraints.txt pins every package (and pip itself) to the versions CI tested, so a new machine installs
+# what passed; `make lock` rewrites it from the current environment after a deliberate upgrade.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q -c constraints.txt --upgrade pip setuptools wheel
 	# torch 2.14.1 / torchvision 0.29.1 are pinned in pyproject.toml (served from local disk here).
-	$(PIP) install -q -e '.[test,plot]'
+	$(PIP) install -q -c constraints.txt -e '.[test,plot]'
 	touch $(STAMP)
 
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m cli.main demo
+	$(VENV)/bin/vitrine demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -27,6 +29,12 @@ test-slow: $(STAMP)
 
 proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --pyi_out=. proto/vitrine/v1/search.proto
+	# the stubs are installed as vitrine.proto (see pyproject.toml), not as a top-level `proto`
+	sed -i 's/^from proto\.vitrine\.v1 import/from vitrine.proto import/' proto/vitrine/v1/search_pb2_grpc.py
+
+lock: $(STAMP)
+	{ $(PIP) freeze --exclude-editable; $(PIP) list --format=freeze 2>/dev/null | grep -E '^(pip|setuptools|wheel)=='; } \
+	  | sort -f > constraints.txt
 
 bench: $(STAMP)
 	$(PY) bench/first_stage.py

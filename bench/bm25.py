@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.machine import machine, report  # noqa: E402
-from indexer.bm25 import Bm25Config, Bm25Index  # noqa: E402
-from ranking.metrics import load_queries  # noqa: E402
+from vitrine.indexer.bm25 import Bm25Config, Bm25Index  # noqa: E402
+from vitrine.ranking.metrics import load_queries  # noqa: E402
 
 DATA = Path(os.environ.get("VITRINE_DATA", ROOT.parent / "shared" / "data"))
 TASKS = {"scifact": ["claims"], "fashion": ["text-literal", "text-paraphrase"]}

@@ -25,13 +25,13 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from bench.machine import machine  # noqa: E402
-from indexer.catalog import Item, read_catalog  # noqa: E402
-from ranking.clicklog import ClickLogWriter, read_click_log  # noqa: E402
-from ranking.metrics import load_qrels, load_queries  # noqa: E402
-from trainer.click_clip import ClickClipTrainer, ClickTrainConfig, prepare_click_data  # noqa: E402
-from trainer.gate import GateConfig, GateData, QuerySet, decide, load_flickr, measure  # noqa: E402
-from trainer.registry import ModelRegistry  # noqa: E402
-from trainer.simulate import SimulatorConfig, simulate_clicks  # noqa: E402
+from vitrine.indexer.catalog import Item, read_catalog  # noqa: E402
+from vitrine.ranking.clicklog import ClickLogWriter, read_click_log  # noqa: E402
+from vitrine.ranking.metrics import load_qrels, load_queries  # noqa: E402
+from vitrine.trainer.click_clip import ClickClipTrainer, ClickTrainConfig, prepare_click_data  # noqa: E402
+from vitrine.trainer.gate import GateConfig, GateData, QuerySet, decide, load_flickr, measure  # noqa: E402
+from vitrine.trainer.registry import ModelRegistry  # noqa: E402
+from vitrine.trainer.simulate import SimulatorConfig, simulate_clicks  # noqa: E402
 
 TASKS = ("text-paraphrase", "composed")
 TEXT_TEMPLATES = ("{color} {article} for {gender}", "{gender}'s {color} {article}", "{color} {article}")
@@ -124,7 +124,7 @@ def fine_tune(base: Path, out: Path, log: Path, items: list[Item], data: Path, c
     prep_s = time.perf_counter() - t0
     result = trainer.fit_clicks(prep)
     if tracking:
-        from trainer.tracking import MlflowTracker, log_training
+        from vitrine.trainer.tracking import MlflowTracker, log_training
 
         with MlflowTracker(tracking, experiment="click-loop-bench", run_name=out.name) as tracker:
             best = next(c for c in result["curve"] if c["epoch"] == result["best_epoch"])

@@ -25,11 +25,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cli.demo import start_server  # noqa: E402
-from indexer.bundle import build_bundle  # noqa: E402
-from indexer.catalog import Item, item_from_dict  # noqa: E402
-from proto.vitrine.v1 import search_pb2  # noqa: E402
-from server.client import (  # noqa: E402
+from vitrine.cli.demo import start_server  # noqa: E402
+from vitrine.indexer.bundle import build_bundle  # noqa: E402
+from vitrine.indexer.catalog import Item, item_from_dict  # noqa: E402
+from vitrine.proto import search_pb2  # noqa: E402
+from vitrine.server.client import (  # noqa: E402
     CatalogClient,
     VitrineClient,  # noqa: E402
     item_to_proto,

@@ -26,9 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.machine import machine, report  # noqa: E402
-from proto.vitrine.v1 import search_pb2  # noqa: E402
-from ranking.metrics import load_queries  # noqa: E402
-from server.client import VitrineClient  # noqa: E402
+from vitrine.proto import search_pb2  # noqa: E402
+from vitrine.ranking.metrics import load_queries  # noqa: E402
+from vitrine.server.client import VitrineClient  # noqa: E402
 
 DATA = Path(os.environ.get("VITRINE_DATA", ROOT.parent / "shared" / "data"))
 P99_BUDGET_MS = 100.0
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.target:
         target = args.target
     else:
-        from cli.demo import start_server
+        from vitrine.cli.demo import start_server
 
         proc, target = start_server(Path(args.bundle))
     rows = []

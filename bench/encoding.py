@@ -19,9 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.machine import machine, peak_rss_mib, report  # noqa: E402
-from encoders.text import SentenceTransformerEncoder  # noqa: E402
-from indexer.bundle import encode_in_batches, item_text  # noqa: E402
-from indexer.catalog import read_catalog  # noqa: E402
+from vitrine.encoders.text import SentenceTransformerEncoder  # noqa: E402
+from vitrine.indexer.bundle import encode_in_batches, item_text  # noqa: E402
+from vitrine.indexer.catalog import read_catalog  # noqa: E402
 
 DATA = Path(os.environ.get("VITRINE_DATA", ROOT.parent / "shared" / "data"))
 

@@ -26,9 +26,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cli.demo import start_server  # noqa: E402
-from ranking.evaluation import read_run  # noqa: E402
-from ranking.metrics import evaluate, load_qrels  # noqa: E402
+from vitrine.cli.demo import start_server  # noqa: E402
+from vitrine.ranking.evaluation import read_run  # noqa: E402
+from vitrine.ranking.metrics import evaluate, load_qrels  # noqa: E402
 
 TASKS = {"scifact": ["claims"], "fashion": ["text-literal", "text-paraphrase"]}
 VARIANTS = {  # name -> extra `vitrine search` flags
@@ -53,7 +53,7 @@ def ensure_bundle(data: Path, name: str, flavour: str, bundles: Path) -> Path:
     if flavour == "Flat":
         cfg = Path(tempfile.mkdtemp()) / "flat.toml"
         cfg.write_text('[index]\nfactory = "Flat"\n')
-    cmd = [sys.executable, "-m", "cli.main", "index", "--catalog", str(data / name / "catalog.jsonl"),
+    cmd = [sys.executable, "-m", "vitrine.cli.main", "index", "--catalog", str(data / name / "catalog.jsonl"),
            "--out", str(out), "--force", *(["--config", str(cfg)] if cfg else [])]
     print(f"building {out} ...", file=sys.stderr, flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
@@ -61,7 +61,7 @@ def ensure_bundle(data: Path, name: str, flavour: str, bundles: Path) -> Path:
 
 
 def run_batch(target: str, queries: Path, extra: list[str], out: Path) -> dict:
-    cmd = [sys.executable, "-m", "cli.main", "search", "--target", target, "--queries", str(queries),
+    cmd = [sys.executable, "-m", "vitrine.cli.main", "search", "--target", target, "--queries", str(queries),
            "--k", "100", "--out", str(out), *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True)
     return json.loads(proc.stderr.strip().splitlines()[-1])

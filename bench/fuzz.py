@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 import grpc  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
-from proto.vitrine.v1 import search_pb2, search_pb2_grpc  # noqa: E402
+from vitrine.proto import search_pb2, search_pb2_grpc  # noqa: E402
 
 OK, INVALID, PRECONDITION, NOT_FOUND = (grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT,
                                         grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND)
@@ -170,9 +170,9 @@ def fuzz(target: str, n: int, seed: int = 0, unicode_whitespace: bool = True) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cli.demo import start_server
-    from indexer.bundle import build_bundle
-    from indexer.catalog import Item
+    from vitrine.cli.demo import start_server
+    from vitrine.indexer.bundle import build_bundle
+    from vitrine.indexer.catalog import Item
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=10_000)

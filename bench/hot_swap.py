@@ -23,9 +23,9 @@ import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.machine import machine, report  # noqa: E402
-from cli.demo import start_server  # noqa: E402
-from cli.retrain import point_current  # noqa: E402
-from server.client import VitrineClient  # noqa: E402
+from vitrine.cli.demo import start_server  # noqa: E402
+from vitrine.cli.retrain import point_current  # noqa: E402
+from vitrine.server.client import VitrineClient  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,16 +21,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.first_stage import machine, run_batch  # noqa: E402
-from cli.demo import start_server  # noqa: E402
-from ranking.evaluation import read_run  # noqa: E402
-from ranking.metrics import evaluate, load_qrels  # noqa: E402
+from vitrine.cli.demo import start_server  # noqa: E402
+from vitrine.ranking.evaluation import read_run  # noqa: E402
+from vitrine.ranking.metrics import evaluate, load_qrels  # noqa: E402
 
 TASKS = {"fashion": ["image", "composed", "text-paraphrase", "text-literal"], "flickr8k": ["caption"]}
 
 
 def build(data: Path, name: str, clip: Path, out: Path, text: bool) -> dict:
     if not (out / "manifest.json").is_file():
-        cmd = [sys.executable, "-m", "cli.main", "index", "--catalog", str(data / name / "catalog.jsonl"), "--out", str(out),
+        cmd = [sys.executable, "-m", "vitrine.cli.main", "index", "--catalog", str(data / name / "catalog.jsonl"), "--out", str(out),
                "--clip-model", str(clip), "--force", "--quiet", *([] if text else ["--no-text-vectors"])]
         subprocess.run(cmd, check=True, cwd=ROOT)
     return json.loads((out / "manifest.json").read_text())

@@ -30,7 +30,7 @@ WORDS = ["shirt", "dress", "watch", "shoes", "bag", "red", "blue", "black", "gre
 
 
 def _searcher(target: str, rate: float, seconds: float, seed: int, out: mp.Queue) -> None:
-    from server.client import VitrineClient
+    from vitrine.server.client import VitrineClient
 
     rng = random.Random(seed)
     lat, errors = [], 0
@@ -55,9 +55,9 @@ def _searcher(target: str, rate: float, seconds: float, seed: int, out: mp.Queue
 def _writer(target: str, rate: float, seconds: float, seed: int, ids: list[str], out: mp.Queue) -> None:
     import queue
 
-    from indexer.catalog import Item
-    from proto.vitrine.v1 import search_pb2
-    from server.client import CatalogClient, item_to_proto
+    from vitrine.indexer.catalog import Item
+    from vitrine.proto import search_pb2
+    from vitrine.server.client import CatalogClient, item_to_proto
 
     rng = random.Random(seed)
     requests: queue.Queue = queue.Queue()
@@ -143,9 +143,9 @@ def _phase(target: str, pid: int, args: argparse.Namespace, writes: bool, ids: l
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cli.demo import generate_catalog, start_server
-    from indexer.bundle import build_bundle
-    from indexer.catalog import read_catalog
+    from vitrine.cli.demo import generate_catalog, start_server
+    from vitrine.indexer.bundle import build_bundle
+    from vitrine.indexer.catalog import read_catalog
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=float, default=150.0, help="seconds per phase")
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         items, _ = read_catalog(catalog)
         encoder = None
         if args.text_vectors:
-            from encoders.text import SentenceTransformerEncoder
+            from vitrine.encoders.text import SentenceTransformerEncoder
 
             encoder = SentenceTransformerEncoder("all-MiniLM-L6-v2")
         build_bundle(items, Path(tmp) / "bundle", encoder, progress=False)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.machine import machine  # noqa: E402
 
-VITRINE = [sys.executable, "-m", "cli.main"]
+VITRINE = [sys.executable, "-m", "vitrine.cli.main"]
 
 
 def run(args: list[str], log: Path) -> dict:
@@ -58,9 +58,9 @@ def stage_rows(report: dict) -> dict:
 
 
 def write_generated(data: Path, out: Path, n: int) -> tuple[Path, Path]:
-    from indexer.catalog import read_catalog
-    from ranking.metrics import load_queries
-    from trainer.synthetic_queries import attribute_queries
+    from vitrine.indexer.catalog import read_catalog
+    from vitrine.ranking.metrics import load_queries
+    from vitrine.trainer.synthetic_queries import attribute_queries
 
     items, _ = read_catalog(data / "catalog.jsonl", skip_invalid=True)
     test_texts = [q.get("text", "") for f in sorted((data / "queries").glob("*.jsonl")) for q in load_queries(f)]

@@ -20,9 +20,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from indexer.bm25 import Bm25Config, Bm25Index  # noqa: E402
-from indexer.catalog import Item, read_catalog  # noqa: E402
-from ranking.metrics import evaluate, load_qrels, load_queries  # noqa: E402
+from vitrine.indexer.bm25 import Bm25Config, Bm25Index  # noqa: E402
+from vitrine.indexer.catalog import Item, read_catalog  # noqa: E402
+from vitrine.ranking.metrics import evaluate, load_qrels, load_queries  # noqa: E402
 
 DATA = Path(os.environ.get("VITRINE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 CACHE = Path(__file__).resolve().parents[1] / "runs" / "tune"
@@ -61,7 +61,7 @@ def load(ds: str):
 
 
 def cmd_encode() -> dict:
-    from encoders.text import SentenceTransformerEncoder
+    from vitrine.encoders.text import SentenceTransformerEncoder
     enc = SentenceTransformerEncoder()
     CACHE.mkdir(parents=True, exist_ok=True)
     out = {}
@@ -81,7 +81,7 @@ def cmd_encode() -> dict:
         print("encoded fashion", v, out[v], flush=True)
     p = CACHE / "x-scifact-current.npy"
     if not p.exists():  # scifact vectors come from the prebuilt Flat bundle (same item_text), no re-encode
-        from indexer.bundle import Bundle
+        from vitrine.indexer.bundle import Bundle
         b = Bundle("runs/scifact-Flat")
         idx = b.vectors["text"].index
         items = load("scifact")
@@ -303,7 +303,7 @@ class CachedEncoder:
     """Wraps the MiniLM encoder with vectors cached by exact text (from `encode`), encoding only misses."""
 
     def __init__(self) -> None:
-        from encoders.text import SentenceTransformerEncoder
+        from vitrine.encoders.text import SentenceTransformerEncoder
         self.inner = SentenceTransformerEncoder()
         self.name, self.dim = self.inner.name, self.inner.dim
         self.cache: dict[str, np.ndarray] = {}
@@ -322,8 +322,8 @@ class CachedEncoder:
 
 def cmd_build() -> dict:
     """Rebuilds runs/{ds}-Flat and runs/{ds}-auto with the current defaults (item_text, Bm25Config, AnnConfig)."""
-    from indexer.ann import AnnConfig
-    from indexer.bundle import IndexerConfig, build_bundle, item_text
+    from vitrine.indexer.ann import AnnConfig
+    from vitrine.indexer.bundle import IndexerConfig, build_bundle, item_text
     enc = CachedEncoder()
     out = {}
     for ds, cached in (("fashion", "title_core"), ("scifact", "current")):
@@ -343,10 +343,10 @@ def cmd_build() -> dict:
 
 def cmd_final() -> dict:
     """nDCG@10 of the built bundles through Searcher with the default SearchConfig (optionally nprobe/k_factor_rf)."""
-    from encoders.text import SentenceTransformerEncoder
-    from indexer.ann import AnnConfig
-    from indexer.bundle import Bundle
-    from ranking.pipeline import SearchConfig, Searcher, SearchRequest
+    from vitrine.encoders.text import SentenceTransformerEncoder
+    from vitrine.indexer.ann import AnnConfig
+    from vitrine.indexer.bundle import Bundle
+    from vitrine.ranking.pipeline import SearchConfig, Searcher, SearchRequest
     enc = SentenceTransformerEncoder()
     kinds = sys.argv[2].split(",") if len(sys.argv) > 2 else ["Flat", "auto"]
     ann = AnnConfig(**{k: int(v) for k, v in (kv.split("=") for kv in sys.argv[3].split(","))}) if len(sys.argv) > 3 else None

@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from indexer.catalog import LineError, iter_catalog_jsonl
-from indexer.jsonl import read_jsonl
-from proto.vitrine.v1 import search_pb2
-from server.client import TOKEN_ENV, CatalogClient, item_to_proto
+from vitrine.indexer.catalog import LineError, iter_catalog_jsonl
+from vitrine.indexer.jsonl import read_jsonl
+from vitrine.proto import search_pb2
+from vitrine.server.client import TOKEN_ENV, CatalogClient, item_to_proto
 
 
 def _add_target(p: argparse.ArgumentParser) -> None:

@@ -9,17 +9,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from encoders.config import EncoderConfig
-from indexer.ann import AnnConfig
-from indexer.bm25 import Bm25Config
-from indexer.live import LiveConfig
-from ranking.assemble import open_searcher
-from ranking.pipeline import SearchConfig, Searcher
-from ranking.rerank import RerankConfig
-from server.app import ServerConfig
-from server.catalog_service import CatalogConfig
-from server.query_log import LogConfig
-from trainer.gate import GateConfig
+from vitrine.encoders.config import EncoderConfig
+from vitrine.indexer.ann import AnnConfig
+from vitrine.indexer.bm25 import Bm25Config
+from vitrine.indexer.live import LiveConfig
+from vitrine.ranking.assemble import open_searcher
+from vitrine.ranking.pipeline import SearchConfig, Searcher
+from vitrine.ranking.rerank import RerankConfig
+from vitrine.server.app import ServerConfig
+from vitrine.server.catalog_service import CatalogConfig
+from vitrine.server.query_log import LogConfig
+from vitrine.trainer.gate import GateConfig
 
 SECTIONS = ("index", "bm25", "encoders", "search", "rerank", "server", "live", "catalog", "logs", "gate")
 

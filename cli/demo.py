@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grpc
 
-from server.client import VitrineClient
+from vitrine.server.client import VitrineClient
 
 DEFAULT_DATA = Path("../shared/data/fashion")
 COLORS = ["Black", "White", "Navy Blue", "Red", "Green", "Grey", "Pink", "Brown", "Yellow", "Purple"]
@@ -81,7 +81,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _vitrine(*args: str) -> list[str]:
-    return [sys.executable, "-m", "cli.main", *args]
+    return [sys.executable, "-m", "vitrine.cli.main", *args]
 
 
 def start_server(bundle: Path, extra: list[str] | None = None, timeout_s: float = 300.0) -> tuple[subprocess.Popen, str]:

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ranking.evaluation import (
+from vitrine.ranking.evaluation import (
     DEFAULT_VARIANT,
     EvalReport,
     Variant,
@@ -23,7 +23,7 @@ from ranking.evaluation import (
     score_run,
     write_run,
 )
-from ranking.metrics import load_qrels, load_queries
+from vitrine.ranking.metrics import load_qrels, load_queries
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -70,8 +70,8 @@ def serving(args: argparse.Namespace) -> Iterator[str]:
     if args.target:
         yield args.target
         return
-    from cli.config import load_config, searcher_for
-    from server.app import create_server
+    from vitrine.cli.config import load_config, searcher_for
+    from vitrine.server.app import create_server
 
     if not (Path(args.bundle) / "manifest.json").is_file():
         raise FileNotFoundError(f"bundle {args.bundle} does not exist or is not a Vitrine bundle (no manifest.json)")
@@ -129,7 +129,7 @@ def _runnable(client_search: Any, first_query: Mapping[str, Any], variant: Varia
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from server.client import FUSION, VitrineClient
+    from vitrine.server.client import FUSION, VitrineClient
 
     if not args.queries or not args.qrels:
         raise ValueError("vitrine eval needs --queries and --qrels (or the `models` subcommand).")
@@ -149,11 +149,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         search = make_search(client, args.k, image_root)
         plan = [DEFAULT_VARIANT]
         if args.ablate_stages:
-            from ranking.pipeline import SOURCES
+            from vitrine.ranking.pipeline import SOURCES
 
             plan = ablation_plan([], [], served_plan(info, SOURCES)[1])
         elif args.ablate:
-            from ranking.pipeline import SOURCES
+            from vitrine.ranking.pipeline import SOURCES
 
             candidates, stages = served_plan(info, SOURCES)
             sources = []
@@ -208,9 +208,9 @@ def _print_eval(args: argparse.Namespace, reports: list[EvalReport], skipped: di
 # ---- vitrine eval models ---------------------------------------------------------------------------------
 
 def cmd_eval_models(args: argparse.Namespace) -> int:
-    from encoders.text import SentenceTransformerEncoder
-    from indexer.catalog import read_catalog
-    from ranking.evaluation import evaluate_encoder
+    from vitrine.encoders.text import SentenceTransformerEncoder
+    from vitrine.indexer.catalog import read_catalog
+    from vitrine.ranking.evaluation import evaluate_encoder
 
     candidates = [c.strip() for c in args.candidates.split(",") if c.strip()]
     if not candidates:

@@ -26,9 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from cli.config import load_config
-    from indexer.bundle import IndexerConfig, build_bundle
-    from indexer.catalog import parse_column_map, read_catalog
+    from vitrine.cli.config import load_config
+    from vitrine.indexer.bundle import IndexerConfig, build_bundle
+    from vitrine.indexer.catalog import parse_column_map, read_catalog
 
     config = load_config(args.config)
     t0 = time.perf_counter()
@@ -41,12 +41,12 @@ def cmd_index(args: argparse.Namespace) -> int:
         raise ValueError(f"catalog {args.catalog} has no valid items")
     encoder = None
     if not args.no_text_vectors:
-        from encoders.text import SentenceTransformerEncoder
+        from vitrine.encoders.text import SentenceTransformerEncoder
 
         encoder = SentenceTransformerEncoder(args.text_model or config.encoders.text_model, device=config.encoders.device)
     clip = None
     if args.clip_model:
-        from encoders.clip import ClipEncoder, is_checkpoint_dir
+        from vitrine.encoders.clip import ClipEncoder, is_checkpoint_dir
 
         name = str(Path(args.clip_model).resolve()) if is_checkpoint_dir(args.clip_model) else args.clip_model
         clip = ClipEncoder(name, pretrained=args.clip_pretrained, device=config.encoders.device)

@@ -72,11 +72,11 @@ def parse_click_prob(spec: str) -> dict[int, float]:
 
 
 def cmd_simulate_clicks(args: argparse.Namespace) -> int:
-    from indexer.catalog import read_catalog
-    from ranking.clicklog import ClickLogWriter
-    from ranking.evaluation import read_run
-    from ranking.metrics import load_qrels, load_queries
-    from trainer.simulate import SimulatorConfig, simulate_clicks
+    from vitrine.indexer.catalog import read_catalog
+    from vitrine.ranking.clicklog import ClickLogWriter
+    from vitrine.ranking.evaluation import read_run
+    from vitrine.ranking.metrics import load_qrels, load_queries
+    from vitrine.trainer.simulate import SimulatorConfig, simulate_clicks
 
     try:
         config = SimulatorConfig.from_dict({
@@ -103,8 +103,8 @@ def cmd_simulate_clicks(args: argparse.Namespace) -> int:
 
 
 def cmd_click_labels(args: argparse.Namespace) -> int:
-    from ranking.clicklog import ClickLogSummary, iter_click_log
-    from trainer.clicks import click_label_rows, write_click_labels
+    from vitrine.ranking.clicklog import ClickLogSummary, iter_click_log
+    from vitrine.trainer.clicks import click_label_rows, write_click_labels
 
     summary = ClickLogSummary()
     n = write_click_labels(click_label_rows(iter_click_log(args.clicks, summary), depth=args.depth), args.out)
@@ -117,16 +117,16 @@ def load_gate_config(path: str | None, overrides: dict) -> object:
     """The [gate] section of vitrine.toml (validated with the rest of the file), with command-line overrides."""
     from dataclasses import replace
 
-    from cli.config import load_config
+    from vitrine.cli.config import load_config
 
     return replace(load_config(path).gate, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
-    from indexer.catalog import read_catalog
-    from ranking.clicklog import read_click_log
-    from trainer.gate import GateData, load_flickr, run_gate, write_report
-    from trainer.registry import ModelRegistry, RegistryError
+    from vitrine.indexer.catalog import read_catalog
+    from vitrine.ranking.clicklog import read_click_log
+    from vitrine.trainer.gate import GateData, load_flickr, run_gate, write_report
+    from vitrine.trainer.registry import ModelRegistry, RegistryError
 
     try:
         config = load_gate_config(args.config, {"min_gain": args.min_gain, "max_general_drop": args.max_general_drop})
@@ -158,7 +158,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
 
 
 def cmd_registry(args: argparse.Namespace) -> int:
-    from trainer.registry import ModelRegistry, RegistryError
+    from vitrine.trainer.registry import ModelRegistry, RegistryError
 
     registry = ModelRegistry(args.registry)
     try:

@@ -10,7 +10,7 @@ import sys
 
 import grpc
 
-from cli import catalog, demo, evaluate, index, loop, retrain, search, serve, train
+from vitrine.cli import catalog, demo, evaluate, index, loop, retrain, search, serve, train
 
 COMMANDS = (index, serve, search, catalog, demo, train, loop, retrain, evaluate)
 
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from server.logs import setup_logging
+    from vitrine.server.logs import setup_logging
 
     setup_logging()
     args = build_parser().parse_args(argv)

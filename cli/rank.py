@@ -59,7 +59,7 @@ def register(tsub: argparse._SubParsersAction) -> None:
 
 def forbidden_qids(qrels_path: str | None, forbid: list[str], siblings: bool) -> dict[str, str]:
     """qid -> source file for every judgment set that must stay unseen: --forbid-qrels, plus --qrels's siblings."""
-    from ranking.metrics import load_qrels
+    from vitrine.ranking.metrics import load_qrels
 
     paths = [Path(f) for f in forbid]
     if siblings and qrels_path:
@@ -73,9 +73,9 @@ def forbidden_qids(qrels_path: str | None, forbid: list[str], siblings: bool) ->
 
 
 def _mining_bundle(args: argparse.Namespace, config, items, tmp: Path):  # -> Searcher
-    from cli.config import searcher_for
-    from encoders.text import SentenceTransformerEncoder
-    from indexer.bundle import IndexerConfig, build_bundle
+    from vitrine.cli.config import searcher_for
+    from vitrine.encoders.text import SentenceTransformerEncoder
+    from vitrine.indexer.bundle import IndexerConfig, build_bundle
 
     if args.bundle:
         return searcher_for(args.bundle, config)
@@ -88,12 +88,12 @@ def _mining_bundle(args: argparse.Namespace, config, items, tmp: Path):  # -> Se
 
 
 def cmd_train_reranker(args: argparse.Namespace) -> int:
-    from cli.config import load_config
-    from indexer.bundle import item_text
-    from indexer.catalog import read_catalog
-    from ranking.metrics import load_qrels, load_queries
-    from ranking.pipeline import SearchRequest
-    from trainer.reranker import RerankerTrainConfig, check_disjoint, train_reranker
+    from vitrine.cli.config import load_config
+    from vitrine.indexer.bundle import item_text
+    from vitrine.indexer.catalog import read_catalog
+    from vitrine.ranking.metrics import load_qrels, load_queries
+    from vitrine.ranking.pipeline import SearchRequest
+    from vitrine.trainer.reranker import RerankerTrainConfig, check_disjoint, train_reranker
 
     overrides = {k: v for k, v in {
         "epochs": args.epochs, "lr": args.lr, "negatives": args.negatives, "mine_depth": args.mine_depth,
@@ -135,18 +135,18 @@ def cmd_train_reranker(args: argparse.Namespace) -> int:
 
 
 def cmd_train_ranker(args: argparse.Namespace) -> int:
-    from cli.config import load_config
-    from ranking.ltr import LtrTrainConfig, train_ranker
-    from ranking.metrics import load_qrels, load_queries
-    from trainer.ranker import collect_features, label_with_clicks, label_with_qrels, read_feature_log, reranker_seen_qids
-    from trainer.reranker import check_disjoint
+    from vitrine.cli.config import load_config
+    from vitrine.ranking.ltr import LtrTrainConfig, train_ranker
+    from vitrine.ranking.metrics import load_qrels, load_queries
+    from vitrine.trainer.ranker import collect_features, label_with_clicks, label_with_qrels, read_feature_log, reranker_seen_qids
+    from vitrine.trainer.reranker import check_disjoint
 
     config = load_config(args.config)
     queries = load_queries(args.queries)
     texts = {q["qid"]: q.get("text", "") for q in queries}
     click_table = None
     if args.clicks:
-        from trainer.ranker import click_label_table
+        from vitrine.trainer.ranker import click_label_table
 
         click_table, queries = click_label_table(args.clicks, queries)
         labelled = set(click_table)
@@ -167,7 +167,7 @@ def cmd_train_ranker(args: argparse.Namespace) -> int:
         groups, skipped = read_feature_log(args.features, wanted)
         print(f"read {len(groups)} queries from {args.features} ({skipped} lines for other queries)", file=sys.stderr)
     else:
-        from cli.config import searcher_for
+        from vitrine.cli.config import searcher_for
 
         searcher = searcher_for(args.bundle, config, reranker=args.reranker)
         try:

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cli import index, loop, train
-from server.client import TOKEN_ENV
+from vitrine.cli import index, loop, train
+from vitrine.server.client import TOKEN_ENV
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -59,7 +59,7 @@ def split_log(clicks: Path, work: Path, fraction: float, seed: int) -> tuple[Pat
     import random
     from dataclasses import replace
 
-    from ranking.clicklog import ClickLogWriter, read_click_log, resolve_query_image
+    from vitrine.ranking.clicklog import ClickLogWriter, read_click_log, resolve_query_image
 
     sessions, summary = read_click_log(clicks)
     if not sessions:
@@ -105,7 +105,7 @@ def _step(report: dict, name: str, argv: list[str]) -> int:
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
-    from trainer.registry import ModelRegistry
+    from vitrine.trainer.registry import ModelRegistry
 
     link = Path(args.bundle)
     serving = link.resolve()
@@ -159,7 +159,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         point_current(link, new_bundle)
         report["pointer"] = f"{link} -> {new_bundle.name}"
     if args.target:
-        from server.client import VitrineClient
+        from vitrine.server.client import VitrineClient
 
         with VitrineClient(args.target) as client:
             resp = client.reload(str(new_bundle), token=args.token or os.environ.get(TOKEN_ENV))

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from ranking.types import Constraint, Stage
+from vitrine.ranking.types import Constraint, Stage
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -70,7 +70,7 @@ def _read_image(path: str | None) -> bytes:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from server.client import VitrineClient
+    from vitrine.server.client import VitrineClient
 
     common = dict(
         filters=_parse_pairs(args.filter, "--filter"), price_min=args.price_min, price_max=args.price_max,
@@ -100,7 +100,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def _batch_search(client, args: argparse.Namespace, common: dict) -> int:
-    from ranking.metrics import load_queries
+    from vitrine.ranking.metrics import load_queries
 
     queries = load_queries(args.queries)
     root = Path(args.image_root) if args.image_root else Path(args.queries).resolve().parent.parent
@@ -127,7 +127,7 @@ def _batch_search(client, args: argparse.Namespace, common: dict) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from server.client import VitrineClient
+    from vitrine.server.client import VitrineClient
 
     with VitrineClient(args.target) as client:
         print(json.dumps(client.info(), indent=2))

@@ -8,7 +8,7 @@ import signal
 import threading
 from pathlib import Path
 
-from server.client import TOKEN_ENV
+from vitrine.server.client import TOKEN_ENV
 
 log = logging.getLogger("vitrine")
 
@@ -34,11 +34,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """`vitrine serve` with live updates: binds first (health NOT_SERVING), loads, replays the WAL, then serves."""
     from dataclasses import replace
 
-    from cli.config import load_config, searcher_for
-    from indexer.live import LiveIndex
-    from server.app import create_server
-    from server.query_log import QueryLog
-    from server.status import Metrics
+    from vitrine.cli.config import load_config, searcher_for
+    from vitrine.indexer.live import LiveIndex
+    from vitrine.server.app import create_server
+    from vitrine.server.query_log import QueryLog
+    from vitrine.server.status import Metrics
 
     if not (Path(args.bundle) / "manifest.json").is_file():
         raise FileNotFoundError(f"bundle {args.bundle} does not exist or is not a Vitrine bundle (no manifest.json); "

@@ -10,10 +10,10 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cli import rank
+from vitrine.cli import rank
 
 if TYPE_CHECKING:
-    from trainer.tracking import MlflowTracker
+    from vitrine.trainer.tracking import MlflowTracker
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -62,7 +62,7 @@ def _tracker(args: argparse.Namespace, run_name: str) -> MlflowTracker | None:
     """An MLflow tracker, or None with --no-mlflow; fails before training when mlflow is missing."""
     if args.no_mlflow:
         return None
-    from trainer.tracking import MlflowTracker
+    from vitrine.trainer.tracking import MlflowTracker
 
     try:
         return MlflowTracker(args.mlflow_dir, experiment=args.experiment, run_name=run_name)
@@ -73,7 +73,7 @@ def _tracker(args: argparse.Namespace, run_name: str) -> MlflowTracker | None:
 def _track(tracker: MlflowTracker | None, params: dict, result: dict, out: str) -> None:
     if tracker is None:
         return
-    from trainer.tracking import log_training
+    from vitrine.trainer.tracking import log_training
 
     best = next(c for c in result["curve"] if c["epoch"] == result["best_epoch"])
     log_training(tracker, params, result["curve"], best, out)
@@ -83,8 +83,8 @@ def _track(tracker: MlflowTracker | None, params: dict, result: dict, out: str) 
 def cmd_train_clip(args: argparse.Namespace) -> int:
     if args.clicks:
         return cmd_train_clip_clicks(args)
-    from indexer.catalog import read_catalog
-    from trainer.clip import ClipTrainConfig, ClipTrainer, load_pairs
+    from vitrine.indexer.catalog import read_catalog
+    from vitrine.trainer.clip import ClipTrainConfig, ClipTrainer, load_pairs
 
     overrides = {k: v for k, v in {
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "image_size": args.image_size,
@@ -109,9 +109,9 @@ def cmd_train_clip(args: argparse.Namespace) -> int:
 
 
 def cmd_train_clip_clicks(args: argparse.Namespace) -> int:
-    from indexer.catalog import read_catalog
-    from ranking.clicklog import read_click_log
-    from trainer.click_clip import (
+    from vitrine.indexer.catalog import read_catalog
+    from vitrine.ranking.clicklog import read_click_log
+    from vitrine.trainer.click_clip import (
         ClickClipTrainer,
         ClickTrainConfig,
         prepare_click_data,

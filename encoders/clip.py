@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from encoders.base import l2_normalize, pick_device
+from vitrine.encoders.base import l2_normalize, pick_device
 
 if TYPE_CHECKING:
     import torch

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from encoders.base import l2_normalize, pick_device
+from vitrine.encoders.base import l2_normalize, pick_device
 
 DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
 _OFFLINE_ALIASES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2", "minilm"}

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import tantivy
 
-from encoders.config import check, config_from_dict
-from indexer.catalog import Item
-from indexer.docstore import filter_term, filter_terms
+from vitrine.encoders.config import check, config_from_dict
+from vitrine.indexer.catalog import Item
+from vitrine.indexer.docstore import filter_term, filter_terms
 
 TEXT_FIELDS = ("title", "description", "category", "attributes")
 # Characters Tantivy's query parser treats as syntax; user text is searched as plain words.

@@ -21,14 +21,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tqdm import tqdm
 
-from encoders.base import TextEncoder
-from indexer.ann import AnnConfig, VectorIndex
-from indexer.bm25 import CONTEXT_ATTRIBUTES, Bm25Config, Bm25Index
-from indexer.catalog import Item
-from indexer.docstore import DocStore
+from vitrine.encoders.base import TextEncoder
+from vitrine.indexer.ann import AnnConfig, VectorIndex
+from vitrine.indexer.bm25 import CONTEXT_ATTRIBUTES, Bm25Config, Bm25Index
+from vitrine.indexer.catalog import Item
+from vitrine.indexer.docstore import DocStore
 
 if TYPE_CHECKING:
-    from encoders.clip import ClipEncoder
+    from vitrine.encoders.clip import ClipEncoder
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -195,7 +195,7 @@ def _build_clip_index(rows: Sequence[tuple[int, Item]], catalog_dir: Path, clip:
                       tmp: Path, progress: bool) -> tuple[dict, list[tuple[str, str]]]:
     """CLIP image vectors for items with an image; for text-only items (or broken images) their CLIP text vector,
     so that photo queries can still reach them."""
-    from indexer.images import encode_catalog_images
+    from vitrine.indexer.images import encode_catalog_images
 
     t0 = time.perf_counter()
     img_ids, xb_img, broken = encode_catalog_images(rows, catalog_dir, clip, config.batch_size, progress=progress)

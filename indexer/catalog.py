@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from indexer.jsonl import LineError, iter_jsonl
+from vitrine.indexer.jsonl import LineError, iter_jsonl
 
 TEXT_FIELDS = ("title", "description", "category")
 KNOWN_FIELDS = ("id", "title", "description", "category", "attributes", "price", "image")

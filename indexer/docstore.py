@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.catalog import Item, item_from_dict
+from vitrine.indexer.catalog import Item, item_from_dict
 
 CATEGORY = "category"
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from encoders.clip import ClipEncoder
-from encoders.images import ImageError, decode_image
-from indexer.catalog import Item, resolve_image
+from vitrine.encoders.clip import ClipEncoder
+from vitrine.encoders.images import ImageError, decode_image
+from vitrine.indexer.catalog import Item, resolve_image
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 URL_TIMEOUT_S = 10.0

@@ -43,11 +43,11 @@ import faiss
 import numpy as np
 import tantivy
 
-from encoders.base import TextEncoder
-from encoders.config import check, check_positive_ints, config_from_dict
-from indexer.bm25 import Bm25Index
-from indexer.bundle import MANIFEST, Bundle, fsync_dir, item_text, publish_dir, write_json_atomic
-from indexer.catalog import Item, item_from_dict
+from vitrine.encoders.base import TextEncoder
+from vitrine.encoders.config import check, check_positive_ints, config_from_dict
+from vitrine.indexer.bm25 import Bm25Index
+from vitrine.indexer.bundle import MANIFEST, Bundle, fsync_dir, item_text, publish_dir, write_json_atomic
+from vitrine.indexer.catalog import Item, item_from_dict
 
 log = logging.getLogger("vitrine.live")
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import logging
 
-from encoders.config import EncoderConfig
-from indexer.ann import AnnConfig
-from indexer.bundle import Bundle
-from ranking.pipeline import SearchConfig, Searcher
-from ranking.rerank import RerankConfig
+from vitrine.encoders.config import EncoderConfig
+from vitrine.indexer.ann import AnnConfig
+from vitrine.indexer.bundle import Bundle
+from vitrine.ranking.pipeline import SearchConfig, Searcher
+from vitrine.ranking.rerank import RerankConfig
 
 log = logging.getLogger("vitrine")
 
@@ -19,24 +19,24 @@ def open_searcher(bundle_path: str, *, ann: AnnConfig = AnnConfig(), encoders: E
     bundle = Bundle(bundle_path, ann=ann)
     encoder = None
     if "text" in bundle.vectors:
-        from encoders.text import SentenceTransformerEncoder
+        from vitrine.encoders.text import SentenceTransformerEncoder
 
         encoder = SentenceTransformerEncoder(bundle.manifest["models"]["text"]["name"], device=encoders.device)
         encoder.encode_texts(["warm up"])  # the first call pays one-off costs; not a user's query
     clip = None
     if "clip" in bundle.manifest.get("models", {}):
-        from encoders.clip import ClipEncoder
+        from vitrine.encoders.clip import ClipEncoder
 
         clip = ClipEncoder(bundle.manifest["models"]["clip"]["name"], device=encoders.device)
         clip.encode_texts(["warm up"])
     cross = ltr = None
     if reranker:
-        from ranking.rerank import CrossEncoderReranker
+        from vitrine.ranking.rerank import CrossEncoderReranker
 
         cross = CrossEncoderReranker(reranker, rerank, device=encoders.device)
         cross.score("warm up", ["warm up"])
     if ranker:
-        from ranking.ltr import LtrRanker
+        from vitrine.ranking.ltr import LtrRanker
 
         ltr = LtrRanker(ranker)
         if ltr.meta.get("reranker") and cross is None:

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from indexer.jsonl import LineError, parse_jsonl_lines
+from vitrine.indexer.jsonl import LineError, parse_jsonl_lines
 
 MAX_SHOWN = 1000
 QUERY_IMAGE_DIR = "query-images"

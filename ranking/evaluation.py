@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from indexer.jsonl import read_jsonl
-from ranking.metrics import DEFAULT_KS, METRICS, Qrels, Run, evaluate
+from vitrine.indexer.jsonl import read_jsonl
+from vitrine.ranking.metrics import DEFAULT_KS, METRICS, Qrels, Run, evaluate
 
 ScoredRun = dict[str, list[tuple[str, float]]]  # qid -> [(doc_id, score)], best first
 # (query, variant) -> ranked (doc_id, score) pairs; raises on a failed request.
@@ -244,8 +244,8 @@ def evaluate_encoder(name: str, load: Callable[[], Any], items: Sequence[Any], q
     """
     import faiss
 
-    from indexer.ann import AnnConfig, VectorIndex
-    from indexer.bundle import encode_in_batches, item_text
+    from vitrine.indexer.ann import AnnConfig, VectorIndex
+    from vitrine.indexer.bundle import encode_in_batches, item_text
 
     reset_peak_rss()
     t0 = time.perf_counter()

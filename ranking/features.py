@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from indexer.catalog import Item
-from ranking.types import Hit
+from vitrine.indexer.catalog import Item
+from vitrine.ranking.types import Hit
 
 SCHEMA_VERSION = 1
 FIRST_STAGE_SOURCES = ("bm25", "text", "clip_text", "clip_image")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 
-from ranking.types import Hit, SourceHit
+from vitrine.ranking.types import Hit, SourceHit
 
 Ranked = Sequence[tuple[str, float]]  # (id, raw score), best first
 

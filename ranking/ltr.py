@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ranking.features import FEATURES, SCHEMA_VERSION
+from vitrine.ranking.features import FEATURES, SCHEMA_VERSION
 
 LTR = "ltr"
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from indexer.jsonl import read_jsonl
+from vitrine.indexer.jsonl import read_jsonl
 
 Qrels = dict[str, dict[str, int]]   # qid -> doc_id -> grade
 Run = dict[str, list[str]]          # qid -> ranked doc ids, best first

@@ -9,15 +9,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from encoders.base import TextEncoder, l2_normalize
-from encoders.config import check, check_positive_ints, config_from_dict
-from encoders.images import decode_image
-from indexer.bundle import Bundle, item_text
-from ranking.features import QueryContext, candidate_features
-from ranking.fusion import FusionMethod, fuse
-from ranking.ltr import LTR, LtrRanker
-from ranking.rerank import CrossEncoderReranker, RerankConfig, blend_scores, rerank_scores
-from ranking.types import Constraint, Hit, SourceHit, Stage
+from vitrine.encoders.base import TextEncoder, l2_normalize
+from vitrine.encoders.config import check, check_positive_ints, config_from_dict
+from vitrine.encoders.images import decode_image
+from vitrine.indexer.bundle import Bundle, item_text
+from vitrine.ranking.features import QueryContext, candidate_features
+from vitrine.ranking.fusion import FusionMethod, fuse
+from vitrine.ranking.ltr import LTR, LtrRanker
+from vitrine.ranking.rerank import CrossEncoderReranker, RerankConfig, blend_scores, rerank_scores
+from vitrine.ranking.types import Constraint, Hit, SourceHit, Stage
 
 SOURCES = ("bm25", "text", "clip_text", "clip_image")
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from encoders.base import pick_device
-from encoders.config import check, check_positive_ints, config_from_dict
-from ranking.types import Hit, SourceHit
+from vitrine.encoders.base import pick_device
+from vitrine.encoders.config import check, check_positive_ints, config_from_dict
+from vitrine.ranking.types import Hit, SourceHit
 
 CROSS = "cross"
 
@@ -103,7 +103,7 @@ class CrossEncoderReranker:
     def __init__(self, name_or_dir: str, config: RerankConfig = RerankConfig(), device: str | None = None) -> None:
         from sentence_transformers.cross_encoder import CrossEncoder
 
-        from encoders.text import resolve_text_model
+        from vitrine.encoders.text import resolve_text_model
 
         path = resolve_text_model(name_or_dir)
         self.device = pick_device(device)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import grpc
 
-from proto.vitrine.v1 import search_pb2, search_pb2_grpc
-from ranking.pipeline import Searcher
-from server.state import ServingState, model_versions
-from server.status import Metrics, StatusError, abort_on_error
+from vitrine.proto import search_pb2, search_pb2_grpc
+from vitrine.ranking.pipeline import Searcher
+from vitrine.server.state import ServingState, model_versions
+from vitrine.server.status import Metrics, StatusError, abort_on_error
 
 log = logging.getLogger("vitrine.admin")
 

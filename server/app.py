@@ -8,16 +8,16 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from encoders.config import check_positive_ints, config_from_dict
-from indexer.live import LiveIndex
-from proto.vitrine.v1 import search_pb2, search_pb2_grpc
-from ranking.pipeline import Searcher
-from server.admin import AdminServicer, Loader, Reloader
-from server.catalog_service import CatalogConfig, CatalogServicer
-from server.query_log import QueryLog
-from server.search_service import SearchServicer
-from server.state import ServingState
-from server.status import SERVICE_NAMES, Metrics
+from vitrine.encoders.config import check_positive_ints, config_from_dict
+from vitrine.indexer.live import LiveIndex
+from vitrine.proto import search_pb2, search_pb2_grpc
+from vitrine.ranking.pipeline import Searcher
+from vitrine.server.admin import AdminServicer, Loader, Reloader
+from vitrine.server.catalog_service import CatalogConfig, CatalogServicer
+from vitrine.server.query_log import QueryLog
+from vitrine.server.search_service import SearchServicer
+from vitrine.server.state import ServingState
+from vitrine.server.status import SERVICE_NAMES, Metrics
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 
 import grpc
 
-from encoders.config import check, check_positive_ints, config_from_dict
-from indexer.catalog import MAX_ID_LENGTH, Item
-from indexer.live import LiveIndex
-from proto.vitrine.v1 import search_pb2, search_pb2_grpc
-from ranking.pipeline import InvalidRequest, Unsupported
-from server.state import ServingState
-from server.status import Metrics, StatusError, abort_on_error, check_deadline, status_for
+from vitrine.encoders.config import check, check_positive_ints, config_from_dict
+from vitrine.indexer.catalog import MAX_ID_LENGTH, Item
+from vitrine.indexer.live import LiveIndex
+from vitrine.proto import search_pb2, search_pb2_grpc
+from vitrine.ranking.pipeline import InvalidRequest, Unsupported
+from vitrine.server.state import ServingState
+from vitrine.server.status import Metrics, StatusError, abort_on_error, check_deadline, status_for
 
 AUTH_HEADER = "authorization"
 

@@ -11,8 +11,8 @@ from typing import Any, Self
 
 import grpc
 
-from indexer.catalog import Item
-from proto.vitrine.v1 import search_pb2, search_pb2_grpc
+from vitrine.indexer.catalog import Item
+from vitrine.proto import search_pb2, search_pb2_grpc
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 TOKEN_ENV = "VITRINE_AUTH_TOKEN"  # where the CLI finds the write token when --token is not given

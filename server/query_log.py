@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from encoders.config import check, check_positive_ints, config_from_dict
-from ranking.clicklog import ClickLogWriter, session_from_dict
-from ranking.features import SCHEMA_VERSION, features_to_dict
+from vitrine.encoders.config import check, check_positive_ints, config_from_dict
+from vitrine.ranking.clicklog import ClickLogWriter, session_from_dict
+from vitrine.ranking.features import SCHEMA_VERSION, features_to_dict
 
 
 @dataclass(frozen=True)

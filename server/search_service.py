@@ -7,13 +7,13 @@ from typing import Any
 
 import grpc
 
-from proto.vitrine.v1 import search_pb2, search_pb2_grpc
-from ranking.features import FEATURES
-from ranking.fusion import FusionMethod
-from ranking.pipeline import InvalidRequest, Searcher, SearchRequest, SearchResult
-from server.query_log import QueryLog, feature_record
-from server.state import ServingState, model_versions
-from server.status import Metrics, StatusError, abort_on_error, check_deadline
+from vitrine.proto import search_pb2, search_pb2_grpc
+from vitrine.ranking.features import FEATURES
+from vitrine.ranking.fusion import FusionMethod
+from vitrine.ranking.pipeline import InvalidRequest, Searcher, SearchRequest, SearchResult
+from vitrine.server.query_log import QueryLog, feature_record
+from vitrine.server.state import ServingState, model_versions
+from vitrine.server.status import Metrics, StatusError, abort_on_error, check_deadline
 
 STORED_FIELDS = ("id", "title", "description", "category", "attributes", "price", "image")
 _FUSION = {search_pb2.FUSION_RRF: FusionMethod.RRF, search_pb2.FUSION_WEIGHTED: FusionMethod.WEIGHTED,

@@ -10,9 +10,9 @@ import threading
 
 import grpc
 
-from indexer.live import LiveIndex
-from ranking.pipeline import Searcher
-from server.status import StatusError
+from vitrine.indexer.live import LiveIndex
+from vitrine.ranking.pipeline import Searcher
+from vitrine.server.status import StatusError
 
 
 class ServingState:

@@ -13,9 +13,9 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
-from encoders.images import ImageError
-from indexer.live import Overloaded
-from ranking.pipeline import InvalidRequest, Unsupported
+from vitrine.encoders.images import ImageError
+from vitrine.indexer.live import Overloaded
+from vitrine.ranking.pipeline import InvalidRequest, Unsupported
 
 log = logging.getLogger("vitrine.server")
 

@@ -7,11 +7,10 @@ import re
 import numpy as np
 import pytest
 
-from encoders.base import l2_normalize
-from indexer.ann import AnnConfig
-from indexer.bundle import Bundle, IndexerConfig, build_bundle
-from indexer.catalog import Item
-
+from vitrine.encoders.base import l2_normalize
+from vitrine.indexer.ann import AnnConfig
+from vitrine.indexer.bundle import Bundle, IndexerConfig, build_bundle
+from vitrine.indexer.catalog import Item
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -102,7 +101,7 @@ def tiny_cross_encoder_dir(tmp_path_factory) -> str:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from encoders.text import resolve_text_model
+    from vitrine.encoders.text import resolve_text_model
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(resolve_text_model("all-MiniLM-L6-v2"))

@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from encoders.config import config_from_dict
-from indexer.catalog import Item, resolve_image
-from ranking.clicklog import ClickSession, resolve_log_image, resolve_query_image
-from trainer.click_eval import brute_force_run, click_judgments, run_metrics
-from trainer.clip import (
+from vitrine.encoders.config import config_from_dict
+from vitrine.indexer.catalog import Item, resolve_image
+from vitrine.ranking.clicklog import ClickSession, resolve_log_image, resolve_query_image
+from vitrine.trainer.click_eval import brute_force_run, click_judgments, run_metrics
+from vitrine.trainer.clip import (
     ClipTrainConfig,
     ClipTrainer,
     Pairs,

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from encoders.base import l2_normalize
-from ranking.clicklog import ClickSession
-from ranking.metrics import Qrels, Run, evaluate
+from vitrine.encoders.base import l2_normalize
+from vitrine.ranking.clicklog import ClickSession
+from vitrine.ranking.metrics import Qrels, Run, evaluate
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ranking.clicklog import ClickLogSummary, ClickSession
+from vitrine.ranking.clicklog import ClickLogSummary, ClickSession
 
 # ---- click labels for the LightGBM ranker --------------------------------------------------------------
 

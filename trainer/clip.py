@@ -24,11 +24,11 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from encoders.base import pick_device
-from encoders.clip import build_model, is_checkpoint_dir, load_checkpoint_dir, make_tokenizer, save_checkpoint_dir
-from encoders.text import resolve_text_model
-from indexer.bundle import clip_item_text
-from indexer.catalog import Item, resolve_image
+from vitrine.encoders.base import pick_device
+from vitrine.encoders.clip import build_model, is_checkpoint_dir, load_checkpoint_dir, make_tokenizer, save_checkpoint_dir
+from vitrine.encoders.text import resolve_text_model
+from vitrine.indexer.bundle import clip_item_text
+from vitrine.indexer.catalog import Item, resolve_image
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)

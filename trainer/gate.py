@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from encoders.config import check, config_from_dict
-from indexer.catalog import Item, read_catalog, resolve_image
-from ranking.clicklog import ClickSession, resolve_log_image
-from trainer.click_eval import brute_force_run, click_judgments, compose, run_metrics
+from vitrine.encoders.config import check, config_from_dict
+from vitrine.indexer.catalog import Item, read_catalog, resolve_image
+from vitrine.ranking.clicklog import ClickSession, resolve_log_image
+from vitrine.trainer.click_eval import brute_force_run, click_judgments, compose, run_metrics
 
 CLICK_METRICS = ("click_ndcg@10", "click_recall@10")
 GENERAL_METRICS = ("catalog_i2t_r@10", "catalog_t2i_r@10", "flickr_i2t_r@10", "flickr_t2i_r@10")
@@ -153,7 +153,7 @@ class GateData:
 
 def load_flickr(folder: str | Path) -> tuple[list[Item], Path, list[str]]:
     """flickr8k in the shared layout: catalog.jsonl (photos), queries/caption.jsonl and qrels/caption.tsv."""
-    from ranking.metrics import load_qrels, load_queries
+    from vitrine.ranking.metrics import load_qrels, load_queries
 
     folder = Path(folder)
     items, _ = read_catalog(folder / "catalog.jsonl", skip_invalid=True)
@@ -172,8 +172,8 @@ def load_flickr(folder: str | Path) -> tuple[list[Item], Path, list[str]]:
 
 def _encode_items(encoder: Any, items: Sequence[Item], folder: Path) -> tuple[list[str], np.ndarray]:
     """Ids and vectors as the indexer stores them: the photo where there is one, else the item's CLIP text."""
-    from indexer.bundle import clip_item_text
-    from indexer.images import encode_catalog_images
+    from vitrine.indexer.bundle import clip_item_text
+    from vitrine.indexer.images import encode_catalog_images
 
     rows = list(enumerate(items))
     docnos, xb_img, _ = encode_catalog_images(rows, folder, encoder, progress=False)
@@ -187,7 +187,7 @@ def _encode_items(encoder: Any, items: Sequence[Item], folder: Path) -> tuple[li
 def _recall_both_ways(img: np.ndarray, txt: np.ndarray, k: int) -> tuple[float, float]:
     import torch
 
-    from trainer.clip import retrieval_recall
+    from vitrine.trainer.clip import retrieval_recall
 
     r = retrieval_recall(torch.from_numpy(img), torch.from_numpy(txt), k)
     return r[f"i2t_r@{k}"], r[f"t2i_r@{k}"]
@@ -196,8 +196,8 @@ def _recall_both_ways(img: np.ndarray, txt: np.ndarray, k: int) -> tuple[float, 
 def _query_vectors(encoder: Any, texts: Sequence[str], images: Sequence[str | None],
                    text_weight: float) -> tuple[np.ndarray, list[int]]:
     """(Q', D) vectors for the queries whose image (if any) can be read, and the indices of those queries."""
-    from encoders.images import decode_image
-    from indexer.images import read_image_bytes
+    from vitrine.encoders.images import decode_image
+    from vitrine.indexer.images import read_image_bytes
 
     decoded: dict[int, Any] = {}
     keep = []
@@ -227,8 +227,8 @@ def _ranked(encoder: Any, texts: Sequence[str], images: Sequence[str | None], ex
 
 def measure(model_dir: str | Path, data: GateData, config: GateConfig, device: str | None = None, k: int = 10) -> dict[str, float]:
     """Every gate metric for one CLIP checkpoint directory (plus `<name>_ndcg@k` for each of data.query_sets)."""
-    from encoders.clip import ClipEncoder
-    from indexer.bundle import clip_item_text
+    from vitrine.encoders.clip import ClipEncoder
+    from vitrine.indexer.bundle import clip_item_text
 
     encoder = ClipEncoder(str(model_dir), device=device)
     ids, xb = _encode_items(encoder, data.items, data.catalog_dir)

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ranking.features import SCHEMA_VERSION, features_from_dict
-from ranking.pipeline import Searcher, SearchRequest
+from vitrine.ranking.features import SCHEMA_VERSION, features_from_dict
+from vitrine.ranking.pipeline import Searcher, SearchRequest
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def label_with_clicks(groups: Sequence[QueryFeatures], clicks: Mapping[str, Mapp
 
 def reranker_seen_qids(reranker_dir: str | Path | None) -> set[str]:
     """Queries a Vitrine cross-encoder trained on: its scores on them are over-confident, so the ranker skips them."""
-    from ranking.rerank import training_meta
+    from vitrine.ranking.rerank import training_meta
 
     return set(training_meta(str(reranker_dir)).get("train_qids", [])) if reranker_dir else set()
 
@@ -108,7 +108,7 @@ def click_label_table(path: str | Path, queries: Sequence[Mapping]) -> tuple[dic
     Returns the table and the queries it covers. Text-only sessions are used; malformed lines are counted and
     reported by the reader, never fatal.
     """
-    from ranking.clicklog import ClickLogSummary, iter_click_log
+    from vitrine.ranking.clicklog import ClickLogSummary, iter_click_log
 
     qid_by_text = {" ".join(q.get("text", "").split()): q["qid"] for q in queries if q.get("text")}
     table: dict[str, dict[str, tuple[int, int]]] = {}

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ranking.clicklog import utc_now_iso
+from vitrine.ranking.clicklog import utc_now_iso
 
 CURRENT = "current.json"
 HISTORY = "history.jsonl"

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ranking.metrics import ndcg_at_k
+from vitrine.ranking.metrics import ndcg_at_k
 
 Qrels = Mapping[str, Mapping[str, int]]
 
@@ -128,7 +128,7 @@ def fit_blend(score_fn: Callable[[str, list[str]], np.ndarray], qids: Sequence[s
               candidates: Mapping[str, Sequence[str]], first_scores: Mapping[str, Sequence[float]], docs: Mapping[str, str],
               qrels: Qrels, grid: Sequence[float] = tuple(i / 20 for i in range(21))) -> tuple[float, dict[float, float]]:
     """The cross-encoder weight (ranking.rerank.blend_scores) with the best held-out nDCG@10, and every one tried."""
-    from ranking.rerank import blend_scores
+    from vitrine.ranking.rerank import blend_scores
 
     qids = [q for q in qids if candidates.get(q)]
     cross = {q: score_fn(queries[q], [docs.get(d, "") for d in candidates[q]]) for q in qids}
@@ -160,7 +160,7 @@ def train_reranker(base: str, out_dir: Path, queries: Mapping[str, str], qrels: 
     """
     import torch
 
-    from ranking.rerank import CrossEncoderReranker, RerankConfig
+    from vitrine.ranking.rerank import CrossEncoderReranker, RerankConfig
 
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from encoders.config import config_from_dict
-from ranking.clicklog import ClickSession, parse_ts
+from vitrine.encoders.config import config_from_dict
+from vitrine.ranking.clicklog import ClickSession, parse_ts
 
 Qrels = dict[str, dict[str, int]]
 

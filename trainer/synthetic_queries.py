@@ -10,7 +10,7 @@ import random
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from indexer.catalog import Item
+from vitrine.indexer.catalog import Item
 
 TEMPLATES = ("{color} {article} for {gender}", "{color} {article} {gender}'s", "{gender}'s {article} in {color}",
              "{article} {color} {gender}")

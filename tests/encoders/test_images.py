@@ -6,7 +6,7 @@ import zipfile
 import pytest
 from PIL import Image
 
-from encoders.images import ImageError, decode_image
+from vitrine.encoders.images import ImageError, decode_image
 
 
 def encode(img: Image.Image, fmt: str = "PNG") -> bytes:

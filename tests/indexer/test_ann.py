@@ -4,8 +4,8 @@ import faiss
 import numpy as np
 import pytest
 
-from encoders.base import l2_normalize
-from indexer.ann import AnnConfig, VectorIndex, choose_factory
+from vitrine.encoders.base import l2_normalize
+from vitrine.indexer.ann import AnnConfig, VectorIndex, choose_factory
 
 
 def clustered(n: int, d: int, seed: int = 0, clusters: int = 50) -> np.ndarray:
@@ -83,7 +83,7 @@ def test_config_validation_names_the_field():
 
 @pytest.mark.gpu
 def test_gpu_search_matches_cpu():
-    from indexer.ann import gpu_available
+    from vitrine.indexer.ann import gpu_available
 
     if not gpu_available():
         pytest.skip("needs faiss-gpu and a CUDA device")

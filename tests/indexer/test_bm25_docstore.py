@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from indexer.bm25 import Bm25Config, Bm25Index
-from indexer.catalog import Item
-from indexer.docstore import DocStore, filter_terms
+from vitrine.indexer.bm25 import Bm25Config, Bm25Index
+from vitrine.indexer.catalog import Item
+from vitrine.indexer.docstore import DocStore, filter_terms
 
 THREE = [
     Item(id="a", title="Red running shoe", category="Footwear > Shoes", attributes={"color": "Red"}, price=50.0),

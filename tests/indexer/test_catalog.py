@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from indexer.catalog import CatalogError, Item, parse_column_map, read_catalog
+from vitrine.indexer.catalog import CatalogError, Item, parse_column_map, read_catalog
 
 
 def write(tmp_path, lines, name="c.jsonl"):

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from ranking.evaluation import (
+from tests.conftest import make_items
+from vitrine.ranking.evaluation import (
     Variant,
     ablation_plan,
     evaluate_encoder,
@@ -19,8 +20,7 @@ from ranking.evaluation import (
     score_run,
     write_run,
 )
-from ranking.metrics import evaluate
-from tests.conftest import make_items
+from vitrine.ranking.metrics import evaluate
 
 QRELS = {"q1": {"d1": 2, "d3": 1}, "q2": {"d2": 1}, "q3": {"d9": 1}}
 QUERIES = [{"qid": "q1", "text": "one"}, {"qid": "q2", "text": "two"}, {"qid": "q3", "text": "boom"}]

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from ranking.fusion import FusionMethod, fuse, rrf, weighted
+from vitrine.ranking.fusion import FusionMethod, fuse, rrf, weighted
 
 
 def test_rrf_scores_exactly():

@@ -6,11 +6,11 @@ import json
 import numpy as np
 import pytest
 
-from indexer.catalog import Item
-from ranking.features import FEATURES, QueryContext, candidate_features, features_from_dict, features_to_dict
-from ranking.ltr import LtrRanker, LtrTrainConfig, group_split, train_ranker
-from ranking.metrics import ndcg_at_k
-from ranking.types import Hit, SourceHit
+from vitrine.indexer.catalog import Item
+from vitrine.ranking.features import FEATURES, QueryContext, candidate_features, features_from_dict, features_to_dict
+from vitrine.ranking.ltr import LtrRanker, LtrTrainConfig, group_split, train_ranker
+from vitrine.ranking.metrics import ndcg_at_k
+from vitrine.ranking.types import Hit, SourceHit
 
 
 def _synthetic(n_queries: int, per_query: int, seed: int):

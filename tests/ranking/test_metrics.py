@@ -5,7 +5,7 @@ import pytest
 from ranx import Qrels, Run
 from ranx import evaluate as ranx_evaluate
 
-from ranking.metrics import evaluate, load_qrels, ndcg_at_k
+from vitrine.ranking.metrics import evaluate, load_qrels, ndcg_at_k
 
 
 def random_case(seed: int):

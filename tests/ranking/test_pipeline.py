@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from ranking.fusion import FusionMethod
-from ranking.pipeline import InvalidRequest, SearchConfig, Searcher, SearchRequest, Unsupported
+from vitrine.ranking.fusion import FusionMethod
+from vitrine.ranking.pipeline import InvalidRequest, SearchConfig, Searcher, SearchRequest, Unsupported
 
 
 @pytest.fixture()

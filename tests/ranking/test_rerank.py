@@ -7,9 +7,9 @@ import random
 import numpy as np
 import pytest
 
-from ranking.rerank import CrossEncoderReranker, RerankConfig, blend_scores, rerank_scores, truncate_doc
-from ranking.types import Hit, SourceHit
-from trainer.reranker import RerankerTrainConfig, check_disjoint, rerank_ndcg, split_queries, train_reranker
+from vitrine.ranking.rerank import CrossEncoderReranker, RerankConfig, blend_scores, rerank_scores, truncate_doc
+from vitrine.ranking.types import Hit, SourceHit
+from vitrine.trainer.reranker import RerankerTrainConfig, check_disjoint, rerank_ndcg, split_queries, train_reranker
 
 
 def test_rerank_scores_reorders_the_head_and_keeps_the_tail_below():
@@ -113,7 +113,7 @@ def test_reranker_scores_are_cached_and_batched_consistently(tiny_cross_encoder_
 
 
 def test_listwise_batches_cap_positives_and_take_lower_grades_as_negatives():
-    from trainer.reranker import listwise_batches
+    from vitrine.trainer.reranker import listwise_batches
 
     qrels = {"q": {f"d{i}": 2 if i < 5 else 1 for i in range(10)}}      # 5 exact matches, 5 partial
     candidates = {"q": [f"d{i}" for i in range(10)] + ["x1", "x2"]}

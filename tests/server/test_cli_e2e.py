@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from cli.demo import generate_catalog, start_server
-from cli.main import main
+from vitrine.cli.demo import generate_catalog, start_server
+from vitrine.cli.main import main
 
-VITRINE = [sys.executable, "-m", "cli.main"]
+VITRINE = [sys.executable, "-m", "vitrine.cli.main"]
 
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -4,12 +4,12 @@ import json
 
 import pytest
 
-from cli.main import main
-from indexer.bundle import Bundle
-from ranking.evaluation import ranx_metrics, read_run
-from ranking.metrics import evaluate, load_qrels
-from ranking.pipeline import Searcher
-from server.app import create_server
+from vitrine.cli.main import main
+from vitrine.indexer.bundle import Bundle
+from vitrine.ranking.evaluation import ranx_metrics, read_run
+from vitrine.ranking.metrics import evaluate, load_qrels
+from vitrine.ranking.pipeline import Searcher
+from vitrine.server.app import create_server
 
 QUERIES = [
     {"qid": "q1", "text": "red dress"},
@@ -47,7 +47,7 @@ def test_eval_ablate_json_matches_ranx_on_the_written_run(target, eval_files, tm
     assert rc == 0
     obj = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     by_name = {r["name"]: r for r in obj["reports"]}
-    from server.client import FUSION
+    from vitrine.server.client import FUSION
 
     # every fusion method the client can send shows up without the harness naming it
     assert list(by_name) == ["default", "bm25 only", "text only", *(f"bm25+text {f}" for f in FUSION if f)]
@@ -79,12 +79,12 @@ def test_eval_table_and_markdown(target, eval_files, capsys):
 
 
 def test_eval_with_bundle_serves_it_in_process(small_bundle_path, keyword_encoder, eval_files, monkeypatch, capsys):
-    import cli.config
+    from vitrine.cli import config as cli_config
 
     def fake_searcher_for(path, config, reranker=None, ranker=None):
         return Searcher(Bundle(path), keyword_encoder)
 
-    monkeypatch.setattr(cli.config, "searcher_for", fake_searcher_for)
+    monkeypatch.setattr(cli_config, "searcher_for", fake_searcher_for)
     queries, qrels = eval_files
     assert main(["eval", "--bundle", small_bundle_path, "--queries", queries, "--qrels", qrels, "--json"]) == 0
     obj = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -10,11 +10,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from indexer.bundle import Bundle
-from indexer.live import LiveIndex
-from proto.vitrine.v1 import search_pb2, search_pb2_grpc
-from ranking.pipeline import Searcher
-from server.app import create_server
+from vitrine.indexer.bundle import Bundle
+from vitrine.indexer.live import LiveIndex
+from vitrine.proto import search_pb2, search_pb2_grpc
+from vitrine.ranking.pipeline import Searcher
+from vitrine.server.app import create_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from fuzz import expected_item_status, fuzz  # noqa: E402

@@ -8,10 +8,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from proto.vitrine.v1 import search_pb2, search_pb2_grpc
-from ranking.pipeline import Searcher
-from server.app import create_server
-from server.client import VitrineClient
+from vitrine.proto import search_pb2, search_pb2_grpc
+from vitrine.ranking.pipeline import Searcher
+from vitrine.server.app import create_server
+from vitrine.server.client import VitrineClient
 
 
 @pytest.fixture()

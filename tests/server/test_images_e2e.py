@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from encoders.clip import ClipEncoder
-from indexer.ann import AnnConfig
-from indexer.bundle import Bundle, IndexerConfig, build_bundle
-from indexer.catalog import Item
-from ranking.pipeline import Searcher
-from server.app import create_server
-from server.client import VitrineClient
 from tests.trainer.test_clip_trainer import TINY_CFG
-from trainer.clip import ClipTrainConfig, ClipTrainer, load_pairs
+from vitrine.encoders.clip import ClipEncoder
+from vitrine.indexer.ann import AnnConfig
+from vitrine.indexer.bundle import Bundle, IndexerConfig, build_bundle
+from vitrine.indexer.catalog import Item
+from vitrine.ranking.pipeline import Searcher
+from vitrine.server.app import create_server
+from vitrine.server.client import VitrineClient
+from vitrine.trainer.clip import ClipTrainConfig, ClipTrainer, load_pairs
 
 COLORS = {"Red": (220, 30, 30), "Green": (30, 200, 40), "Blue": (30, 40, 220)}
 KINDS = {"Square": (3, 13, 3, 13), "Stripe": (6, 10, 0, 16)}

@@ -10,16 +10,16 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from cli.main import main
-from indexer.bundle import Bundle
-from indexer.catalog import Item
-from indexer.live import LiveConfig, LiveIndex, Wal, bm25_docnos, vector_ids
-from proto.vitrine.v1 import search_pb2
-from ranking.pipeline import Searcher, SearchRequest
-from server.app import create_server
-from server.catalog_service import CatalogConfig
-from server.client import CatalogClient, VitrineClient
-from server.status import Metrics
+from vitrine.cli.main import main
+from vitrine.indexer.bundle import Bundle
+from vitrine.indexer.catalog import Item
+from vitrine.indexer.live import LiveConfig, LiveIndex, Wal, bm25_docnos, vector_ids
+from vitrine.proto import search_pb2
+from vitrine.ranking.pipeline import Searcher, SearchRequest
+from vitrine.server.app import create_server
+from vitrine.server.catalog_service import CatalogConfig
+from vitrine.server.client import CatalogClient, VitrineClient
+from vitrine.server.status import Metrics
 
 TOKEN = "s3cret-token-for-tests"
 

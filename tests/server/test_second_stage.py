@@ -11,15 +11,15 @@ import grpc
 import numpy as np
 import pytest
 
-from indexer.bundle import Bundle
-from ranking.features import FEATURES, features_from_dict
-from ranking.ltr import LtrRanker, LtrTrainConfig, train_ranker
-from ranking.pipeline import Searcher
-from ranking.rerank import CrossEncoderReranker, RerankConfig
-from server.app import create_server
-from server.client import VitrineClient
-from server.query_log import LogConfig, QueryLog
-from trainer.ranker import collect_features, label_with_qrels
+from vitrine.indexer.bundle import Bundle
+from vitrine.ranking.features import FEATURES, features_from_dict
+from vitrine.ranking.ltr import LtrRanker, LtrTrainConfig, train_ranker
+from vitrine.ranking.pipeline import Searcher
+from vitrine.ranking.rerank import CrossEncoderReranker, RerankConfig
+from vitrine.server.app import create_server
+from vitrine.server.client import VitrineClient
+from vitrine.server.query_log import LogConfig, QueryLog
+from vitrine.trainer.ranker import collect_features, label_with_qrels
 
 QUERIES = [{"qid": "q1", "text": "red shirt"}, {"qid": "q2", "text": "black dress"}, {"qid": "q3", "text": "blue bag"},
            {"qid": "q4", "text": "black shoe"}, {"qid": "q5", "text": "red dress"}, {"qid": "q6", "text": "green shoe"},
@@ -119,7 +119,7 @@ def test_feedback_writes_a_click_log_line(served):
     line = json.loads((tmp / "clicks.jsonl").read_text().splitlines()[-1])
     assert line["query"]["text"] == "red dress" and line["shown"] == [h.id for h in result.hits]
     assert line["clicked"] == [result.hits[1].id] and line["session"] == "s-1" and line["dwell_ms"] == {result.hits[1].id: 4200}
-    from ranking.clicklog import read_click_log
+    from vitrine.ranking.clicklog import read_click_log
 
     sessions, summary = read_click_log(tmp / "clicks.jsonl")   # the trainer reads what the server wrote
     assert summary.malformed == 0 and sessions[-1].click_ranks() == [2]

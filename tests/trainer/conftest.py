@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from indexer.catalog import read_catalog
-from trainer.clip import ClipTrainConfig, ClipTrainer, load_pairs
+from vitrine.indexer.catalog import read_catalog
+from vitrine.trainer.clip import ClipTrainConfig, ClipTrainer, load_pairs
 
 TINY_CFG = {
     "embed_dim": 32,
@@ -79,8 +79,8 @@ def base_clip(toy_shop, tmp_path_factory) -> Path:
 
 
 def write_log(path: Path, shop: dict, seed: int, sessions_per_query: int) -> Path:
-    from ranking.clicklog import ClickLogWriter
-    from trainer.simulate import SimulatorConfig, simulate_clicks
+    from vitrine.ranking.clicklog import ClickLogWriter
+    from vitrine.trainer.simulate import SimulatorConfig, simulate_clicks
 
     config = SimulatorConfig(sessions_per_query=sessions_per_query, seed=seed, distractors=10)
     with ClickLogWriter(path) as writer:
@@ -98,8 +98,8 @@ def click_logs(toy_shop, tmp_path_factory) -> dict[str, Path]:
 
 
 def fine_tune(shop: dict, base: Path, log: Path, out: Path, **overrides) -> dict:
-    from ranking.clicklog import read_click_log
-    from trainer.click_clip import (
+    from vitrine.ranking.clicklog import read_click_log
+    from vitrine.trainer.click_clip import (
         ClickClipTrainer,
         ClickTrainConfig,
         prepare_click_data,

@@ -8,15 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from encoders.clip import ClipEncoder
-from ranking.clicklog import read_click_log, session_from_dict
-from trainer.click_clip import (
+from vitrine.encoders.clip import ClipEncoder
+from vitrine.ranking.clicklog import read_click_log, session_from_dict
+from vitrine.trainer.click_clip import (
     ClickTrainConfig,
     click_examples,
     ipw_weight,
     split_by_query,
 )
-from trainer.gate import GateConfig, GateData, measure
+from vitrine.trainer.gate import GateConfig, GateData, measure
 
 
 def make(text: str, shown: list[str], clicked: list[str], image: str | None = None):
@@ -63,7 +63,7 @@ def test_fine_tuning_on_clicks_improves_click_retrieval(toy_shop, base_clip, cli
     out, result = click_tuned
     assert result["clicks"]["examples"] > 150 and result["curve"][0]["epoch"] == 0
     assert result["curve"][-1]["train_loss"] < result["curve"][1]["train_loss"]
-    from indexer.catalog import read_catalog
+    from vitrine.indexer.catalog import read_catalog
     held, _ = read_click_log(click_logs["heldout"])
     items, _ = read_catalog(toy_shop["catalog"])
     data = GateData(held, click_logs["heldout"].parent, items, toy_shop["root"])
@@ -77,7 +77,7 @@ def test_fine_tuning_on_clicks_improves_click_retrieval(toy_shop, base_clip, cli
 
 def test_cli_fine_tunes_from_clicks_and_tracks_the_run_in_mlflow(toy_shop, base_clip, click_logs, tmp_path):
     pytest.importorskip("mlflow")
-    from cli.main import main
+    from vitrine.cli.main import main
 
     out, store = tmp_path / "model", tmp_path / "mlruns"
     rc = main(["train", "clip", "--clicks", str(click_logs["train"]), "--catalog", str(toy_shop["catalog"]),
@@ -100,7 +100,7 @@ def test_cli_fine_tunes_from_clicks_and_tracks_the_run_in_mlflow(toy_shop, base_
 
 
 def test_missing_mlflow_names_the_package(monkeypatch):
-    from trainer.tracking import MlflowTracker
+    from vitrine.trainer.tracking import MlflowTracker
 
     monkeypatch.setitem(sys.modules, "mlflow", None)  # what an environment without the extra looks like
     with pytest.raises(ImportError, match="mlflow-skinny.*--no-mlflow"):
@@ -108,7 +108,7 @@ def test_missing_mlflow_names_the_package(monkeypatch):
 
 
 def test_train_clip_without_mlflow_says_which_package_to_install(toy_shop, base_clip, click_logs, tmp_path, monkeypatch):
-    from cli.main import main
+    from vitrine.cli.main import main
 
     monkeypatch.setitem(sys.modules, "mlflow", None)
     args = ["train", "clip", "--clicks", str(click_logs["train"]), "--catalog", str(toy_shop["catalog"]),

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from encoders.clip import ClipEncoder
-from indexer.catalog import Item
-from trainer.clip import ClipTrainConfig, ClipTrainer, Pairs, load_pairs
+from vitrine.encoders.clip import ClipEncoder
+from vitrine.indexer.catalog import Item
+from vitrine.trainer.clip import ClipTrainConfig, ClipTrainer, Pairs, load_pairs
 
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
 SHAPES = ["square", "stripe"]

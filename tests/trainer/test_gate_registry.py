@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from cli.main import main
-from trainer.gate import GateConfig, decide
-from trainer.registry import ModelRegistry, RegistryError
+from vitrine.cli.main import main
+from vitrine.trainer.gate import GateConfig, decide
+from vitrine.trainer.registry import ModelRegistry, RegistryError
 
 
 def test_decide_requires_in_domain_gain_and_bounds_the_general_drop():
@@ -107,9 +107,9 @@ def test_gate_without_current_or_registry_says_what_to_give(toy_shop, click_logs
 
 
 def test_measure_scores_query_sets_judged_by_qrels(toy_shop, base_clip, click_logs, click_tuned):
-    from indexer.catalog import read_catalog
-    from ranking.clicklog import read_click_log
-    from trainer.gate import GateData, QuerySet, measure
+    from vitrine.indexer.catalog import read_catalog
+    from vitrine.ranking.clicklog import read_click_log
+    from vitrine.trainer.gate import GateData, QuerySet, measure
 
     items, _ = read_catalog(toy_shop["catalog"])
     held, _ = read_click_log(click_logs["heldout"])
@@ -124,8 +124,8 @@ def test_measure_scores_query_sets_judged_by_qrels(toy_shop, base_clip, click_lo
 def test_brute_force_run_and_composed_queries():
     import numpy as np
 
-    from ranking.clicklog import session_from_dict
-    from trainer.click_eval import brute_force_run, click_judgments, compose
+    from vitrine.ranking.clicklog import session_from_dict
+    from vitrine.trainer.click_eval import brute_force_run, click_judgments, compose
 
     xb = np.eye(4, dtype=np.float32)
     ids = ["a", "b", "c", "d"]
@@ -145,7 +145,7 @@ def test_brute_force_run_and_composed_queries():
 
 
 def test_general_metrics_at_chance_are_reported_but_do_not_gate():
-    from trainer.gate import GateConfig, decide
+    from vitrine.trainer.gate import GateConfig, decide
 
     config = GateConfig(in_domain_metrics=("click_ndcg@10",), general_metrics=("flickr_t2i_r@10", "catalog_i2t_r@10"))
     report = decide({"click_ndcg@10": 0.1, "flickr_t2i_r@10": 0.017, "catalog_i2t_r@10": 0.9},

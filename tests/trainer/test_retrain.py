@@ -4,11 +4,11 @@ from __future__ import annotations
 import json
 import os
 
-from cli.main import main
-from indexer.bundle import Bundle
-from ranking.pipeline import Searcher
-from server.app import create_server
-from server.client import VitrineClient
+from vitrine.cli.main import main
+from vitrine.indexer.bundle import Bundle
+from vitrine.ranking.pipeline import Searcher
+from vitrine.server.app import create_server
+from vitrine.server.client import VitrineClient
 
 
 def _config(path, **gate) -> str:
@@ -27,8 +27,8 @@ def _bundle(toy_shop, base_clip, tmp_path):
 
 def test_retrain_promotes_indexes_beside_repoints_and_switches_a_running_server(toy_shop, base_clip, click_logs, tmp_path, capsys):
     current = _bundle(toy_shop, base_clip, tmp_path)
-    from encoders.clip import ClipEncoder
-    from ranking.pipeline import SearchConfig
+    from vitrine.encoders.clip import ClipEncoder
+    from vitrine.ranking.pipeline import SearchConfig
 
     def loader(path, _r, _l):
         b = Bundle(path)

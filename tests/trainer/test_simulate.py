@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli.main import main
-from ranking.clicklog import read_click_log
-from trainer.simulate import (
+from vitrine.cli.main import main
+from vitrine.ranking.clicklog import read_click_log
+from vitrine.trainer.simulate import (
     ClickModel,
     RankingMode,
     SimulatorConfig,
