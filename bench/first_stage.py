@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from machine import machine  # noqa: E402
 
 from vitrine.cli.demo import start_server  # noqa: E402
 from vitrine.ranking.evaluation import read_run  # noqa: E402
@@ -37,12 +36,6 @@ VARIANTS = {  # name -> extra `vitrine search` flags
     "text": ["--sources", "text"],
     "rrf": ["--fusion", "rrf", "--weight", "bm25=1", "--weight", "text=1"],
 }
-
-
-def machine() -> dict:
-    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "ram_gib": round(mem_gb, 1),
-            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"), "gpu": False}
 
 
 def ensure_bundle(data: Path, name: str, flavour: str, bundles: Path) -> Path:

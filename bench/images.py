@@ -18,9 +18,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-from bench.first_stage import machine, run_batch  # noqa: E402
+from first_stage import run_batch  # noqa: E402
+from machine import machine  # noqa: E402
+
 from vitrine.cli.demo import start_server  # noqa: E402
 from vitrine.ranking.evaluation import read_run  # noqa: E402
 from vitrine.ranking.metrics import evaluate, load_qrels  # noqa: E402

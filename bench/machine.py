@@ -4,14 +4,28 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def commit() -> str:
+    """The commit the figures come from; "+dirty" when tracked files differ from it (such figures are not final)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=7", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
 def machine() -> dict:
-    """Platform, CPU count, RAM and the date, recorded with every benchmark figure."""
+    """Platform, CPU count, RAM, the date and the commit, recorded with every benchmark figure."""
     ram_gib = None
     try:
         with open("/proc/meminfo", encoding="ascii") as f:
@@ -36,6 +50,7 @@ def machine() -> dict:
         "ram_gib": ram_gib,
         "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commit": commit(),
     }
 
 
