@@ -65,12 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--bundles", default=str(ROOT / "runs"))
     parser.add_argument("--flavours", default="Flat,auto")
+    parser.add_argument("--sets", default=",".join(TASKS), help="data sets to measure, e.g. fashion")
     args = parser.parse_args(argv)
     data, bundles = Path(args.data), Path(args.bundles)
     bundles.mkdir(parents=True, exist_ok=True)
     results: dict = {"machine": machine(), "figures": {}}
     tmp = Path(tempfile.mkdtemp())
-    for name, tasks in TASKS.items():
+    for name, tasks in ((n, TASKS[n]) for n in args.sets.split(",")):
         for flavour in args.flavours.split(","):
             bundle = ensure_bundle(data, name, flavour, bundles)
             manifest = json.loads((bundle / "manifest.json").read_text())

@@ -1,6 +1,9 @@
 """Image, composed and text quality with a Vitrine-trained CLIP, through `vitrine serve` and the batch client.
 
-    python bench/images.py --clip-model .cache/models/clip-fashion [--data ../shared/data] [--bundles runs]
+    python bench/images.py [--clip-model DIR] [--data ../shared/data] [--bundles runs]
+
+Without --clip-model it first trains one with the defaults of `vitrine train clip` on the fashion catalog (into
+BUNDLES/clip-default, reused when present and trained at the same commit), so the figures are the defaults'.
 
 Indexes fashion (text + CLIP) and flickr8k (CLIP only), serves each, sends every query of each task
 with `vitrine search --queries` over gRPC, and reports nDCG@10, Recall@10 and client p50/p99 latency
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 from first_stage import run_batch  # noqa: E402
-from machine import machine  # noqa: E402
+from machine import commit, machine  # noqa: E402
 
 from vitrine.cli.demo import start_server  # noqa: E402
 from vitrine.ranking.evaluation import read_run  # noqa: E402
@@ -38,15 +42,32 @@ def build(data: Path, name: str, clip: Path, out: Path, text: bool) -> dict:
     return json.loads((out / "manifest.json").read_text())
 
 
+def train_default_clip(data: Path, bundles: Path) -> Path:
+    """`vitrine train clip --catalog fashion --out BUNDLES/clip-default` with no other flag: the shipped defaults."""
+    out = bundles / "clip-default"
+    stamp = out / "bench-commit.txt"
+    if (out / "training.json").is_file() and stamp.is_file() and stamp.read_text().strip() == commit():
+        return out.resolve()
+    if out.exists():
+        shutil.rmtree(out)
+    cmd = [sys.executable, "-m", "vitrine.cli.main", "train", "clip", "--catalog", str(data / "fashion" / "catalog.jsonl"),
+           "--out", str(out), "--no-mlflow", "--quiet"]
+    print("training the default CLIP:", " ".join(cmd[2:]), file=sys.stderr, flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    stamp.write_text(commit() + "\n")
+    return out.resolve()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clip-model", required=True)
+    parser.add_argument("--clip-model", help="CLIP checkpoint dir; default: train one with `vitrine train clip` defaults")
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--bundles", default=str(ROOT / "runs"))
     parser.add_argument("--tag", default="clip")
     parser.add_argument("--variants", default="", help="extra ;-separated `name:flags` runs, e.g. 'soft:--constraint soft'")
     args = parser.parse_args(argv)
-    data, clip = Path(args.data), Path(args.clip_model).resolve()
+    data = Path(args.data)
+    clip = Path(args.clip_model).resolve() if args.clip_model else train_default_clip(data, Path(args.bundles))
     training = json.loads((clip / "training.json").read_text()) if (clip / "training.json").is_file() else {}
     results: dict = {"machine": machine(), "clip_model": str(clip), "clip_training_s": training.get("seconds"),
                      "clip_heldout": json.loads((clip / "metrics.json").read_text()) if (clip / "metrics.json").is_file() else {},

@@ -2,7 +2,6 @@
 the feature log the server writes; labels from graded qrels or from a click-label table."""
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from vitrine.indexer.jsonl import read_jsonl
 from vitrine.ranking.features import SCHEMA_VERSION, features_from_dict
 from vitrine.ranking.pipeline import Searcher, SearchRequest
 
@@ -36,24 +36,18 @@ def collect_features(searcher: Searcher, queries: Sequence[Mapping], depth: int,
 
 def read_feature_log(path: str | Path, qid_by_text: Mapping[str, str]) -> tuple[list[QueryFeatures], int]:
     """Feature-log lines whose query text is a known query; returns them and how many lines were skipped."""
-    out, skipped = [], 0
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                if rec.get("schema_version") != SCHEMA_VERSION:
-                    raise ValueError(f"schema version {rec.get('schema_version')}, expected {SCHEMA_VERSION}")
-                qid = qid_by_text.get(" ".join(rec["query"]["text"].split()))
-                cands = rec["candidates"]
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                raise ValueError(f"{path}: line {lineno}: not a feature-log record ({exc})") from None
-            if qid is None or not cands:
-                skipped += 1
-                continue
-            out.append(QueryFeatures(qid, [c["id"] for c in cands], np.stack([features_from_dict(c["features"]) for c in cands])))
-    return out, skipped
+
+    def parse(rec: dict) -> QueryFeatures | None:
+        if rec.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(f"not a feature-log record: schema version {rec.get('schema_version')}, expected {SCHEMA_VERSION}")
+        qid = qid_by_text.get(" ".join(rec["query"]["text"].split()))
+        cands = rec["candidates"]
+        if qid is None or not cands:
+            return None
+        return QueryFeatures(qid, [c["id"] for c in cands], np.stack([features_from_dict(c["features"]) for c in cands]))
+
+    rows = read_jsonl(path, parse)
+    return [r for r in rows if r is not None], sum(r is None for r in rows)
 
 
 def label_with_qrels(groups: Sequence[QueryFeatures], qrels: Mapping[str, Mapping[str, int]]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vitrine.indexer.jsonl import read_jsonl
 from vitrine.ranking.clicklog import utc_now_iso
 
 CURRENT = "current.json"
@@ -75,7 +76,7 @@ class ModelRegistry:
         path = self.root / HISTORY
         if not path.is_file():
             return []
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return read_jsonl(path)
 
     def list(self) -> list[ModelVersion]:
         current = self.current()
