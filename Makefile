@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow proto lock bench clean
+.PHONY: setup demo test test-slow proto lock bench figures clean
 
 # constraints.txt pins every package (and pip itself) to the versions CI tested, so a new machine installs
 # what passed; `make lock` rewrites it from the current environment after a deliberate upgrade.
@@ -38,6 +38,9 @@ lock: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/first_stage.py
+
+figures: $(STAMP)
+	$(PY) bench/figures.py --run all
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

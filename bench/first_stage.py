@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from machine import machine  # noqa: E402
+from machine import commit, machine  # noqa: E402
 
 from vitrine.cli.demo import start_server  # noqa: E402
 from vitrine.ranking.evaluation import read_run  # noqa: E402
@@ -38,9 +38,19 @@ VARIANTS = {  # name -> extra `vitrine search` flags
 }
 
 
+def fresh(out: Path) -> bool:
+    """A bundle (or model) built by a bench at this very commit; anything older is rebuilt, not reused."""
+    stamp = out / "bench-commit.txt"
+    return stamp.is_file() and stamp.read_text().strip() == commit() and not commit().endswith("+dirty")
+
+
+def stamp(out: Path) -> None:
+    (out / "bench-commit.txt").write_text(commit() + "\n")
+
+
 def ensure_bundle(data: Path, name: str, flavour: str, bundles: Path) -> Path:
     out = bundles / f"{name}-{flavour}"
-    if (out / "manifest.json").is_file():
+    if (out / "manifest.json").is_file() and fresh(out):
         return out
     cfg = None
     if flavour == "Flat":
@@ -50,6 +60,7 @@ def ensure_bundle(data: Path, name: str, flavour: str, bundles: Path) -> Path:
            "--out", str(out), "--force", *(["--config", str(cfg)] if cfg else [])]
     print(f"building {out} ...", file=sys.stderr, flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
+    stamp(out)
     return out
 
 

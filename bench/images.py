@@ -24,8 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from first_stage import run_batch  # noqa: E402
-from machine import commit, machine  # noqa: E402
+from first_stage import fresh, run_batch, stamp  # noqa: E402
+from machine import machine  # noqa: E402
 
 from vitrine.cli.demo import start_server  # noqa: E402
 from vitrine.ranking.evaluation import read_run  # noqa: E402
@@ -35,18 +35,18 @@ TASKS = {"fashion": ["image", "composed", "text-paraphrase", "text-literal"], "f
 
 
 def build(data: Path, name: str, clip: Path, out: Path, text: bool) -> dict:
-    if not (out / "manifest.json").is_file():
+    if not ((out / "manifest.json").is_file() and fresh(out)):
         cmd = [sys.executable, "-m", "vitrine.cli.main", "index", "--catalog", str(data / name / "catalog.jsonl"), "--out", str(out),
                "--clip-model", str(clip), "--force", "--quiet", *([] if text else ["--no-text-vectors"])]
         subprocess.run(cmd, check=True, cwd=ROOT)
+        stamp(out)
     return json.loads((out / "manifest.json").read_text())
 
 
 def train_default_clip(data: Path, bundles: Path) -> Path:
     """`vitrine train clip --catalog fashion --out BUNDLES/clip-default` with no other flag: the shipped defaults."""
     out = bundles / "clip-default"
-    stamp = out / "bench-commit.txt"
-    if (out / "training.json").is_file() and stamp.is_file() and stamp.read_text().strip() == commit():
+    if (out / "training.json").is_file() and fresh(out):
         return out.resolve()
     if out.exists():
         shutil.rmtree(out)
@@ -54,7 +54,7 @@ def train_default_clip(data: Path, bundles: Path) -> Path:
            "--out", str(out), "--no-mlflow", "--quiet"]
     print("training the default CLIP:", " ".join(cmd[2:]), file=sys.stderr, flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
-    stamp.write_text(commit() + "\n")
+    stamp(out)
     return out.resolve()
 
 
