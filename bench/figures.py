@@ -55,6 +55,7 @@ class Figure:
 
 # ---- number formatting (half-up on the decimal value, as the figures were rounded by hand) ----
 
+
 def num(x: Any, places: int = 3, *, sign: bool = False, comma: bool = False) -> str:
     """x rounded half-up to `places` decimals; sign=True writes +/− (U+2212); comma=True groups thousands."""
     if x is None:
@@ -102,6 +103,7 @@ def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
 
 
 # ---- provenance ----
+
 
 def machine_of(data: Any, sidecar: Any = None) -> dict | None:
     """The `machine` record of a result (or its .machine.json sidecar, or a baseline file's commit/date)."""
@@ -563,6 +565,7 @@ def render_regress(r: Results) -> str:
 
 # ---- the registry ----
 
+
 def bench(script: str, *args: str, **kw: Any) -> Command:
     return Command((PY, f"bench/{script}", *args), **kw)
 
@@ -618,6 +621,7 @@ BY_NAME = {f.name: f for f in REGISTRY}
 
 
 # ---- loading and rendering ----
+
 
 def load(path: str) -> Any:
     p = ROOT / path
@@ -675,6 +679,7 @@ def render_readme(text: str) -> tuple[str, list[str]]:
 
 
 # ---- running the benches ----
+
 
 def bench_machine() -> dict:
     """bench/machine.py's record (stdlib only), for results whose script does not write one."""

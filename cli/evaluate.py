@@ -64,6 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 # ---- vitrine eval ----------------------------------------------------------------------------------------
 
+
 @contextlib.contextmanager
 def serving(args: argparse.Namespace) -> Iterator[str]:
     """Yields a HOST:PORT: the --target, or an in-process server over --bundle stopped on exit."""
@@ -206,6 +207,7 @@ def _print_eval(args: argparse.Namespace, reports: list[EvalReport], skipped: di
 
 
 # ---- vitrine eval models ---------------------------------------------------------------------------------
+
 
 def cmd_eval_models(args: argparse.Namespace) -> int:
     from vitrine.encoders.text import SentenceTransformerEncoder

@@ -66,6 +66,7 @@ class AnnConfig:
         check_positive_ints(cfg, "index", ("nprobe", "k_factor_rf"))
         return cfg
 
+
 def split_refine(factory: str) -> tuple[str, str | None]:
     """Splits "IVF..,PQ..,RFlat" / "..,Refine(SQ8)" into the base factory and the refine store's factory.
 

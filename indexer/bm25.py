@@ -40,6 +40,7 @@ class Bm25Config:
                   f"bm25.boosts.{name}", "a positive number", value)
         return cfg
 
+
 def _schema(tokenizer: str) -> tantivy.Schema:
     sb = tantivy.SchemaBuilder()
     sb.add_unsigned_field("docno", stored=True, indexed=True, fast=True)

@@ -74,6 +74,7 @@ class LiveConfig:
         check_positive_ints(cfg, "live", ("checkpoint_records", "max_pending_writes"))
         return cfg
 
+
 class Overloaded(RuntimeError):
     """Too many writes are queued; the caller should back off and retry."""
 

@@ -146,6 +146,7 @@ def max_abs_diff(a: Mapping[str, float], b: Mapping[str, float]) -> float:
 
 # ---- run files -------------------------------------------------------------------------------------------
 
+
 def write_run(path: str | Path, run: ScoredRun) -> None:
     """JSONL, one `{"qid", "hits": [{"id", "score"}]}` per query: the same layout as `vitrine search --queries`."""
     with open(path, "w", encoding="utf-8") as f:
@@ -165,6 +166,7 @@ def read_run(path: str | Path) -> ScoredRun:
 
 
 # ---- formatting ----------------------------------------------------------------------------------------
+
 
 def table_columns(ks: Sequence[int] = DEFAULT_KS) -> list[str]:
     return [f"{m}@{k}" for m in METRICS for k in ks] + ["p50 ms", "p95 ms", "p99 ms"]
@@ -210,6 +212,7 @@ def reports_to_json(reports: Sequence[EvalReport], **context: Any) -> str:
 
 
 # ---- model selection -----------------------------------------------------------------------------------
+
 
 def reset_peak_rss() -> bool:
     """Resets this process's peak RSS (Linux: `5` into /proc/self/clear_refs); False where that is not possible."""

@@ -43,6 +43,7 @@ class RerankConfig:
         check(cfg.depth <= cfg.max_depth, "rerank.depth", f"at most rerank.max_depth ({cfg.max_depth})", cfg.depth)
         return cfg
 
+
 def rerank_scores(scores: Sequence[float] | np.ndarray, hits: Sequence[Hit], source: str = CROSS,
                   raw: Sequence[float] | np.ndarray | None = None) -> list[Hit]:
     """Re-orders the first len(scores) hits by `scores`; the rest keep their order below them.

@@ -44,6 +44,7 @@ class CatalogConfig:
                                              "max_uri_chars", "max_streams"))
         return cfg
 
+
 def _check_id(value: str, name: str) -> str:
     item_id = value.strip()
     if not item_id:

@@ -39,6 +39,7 @@ class LogConfig:
         check_positive_ints(cfg, "logs", ("pending_searches",))
         return cfg
 
+
 class JsonlAppender:
     """Thread-safe line appender; the file is opened once, in append mode."""
 

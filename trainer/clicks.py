@@ -16,6 +16,7 @@ from vitrine.ranking.clicklog import ClickLogSummary, ClickSession
 
 # ---- click labels for the LightGBM ranker --------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class ClickLabel:
     qid: str        # one ranking group per session
@@ -70,6 +71,7 @@ def write_click_labels(rows: Iterable[ClickLabel], path: str | Path) -> int:
 
 
 # ---- the public Yandex sample ----------------------------------------------------------------------------
+
 
 def iter_yandex_sessions(path: str | Path, summary: ClickLogSummary | None = None) -> Iterator[ClickSession]:
     """Adapts the Yandex relevance-prediction sample (`QID_REGION<TAB>shown,ids : clicked , ids;` repeated).

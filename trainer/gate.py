@@ -54,6 +54,7 @@ class GateConfig:
         """Builds the [gate] section of vitrine.toml; raises ValueError naming a bad or unknown field."""
         return config_from_dict(cls, obj, "gate")
 
+
 @dataclass(frozen=True)
 class Check:
     metric: str
@@ -129,6 +130,7 @@ def decide(current: Mapping[str, float], candidate: Mapping[str, float], config:
 
 
 # ---- measuring one model ---------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class QuerySet:
