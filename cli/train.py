@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vitrine.cli import rank
+from vitrine.cli import rank, train_text
 
 if TYPE_CHECKING:
     from vitrine.trainer.tracking import MlflowTracker
@@ -21,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     tsub = train.add_subparsers(dest="model", required=True)
     add_clip_arguments(tsub.add_parser("clip", help="train (or fine-tune) a CLIP on the catalog's (image, text) pairs"))
     rank.register(tsub)
+    train_text.register(tsub)
 
 
 def add_clip_arguments(p: argparse.ArgumentParser) -> None:

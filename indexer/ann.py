@@ -123,6 +123,13 @@ class VectorIndex:
         refine = faiss.read_index(str(refine_path)) if refine_path.exists() else None
         return cls(faiss.read_index(str(path)), factory, config, refine)
 
+    def reconstruct(self, ids: np.ndarray) -> np.ndarray | None:
+        """The stored vectors of doc numbers `ids` (N, D), from the exact store; None when only PQ codes are kept."""
+        store = self.refine if self.refine is not None else self.index
+        if not isinstance(store, faiss.IndexIDMap2) or not isinstance(faiss.downcast_index(store.index), faiss.IndexFlat):
+            return None
+        return np.stack([store.reconstruct(int(i)) for i in ids]) if len(ids) else np.zeros((0, self.dim), np.float32)
+
     def save(self, path: str | Path) -> None:
         """Writes the index (and its refine store) to temporary files and renames them into place."""
         path = Path(path)

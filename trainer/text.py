@@ -1,0 +1,233 @@
+"""Adapts a sentence-transformers text embedder to a catalog with sentence-transformers' own training stack.
+
+Pairs (generated from the catalog, from judgments, and general caption paraphrases) get hard negatives mined
+from Vitrine's own first stage, with false negatives filtered out; MultipleNegativesRankingLoss trains on
+in-batch plus mined negatives; InformationRetrievalEvaluator measures base and tuned on held-out pairs and on
+the general caption check, and the best epoch is kept.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitrine.encoders.base import pick_device
+from vitrine.encoders.config import check, config_from_dict
+from vitrine.indexer.bundle import item_text
+from vitrine.indexer.catalog import Item
+from vitrine.ranking.pipeline import Searcher, SearchRequest
+from vitrine.trainer.text_pairs import Pair
+
+LOSSES = ("mnrl", "cached_mnrl")
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+@dataclass(frozen=True)
+class TextTrainConfig:
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 2e-5                     # low, so the model keeps what it knew
+    warmup_ratio: float = 0.1
+    generators: tuple[str, ...] = ("attributes", "title", "cloze")
+    per_item: int = 1                    # pairs per item from each generator
+    max_pairs: int = 6000                # in-domain training pairs (sampled, seeded)
+    negatives: int = 1                   # mined hard negatives per pair
+    mine_depth: int = 20                 # first-stage candidates a negative is chosen from
+    negative_margin: float = 0.9         # skip a candidate whose cosine to the positive is above this (a near-duplicate)
+    general_fraction: float = 0.25       # share of every epoch's pairs that are general caption paraphrases
+    holdout_pairs: int = 300             # in-domain pairs held out for the evaluator
+    general_holdout: int = 300           # flickr8k photos held out for the general check
+    max_seq_length: int = 128
+    loss: str = "mnrl"
+    patience: int = 2                    # evaluations without held-out gain before stopping
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TextTrainConfig:
+        cfg = config_from_dict(cls, d, "train_text")
+        check(cfg.loss in LOSSES, "train_text.loss", f"one of {', '.join(LOSSES)}", cfg.loss)
+        check(0 <= cfg.general_fraction < 1, "train_text.general_fraction", "in [0, 1)", cfg.general_fraction)
+        check(0 < cfg.negative_margin <= 1, "train_text.negative_margin", "in (0, 1]", cfg.negative_margin)
+        for name in ("epochs", "batch_size", "max_pairs", "mine_depth", "max_seq_length"):
+            check(getattr(cfg, name) >= 1, f"train_text.{name}", "a positive integer", getattr(cfg, name))
+        return cfg
+
+
+@dataclass(frozen=True)
+class Triplet:
+    anchor: str
+    positive: str
+    negative: str
+    source: str
+
+
+def fingerprint(items: Sequence[Item]) -> str:
+    """A short hash of the catalog the model was tuned on, recorded in training.json."""
+    h = hashlib.sha256()
+    for it in sorted(items, key=lambda x: x.id):
+        h.update(json.dumps(it.to_dict(), sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def _words(text: str) -> set[str]:
+    return set(_WORD.findall(text.lower()))
+
+
+def mine_negatives(pairs: Sequence[Pair], searcher: Searcher, items: Mapping[str, Item], config: TextTrainConfig,
+                   judged: Mapping[str, set[str]] | None = None, progress: bool = False) -> list[Triplet]:
+    """(anchor, positive, hard negative) from Vitrine's first stage over the catalog.
+
+    A candidate is never a negative when it is the positive, is judged relevant for the anchor (`judged`: anchor
+    -> item ids), contains every word of a short anchor (an attribute pseudo-query it also answers), or its
+    stored vector's cosine to the positive's is above `negative_margin` (a near-duplicate). A pair whose
+    candidates are all refused gets a random acceptable item instead, so every pair keeps its place.
+    """
+    from tqdm import tqdm
+
+    vectors = searcher.bundle.vectors.get("text")
+    docno = searcher.bundle.docstore.docno_by_id
+    rng = random.Random(config.seed)
+    ids = sorted(items)
+    out: list[Triplet] = []
+    for pair in tqdm(pairs, desc="mine negatives", disable=not progress, unit="pair"):
+        hits = searcher.search(SearchRequest(text=pair.anchor[:2000], k=config.mine_depth, stages="first")).hits
+        banned = {pair.item_id} | set((judged or {}).get(pair.anchor, ()))
+        anchor_words = _words(pair.anchor) if len(pair.anchor) < 80 else set()
+        cands = [h.id for h in hits if h.id not in banned and h.id in items]
+        if anchor_words:
+            cands = [c for c in cands if not anchor_words <= _words(item_text(items[c]))]
+        if vectors is not None and cands and pair.item_id in docno:
+            xb = vectors.reconstruct(np.array([docno[pair.item_id], *(docno[c] for c in cands)]))
+            if xb is not None:
+                sims = xb[1:] @ xb[0]  # (C,) unit vectors
+                cands = [c for c, s in zip(cands, sims) if s <= config.negative_margin]
+        if not cands:
+            cands = [c for c in rng.sample(ids, min(len(ids), 20)) if c not in banned
+                     and not (anchor_words and anchor_words <= _words(item_text(items[c])))][:1]
+        for c in cands[:config.negatives]:
+            out.append(Triplet(pair.anchor, pair.positive, item_text(items[c]), pair.source))
+    return out
+
+
+def general_triplets(pairs: Sequence[Pair], seed: int) -> list[Triplet]:
+    """General pairs with a random other caption as the negative, so they share the in-domain columns."""
+    rng = random.Random(seed)
+    out = []
+    for i, p in enumerate(pairs):
+        j = rng.randrange(len(pairs) - 1) if len(pairs) > 1 else 0
+        other = pairs[j + (j >= i)] if len(pairs) > 1 else p
+        out.append(Triplet(p.anchor, p.positive, other.positive, "general"))
+    return out
+
+
+def ir_evaluator(name: str, queries: Mapping[str, str], corpus: Mapping[str, str], relevant: Mapping[str, set[str]],
+                 batch_size: int) -> Any:
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+
+    return InformationRetrievalEvaluator(dict(queries), dict(corpus), {q: set(r) for q, r in relevant.items()}, name=name,
+                                         ndcg_at_k=[10], mrr_at_k=[10], accuracy_at_k=[1, 10], precision_recall_at_k=[10],
+                                         map_at_k=[10], show_progress_bar=False, batch_size=batch_size)
+
+
+def heldout_task(pairs: Sequence[Pair], items: Mapping[str, Item], corpus_size: int, seed: int
+                 ) -> tuple[dict[str, str], dict[str, str], dict[str, set[str]]]:
+    """In-domain check on held-out pairs: anchor -> its item, among a seeded sample of the catalog.
+
+    A short anchor (an attribute pseudo-query) is also answered by every corpus item holding all its words, so
+    those count as relevant too; otherwise the check would reward guessing among equally good items.
+    """
+    ids = sorted({p.item_id for p in pairs})
+    rest = sorted(set(items) - set(ids))
+    random.Random(seed).shuffle(rest)
+    corpus = {i: item_text(items[i]) for i in ids + rest[:max(0, corpus_size - len(ids))]}
+    words = {i: _words(t) for i, t in corpus.items()}
+    queries, relevant = {}, {}
+    for n, p in enumerate(pairs):
+        q = f"q{n}"
+        queries[q] = p.anchor
+        anchor_words = _words(p.anchor) if len(p.anchor) < 80 else set()
+        relevant[q] = {p.item_id} | ({i for i, w in words.items() if anchor_words <= w} if anchor_words else set())
+    return queries, corpus, relevant
+
+
+def _loss(model: Any, name: str, batch_size: int) -> Any:
+    from sentence_transformers.sentence_transformer import losses
+
+    if name == "cached_mnrl":
+        return losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=max(8, batch_size // 4))
+    return losses.MultipleNegativesRankingLoss(model)
+
+
+def train_text(base: str, out: Path, triplets: Sequence[Triplet], evaluators: Mapping[str, Any], config: TextTrainConfig,
+               meta: Mapping[str, Any], device: str | None = None, progress: bool = True,
+               log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Fine-tunes `base` on the triplets with SentenceTransformerTrainer; writes the model, metrics and training.json.
+
+    Each evaluator (name -> InformationRetrievalEvaluator) scores the base before training and the model after
+    every epoch; the best epoch by the first evaluator's nDCG@10 is kept (early stopping with `patience`).
+    """
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer.evaluation import SequentialEvaluator
+    from sentence_transformers.sentence_transformer.training_args import BatchSamplers
+    from transformers import EarlyStoppingCallback, set_seed
+
+    set_seed(config.seed)
+    device = pick_device(device)
+    t0 = time.perf_counter()
+    model = SentenceTransformer(base, device=device)
+    model.max_seq_length = config.max_seq_length
+    evaluator = SequentialEvaluator(list(evaluators.values()))
+    base_metrics = evaluator(model)
+    key = f"eval_{next(iter(evaluators))}_cosine_ndcg@10"
+    log(f"base {key.removeprefix('eval_')}: {base_metrics[key.removeprefix('eval_')]:.4f}")
+    rows = list(triplets)
+    random.Random(config.seed).shuffle(rows)
+    data = Dataset.from_dict({"anchor": [t.anchor for t in rows], "positive": [t.positive for t in rows],
+                              "negative": [t.negative for t in rows]})
+    work = out.parent / f".{out.name}.work"
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(work), num_train_epochs=config.epochs, per_device_train_batch_size=config.batch_size,
+        learning_rate=config.lr, warmup_steps=config.warmup_ratio, batch_sampler=BatchSamplers.NO_DUPLICATES,
+        eval_strategy="epoch", save_strategy="epoch", save_total_limit=1, load_best_model_at_end=True,
+        metric_for_best_model=key, greater_is_better=True, seed=config.seed, data_seed=config.seed,
+        logging_steps=max(1, len(rows) // config.batch_size // 10), report_to=[], disable_tqdm=not progress,
+        use_cpu=device == "cpu", dataloader_num_workers=0, save_only_model=True,
+    )
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=_loss(model, config.loss, config.batch_size),
+                                         evaluator=evaluator, callbacks=[EarlyStoppingCallback(config.patience)])
+    trainer.train()
+    tuned_metrics = evaluator(model)
+    seconds = time.perf_counter() - t0
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(str(out))
+    metrics = {"base": base_metrics, "tuned": tuned_metrics, "curve": trainer.state.log_history}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    counts: dict[str, int] = {}
+    for t in rows:
+        counts[t.source] = counts.get(t.source, 0) + 1
+    training = {"base": base, "config": asdict(config), "triplets": counts, "seconds": round(seconds, 1),
+                "device": device, "torch_threads": torch.get_num_threads(), **meta}
+    (out / "training.json").write_text(json.dumps(training, indent=2))
+    _remove_tree(work)
+    return {"metrics": metrics, "training": training, "key": key.removeprefix("eval_")}
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def with_overrides(config: TextTrainConfig, **overrides: Any) -> TextTrainConfig:
+    return replace(config, **{k: v for k, v in overrides.items() if v is not None})
