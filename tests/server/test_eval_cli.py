@@ -109,15 +109,18 @@ def tiny_st_models(tmp_path_factory):
     from tests.conftest import VOCAB
 
     root = tmp_path_factory.mktemp("st-models")
-    vocab = root / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *VOCAB, "for", "dress", "bag"]))
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *dict.fromkeys([*VOCAB, "for", "dress", "bag"])]
+    vocab = {w: i for i, w in enumerate(words)}
     dirs = []
     for name, hidden in (("tiny-a", 32), ("tiny-b", 16)):
         torch.manual_seed(hidden)
         hf = root / f"{name}-hf"
-        BertModel(BertConfig(vocab_size=len(vocab.read_text().split()), hidden_size=hidden, num_hidden_layers=1,
+        BertModel(BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=1,
                              num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=64)).save_pretrained(hf)
-        BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(hf)
+        # transformers 5 takes the vocabulary itself; vocab_file= would map every word to [UNK]
+        tokenizer = BertTokenizerFast(vocab=vocab)
+        assert tokenizer("red dress")["input_ids"] == [2, vocab["red"], vocab["dress"], 3]
+        tokenizer.save_pretrained(hf)
         model = SentenceTransformer(modules=[models.Transformer(str(hf)), models.Pooling(hidden, "mean")], device="cpu")
         model.save(str(root / name))
         dirs.append(str(root / name))
