@@ -1,5 +1,5 @@
 """The client-only install, checked as a shop backend would: `pip install .` into a fresh venv pulls no torch, and
-`VitrineClient` from that venv searches a server running from the full install.
+`VitrineClient` (and `vitrine search`) from that venv search a server running from the full install.
 
     python bench/light_install.py [--keep DIR]
 
@@ -61,15 +61,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = subprocess.run([str(venv / "bin" / "python"), "-c", QUERY, target], capture_output=True, text=True,
                              check=True, cwd=work)
+        cli = subprocess.run([str(venv / "bin" / "vitrine"), "search", "--target", target, "--text", "red dress", "--k", "3"],
+                             capture_output=True, text=True, cwd=work)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
     answer = json.loads(out.stdout.strip().splitlines()[-1])
     result = {"machine": machine(), "light_packages": frozen, "light_venv_mib": du_mib(venv),
               "torch_installed": any(p.lower().startswith("torch") for p in frozen), "install_s": round(install_s, 1),
-              **answer}
+              "cli_search_exit": cli.returncode, "cli_search_hits": len(cli.stdout.splitlines()), **answer}
     report("light_install", result)
-    return 0 if answer["hits"] and not result["torch_installed"] and not answer["heavy_modules_loaded"] else 1
+    ok = answer["hits"] and not result["torch_installed"] and not answer["heavy_modules_loaded"] and cli.returncode == 0
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -6,24 +6,10 @@ import contextlib
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vitrine.ranking.evaluation import (
-    DEFAULT_VARIANT,
-    EvalReport,
-    Variant,
-    ablation_plan,
-    format_markdown,
-    format_models,
-    format_table,
-    max_abs_diff,
-    ranx_metrics,
-    reports_to_json,
-    run_queries,
-    score_run,
-    write_run,
-)
-from vitrine.ranking.metrics import load_qrels, load_queries
+if TYPE_CHECKING:
+    from vitrine.ranking.evaluation import EvalReport, Variant
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -130,6 +116,17 @@ def _runnable(client_search: Any, first_query: Mapping[str, Any], variant: Varia
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from vitrine.ranking.evaluation import (
+        DEFAULT_VARIANT,
+        Variant,
+        ablation_plan,
+        max_abs_diff,
+        ranx_metrics,
+        run_queries,
+        score_run,
+        write_run,
+    )
+    from vitrine.ranking.metrics import load_qrels, load_queries
     from vitrine.server.client import FUSION, VitrineClient
 
     if not args.queries or not args.qrels:
@@ -184,6 +181,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _run_path(out: Path, variant: Variant) -> Path:
+    from vitrine.ranking.evaluation import DEFAULT_VARIANT
+
     if variant is DEFAULT_VARIANT or variant.name == DEFAULT_VARIANT.name:
         return out
     slug = "".join(c if c.isalnum() else "-" for c in variant.name).strip("-")
@@ -191,6 +190,8 @@ def _run_path(out: Path, variant: Variant) -> Path:
 
 
 def _print_eval(args: argparse.Namespace, reports: list[EvalReport], skipped: dict[str, str], info: Mapping[str, Any]) -> None:
+    from vitrine.ranking.evaluation import format_markdown, format_table, reports_to_json
+
     context = {"queries": args.queries, "qrels": args.qrels, "bundle_version": info.get("bundle_version"), "k": args.k,
                "skipped_variants": skipped}
     if args.json:
@@ -212,7 +213,8 @@ def _print_eval(args: argparse.Namespace, reports: list[EvalReport], skipped: di
 def cmd_eval_models(args: argparse.Namespace) -> int:
     from vitrine.encoders.text import SentenceTransformerEncoder
     from vitrine.indexer.catalog import read_catalog
-    from vitrine.ranking.evaluation import evaluate_encoder
+    from vitrine.ranking.evaluation import evaluate_encoder, format_models, reports_to_json
+    from vitrine.ranking.metrics import load_qrels, load_queries
 
     candidates = [c.strip() for c in args.candidates.split(",") if c.strip()]
     if not candidates:

@@ -94,7 +94,7 @@ def test_the_checker_sees_a_planted_violation():
     assert bad == ["vitrine.trainer.gate"]
 
 
-@pytest.mark.parametrize("module", ["vitrine.server.client", "vitrine.proto.search_pb2_grpc"])
+@pytest.mark.parametrize("module", ["vitrine.server.client", "vitrine.proto.search_pb2_grpc", "vitrine.cli.main"])
 def test_the_client_imports_neither_torch_nor_numpy(module):
     code = (f"import sys, {module}; heavy = sorted(m for m in ('torch', 'numpy', 'faiss', 'tantivy') if m in sys.modules); "
             "print(','.join(heavy))")
