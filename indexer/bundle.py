@@ -156,7 +156,8 @@ def build_bundle(
             timings["text_ann_build_s"] = time.perf_counter() - t0
             vectors["text"] = {"file": "vectors/text.faiss", "factory": index.factory, "dim": index.dim,
                                "count": index.ntotal, "model": "text", "metric": "inner_product"}
-            models["text"] = {"name": text_encoder.name, "dim": text_encoder.dim, "kind": "sentence-transformers"}
+            models["text"] = {"name": text_encoder.name, "dim": text_encoder.dim, "kind": "sentence-transformers",
+                              "version": getattr(text_encoder, "version", text_encoder.name)}
         broken: list[tuple[str, str]] = []
         if clip_encoder is not None:
             t0 = time.perf_counter()

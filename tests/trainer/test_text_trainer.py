@@ -92,6 +92,11 @@ def test_train_text_learns_the_synonyms_and_the_output_loads(tiny_text_model, to
     base = SentenceTransformer(tiny_text_model, device="cpu")
     bq, bred, bblue = base.encode(["crimson watch", "red watch for men", "blue watch for men"], normalize_embeddings=True)
     assert float(q @ red) - float(q @ blue) > float(bq @ bred) - float(bq @ bblue)
+    # Indexed with the tuned model, the bundle (and so Info and every response) names its version.
+    assert main(["index", "--catalog", str(shop / "catalog.jsonl"), "--out", str(tmp_path / "bundle"), "--text-model",
+                 str(out), "--quiet"]) == 0
+    text_model = json.loads((tmp_path / "bundle" / "manifest.json").read_text())["models"]["text"]
+    assert text_model["name"] == str(out) and text_model["version"].startswith("tuned@")
 
 
 def test_train_text_refuses_a_query_from_the_test_judgments(tiny_text_model, toy_text_shop, tmp_path, capsys):
