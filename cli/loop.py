@@ -45,6 +45,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None)
     p.set_defaults(handler=cmd_gate)
 
+    p = sub.add_parser("gate-text", help="promote a tuned text model only if it wins on held-out queries without forgetting")
+    p.add_argument("--candidate", required=True, help="tuned text model dir (from `vitrine train text`)")
+    p.add_argument("--current", help="serving text model: a name or dir (default: the registry's current)")
+    p.add_argument("--catalog", required=True)
+    p.add_argument("--queries", required=True, help="query JSONL")
+    p.add_argument("--qrels", required=True, help="HELD-OUT judgments (never the ones the candidate trained on)")
+    p.add_argument("--general", help="flickr8k captions.txt for the general paraphrase check")
+    p.add_argument("--general-photos", type=int, default=300, help="photos in the general check (default 300)")
+    p.add_argument("--registry", help="model registry dir: a promoted candidate is written here")
+    p.add_argument("--config", help="vitrine.toml; its [gate] section sets the margins")
+    p.add_argument("--min-gain", type=float, default=None, help="overrides gate.min_gain")
+    p.add_argument("--max-general-drop", type=float, default=None, help="overrides gate.max_general_drop")
+    p.add_argument("--report", help="write the JSON report here as well")
+    p.add_argument("--device", default=None)
+    p.set_defaults(handler=cmd_gate_text)
+
     p = sub.add_parser("registry", help="list, promote into, or roll back a model registry")
     rsub = p.add_subparsers(dest="registry_command", required=True)
     for name, help_text in (("list", "versions, the current one marked"), ("rollback", "make the previous model current"),
@@ -125,28 +141,39 @@ def load_gate_config(path: str | None, overrides: dict) -> object:
 def cmd_gate(args: argparse.Namespace) -> int:
     from vitrine.indexer.catalog import read_catalog
     from vitrine.ranking.clicklog import read_click_log
-    from vitrine.trainer.gate import GateData, load_flickr, run_gate, write_report
-    from vitrine.trainer.registry import ModelRegistry, RegistryError
+    from vitrine.trainer.gate import GateData, load_flickr, run_gate
+    from vitrine.trainer.registry import ModelRegistry
 
     try:
         config = load_gate_config(args.config, {"min_gain": args.min_gain, "max_general_drop": args.max_general_drop})
     except ValueError as exc:
         raise SystemExit(f"gate: {exc}") from None
     registry = ModelRegistry(args.registry) if args.registry else None
-    current = args.current
-    if current is None:
-        if registry is None:
-            raise SystemExit("gate: give --current MODEL_DIR, or --registry DIR that has a current model.")
-        try:
-            current = str(registry.current_path())
-        except RegistryError as exc:
-            raise SystemExit(f"gate: {exc}") from None
+    current = _current_model(args, registry, "gate")
     sessions, summary = read_click_log(args.clicks)
     print(f"held-out click log {args.clicks}: {summary}", file=sys.stderr)
     items, _ = read_catalog(args.catalog, skip_invalid=True)
     data = GateData(sessions, Path(args.clicks).resolve().parent, items, Path(args.catalog).resolve().parent,
                     load_flickr(args.flickr) if args.flickr else None)
-    report = run_gate(args.candidate, current, data, config, device=args.device)
+    return _finish_gate(args, run_gate(args.candidate, current, data, config, device=args.device), registry)
+
+
+def _current_model(args: argparse.Namespace, registry: object, command: str) -> str:
+    from vitrine.trainer.registry import RegistryError
+
+    if args.current is not None:
+        return args.current
+    if registry is None:
+        raise SystemExit(f"{command}: give --current MODEL_DIR, or --registry DIR that has a current model.")
+    try:
+        return str(registry.current_path())
+    except RegistryError as exc:
+        raise SystemExit(f"{command}: {exc}") from None
+
+
+def _finish_gate(args: argparse.Namespace, report: object, registry: object) -> int:
+    from vitrine.trainer.gate import write_report
+
     if report.promote and registry is not None:
         report.promoted_version = registry.promote(args.candidate, note={
             "gate": {c.metric: {"current": c.current, "candidate": c.candidate} for c in report.checks}})
@@ -155,6 +182,29 @@ def cmd_gate(args: argparse.Namespace) -> int:
     if args.report:
         write_report(report, args.report)
     return 0 if report.promote else 1
+
+
+def cmd_gate_text(args: argparse.Namespace) -> int:
+    from vitrine.indexer.catalog import read_catalog
+    from vitrine.ranking.metrics import load_qrels, load_queries
+    from vitrine.trainer.registry import ModelRegistry
+    from vitrine.trainer.text_gate import TextGateData, run_text_gate
+    from vitrine.trainer.text_pairs import caption_check, read_captions, split_captions
+
+    try:
+        config = load_gate_config(args.config, {"min_gain": args.min_gain, "max_general_drop": args.max_general_drop})
+    except ValueError as exc:
+        raise SystemExit(f"gate-text: {exc}") from None
+    registry = ModelRegistry(args.registry) if args.registry else None
+    current = _current_model(args, registry, "gate-text")
+    items, _ = read_catalog(args.catalog, skip_invalid=True)
+    general = None
+    if args.general:
+        captions = read_captions(args.general)
+        # The same held-out photos `train text` kept out (same seed), so the check is on photos neither model saw.
+        general = caption_check(captions, split_captions(captions, args.general_photos, config.seed)[1])
+    data = TextGateData(items, load_queries(args.queries), load_qrels(args.qrels), general)
+    return _finish_gate(args, run_text_gate(args.candidate, current, data, config, device=args.device), registry)
 
 
 def cmd_registry(args: argparse.Namespace) -> int:

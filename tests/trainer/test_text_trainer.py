@@ -65,21 +65,32 @@ def toy_text_shop(tmp_path_factory) -> dict:
     return {"root": root, "items": items}
 
 
-def test_train_text_learns_the_synonyms_and_the_output_loads(tiny_text_model, toy_text_shop, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def tuned(tiny_text_model, toy_text_shop, tmp_path_factory) -> tuple:
+    """The tiny model tuned on the toy shop's judged train queries and attribute pairs; (dir, printed summary)."""
+    import contextlib
+    import io
+
+    shop = toy_text_shop["root"]
+    out = tmp_path_factory.mktemp("tuned-text") / "tuned"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        rc = main(["train", "text", "--catalog", str(shop / "catalog.jsonl"), "--out", str(out), "--base", tiny_text_model,
+                   "--queries", str(shop / "queries.jsonl"), "--qrels", str(shop / "qrels" / "train.tsv"), "--forbid-qrels",
+                   str(shop / "qrels" / "test.tsv"), "--no-sibling-guard", "--general", str(shop / "captions.txt"),
+                   "--epochs", "15", "--patience", "15", "--lr", "3e-3", "--batch-size", "16", "--generators", "attributes",
+                   "--no-mlflow", "--quiet", "--seed", "0"])
+    assert rc == 0, stderr.getvalue()[-3000:]
+    return out, json.loads(stdout.getvalue().strip().splitlines()[-1])
+
+
+def test_train_text_learns_the_synonyms_and_the_output_loads(tiny_text_model, toy_text_shop, tuned, tmp_path):
     from sentence_transformers import SentenceTransformer
 
     shop = toy_text_shop["root"]
-    out = tmp_path / "tuned"
-    rc = main(["train", "text", "--catalog", str(shop / "catalog.jsonl"), "--out", str(out), "--base", tiny_text_model,
-               "--queries", str(shop / "queries.jsonl"), "--qrels", str(shop / "qrels" / "train.tsv"), "--forbid-qrels",
-               str(shop / "qrels" / "test.tsv"), "--no-sibling-guard", "--general", str(shop / "captions.txt"),
-               "--epochs", "15", "--patience", "15", "--lr", "3e-3", "--batch-size", "16", "--generators", "attributes", "--no-mlflow",
-               "--quiet", "--seed", "0"])
-    assert rc == 0
-    printed = capsys.readouterr()
-    summary = json.loads(printed.out.strip().splitlines()[-1])
+    out, summary = tuned
     domain = summary["domain_cosine_ndcg@10"]
-    assert domain["tuned"] > domain["base"] + 0.05, (summary, printed.err[-3000:])
+    assert domain["tuned"] > domain["base"] + 0.05, summary
     training = json.loads((out / "training.json").read_text())
     assert training["pairs"]["judged"] > 0 and training["triplets"]["qrels"] > 0 and training["triplets"]["general"] > 0
     assert "azure-watch" not in training["training_qids"]  # test.tsv's queries stay out
@@ -135,3 +146,28 @@ def test_caption_check_holds_out_whole_photos():
     queries, corpus, relevant = caption_check(captions, held)
     assert all(len(relevant[p]) == 4 and queries[p] == f"c{p[1:]}-0" for p in held)
     assert np.all([corpus[d].startswith(f"c{p[1:]}-") for p in held for d in relevant[p]])
+
+
+def test_text_gate_promotes_the_tuned_model_and_rejects_a_destroyed_one(tiny_text_model, toy_text_shop, tuned, tmp_path,
+                                                                       capsys):
+    from sentence_transformers import SentenceTransformer
+
+    shop = toy_text_shop["root"]
+    out, _ = tuned
+    destroyed = tmp_path / "destroyed"
+    model = SentenceTransformer(str(out), device="cpu")
+    for p in model.parameters():
+        p.data.zero_()  # every text embeds the same: nothing is found any more
+    model.save(str(destroyed))
+    registry = tmp_path / "registry"
+    common = ["--current", tiny_text_model, "--catalog", str(shop / "catalog.jsonl"), "--queries", str(shop / "queries.jsonl"),
+              "--qrels", str(shop / "qrels" / "test.tsv"), "--general", str(shop / "captions.txt"), "--registry", str(registry),
+              "--min-gain", "0.02", "--max-general-drop", "0.5"]
+    assert main(["gate-text", "--candidate", str(destroyed), *common]) == 1
+    printed = capsys.readouterr().out
+    assert printed.startswith("gate: REJECT") and "[FAIL] text_ndcg@10" in printed
+    assert not registry.exists() or not any(registry.iterdir())
+    assert main(["gate-text", "--candidate", str(out), *common]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("gate: PROMOTE") and json.loads(printed.strip().splitlines()[-1])["promoted_version"] == "v0001"
+
