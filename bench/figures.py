@@ -533,6 +533,20 @@ def render_light_install(r: Results) -> str:
     return "\n".join(out if hits else out[:1] + ["", "**No hits.**"])
 
 
+SUITE = "bench/results/suite_time.json"
+
+
+def render_suite_time(r: Results) -> str:
+    d = r[SUITE]
+    rows = []
+    for name, label in (("old", f"{d.get('old_commit')} (before)"), ("new", f"{d['machine'].get('commit')} (this)")):
+        for run in d.get("runs", {}).get(name, []):
+            rows.append([label, str(run.get("passed", "–")), str(run.get("failed", 0)), num(run.get("seconds"), 1)])
+    out = table(["commit", "tests passed", "failed", "wall s (pytest -q)"], rows)
+    out += ["", f"New over old: **{num(d.get('new_over_old'), 3)}**, alternating in one run on this machine."]
+    return "\n".join(out)
+
+
 REGRESS, BASELINES = "bench/results/regress.json", "bench/baselines.json"
 
 
@@ -607,6 +621,7 @@ REGISTRY: tuple[Figure, ...] = (
     Figure("load_mixed", (bench("load_mixed.py", "--duration", "120", capture=MIXED),),
            ((MIXED, "`bench/load_mixed.py`"),), render_load_mixed),
     Figure("light_install", (bench("light_install.py"),), ((LIGHT, "`bench/light_install.py`"),), render_light_install),
+    Figure("suite_time", (bench("suite_time.py"),), ((SUITE, "`bench/suite_time.py`"),), render_suite_time),
     Figure("regress", (bench("regress.py", capture=REGRESS),),
            ((REGRESS, "`bench/regress.py`"), (BASELINES, "`bench/regress.py --update` (the baseline)")), render_regress,
            optional=(BASELINES,)),
