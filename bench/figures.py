@@ -530,6 +530,9 @@ def render_light_install(r: Results) -> str:
            f"`{d.get('bundle')}`; heavy modules loaded in the client: {', '.join(heavy) or 'none'}):"), ""]
     hits = d.get("hits") or []
     out += table(["#", "id", "title"], [[str(i), f"`{h[0]}`", str(h[1])] for i, h in enumerate(hits, 1)])
+    if "cli_search_exit" in d:
+        out += ["", (f"`vitrine search --text \"red dress\" --k 3` from the same venv: exit {d['cli_search_exit']}, "
+                    f"{d.get('cli_search_hits')} hits.")]
     return "\n".join(out if hits else out[:1] + ["", "**No hits.**"])
 
 
