@@ -142,14 +142,8 @@ def cmd_gate(args: argparse.Namespace) -> int:
     from vitrine.indexer.catalog import read_catalog
     from vitrine.ranking.clicklog import read_click_log
     from vitrine.trainer.gate import GateData, load_flickr, run_gate
-    from vitrine.trainer.registry import ModelRegistry
 
-    try:
-        config = load_gate_config(args.config, {"min_gain": args.min_gain, "max_general_drop": args.max_general_drop})
-    except ValueError as exc:
-        raise SystemExit(f"gate: {exc}") from None
-    registry = ModelRegistry(args.registry) if args.registry else None
-    current = _current_model(args, registry, "gate")
+    config, registry, current = _gate_setup(args, "gate")
     sessions, summary = read_click_log(args.clicks)
     print(f"held-out click log {args.clicks}: {summary}", file=sys.stderr)
     items, _ = read_catalog(args.catalog, skip_invalid=True)
@@ -158,15 +152,21 @@ def cmd_gate(args: argparse.Namespace) -> int:
     return _finish_gate(args, run_gate(args.candidate, current, data, config, device=args.device), registry)
 
 
-def _current_model(args: argparse.Namespace, registry: object, command: str) -> str:
-    from vitrine.trainer.registry import RegistryError
+def _gate_setup(args: argparse.Namespace, command: str) -> tuple:
+    """What both gates start from: the [gate] margins (with overrides), the registry or None, the current model."""
+    from vitrine.trainer.registry import ModelRegistry, RegistryError
 
+    try:
+        config = load_gate_config(args.config, {"min_gain": args.min_gain, "max_general_drop": args.max_general_drop})
+    except ValueError as exc:
+        raise SystemExit(f"{command}: {exc}") from None
+    registry = ModelRegistry(args.registry) if args.registry else None
     if args.current is not None:
-        return args.current
+        return config, registry, args.current
     if registry is None:
         raise SystemExit(f"{command}: give --current MODEL_DIR, or --registry DIR that has a current model.")
     try:
-        return str(registry.current_path())
+        return config, registry, str(registry.current_path())
     except RegistryError as exc:
         raise SystemExit(f"{command}: {exc}") from None
 
@@ -187,16 +187,10 @@ def _finish_gate(args: argparse.Namespace, report: object, registry: object) -> 
 def cmd_gate_text(args: argparse.Namespace) -> int:
     from vitrine.indexer.catalog import read_catalog
     from vitrine.ranking.metrics import load_qrels, load_queries
-    from vitrine.trainer.registry import ModelRegistry
     from vitrine.trainer.text_gate import TextGateData, run_text_gate
     from vitrine.trainer.text_pairs import caption_check, read_captions, split_captions
 
-    try:
-        config = load_gate_config(args.config, {"min_gain": args.min_gain, "max_general_drop": args.max_general_drop})
-    except ValueError as exc:
-        raise SystemExit(f"gate-text: {exc}") from None
-    registry = ModelRegistry(args.registry) if args.registry else None
-    current = _current_model(args, registry, "gate-text")
+    config, registry, current = _gate_setup(args, "gate-text")
     items, _ = read_catalog(args.catalog, skip_invalid=True)
     general = None
     if args.general:

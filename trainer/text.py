@@ -11,9 +11,10 @@ import hashlib
 import json
 import random
 import re
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -219,15 +220,5 @@ def train_text(base: str, out: Path, triplets: Sequence[Triplet], evaluators: Ma
     training = {"base": base, "config": asdict(config), "triplets": counts, "seconds": round(seconds, 1),
                 "device": device, "torch_threads": torch.get_num_threads(), **meta}
     (out / "training.json").write_text(json.dumps(training, indent=2))
-    _remove_tree(work)
+    shutil.rmtree(work, ignore_errors=True)  # the trainer's checkpoints; the best one is already in `out`
     return {"metrics": metrics, "training": training, "key": key.removeprefix("eval_")}
-
-
-def _remove_tree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def with_overrides(config: TextTrainConfig, **overrides: Any) -> TextTrainConfig:
-    return replace(config, **{k: v for k, v in overrides.items() if v is not None})

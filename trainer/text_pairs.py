@@ -12,7 +12,7 @@ import csv
 import random
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,8 +137,3 @@ def caption_check(captions: Mapping[str, list[str]], photos: Sequence[str]
         corpus.update({f"{p}#{i}": c for i, c in enumerate(rest, start=1)})
         relevant[p] = ids
     return queries, corpus, relevant
-
-
-def iter_batches(seq: Sequence, size: int) -> Iterator[Sequence]:
-    for i in range(0, len(seq), size):
-        yield seq[i:i + size]
