@@ -33,6 +33,9 @@ def register(tsub: argparse._SubParsersAction) -> None:
                        ("--general-fraction", float), ("--max-seq-length", int), ("--patience", int), ("--seed", int)):
         p.add_argument(flag, type=kind, default=None)
     p.add_argument("--loss", choices=["mnrl", "cached_mnrl"], default=None)
+    p.add_argument("--adapter", choices=["none", "lora"], default=None,
+                   help="lora: train a LoRA adapter on the frozen base (megabytes; default lr 2e-4) instead of the whole model")
+    p.add_argument("--lora-rank", type=int, default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--config", help="vitrine.toml (first-stage settings for mining)")
     p.add_argument("--quiet", action="store_true")
@@ -48,7 +51,8 @@ def _config(args: argparse.Namespace) -> Any:
 
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "max_pairs": args.max_pairs,
                  "negatives": args.negatives, "general_fraction": args.general_fraction,
-                 "max_seq_length": args.max_seq_length, "patience": args.patience, "seed": args.seed, "loss": args.loss}
+                 "max_seq_length": args.max_seq_length, "patience": args.patience, "seed": args.seed, "loss": args.loss,
+                 "adapter": args.adapter, "lora_rank": args.lora_rank}
     if args.generators:
         overrides["generators"] = [] if args.generators == "none" else args.generators.split(",")
     return TextTrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
@@ -170,6 +174,6 @@ def _tracker(args: argparse.Namespace, out: Path) -> Any:
 def summary(result: dict, out: Path) -> dict:
     """Base vs tuned on each check, the headline figures a person compares."""
     keys = [k for k in result["metrics"]["base"] if k.endswith(("ndcg@10", "recall@10"))]
-    return {"out": str(out), "seconds": result["training"]["seconds"],
+    return {"out": str(out), "seconds": result["training"]["seconds"], "weights_bytes": result["training"]["weights_bytes"],
             **{k: {"base": round(result["metrics"]["base"][k], 4), "tuned": round(result["metrics"]["tuned"][k], 4)}
                for k in keys}}

@@ -42,16 +42,41 @@ def model_version(name_or_dir: str) -> str:
     return f"{path.resolve().name}@{h.hexdigest()[:12]}"
 
 
+ADAPTER_FILE = "vitrine_adapter.json"  # written beside a LoRA adapter by `vitrine train text --adapter lora`
+
+
+def load_text_model(path: str, device: str) -> object:
+    """A SentenceTransformer from a name, a model directory, or a LoRA adapter directory.
+
+    An adapter directory holds only the adapter (megabytes) and names its base in `vitrine_adapter.json`; the
+    base is loaded and the adapter put on it with peft. (sentence-transformers loads such a directory itself
+    only with peft >= 0.22, which transformers 5 requires and PyPI does not have yet.)
+    """
+    import json
+
+    from sentence_transformers import SentenceTransformer
+
+    marker = Path(path) / ADAPTER_FILE
+    if not marker.is_file():
+        return SentenceTransformer(path, device=device, local_files_only=Path(path).is_dir())
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise ImportError(f"{path} is a LoRA adapter; loading it needs peft: pip install 'vitrine-search[train]'") from None
+    base = resolve_text_model(json.loads(marker.read_text())["base"])
+    model = SentenceTransformer(base, device=device, local_files_only=Path(base).is_dir())
+    model[0].model = PeftModel.from_pretrained(model[0].model, path).to(device).eval()  # `auto_model` is read-only
+    return model
+
+
 class SentenceTransformerEncoder:
     """Batched text encoding to L2-normalised float32, on CUDA when present."""
 
     def __init__(self, name_or_dir: str = DEFAULT_TEXT_MODEL, device: str | None = None, max_seq_length: int | None = 256) -> None:
-        from sentence_transformers import SentenceTransformer
-
         path = resolve_text_model(name_or_dir)
         self.device = pick_device(device)
         # A local model must never trigger a hub lookup: there may be no network.
-        self.model = SentenceTransformer(path, device=self.device, local_files_only=Path(path).is_dir())
+        self.model = load_text_model(path, self.device)
         if max_seq_length:
             self.model.max_seq_length = min(max_seq_length, self.model.max_seq_length or max_seq_length)
         self.name = name_or_dir

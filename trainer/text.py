@@ -22,12 +22,15 @@ import numpy as np
 
 from vitrine.encoders.base import pick_device
 from vitrine.encoders.config import check, config_from_dict
+from vitrine.encoders.text import ADAPTER_FILE, resolve_text_model
 from vitrine.indexer.bundle import item_text
 from vitrine.indexer.catalog import Item
 from vitrine.ranking.pipeline import Searcher, SearchRequest
 from vitrine.trainer.text_pairs import Pair
 
 LOSSES = ("mnrl", "cached_mnrl")
+ADAPTERS = ("none", "lora")
+LORA_LR = 2e-4  # an adapter starts at zero and has few weights: it needs a larger step than the whole model
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
@@ -49,15 +52,20 @@ class TextTrainConfig:
     max_seq_length: int = 128
     loss: str = "mnrl"
     patience: int = 2                    # evaluations without held-out gain before stopping
+    adapter: str = "none"                # "lora": train a LoRA adapter (peft) on the frozen base instead of every weight
+    lora_rank: int = 16
     seed: int = 0
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TextTrainConfig:
+        if isinstance(d, Mapping) and d.get("adapter") == "lora" and d.get("lr") is None:
+            d = {**d, "lr": LORA_LR}
         cfg = config_from_dict(cls, d, "train_text")
+        check(cfg.adapter in ADAPTERS, "train_text.adapter", f"one of {', '.join(ADAPTERS)}", cfg.adapter)
         check(cfg.loss in LOSSES, "train_text.loss", f"one of {', '.join(LOSSES)}", cfg.loss)
         check(0 <= cfg.general_fraction < 1, "train_text.general_fraction", "in [0, 1)", cfg.general_fraction)
         check(0 < cfg.negative_margin <= 1, "train_text.negative_margin", "in (0, 1]", cfg.negative_margin)
-        for name in ("epochs", "batch_size", "max_pairs", "mine_depth", "max_seq_length"):
+        for name in ("epochs", "batch_size", "max_pairs", "mine_depth", "max_seq_length", "lora_rank"):
             check(getattr(cfg, name) >= 1, f"train_text.{name}", "a positive integer", getattr(cfg, name))
         return cfg
 
@@ -167,6 +175,33 @@ def _loss(model: Any, name: str, batch_size: int) -> Any:
     return losses.MultipleNegativesRankingLoss(model)
 
 
+def add_lora(model: Any, rank: int) -> None:
+    """Wraps the transformer in a LoRA adapter (peft) on the attention and feed-forward projections; the base
+    weights stay frozen and only the adapter trains."""
+    try:
+        from peft import LoraConfig, TaskType, get_peft_model
+    except ImportError:
+        raise ImportError("--adapter lora needs peft: pip install 'vitrine-search[train]'") from None
+    model[0].model = get_peft_model(model[0].model, LoraConfig(
+        task_type=TaskType.FEATURE_EXTRACTION, r=rank, lora_alpha=2 * rank, lora_dropout=0.1,
+        target_modules=["query", "key", "value", "dense"]))
+
+
+def save_model(model: Any, out: Path, base: str, adapter: str) -> None:
+    """A full model as a sentence-transformers directory; an adapter as the adapter alone plus the name of its
+    base (`vitrine_adapter.json`), which Vitrine's text encoder loads (encoders/text.py load_text_model)."""
+    if adapter == "none":
+        model.save(str(out))
+        return
+    model[0].model.save_pretrained(str(out))  # the PeftModel: the adapter alone
+    (out / ADAPTER_FILE).write_text(json.dumps({"base": base, "adapter": adapter}, indent=2) + "\n")
+
+
+def model_size(path: Path) -> int:
+    """Bytes of the weights a model directory holds (an adapter directory holds only the adapter)."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and f.suffix in (".safetensors", ".bin"))
+
+
 def train_text(base: str, out: Path, triplets: Sequence[Triplet], evaluators: Mapping[str, Any], config: TextTrainConfig,
                meta: Mapping[str, Any], device: str | None = None, progress: bool = True,
                log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -186,8 +221,10 @@ def train_text(base: str, out: Path, triplets: Sequence[Triplet], evaluators: Ma
     set_seed(config.seed)
     device = pick_device(device)
     t0 = time.perf_counter()
-    model = SentenceTransformer(base, device=device)
+    model = SentenceTransformer(resolve_text_model(base), device=device)
     model.max_seq_length = config.max_seq_length
+    if config.adapter == "lora":
+        add_lora(model, config.lora_rank)
     evaluator = SequentialEvaluator(list(evaluators.values()))
     base_metrics = evaluator(model)
     key = f"eval_{next(iter(evaluators))}_cosine_ndcg@10"
@@ -197,28 +234,31 @@ def train_text(base: str, out: Path, triplets: Sequence[Triplet], evaluators: Ma
     data = Dataset.from_dict({"anchor": [t.anchor for t in rows], "positive": [t.positive for t in rows],
                               "negative": [t.negative for t in rows]})
     work = out.parent / f".{out.name}.work"
+    full = config.adapter == "none"
     args = SentenceTransformerTrainingArguments(
         output_dir=str(work), num_train_epochs=config.epochs, per_device_train_batch_size=config.batch_size,
         learning_rate=config.lr, warmup_steps=config.warmup_ratio, batch_sampler=BatchSamplers.NO_DUPLICATES,
-        eval_strategy="epoch", save_strategy="epoch", save_total_limit=1, load_best_model_at_end=True,
+        # An adapter checkpoint cannot be reloaded by the trainer (peft 0.21 with transformers 5), so adapters keep
+        # the last epoch; a full model keeps the best one.
+        eval_strategy="epoch", save_strategy="epoch" if full else "no", save_total_limit=1, load_best_model_at_end=full,
         metric_for_best_model=key, greater_is_better=True, seed=config.seed, data_seed=config.seed,
         logging_steps=max(1, len(rows) // config.batch_size // 10), report_to=[], disable_tqdm=not progress,
         use_cpu=device == "cpu", dataloader_num_workers=0, save_only_model=True,
     )
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=_loss(model, config.loss, config.batch_size),
-                                         evaluator=evaluator, callbacks=[EarlyStoppingCallback(config.patience)])
+                                         evaluator=evaluator, callbacks=[EarlyStoppingCallback(config.patience)] if full else [])
     trainer.train()
     tuned_metrics = evaluator(model)
     seconds = time.perf_counter() - t0
     out.mkdir(parents=True, exist_ok=True)
-    model.save(str(out))
+    save_model(model, out, base, config.adapter)
     metrics = {"base": base_metrics, "tuned": tuned_metrics, "curve": trainer.state.log_history}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     counts: dict[str, int] = {}
     for t in rows:
         counts[t.source] = counts.get(t.source, 0) + 1
     training = {"base": base, "config": asdict(config), "triplets": counts, "seconds": round(seconds, 1),
-                "device": device, "torch_threads": torch.get_num_threads(), **meta}
+                "weights_bytes": model_size(out), "device": device, "torch_threads": torch.get_num_threads(), **meta}
     (out / "training.json").write_text(json.dumps(training, indent=2))
     shutil.rmtree(work, ignore_errors=True)  # the trainer's checkpoints; the best one is already in `out`
     return {"metrics": metrics, "training": training, "key": key.removeprefix("eval_")}

@@ -110,6 +110,33 @@ def test_train_text_learns_the_synonyms_and_the_output_loads(tiny_text_model, to
     assert text_model["name"] == str(out) and text_model["version"].startswith("tuned@")
 
 
+def test_train_text_lora_adapter_learns_is_small_and_loads(tiny_text_model, toy_text_shop, tuned, tmp_path, capsys):
+    from sentence_transformers import SentenceTransformer
+
+    from vitrine.encoders.text import SentenceTransformerEncoder
+
+    shop = toy_text_shop["root"]
+    out = tmp_path / "lora"
+    assert main(["train", "text", "--catalog", str(shop / "catalog.jsonl"), "--out", str(out), "--base", tiny_text_model,
+                 "--queries", str(shop / "queries.jsonl"), "--qrels", str(shop / "qrels" / "train.tsv"), "--forbid-qrels",
+                 str(shop / "qrels" / "test.tsv"), "--no-sibling-guard", "--adapter", "lora", "--lora-rank", "4",
+                 "--epochs", "15", "--patience", "15", "--lr", "3e-2", "--batch-size", "16", "--generators", "attributes",
+                 "--no-mlflow", "--quiet", "--seed", "0"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["domain_cosine_ndcg@10"]["tuned"] > summary["domain_cosine_ndcg@10"]["base"] + 0.05, summary
+    assert (out / "adapter_config.json").is_file() and not (out / "model.safetensors").exists()
+    assert 0 < summary["weights_bytes"] < json.loads((tuned[0] / "training.json").read_text())["weights_bytes"]
+    # Vitrine's text encoder puts the adapter on its base (named in the directory) and gives the tuned vectors;
+    # the base's own weights are untouched.
+    q, red, blue = SentenceTransformerEncoder(str(out), device="cpu").encode_texts(["crimson watch", "red watch for men",
+                                                                                   "blue watch for men"])
+    assert float(q @ red) > float(q @ blue)
+    bq, bred, bblue = SentenceTransformer(tiny_text_model, device="cpu").encode(
+        ["crimson watch", "red watch for men", "blue watch for men"], normalize_embeddings=True)
+    assert float(q @ red) - float(q @ blue) > float(bq @ bred) - float(bq @ bblue)
+    assert json.loads((out / "training.json").read_text())["config"]["adapter"] == "lora"
+
+
 def test_train_text_refuses_a_query_from_the_test_judgments(tiny_text_model, toy_text_shop, tmp_path, capsys):
     shop = toy_text_shop["root"]
     leaky = shop / "qrels" / "leaky.tsv"
