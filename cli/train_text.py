@@ -58,7 +58,7 @@ def _config(args: argparse.Namespace) -> Any:
     return TextTrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
 
 
-def _judged(args: argparse.Namespace, items: dict) -> tuple[list, list[str]]:
+def _judged(args: argparse.Namespace, items: dict) -> tuple[list, list[tuple[str, str]]]:
     from vitrine.ranking.metrics import load_qrels, load_queries
     from vitrine.trainer.reranker import check_disjoint
     from vitrine.trainer.text_pairs import judged_pairs
@@ -73,14 +73,14 @@ def _judged(args: argparse.Namespace, items: dict) -> tuple[list, list[str]]:
     kept = check_disjoint(qids, rank.forbidden_qids(args.qrels, args.forbid_qrels, not args.no_sibling_guard), texts)
     if len(kept) < len(qids):
         print(f"dropped {len(qids) - len(kept)} training queries whose text equals a held-out query's", file=sys.stderr)
-    return judged_pairs(texts, qrels, items, kept), kept
+    return judged_pairs(texts, qrels, items, kept), [(q, texts[q]) for q in kept]
 
 
-def _split(pairs: list, holdout: int, seed: int) -> tuple[list, list]:
-    """(train, held-out) by anchor, so no held-out anchor is trained on; at most a fifth of the anchors are held out."""
+def _split(pairs: list, holdout: int, seed: int, share: int = 5) -> tuple[list, list]:
+    """(train, held-out) by anchor, so no held-out anchor is trained on; at most 1/share of the anchors are held out."""
     anchors = sorted({p.anchor for p in pairs})
     random.Random(seed).shuffle(anchors)
-    held = set(anchors[:min(holdout, len(anchors) // 5)])
+    held = set(anchors[:min(holdout, max(1, len(anchors) // share))])
     return [p for p in pairs if p.anchor not in held], [p for p in pairs if p.anchor in held]
 
 
@@ -122,9 +122,15 @@ def cmd_train_text(args: argparse.Namespace) -> int:
     by_id = {it.id: it for it in items}
     judged, train_qids = _judged(args, by_id)
     generated = text_pairs.generate_pairs(items, tconfig.generators, tconfig.per_item, tconfig.seed)
-    train, held = _split(judged + generated, tconfig.holdout_pairs, tconfig.seed)
-    random.Random(tconfig.seed).shuffle(train)
-    train = train[:tconfig.max_pairs]
+    # Judged pairs are the scarce, real signal: all of them train (but a tenth of their queries, held out, check
+    # the model); generated pairs fill the rest of max_pairs, and are held out only when nothing is judged.
+    if judged:
+        train, held = _split(judged, tconfig.holdout_pairs, tconfig.seed, share=10)
+    else:
+        generated, held = _split(generated, tconfig.holdout_pairs, tconfig.seed)
+        train = []
+    random.Random(tconfig.seed).shuffle(generated)
+    train = (train + generated)[:max(tconfig.max_pairs, len(train))]
     if not train:
         raise ValueError("no training pairs: give --qrels/--queries or a generator that fits this catalog.")
     relevant: dict[str, set[str]] = {}
@@ -144,10 +150,11 @@ def cmd_train_text(args: argparse.Namespace) -> int:
                                                   tconfig.batch_size)
     else:
         print("no --general captions: nothing is mixed in against forgetting and no general check is measured", file=sys.stderr)
+    trained_anchors = {p.anchor for p in train}
     meta = {"catalog": str(Path(args.catalog).resolve()), "catalog_fingerprint": text.fingerprint(items),
             "generators": list(tconfig.generators), "pairs": {"judged": len(judged), "generated": len(generated),
                                                               "trained": len(train), "heldout": len(held)},
-            "training_qids": sorted(train_qids), "qrels": args.qrels, "general": args.general,
+            "training_qids": sorted(q for q, t in train_qids if t in trained_anchors), "qrels": args.qrels, "general": args.general,
             "general_heldout_photos": len(general_photos), "mining_bundle": args.bundle or "temporary (base model, Flat)"}
     tracker = None if args.no_mlflow else _tracker(args, out)
     with tracker or contextlib.nullcontext():
