@@ -34,6 +34,11 @@ def rules(config: SearchConfig) -> dict:
         "dense": lambda lists, cov: fuse({"text": lists["text"]}, FusionMethod.RRF),
         "rrf": lambda lists, cov: fuse(lists, FusionMethod.RRF, {"bm25": 1, "text": 1}),
         "weighted_max": lambda lists, cov: fuse(lists, FusionMethod.WEIGHTED_MAX, w),
+        "cov": lambda lists, cov: fuse(lists, FusionMethod.WEIGHTED_MAX, {"bm25": w["bm25"] * cov, "text": w["text"]}),
+        "cov2": lambda lists, cov: fuse(lists, FusionMethod.WEIGHTED_MAX, {"bm25": w["bm25"] * cov ** 2, "text": w["text"]}),
+        "cov_rrf": lambda lists, cov: fuse(lists, FusionMethod.RRF, {"bm25": cov, "text": 1}),
+        "cov_0.35": lambda lists, cov: fuse(lists, FusionMethod.WEIGHTED_MAX, {"bm25": 0.35 * cov, "text": 0.65}),
+        "cov_0.55": lambda lists, cov: fuse(lists, FusionMethod.WEIGHTED_MAX, {"bm25": 0.55 * cov, "text": 0.45}),
         "default": lambda lists, cov: fuse(lists, config.fusion, config.weights, config.rrf_k),
     }
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--k", type=int, default=100)
     m.add_argument("--batch-size", type=int, default=64)
     m.add_argument("--device", default=None, help="torch device (default: cuda when present, else cpu)")
+    m.add_argument("--general", help="flickr8k captions.txt: also measure the general check (caption -> other captions "
+                                     "of its photo, Recall@10, on the photos `vitrine train text` holds out)")
     m.add_argument("--plot", help="write a PNG of nDCG@10 against query latency here")
     m.add_argument("--json", action="store_true")
     m.add_argument("--markdown", action="store_true")
@@ -221,10 +223,16 @@ def cmd_eval_models(args: argparse.Namespace) -> int:
         raise ValueError("--candidates must name at least one encoder.")
     items, _ = read_catalog(args.catalog)
     queries, qrels = load_queries(args.queries), load_qrels(args.qrels)
+    check = general_check(args.general) if args.general else None
     reports = []
     for name in candidates:
-        reports.append(evaluate_encoder(name, lambda n=name: SentenceTransformerEncoder(n, device=args.device),
-                                        items, queries, qrels, k=args.k, batch_size=args.batch_size))
+        loaded = []
+        report = evaluate_encoder(name, lambda n=name: loaded.append(SentenceTransformerEncoder(n, device=args.device))
+                                  or loaded[0], items, queries, qrels, k=args.k, batch_size=args.batch_size)
+        report.extra["weights_mib"] = model_size(loaded[0].model) / 2**20
+        if check is not None:
+            report.extra["general_recall@10"] = check(loaded[0])
+        reports.append(report)
     if args.plot:
         plot_models(reports, Path(args.plot))
     if args.json:
@@ -232,6 +240,34 @@ def cmd_eval_models(args: argparse.Namespace) -> int:
     else:
         print(format_models(reports, markdown=args.markdown))
     return 0
+
+
+def model_size(model: Any) -> int:
+    """Bytes of the weights a model holds in memory (base and adapter together)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def general_check(captions_path: str) -> Callable[[Any], float]:
+    """The general check of `vitrine train text` (same held-out photos, same seed): Recall@10 of a photo's other
+    captions for its first caption, among all held-out captions."""
+    import numpy as np
+
+    from vitrine.trainer.text import TextTrainConfig
+    from vitrine.trainer.text_pairs import caption_check, read_captions, split_captions
+
+    defaults = TextTrainConfig()
+    captions = read_captions(captions_path)
+    _, held = split_captions(captions, defaults.general_holdout, defaults.seed)
+    queries, corpus, relevant = caption_check(captions, held)
+    qids, dids = list(queries), list(corpus)
+
+    def recall(encoder: Any) -> float:
+        xq = encoder.encode_texts([queries[q] for q in qids])  # (Q, D), unit rows
+        xd = encoder.encode_texts([corpus[d] for d in dids])   # (N, D)
+        top = np.argsort(-(xq @ xd.T), axis=1)[:, :10]
+        return float(np.mean([len({dids[j] for j in row} & relevant[q]) / len(relevant[q]) for q, row in zip(qids, top)]))
+
+    return recall
 
 
 def plot_models(reports: list[EvalReport], path: Path) -> None:

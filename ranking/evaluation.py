@@ -281,16 +281,22 @@ def evaluate_encoder(name: str, load: Callable[[], Any], items: Sequence[Any], q
 
 
 MODEL_COLUMNS = ("ndcg@10", "recall@100", "p50 ms", "items/s", "dim", "index MiB", "peak RSS MiB")
+OPTIONAL_COLUMNS = {"weights_mib": ("weights MiB", "{:.1f}"), "general_recall@10": ("general R@10", "{:.4f}")}
+
+
+def _optional(reports: Sequence[EvalReport]) -> list[str]:
+    return [k for k in OPTIONAL_COLUMNS if all(k in r.extra for r in reports)]
 
 
 def model_rows(reports: Sequence[EvalReport]) -> list[list[str]]:
+    extra = _optional(reports)
     return [[r.name, f"{r.metrics['ndcg@10']:.4f}", f"{r.metrics['recall@100']:.4f}", f"{r.latency_ms['p50']:.1f}",
              f"{r.extra['encode_items_per_s']:.1f}", str(r.extra["dim"]), f"{r.extra['index_bytes'] / 2**20:.2f}",
-             f"{r.extra['peak_rss_mib']:.0f}"] for r in reports]
+             f"{r.extra['peak_rss_mib']:.0f}", *(OPTIONAL_COLUMNS[k][1].format(r.extra[k]) for k in extra)] for r in reports]
 
 
 def format_models(reports: Sequence[EvalReport], markdown: bool = False) -> str:
-    header = ["model", *MODEL_COLUMNS]
+    header = ["model", *MODEL_COLUMNS, *(OPTIONAL_COLUMNS[k][0] for k in _optional(reports))]
     rows = model_rows(reports)
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]

@@ -156,3 +156,26 @@ def test_eval_models_table(tiny_st_models, eval_files, tmp_path, capsys):
                  "--candidates", tiny_st_models[1]]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].split()[:3] == ["model", "ndcg@10", "recall@100"] and out[1].split()[5] == "16"
+
+
+def test_eval_models_general_check_and_size(tiny_st_models, eval_files, tmp_path, capsys):
+    """With --general, each candidate gets the caption check of `vitrine train text`: here every photo's captions
+    are one repeated phrase of known words, so any encoder finds a photo's other captions first (Recall@10 = 1)."""
+    from tests.conftest import VOCAB, make_items
+
+    catalog = tmp_path / "catalog.jsonl"
+    catalog.write_text("".join(json.dumps(it.to_dict()) + "\n" for it in make_items()))
+    words = list(dict.fromkeys(VOCAB))
+    captions = tmp_path / "captions.txt"
+    captions.write_text("image,caption\n" + "".join(f"p{i}.jpg,{words[i]} {words[i + 1]} {words[i + 2]}\n"
+                                                    for i in range(6) for _ in range(5)))
+    queries, qrels = eval_files
+    assert main(["eval", "models", "--catalog", str(catalog), "--queries", queries, "--qrels", qrels,
+                 "--candidates", tiny_st_models[0], "--general", str(captions), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["reports"][0]
+    assert report["extra"]["general_recall@10"] == pytest.approx(1.0)
+    n_params = sum(p.numel() for p in __import__("sentence_transformers").SentenceTransformer(tiny_st_models[0]).parameters())
+    assert report["extra"]["weights_mib"] == pytest.approx(n_params * 4 / 2**20, rel=1e-3)
+    assert main(["eval", "models", "--catalog", str(catalog), "--queries", queries, "--qrels", qrels,
+                 "--candidates", tiny_st_models[0], "--general", str(captions)]) == 0
+    assert capsys.readouterr().out.splitlines()[0].split()[-4:] == ["weights", "MiB", "general", "R@10"]
