@@ -30,6 +30,9 @@ def register(tsub: argparse._SubParsersAction) -> None:
     p.add_argument("--holdout", type=float)
     p.add_argument("--reserve-for-ranker", type=float, help="share of queries kept away from the cross-encoder for the ranker")
     p.add_argument("--max-queries", type=int, help="train on at most this many queries (quick runs)")
+    p.add_argument("--generators", help="also train on pseudo-queries generated from the catalog (those of `vitrine train "
+                                        "text`: attributes,title,cloze); they never enter the held-out split")
+    p.add_argument("--max-generated", type=int, default=3000, help="at most this many generated pseudo-queries")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", default=None)
     p.add_argument("--config", help="vitrine.toml (first-stage settings for mining)")
@@ -87,6 +90,19 @@ def _mining_bundle(args: argparse.Namespace, config, items, tmp: Path):  # -> Se
     return searcher_for(str(out), config)
 
 
+def _generated_queries(args: argparse.Namespace, items: list, seed: int) -> dict[str, tuple[str, str]]:
+    """Pseudo-query id -> (text, the item it was generated from), seeded; at most --max-generated of them."""
+    import random
+
+    from vitrine.trainer.text_pairs import generate_pairs
+
+    if not args.generators:
+        return {}
+    pairs = generate_pairs(items, args.generators.split(","), 1, seed)
+    random.Random(seed).shuffle(pairs)
+    return {f"gen-{n}": (p.anchor, p.item_id) for n, p in enumerate(pairs[:args.max_generated])}
+
+
 def cmd_train_reranker(args: argparse.Namespace) -> int:
     from vitrine.cli.config import load_config
     from vitrine.indexer.bundle import item_text
@@ -113,6 +129,10 @@ def cmd_train_reranker(args: argparse.Namespace) -> int:
     train_qids = kept
     items, _ = read_catalog(args.catalog, skip_invalid=True)
     docs = {it.id: item_text(it) for it in items}
+    generated = _generated_queries(args, items, tconfig.seed)
+    texts.update({q: text for q, (text, _) in generated.items()})
+    qrels = {**qrels, **{q: {item_id: 1} for q, (_, item_id) in generated.items()}}
+    train_qids += list(generated)
     with tempfile.TemporaryDirectory(prefix="vitrine-mine-", dir=Path(args.out).resolve().parent) as tmp:
         searcher = _mining_bundle(args, config, items, Path(tmp))
         try:
@@ -128,7 +148,7 @@ def cmd_train_reranker(args: argparse.Namespace) -> int:
     summary = train_reranker(args.base, Path(args.out), {q: texts[q] for q in train_qids}, qrels, docs, candidates, tconfig,
                              device=args.device, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr),
                              extra_meta={"catalog": str(Path(args.catalog).resolve()), "qrels": str(Path(args.qrels).resolve())},
-                             first_scores=first_scores)
+                             first_scores=first_scores, always_train=list(generated))
     print(json.dumps({"out": args.out, "best_epoch": summary["best_epoch"], "heldout": summary["heldout"],
                       "seconds": summary["seconds"]}))
     return 0

@@ -148,7 +148,8 @@ def train_reranker(base: str, out_dir: Path, queries: Mapping[str, str], qrels: 
                    candidates: Mapping[str, Sequence[str]], config: RerankerTrainConfig = RerankerTrainConfig(),
                    device: str | None = None, progress: bool = True, log: Callable[[str], None] = print,
                    extra_meta: Mapping[str, Any] | None = None,
-                   first_scores: Mapping[str, Sequence[float]] | None = None) -> dict[str, Any]:
+                   first_scores: Mapping[str, Sequence[float]] | None = None,
+                   always_train: Sequence[str] = ()) -> dict[str, Any]:
     """Fine-tunes `base` (a name or directory) and writes the best epoch to out_dir as a CrossEncoder directory.
 
     Args:
@@ -157,6 +158,8 @@ def train_reranker(base: str, out_dir: Path, queries: Mapping[str, str], qrels: 
         candidates: qid -> first-stage doc ids in rank order (hard-negative pool and held-out candidates).
         first_scores: qid -> their fused first-stage scores; with them, the weight of the cross-encoder against the
             first stage is chosen on the held-out queries and saved as "blend" (else 1: the cross-encoder alone).
+        always_train: query ids that only ever train (pseudo-queries generated from the catalog), so that the
+            held-out split, early stopping and the blend are decided on real queries alone.
     """
     import torch
 
@@ -164,8 +167,13 @@ def train_reranker(base: str, out_dir: Path, queries: Mapping[str, str], qrels: 
 
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
-    train_q, held_q, reserved_q = split_queries([q for q in queries if q in qrels], config.holdout,
-                                                config.reserve_for_ranker, config.seed)
+    extra = set(always_train)
+    real = [q for q in queries if q in qrels and q not in extra]
+    train_q, held_q, reserved_q = (split_queries(real, config.holdout, config.reserve_for_ranker, config.seed) if real
+                                   else ([], [], []))
+    train_q += sorted(q for q in extra if q in qrels)
+    if not train_q:
+        raise ValueError("no training queries: give judged queries or pair generators.")
     model = CrossEncoderReranker(base, RerankConfig(max_length=config.max_length, cache_size=0), device=device)
     net = model.net
     baseline = {"first_stage": rerank_ndcg(lambda q, d: -np.arange(len(d), dtype=np.float32), held_q, queries,

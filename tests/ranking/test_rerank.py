@@ -101,6 +101,32 @@ def test_reranker_trainer_learns_a_toy_task(tiny_cross_encoder_dir, tmp_path):
     assert again == pytest.approx(summary["heldout"]["ndcg@10"], abs=1e-6)
 
 
+def test_reranker_generated_queries_only_train(tiny_cross_encoder_dir, tmp_path):
+    """Pseudo-queries from the catalog (`always_train`) add training signal but never decide the held-out split."""
+    queries, qrels, docs, candidates = _toy_task(48)
+    generated = [q for q in queries if int(q) % 2]
+    config = RerankerTrainConfig(epochs=4, batch_queries=4, negatives=3, lr=1e-3, holdout=0.25, max_length=32, patience=4)
+    summary = train_reranker(tiny_cross_encoder_dir, tmp_path / "ce", queries, qrels, docs, candidates, config,
+                             device="cpu", progress=False, log=lambda m: None, always_train=generated)
+    assert set(generated) <= set(summary["train_qids"]) and not set(generated) & set(summary["heldout_qids"])
+    assert len(summary["heldout_qids"]) == 6   # a quarter of the 24 real queries
+    assert summary["heldout"]["ndcg@10"] > summary["heldout"]["first_stage_ndcg@10"] + 0.2
+
+
+def test_generated_reranker_queries_come_from_the_catalog():
+    import argparse
+
+    from vitrine.cli.rank import _generated_queries
+    from vitrine.indexer.catalog import Item
+
+    items = [Item(id=str(i), title=f"Red Shirt {i}", attributes={"color": "Red", "article_type": "Shirts"}) for i in range(5)]
+    args = argparse.Namespace(generators="attributes,title", max_generated=7)
+    got = _generated_queries(args, items, seed=0)
+    assert got == _generated_queries(args, items, seed=0) and len(got) == 7
+    assert all(text and item_id in {it.id for it in items} for text, item_id in got.values())
+    assert _generated_queries(argparse.Namespace(generators=None, max_generated=7), items, seed=0) == {}
+
+
 def test_reranker_scores_are_cached_and_batched_consistently(tiny_cross_encoder_dir):
     model = CrossEncoderReranker(tiny_cross_encoder_dir, RerankConfig(batch_size=2, max_length=32), device="cpu")
     docs = ["red shirt", "blue dress", "green shoe", "black bag", "white hat"]
