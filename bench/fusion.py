@@ -39,7 +39,7 @@ def rules(config: SearchConfig) -> dict:
         "cov_rrf": lambda lists, cov: fuse(lists, FusionMethod.RRF, {"bm25": cov, "text": 1}),
         "cov_0.35": lambda lists, cov: fuse(lists, FusionMethod.WEIGHTED_MAX, {"bm25": 0.35 * cov, "text": 0.65}),
         "cov_0.55": lambda lists, cov: fuse(lists, FusionMethod.WEIGHTED_MAX, {"bm25": 0.55 * cov, "text": 0.45}),
-        "default": lambda lists, cov: fuse(lists, config.fusion, config.weights, config.rrf_k),
+        "no_coverage": lambda lists, cov: fuse(lists, config.fusion, config.weights, config.rrf_k),
     }
 
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--depth", type=int, default=100)
     args = parser.parse_args(argv)
     data = Path(args.data)
-    config = SearchConfig(stages="first")
+    config = SearchConfig(stages="first", coverage_weighting=False)  # the rules below apply their own
     results: dict = {"machine": machine(), "figures": {}}
     for spec in args.sets:
         bundle, _, tasks = spec.partition(":")

@@ -64,6 +64,9 @@ class SearchConfig:
     # (paraphrases); above it, BM25 + MiniLM already win and clip_text's weight is scaled by literal_clip_scale.
     literal_coverage: float = 1.0
     literal_clip_scale: float = 0.0
+    # BM25's weight is multiplied by the query's term coverage (the share of its words the catalog uses), so a
+    # query in words the catalog never uses leans on the dense sources instead of on BM25's few chance matches.
+    coverage_weighting: bool = True
     stages: Stage = Stage.FULL  # the deepest stage applied when a request does not say (only loaded models run)
     default_k: int = 10
     max_k: int = 1000
@@ -209,11 +212,15 @@ class Searcher:
             timings["clip_image_ann"] = (time.perf_counter() - t0) * 1e3
         t0 = time.perf_counter()
         weights = {**self.config.weights, **req.weights}
-        if "clip_text" in lists and "clip_text" not in req.weights and ("bm25" in lists or "text" in lists):
+        clip_rule = "clip_text" in lists and "clip_text" not in req.weights and ("bm25" in lists or "text" in lists)
+        bm25_rule = self.config.coverage_weighting and "bm25" in lists and len(lists) > 1 and "bm25" not in req.weights
+        if clip_rule or bm25_rule:
             coverage = self.bundle.bm25.term_coverage(text)
             timings["coverage"] = (time.perf_counter() - t0) * 1e3
-            if coverage >= self.config.literal_coverage:
+            if clip_rule and coverage >= self.config.literal_coverage:
                 weights["clip_text"] = weights.get("clip_text", 0.0) * self.config.literal_clip_scale
+            if bm25_rule:
+                weights["bm25"] = weights.get("bm25", 1.0) * coverage
         fused = fuse(lists, req.fusion or self.config.fusion, weights, self.config.rrf_k)
         if constraints and constraint_mode is Constraint.SOFT:
             fused = self._boost(fused, constraints)

@@ -106,24 +106,49 @@ def mine_negatives(pairs: Sequence[Pair], searcher: Searcher, items: Mapping[str
     rng = random.Random(config.seed)
     ids = sorted(items)
     out: list[Triplet] = []
-    for pair in tqdm(pairs, desc="mine negatives", disable=not progress, unit="pair"):
-        hits = searcher.search(SearchRequest(text=pair.anchor[:2000], k=config.mine_depth, stages="first")).hits
-        banned = {pair.item_id} | set((judged or {}).get(pair.anchor, ()))
-        anchor_words = _words(pair.anchor) if len(pair.anchor) < 80 else set()
-        cands = [h.id for h in hits if h.id not in banned and h.id in items]
-        if anchor_words:
-            cands = [c for c in cands if not anchor_words <= _words(item_text(items[c]))]
-        if vectors is not None and cands and pair.item_id in docno:
-            xb = vectors.reconstruct(np.array([docno[pair.item_id], *(docno[c] for c in cands)]))
-            if xb is not None:
-                sims = xb[1:] @ xb[0]  # (C,) unit vectors
-                cands = [c for c, s in zip(cands, sims) if s <= config.negative_margin]
-        if not cands:
-            cands = [c for c in rng.sample(ids, min(len(ids), 20)) if c not in banned
-                     and not (anchor_words and anchor_words <= _words(item_text(items[c])))][:1]
-        for c in cands[:config.negatives]:
-            out.append(Triplet(pair.anchor, pair.positive, item_text(items[c]), pair.source))
+    encoder = searcher.text_encoder
+    if encoder is not None:  # the anchors are encoded in batches up front, not one by one inside search()
+        anchors = list(dict.fromkeys(p.anchor[:2000].strip() for p in pairs))  # as search() sees them
+        searcher.text_encoder = _Precomputed(encoder, anchors, encoder.encode_texts(anchors, progress=progress))
+    try:
+        for pair in tqdm(pairs, desc="mine negatives", disable=not progress, unit="pair"):
+            out += _mine_one(pair, searcher, items, config, judged, vectors, docno, rng, ids)
+    finally:
+        searcher.text_encoder = encoder
     return out
+
+
+class _Precomputed:
+    """A text encoder that answers known texts from vectors computed in one batched pass."""
+
+    def __init__(self, encoder: Any, texts: Sequence[str], vectors: np.ndarray) -> None:
+        self.encoder, self.dim, self.rows = encoder, encoder.dim, {t: i for i, t in enumerate(texts)}
+        self.vectors = vectors  # (N, D)
+
+    def encode_texts(self, texts: list[str], **kwargs: Any) -> np.ndarray:
+        if all(t in self.rows for t in texts):
+            return self.vectors[[self.rows[t] for t in texts]]
+        return self.encoder.encode_texts(texts, **kwargs)
+
+
+def _mine_one(pair: Pair, searcher: Searcher, items: Mapping[str, Item], config: TextTrainConfig,
+              judged: Mapping[str, set[str]] | None, vectors: Any, docno: Mapping[str, int], rng: random.Random,
+              ids: Sequence[str]) -> list[Triplet]:
+    hits = searcher.search(SearchRequest(text=pair.anchor[:2000], k=config.mine_depth, stages="first")).hits
+    banned = {pair.item_id} | set((judged or {}).get(pair.anchor, ()))
+    anchor_words = _words(pair.anchor) if len(pair.anchor) < 80 else set()
+    cands = [h.id for h in hits if h.id not in banned and h.id in items]
+    if anchor_words:
+        cands = [c for c in cands if not anchor_words <= _words(item_text(items[c]))]
+    if vectors is not None and cands and pair.item_id in docno:
+        xb = vectors.reconstruct(np.array([docno[pair.item_id], *(docno[c] for c in cands)]))
+        if xb is not None:
+            sims = xb[1:] @ xb[0]  # (C,) unit vectors
+            cands = [c for c, s in zip(cands, sims) if s <= config.negative_margin]
+    if not cands:
+        cands = [c for c in rng.sample(ids, min(len(ids), 20)) if c not in banned
+                 and not (anchor_words and anchor_words <= _words(item_text(items[c])))][:1]
+    return [Triplet(pair.anchor, pair.positive, item_text(items[c]), pair.source) for c in cands[:config.negatives]]
 
 
 def general_triplets(pairs: Sequence[Pair], seed: int) -> list[Triplet]:
