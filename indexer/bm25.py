@@ -120,13 +120,30 @@ class Bm25Index:
     def num_docs(self) -> int:
         return self.index.searcher().num_docs
 
+    def query_words(self, text: str) -> list[str]:
+        """The query's informative words (longer than 2 characters), lower-cased, without syntax."""
+        return [w for w in _SYNTAX.sub(" ", text).lower().split() if len(w) > 2]
+
+    def explained_share(self, text: str, top_score: float) -> float:
+        """How much of the query the best BM25 hit explains: its score over the sum of each word's best single-word
+        score, times the share of words the catalog knows at all (unknown words explain nothing). Near 1 when one
+        document matches every word ("navy blue shirt men"); low when the best hit only shares a generic word
+        ("azure purse women's" -> a women's item), which is when BM25's ranking carries little signal."""
+        words = self.query_words(text)
+        if not words or top_score <= 0:
+            return 0.0
+        best = [hits[0][1] if (hits := self.search(w, 1)) else 0.0 for w in words]
+        known = sum(b > 0 for b in best)
+        total = sum(best)
+        return min(1.0, top_score / total) * known / len(words) if total > 0 else 0.0
+
     def term_coverage(self, text: str) -> float:
         """Fraction of the query's words that occur anywhere in the index (after its tokenizer).
 
         High for literal queries ("navy blue shirt men"), low for paraphrases ("azure purse") whose
         words the catalog never uses: the pipeline uses it to decide how much CLIP text should count.
         """
-        words = [w for w in _SYNTAX.sub(" ", text).lower().split() if len(w) > 2]
+        words = self.query_words(text)
         if not words:
             return 0.0
         searcher = self.index.searcher()

@@ -64,9 +64,12 @@ class SearchConfig:
     # (paraphrases); above it, BM25 + MiniLM already win and clip_text's weight is scaled by literal_clip_scale.
     literal_coverage: float = 1.0
     literal_clip_scale: float = 0.0
-    # BM25's weight is multiplied by the query's term coverage (the share of its words the catalog uses), so a
-    # query in words the catalog never uses leans on the dense sources instead of on BM25's few chance matches.
-    coverage_weighting: bool = True
+    # A short keyword query (at most bm25_gate_words informative words) keeps BM25 in the fusion only when its best
+    # hit explains at least bm25_explain_min of the query (Bm25Index.explained_share); otherwise BM25 matched a
+    # generic word or none ("azure purse women's") and the dense sources rank alone. Longer queries always keep it.
+    # Measured by bench/fusion.py on scifact, fashion literal and paraphrase; 0 turns the gate off.
+    bm25_gate_words: int = 5
+    bm25_explain_min: float = 0.8
     stages: Stage = Stage.FULL  # the deepest stage applied when a request does not say (only loaded models run)
     default_k: int = 10
     max_k: int = 1000
@@ -213,14 +216,17 @@ class Searcher:
         t0 = time.perf_counter()
         weights = {**self.config.weights, **req.weights}
         clip_rule = "clip_text" in lists and "clip_text" not in req.weights and ("bm25" in lists or "text" in lists)
-        bm25_rule = self.config.coverage_weighting and "bm25" in lists and len(lists) > 1 and "bm25" not in req.weights
-        if clip_rule or bm25_rule:
+        if clip_rule:
             coverage = self.bundle.bm25.term_coverage(text)
             timings["coverage"] = (time.perf_counter() - t0) * 1e3
-            if clip_rule and coverage >= self.config.literal_coverage:
+            if coverage >= self.config.literal_coverage:
                 weights["clip_text"] = weights.get("clip_text", 0.0) * self.config.literal_clip_scale
-            if bm25_rule:
-                weights["bm25"] = weights.get("bm25", 1.0) * coverage
+        if (lists.get("bm25") and len(lists) > 1 and "bm25" not in req.weights
+                and 0 < len(self.bundle.bm25.query_words(text)) <= self.config.bm25_gate_words):
+            t1 = time.perf_counter()
+            if self.bundle.bm25.explained_share(text, lists["bm25"][0][1]) < self.config.bm25_explain_min:
+                weights["bm25"] = 0.0
+            timings["bm25_gate"] = (time.perf_counter() - t1) * 1e3
         fused = fuse(lists, req.fusion or self.config.fusion, weights, self.config.rrf_k)
         if constraints and constraint_mode is Constraint.SOFT:
             fused = self._boost(fused, constraints)
