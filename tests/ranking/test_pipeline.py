@@ -51,6 +51,30 @@ def test_rrf_and_weights_per_request(searcher):
     assert rrf.hits[0].score == pytest.approx(2 / 61)
 
 
+def test_bm25_gate_drops_bm25_only_for_short_queries_it_does_not_explain(small_bundle, keyword_encoder):
+    """"azure purse women": BM25 knows only "women", so its hits (any women's item) carry no signal and the dense
+    source ranks alone; "blue bag": one item matches every word, so BM25 keeps its weight."""
+    searcher = Searcher(small_bundle, keyword_encoder)
+    scores = lambda r: [(h.id, round(h.score, 6)) for h in r.hits]  # noqa: E731
+    w = SearchConfig().weights
+    para = searcher.search(SearchRequest(text="azure purse women", k=5))
+    top = small_bundle.bm25.search("azure purse women", 1)[0][1]
+    assert small_bundle.bm25.explained_share("azure purse women", top) == pytest.approx(1 / 3)
+    assert "bm25_gate" in para.timings_ms and any("bm25" in h.scores_by_source for h in para.hits)
+    assert scores(para) == scores(searcher.search(SearchRequest(text="azure purse women", k=5,
+                                                                weights={"bm25": 0.0, "text": w["text"]})))
+    assert ids(para)[0] == "7"
+    literal = searcher.search(SearchRequest(text="blue bag", k=5))
+    assert scores(literal) == scores(searcher.search(SearchRequest(text="blue bag", k=5, weights={"bm25": w["bm25"]})))
+    assert scores(literal) != scores(searcher.search(SearchRequest(text="blue bag", k=5, weights={"bm25": 0.0})))
+    # Gate off (0 words), or a query longer than bm25_gate_words: BM25 always counts.
+    off = Searcher(small_bundle, keyword_encoder, SearchConfig(bm25_gate_words=0))
+    assert scores(off.search(SearchRequest(text="azure purse women", k=5))) == scores(
+        searcher.search(SearchRequest(text="azure purse women", k=5, weights={"bm25": w["bm25"]})))
+    long = "azure purse for women and girls"
+    assert "bm25_gate" not in searcher.search(SearchRequest(text=long, k=5)).timings_ms
+
+
 @pytest.mark.parametrize("req,field", [
     (SearchRequest(text="  "), "text"),
     (SearchRequest(text="x", k=5000), "k"),
