@@ -5,7 +5,9 @@ per-source score and rank (`Hit.scores_by_source`), and re-fuses those lists wit
 compared on identical candidates. The target of the fusion default: on every set, never more than 0.005
 nDCG@10 below the better of RRF and the best single source.
 
-    python bench/fusion.py runs/text/scifact-base:scifact/claims runs/text/fashion-base:fashion/text-literal,...
+    python bench/fusion.py runs/text/scifact-base:scifact/claims runs/text/fashion-base:fashion/text-literal,text-paraphrase
+
+(the bundles `bench/text_tuning.py` builds with the base model; any bundle of those catalogs will do).
 
 The last line printed is one JSON object.
 """
@@ -73,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
             results["figures"][f"{name}/{task}@{Path(bundle).name}"] = fig
             print(f"{name}/{task}@{Path(bundle).name}", fig, file=sys.stderr, flush=True)
         searcher.bundle.close()
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "fusion.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results))
     return 0
 
