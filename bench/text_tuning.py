@@ -58,6 +58,15 @@ def vitrine(*args: str, log: Path) -> float:
     return time.perf_counter() - t0
 
 
+def index_rate(log: Path) -> float | None:
+    """Items per second of the `vitrine index` run whose output is in `log` (its last line is a JSON summary)."""
+    try:
+        summary = json.loads(log.read_text().strip().splitlines()[-1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return round(summary["items"] / summary["seconds"], 1) if summary.get("seconds") else None
+
+
 def ready(path: Path, marker: str, reuse: bool) -> bool:
     return (path / marker).is_file() and (reuse or fresh(path))
 
@@ -73,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     data, work = Path(args.data), Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    results: dict = {"machine": machine(), "train_args": args.train_arg, "figures": {}, "training": {}}
+    results: dict = {"machine": machine(), "train_args": args.train_arg, "figures": {}, "training": {}, "models": {}}
     tmp = Path(tempfile.mkdtemp())
     for name in args.sets.split(","):
         catalog = data / name / "catalog.jsonl"
@@ -104,6 +113,11 @@ def main(argv: list[str] | None = None) -> int:
             "general_recall@10": {k: round(metrics[k].get("general_cosine_recall@10", float("nan")), 4) for k in ("base", "tuned")},
             "heldout_ndcg@10": {k: round(metrics[k]["domain_cosine_ndcg@10"], 4) for k in ("base", "tuned")},
         }
+        results["models"][name] = {
+            label: {"index_items_per_s": index_rate(work / f"{name}-{label}{args.tag if label == 'tuned' else ''}.log"),
+                    "general_recall@10": results["training"][name]["general_recall@10"][label]}
+            for label in ("base", "tuned")}
+        results["models"][name]["tuned"]["weights_mib"] = round(training.get("weights_bytes", 0) / 2**20, 2)
         g = results["training"][name]["general_recall@10"]
         results["training"][name]["general_relative_drop"] = round((g["base"] - g["tuned"]) / g["base"], 4) if g["base"] else None
         print(name, results["training"][name], file=sys.stderr, flush=True)
