@@ -54,7 +54,7 @@ def test_rrf_and_weights_per_request(searcher):
 def test_bm25_gate_drops_bm25_only_for_short_queries_it_does_not_explain(small_bundle, keyword_encoder):
     """"azure purse women": BM25 knows only "women", so its hits (any women's item) carry no signal and the dense
     source ranks alone; "blue bag": one item matches every word, so BM25 keeps its weight."""
-    searcher = Searcher(small_bundle, keyword_encoder)
+    searcher = Searcher(small_bundle, keyword_encoder, SearchConfig(bm25_gate_words=5))
     scores = lambda r: [(h.id, round(h.score, 6)) for h in r.hits]  # noqa: E731
     w = SearchConfig().weights
     para = searcher.search(SearchRequest(text="azure purse women", k=5))
@@ -67,8 +67,8 @@ def test_bm25_gate_drops_bm25_only_for_short_queries_it_does_not_explain(small_b
     literal = searcher.search(SearchRequest(text="blue bag", k=5))
     assert scores(literal) == scores(searcher.search(SearchRequest(text="blue bag", k=5, weights={"bm25": w["bm25"]})))
     assert scores(literal) != scores(searcher.search(SearchRequest(text="blue bag", k=5, weights={"bm25": 0.0})))
-    # Gate off (0 words), or a query longer than bm25_gate_words: BM25 always counts.
-    off = Searcher(small_bundle, keyword_encoder, SearchConfig(bm25_gate_words=0))
+    # Gate off (0 words, the default), or a query longer than bm25_gate_words: BM25 always counts.
+    off = Searcher(small_bundle, keyword_encoder)
     assert scores(off.search(SearchRequest(text="azure purse women", k=5))) == scores(
         searcher.search(SearchRequest(text="azure purse women", k=5, weights={"bm25": w["bm25"]})))
     long = "azure purse for women and girls"
