@@ -71,6 +71,13 @@ def run_batch(target: str, queries: Path, extra: list[str], out: Path) -> dict:
     return json.loads(proc.stderr.strip().splitlines()[-1])
 
 
+def served_metrics(target: str, queries: Path, qrels: dict, extra: list[str], run_path: Path) -> tuple[dict, dict]:
+    """Sends every query through the batch client and scores the run: (metrics, latency summary)."""
+    lat = run_batch(target, queries, extra, run_path)
+    run = {qid: [d for d, _ in hits] for qid, hits in read_run(run_path).items()}
+    return evaluate(run, qrels), lat
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
@@ -94,9 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                         if flavour != "Flat" and variant != "default":
                             continue  # the per-source references only need measuring once
                         run_path = tmp / f"{name}-{flavour}-{task}-{variant}.jsonl"
-                        lat = run_batch(target, data / name / "queries" / f"{task}.jsonl", extra, run_path)
-                        run = {qid: [d for d, _ in hits] for qid, hits in read_run(run_path).items()}
-                        m = evaluate(run, qrels)
+                        m, lat = served_metrics(target, data / name / "queries" / f"{task}.jsonl", qrels, extra, run_path)
                         key = f"{name}/{task}/{flavour}/{variant}"
                         results["figures"][key] = {
                             "ndcg@10": round(m["ndcg@10"], 4), "recall@100": round(m["recall@100"], 4),

@@ -14,14 +14,13 @@ The last line printed is one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from machine import machine  # noqa: E402
+from machine import machine, report  # noqa: E402
 
 from vitrine.ranking.assemble import open_searcher  # noqa: E402
 from vitrine.ranking.fusion import FusionMethod, fuse  # noqa: E402
@@ -75,10 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             results["figures"][f"{name}/{task}@{Path(bundle).name}"] = fig
             print(f"{name}/{task}@{Path(bundle).name}", fig, file=sys.stderr, flush=True)
         searcher.bundle.close()
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "fusion.json").write_text(json.dumps(results, indent=2))
-    print(json.dumps(results))
+    report("fusion", results)
     return 0
 
 

@@ -25,12 +25,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from first_stage import fresh, run_batch, stamp  # noqa: E402
-from machine import machine  # noqa: E402
+from first_stage import fresh, served_metrics, stamp  # noqa: E402
+from machine import machine, report  # noqa: E402
 
 from vitrine.cli.demo import start_server  # noqa: E402
-from vitrine.ranking.evaluation import read_run  # noqa: E402
-from vitrine.ranking.metrics import evaluate, load_qrels  # noqa: E402
+from vitrine.ranking.metrics import load_qrels  # noqa: E402
 
 TASKS = {"scifact": ["claims"], "fashion": ["text-literal", "text-paraphrase"]}
 VARIANTS = {"fused": [], "dense": ["--sources", "text"], "bm25": ["--sources", "bm25"],
@@ -130,9 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                         if model_name == "tuned" and variant == "bm25":
                             continue  # the same index: measured once
                         run_path = tmp / f"{name}-{model_name}-{task}-{variant}.jsonl"
-                        lat = run_batch(target, data / name / "queries" / f"{task}.jsonl", extra, run_path)
-                        run = {qid: [d for d, _ in hits] for qid, hits in read_run(run_path).items()}
-                        m = evaluate(run, qrels)
+                        m, lat = served_metrics(target, data / name / "queries" / f"{task}.jsonl", qrels, extra, run_path)
                         key = f"{name}/{task}/{model_name}/{variant}"
                         results["figures"][key] = {"ndcg@10": round(m["ndcg@10"], 4), "recall@100": round(m["recall@100"], 4),
                                                    "p50_ms": lat["latency_ms"]["p50"]}
@@ -144,10 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     results["gain_ndcg@10"] = {
         f"{n}/{t}/{v}": round(fig[f"{n}/{t}/tuned/{v}"]["ndcg@10"] - fig[f"{n}/{t}/base/{v}"]["ndcg@10"], 4)
         for n in args.sets.split(",") for t in TASKS[n] for v in ("fused", "dense", "rrf")}
-    out = ROOT / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"text_tuning{args.tag}.json").write_text(json.dumps(results, indent=2))
-    print(json.dumps(results))
+    report(f"text_tuning{args.tag}", results)
     return 0
 
 

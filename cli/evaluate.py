@@ -226,12 +226,17 @@ def cmd_eval_models(args: argparse.Namespace) -> int:
     check = general_check(args.general) if args.general else None
     reports = []
     for name in candidates:
-        loaded = []
-        report = evaluate_encoder(name, lambda n=name: loaded.append(SentenceTransformerEncoder(n, device=args.device))
-                                  or loaded[0], items, queries, qrels, k=args.k, batch_size=args.batch_size)
-        report.extra["weights_mib"] = model_size(loaded[0].model) / 2**20
+        loaded: dict[str, Any] = {}
+
+        def load(n: str = name) -> Any:  # loaded inside evaluate_encoder, which times it and counts its memory
+            loaded["encoder"] = SentenceTransformerEncoder(n, device=args.device)
+            return loaded["encoder"]
+
+        report = evaluate_encoder(name, load, items, queries, qrels, k=args.k, batch_size=args.batch_size)
+        encoder = loaded["encoder"]
+        report.extra["weights_mib"] = model_size(encoder.model) / 2**20
         if check is not None:
-            report.extra["general_recall@10"] = check(loaded[0])
+            report.extra["general_recall@10"] = check(encoder)
         reports.append(report)
     if args.plot:
         plot_models(reports, Path(args.plot))
