@@ -5,9 +5,10 @@
 Without --clip-model it first trains one with the defaults of `vitrine train clip` on the fashion catalog (into
 BUNDLES/clip-default, reused when present and trained at the same commit), so the figures are the defaults'.
 
-Indexes fashion (text + CLIP) and flickr8k (CLIP only), serves each, sends every query of each task
-with `vitrine search --queries` over gRPC, and reports nDCG@10, Recall@10 and client p50/p99 latency
-per task, the images/s encoded while indexing, and the CLIP's training time. Last line: one JSON object.
+Indexes fashion (text + CLIP) and the held-out part of flickr8k (CLIP only: the photos `vitrine train clip` never
+trains on, trainer/clip.general_split), serves each, sends every query of each task with `vitrine search --queries`
+over gRPC, and reports nDCG@10, Recall@10 and client p50/p99 latency per task, the images/s encoded while
+indexing, and the CLIP's training time. Last line: one JSON object.
 """
 from __future__ import annotations
 
@@ -32,15 +33,38 @@ from vitrine.ranking.evaluation import read_run  # noqa: E402
 from vitrine.ranking.metrics import evaluate, load_qrels  # noqa: E402
 
 TASKS = {"fashion": ["image", "composed", "text-paraphrase", "text-literal"], "flickr8k": ["caption"]}
+# Per task, runs besides the default through the same server: text without CLIP (what CLIP must not lower).
+TASK_VARIANTS = {"text-paraphrase": {"no-clip": ["--sources", "bm25,text"]}, "text-literal": {"no-clip": ["--sources", "bm25,text"]}}
 
 
-def build(data: Path, name: str, clip: Path, out: Path, text: bool) -> dict:
+def build(folder: Path, clip: Path, out: Path, text: bool) -> dict:
     if not ((out / "manifest.json").is_file() and fresh(out)):
-        cmd = [sys.executable, "-m", "vitrine.cli.main", "index", "--catalog", str(data / name / "catalog.jsonl"), "--out", str(out),
+        cmd = [sys.executable, "-m", "vitrine.cli.main", "index", "--catalog", str(folder / "catalog.jsonl"), "--out", str(out),
                "--clip-model", str(clip), "--force", "--quiet", *([] if text else ["--no-text-vectors"])]
         subprocess.run(cmd, check=True, cwd=ROOT)
         stamp(out)
     return json.loads((out / "manifest.json").read_text())
+
+
+def flickr_heldout(data: Path, out: Path, heldout: int) -> Path:
+    """A flickr8k-layout folder with only the photos no CLIP trained on (and their caption queries and qrels)."""
+    from vitrine.trainer.clip import general_split
+
+    src = data / "flickr8k"
+    _, held = general_split(src / "captions.txt", heldout)
+    keep = {Path(p).stem for p in held}
+    (out / "queries").mkdir(parents=True, exist_ok=True)
+    (out / "qrels").mkdir(exist_ok=True)
+    lines = [json.loads(x) for x in (src / "catalog.jsonl").read_text().splitlines() if x.strip()]
+    (out / "catalog.jsonl").write_text("".join(json.dumps({**x, "image": str(src / x["image"])}) + "\n"
+                                               for x in lines if x["id"] in keep))
+    qrels = load_qrels(src / "qrels" / "caption.tsv")
+    qids = {q for q, judged in qrels.items() if set(judged) & keep}
+    (out / "qrels" / "caption.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+        f"{q}\t{d}\t{g}\n" for q in sorted(qids) for d, g in qrels[q].items() if d in keep))
+    queries = [x for x in (src / "queries" / "caption.jsonl").read_text().splitlines() if x.strip()]
+    (out / "queries" / "caption.jsonl").write_text("".join(x + "\n" for x in queries if json.loads(x)["qid"] in qids))
+    return out
 
 
 def train_default_clip(data: Path, bundles: Path) -> Path:
@@ -77,20 +101,23 @@ def main(argv: list[str] | None = None) -> int:
         name, flags = spec.split(":", 1)
         variants[name] = flags.split()
     tmp = Path(tempfile.mkdtemp())
+    heldout = training.get("config", {}).get("general_heldout", 500)
+    folders = {"fashion": data / "fashion", "flickr8k": flickr_heldout(data, tmp / "flickr8k-heldout", heldout)}
+    results["flickr8k_heldout_photos"] = sum(1 for _ in (folders["flickr8k"] / "catalog.jsonl").open())
     for name, tasks in TASKS.items():
         out = Path(args.bundles) / f"{name}-{args.tag}"
         t0 = time.perf_counter()
-        manifest = build(data, name, clip, out, text=(name == "fashion"))
+        manifest = build(folders[name], clip, out, text=(name == "fashion"))
         results[f"{name}_index"] = {"images_per_s": manifest["vectors"]["clip_image"].get("images_per_s"),
                                     "images": manifest["counts"].get("images"), "broken": manifest["counts"].get("broken_images"),
                                     "built_s": round(time.perf_counter() - t0, 1)}
         proc, target = start_server(out)
         try:
             for task in tasks:
-                qrels = load_qrels(data / name / "qrels" / f"{task}.tsv")
-                for variant, flags in variants.items():
+                qrels = load_qrels(folders[name] / "qrels" / f"{task}.tsv")
+                for variant, flags in {**variants, **TASK_VARIANTS.get(task, {})}.items():
                     run_path = tmp / f"{name}-{task}-{variant}.jsonl"
-                    lat = run_batch(target, data / name / "queries" / f"{task}.jsonl", flags, run_path)
+                    lat = run_batch(target, folders[name] / "queries" / f"{task}.jsonl", flags, run_path)
                     run = {qid: [d for d, _ in hits] for qid, hits in read_run(run_path).items()}
                     m = evaluate(run, qrels)
                     key = f"{name}/{task}/{variant}"

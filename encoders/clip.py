@@ -4,6 +4,8 @@ A checkpoint directory written by `vitrine train clip` is self-contained:
     open_clip_config.json   {"model_cfg": open_clip model config, "preprocess": {...}, "arch": name}
     model.safetensors       the whole model's weights
     text_tower/             the HF text tower's config and tokenizer (when the text tower is a HF model)
+    attribute_heads.safetensors, attributes.json  (optional) linear heads predicting catalog attributes from the
+                            image embedding, and their value lists
     training.json, metrics.json, data_fingerprint.txt  (written by the trainer)
 """
 from __future__ import annotations
@@ -24,6 +26,9 @@ if TYPE_CHECKING:
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "model.safetensors"
 TEXT_TOWER_DIR = "text_tower"
+HEADS_FILE = "attribute_heads.safetensors"
+HEADS_META = "attributes.json"
+HEAD_SCALE = 10.0  # heads read the unit embedding times this, so their logits can be sharp without large weights
 _TOKENIZER_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
 
@@ -83,6 +88,44 @@ def save_checkpoint_dir(model: torch.nn.Module, model_cfg: dict[str, Any], prepr
     (out / CONFIG_FILE).write_text(json.dumps({"arch": arch, "model_cfg": cfg, "preprocess": preprocess}, indent=2))
 
 
+def save_attribute_heads(out: Path, heads: torch.nn.ModuleDict, vocab: dict[str, list[str]], scale: float) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}, str(out / HEADS_FILE))
+    (out / HEADS_META).write_text(json.dumps({"scale": scale, "fields": vocab}, indent=2))
+
+
+def copy_attribute_heads(src: str | Path | None, dst: Path) -> None:
+    """A model fine-tuned from src keeps src's attribute heads (its embedding moves little)."""
+    if src and (Path(src) / HEADS_FILE).is_file():
+        for name in (HEADS_FILE, HEADS_META):
+            shutil.copy2(Path(src) / name, dst / name)
+
+
+class AttributeHeads:
+    """Linear heads over unit image embeddings: per field, softmax over the attribute values the trainer taught."""
+
+    def __init__(self, path: str | Path) -> None:
+        from safetensors.numpy import load_file
+
+        meta = json.loads((Path(path) / HEADS_META).read_text())
+        weights = load_file(str(Path(path) / HEADS_FILE))
+        self.scale = float(meta["scale"])
+        self.fields: dict[str, tuple[list[str], np.ndarray, np.ndarray]] = {
+            f: (values, weights[f"{f}.weight"], weights[f"{f}.bias"]) for f, values in meta["fields"].items()}
+
+    def predict(self, xq: np.ndarray) -> list[dict[str, tuple[str, float]]]:
+        """Per row of xq (N, D), field -> (most likely value, its probability)."""
+        out: list[dict[str, tuple[str, float]]] = [{} for _ in range(len(xq))]
+        for f, (values, W, b) in self.fields.items():
+            logits = self.scale * xq @ W.T + b  # (N, V)
+            p = np.exp(logits - logits.max(1, keepdims=True))
+            p /= p.sum(1, keepdims=True)
+            for row, j in enumerate(p.argmax(1)):
+                out[row][f] = (values[j], float(p[row, j]))
+        return out
+
+
 def load_checkpoint_dir(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, dict, dict]:
     """Returns (model in eval mode, model_cfg with absolute paths, preprocess) from a Vitrine checkpoint dir."""
     from safetensors.torch import load_file
@@ -114,6 +157,7 @@ class ClipEncoder:
             self.tokenizer = make_tokenizer(cfg)
             self.preprocess = make_transform(preprocess)
             self.image_size = preprocess["image_size"]
+            self.attribute_heads = AttributeHeads(name_or_dir) if (Path(name_or_dir) / HEADS_FILE).is_file() else None
             meta_path = Path(name_or_dir) / "training.json"
             self.version = json.loads(meta_path.read_text()).get("version", "") if meta_path.is_file() else ""
         else:
@@ -124,6 +168,7 @@ class ClipEncoder:
             # A hub tag, e.g. ViT-B-32 with pretrained="laion2b_s34b_b79k"; needs network on first use.
             self.model, _, self.preprocess = open_clip.create_model_and_transforms(name_or_dir, pretrained=pretrained, device=self.device)
             self.model.eval()
+            self.attribute_heads = None
             self.tokenizer = open_clip.get_tokenizer(name_or_dir)
             self.image_size = self.model.visual.image_size
             self.version = f"{name_or_dir}:{pretrained or 'random'}"

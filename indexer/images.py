@@ -29,11 +29,16 @@ def read_image_bytes(location: str) -> bytes:
     return data
 
 
+def _input_side(encoder: ClipEncoder) -> int | None:
+    size = getattr(encoder, "image_size", None)
+    return max(size) if isinstance(size, (tuple, list)) else size
+
+
 def _load_batch(encoder: ClipEncoder, batch: Sequence[tuple[int, Item, str]]):
     ok, pixels, broken = [], [], []
     for docno, item, location in batch:
         try:
-            img = decode_image(read_image_bytes(location), MAX_IMAGE_BYTES)
+            img = decode_image(read_image_bytes(location), MAX_IMAGE_BYTES, min_side=_input_side(encoder))
             pixels.append(encoder.preprocess(img))
             ok.append(docno)
         except (OSError, ValueError) as exc:

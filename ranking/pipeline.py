@@ -60,6 +60,11 @@ class SearchConfig:
     constraint: Constraint = Constraint.HARD
     constraint_bonus: float = 0.3
     constraint_fields: tuple[str, ...] = ()   # empty: every attribute
+    # Image and composed queries, with a CLIP that has attribute heads: each attribute the query photo is predicted
+    # to have (probability >= attribute_min_prob; fields the text names are left to the text) adds
+    # attribute_bonus x probability to the fused score of items that have it. 0 = off.
+    attribute_bonus: float = 0.3
+    attribute_min_prob: float = 0.5
     # CLIP text joins fully when under this fraction of the query's words occur in the catalog
     # (paraphrases); above it, BM25 + MiniLM already win and clip_text's weight is scaled by literal_clip_scale.
     literal_coverage: float = 1.0
@@ -85,6 +90,8 @@ class SearchConfig:
             check(name in SOURCES, f"search.weights.{name}", f"a source ({', '.join(SOURCES)})", name)
             check(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0, f"search.weights.{name}",
                   "a non-negative number", w)
+        check(cfg.attribute_bonus >= 0, "search.attribute_bonus", "a non-negative number", cfg.attribute_bonus)
+        check(0 <= cfg.attribute_min_prob <= 1, "search.attribute_min_prob", "a probability in [0, 1]", cfg.attribute_min_prob)
         check_positive_ints(cfg, "search", ("rrf_k", "candidates", "default_k", "max_k", "max_text_chars",
                                             "max_image_bytes", "max_image_pixels"))
         # A [search.weights] table overrides the sources it names; the others keep their defaults.
@@ -119,6 +126,8 @@ class SearchResult:
     timings_ms: dict[str, float]
     bundle_version: str
     constraints: Mapping[str, str] = field(default_factory=dict)
+    # Image and composed queries: attribute -> (value, probability) predicted from the photo and used as a soft boost.
+    predicted: Mapping[str, tuple[str, float]] = field(default_factory=dict)
     mode: str = "text"
     stages: str = Stage.FIRST                                    # the deepest stage that actually ran
     # Per re-ranked candidate id: its feature row (ranking.features.FEATURES order) when computed, and with
@@ -203,9 +212,11 @@ class Searcher:
             t0 = time.perf_counter()
             lists["clip_text"] = self._ann("clip_image", clip_text, depth, allowed, exclude)
             timings["clip_text_ann"] = (time.perf_counter() - t0) * 1e3
+        predicted: dict[str, tuple[str, float]] = {}
         if "clip_image" in sources and image is not None:
             t0 = time.perf_counter()
             xq = self.clip_encoder.encode_images([image])  # (1, D)
+            predicted = self._predicted_attributes(xq, constraints)
             if mode == "composed":
                 w = self.config.composed_text_weight if req.composed_text_weight is None else req.composed_text_weight
                 xq = l2_normalize(xq + w * clip_text)
@@ -229,14 +240,17 @@ class Searcher:
             timings["bm25_gate"] = (time.perf_counter() - t1) * 1e3
         fused = fuse(lists, req.fusion or self.config.fusion, weights, self.config.rrf_k)
         if constraints and constraint_mode is Constraint.SOFT:
-            fused = self._boost(fused, constraints)
+            fused = self._boost(fused, {f: (v, self.config.constraint_bonus) for f, v in constraints.items()})
+        if predicted:
+            fused = self._boost(fused, {f: (v, self.config.attribute_bonus * p) for f, (v, p) in predicted.items()},
+                                source="attributes")
         timings["fusion"] = (time.perf_counter() - t0) * 1e3
         query = QueryContext(text, mode, dict(req.filters), {}, self.config.candidates)
         ranked, applied, features, contributions = self._second_stage(req, query, fused, timings)
         timings["total"] = (time.perf_counter() - t_start) * 1e3
         return SearchResult(hits=ranked[req.offset:req.offset + k], total_candidates=len(fused),
                             timings_ms=timings, bundle_version=self.bundle.version, constraints=constraints,
-                            mode=mode, stages=applied, features=features, contributions=contributions)
+                            predicted=predicted, mode=mode, stages=applied, features=features, contributions=contributions)
 
     def _second_stage(self, req: SearchRequest, query: QueryContext, fused: list[Hit], timings: dict[str, float],
                       ) -> tuple[list[Hit], str, dict[str, np.ndarray], dict[str, dict[str, float]]]:
@@ -280,16 +294,26 @@ class Searcher:
             applied = Stage.FULL
         return hits, applied, features, contributions
 
-    def _boost(self, hits: list[Hit], constraints: Mapping[str, str]) -> list[Hit]:
-        """Soft constraints: each named attribute value an item has adds constraint_bonus to its fused score."""
+    def _predicted_attributes(self, xq: np.ndarray, named: Mapping[str, str]) -> dict[str, tuple[str, float]]:
+        """What the query photo looks like, per the CLIP's attribute heads: confident fields the text did not name."""
+        heads = getattr(self.clip_encoder, "attribute_heads", None)
+        if heads is None or self.config.attribute_bonus <= 0:
+            return {}
+        return {f.casefold(): (" ".join(v.casefold().split()), p) for f, (v, p) in heads.predict(xq)[0].items()
+                if p >= self.config.attribute_min_prob and f.casefold() not in named}
+
+    def _boost(self, hits: list[Hit], bonus: Mapping[str, tuple[str, float]], source: str = "") -> list[Hit]:
+        """Soft constraints: field -> (value, bonus); an item with that attribute value gains the bonus in its fused
+        score. With `source`, the total bonus is recorded under that name for explanations."""
         docstore = self.bundle.docstore
         out = []
         for h in hits:
             item = docstore.get(h.id)
-            matches = 0 if item is None else sum(
-                1 for f, v in constraints.items()
+            gain = 0.0 if item is None else sum(
+                b for f, (v, b) in bonus.items()
                 if any(k.casefold() == f and " ".join(str(x).casefold().split()) == v for k, x in item.attributes.items()))
-            out.append(Hit(h.id, h.score + self.config.constraint_bonus * matches, h.scores_by_source))
+            by = {**h.scores_by_source, source: SourceHit(gain, 0)} if source and gain else h.scores_by_source
+            out.append(Hit(h.id, h.score + gain, by))
         return sorted(out, key=lambda h: (-h.score, h.id))
 
     def _ann(self, source: str, xq: np.ndarray, depth: int, allowed: np.ndarray | None, exclude: set[str]) -> list[tuple[str, float]]:

@@ -51,7 +51,7 @@ def request_from_proto(req: search_pb2.SearchRequest) -> tuple[SearchRequest, li
     ), fields
 
 
-_LATER_STAGES = ("fused", "cross", "ltr")
+_LATER_STAGES = ("fused", "cross", "ltr", "attributes")
 
 
 def explain_hit(hit: Any, method: FusionMethod, weights: dict[str, float], contributions: dict[str, float] | None = None) -> str:
@@ -61,6 +61,8 @@ def explain_hit(hit: Any, method: FusionMethod, weights: dict[str, float], contr
              for s, h in sorted(by.items()) if s not in _LATER_STAGES]
     fused = by["fused"].score if "fused" in by else hit.score
     out = f"fused={fused:.4f} by {method.value} of [" + "; ".join(parts) + "]"
+    if "attributes" in by:
+        out += f" + {by['attributes'].score:.4f} for attributes the query photo shows"
     if "cross" in by:
         out += f"; cross-encoder={by['cross'].score:.4f} (rank {by['cross'].rank})"
     if "ltr" in by:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from vitrine.encoders.clip import copy_attribute_heads
 from vitrine.encoders.config import config_from_dict
 from vitrine.indexer.catalog import Item, resolve_image
 from vitrine.ranking.clicklog import ClickSession, resolve_log_image, resolve_query_image
@@ -31,7 +32,6 @@ from vitrine.trainer.clip import (
     info_nce,
     load_pairs,
     load_square,
-    normalize_pixels,
     save_checkpoint_dir,
     warmup_cosine,
 )
@@ -88,7 +88,7 @@ class ClickTrainConfig:
         return ClipTrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
                                warmup_steps=max(1, self.warmup_steps), freeze_text=self.freeze_text,
                                freeze_image=self.freeze_image, patience=max(1, self.patience), seed=self.seed,
-                               hflip=self.hflip)
+                               hflip=self.hflip, train_blocks=-1, attribute_weight=0.0)
 
 
 def ipw_weight(rank: int, eta: float, max_weight: float) -> float:
@@ -222,7 +222,7 @@ class ClickClipTrainer(ClipTrainer):
 
     def _images(self, pixels: torch.Tensor, augment: bool = False) -> torch.Tensor:
         x = self._augment(pixels) if augment else pixels
-        return F.normalize(self.model.encode_image(normalize_pixels(x).to(self.device)), dim=-1)  # (B, D)
+        return F.normalize(self.model.encode_image(self._normalize(x).to(self.device)), dim=-1)  # (B, D)
 
     def _queries(self, texts: torch.Tensor | None, text_rows: list[int], pixels: torch.Tensor | None,
                  image_rows: list[int], n: int, composed: torch.Tensor) -> torch.Tensor:
@@ -338,6 +338,7 @@ class ClickClipTrainer(ClipTrainer):
             if score > state["best"] or state["best_epoch"] < 0:
                 state.update(best=score, best_epoch=epoch + 1, bad_epochs=0)
                 save_checkpoint_dir(self.model, self.model_cfg, self.preprocess, best_dir)
+                copy_attribute_heads(self.base, best_dir)
             else:
                 state["bad_epochs"] += 1
                 if state["bad_epochs"] >= max(1, cfg.patience):

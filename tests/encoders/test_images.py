@@ -54,3 +54,14 @@ def test_limits_on_bytes_and_pixels():
         decode_image(data, max_bytes=100)
     with pytest.raises(ImageError, match="pixels exceeds"):
         decode_image(data, max_pixels=1_000_000)
+
+
+def test_jpegs_decode_at_a_reduced_scale_no_smaller_than_min_side():
+    buf = io.BytesIO()
+    Image.new("RGB", (400, 300), (200, 10, 10)).save(buf, format="JPEG")
+    small = decode_image(buf.getvalue(), min_side=96)
+    assert small.mode == "RGB" and 96 <= min(small.size) and small.size[0] < 400
+    assert decode_image(buf.getvalue()).size == (400, 300)
+    png = io.BytesIO()
+    Image.new("RGB", (400, 300)).save(png, format="PNG")
+    assert decode_image(png.getvalue(), min_side=96).size == (400, 300)  # only JPEG has DCT scales

@@ -13,7 +13,7 @@ from vitrine.encoders.clip import ClipEncoder
 from vitrine.indexer.ann import AnnConfig
 from vitrine.indexer.bundle import Bundle, IndexerConfig, build_bundle
 from vitrine.indexer.catalog import Item
-from vitrine.ranking.pipeline import Searcher
+from vitrine.ranking.pipeline import SearchConfig, Searcher, SearchRequest
 from vitrine.server.app import create_server
 from vitrine.server.client import VitrineClient
 from vitrine.trainer.clip import ClipTrainConfig, ClipTrainer, load_pairs
@@ -59,7 +59,7 @@ def served(catalog, keyword_encoder, tmp_path_factory):
     root, items = catalog
     model_dir = tmp_path_factory.mktemp("tinyclip")
     cfg = ClipTrainConfig(epochs=15, batch_size=16, lr=3e-3, warmup_steps=3, holdout=8, patience=15, image_size=16,
-                          freeze_text="none", hflip=False)
+                          freeze_text="none", hflip=False, attribute_fields=("color", "kind"), attribute_min_count=2)
     trainer = ClipTrainer(cfg, model_dir, device="cpu", log=lambda s: None, model_cfg=TINY_CFG)
     trainer.fit(load_pairs(items, root, 16, progress=False), progress=False)
     clip = ClipEncoder(str(model_dir), device="cpu")
@@ -68,12 +68,12 @@ def served(catalog, keyword_encoder, tmp_path_factory):
                             clip_encoder=clip, catalog_dir=root, progress=False)
     served = create_server(Searcher(Bundle(out), keyword_encoder, clip_encoder=clip), "127.0.0.1:0")
     server, port = served.server, served.port
-    yield f"127.0.0.1:{port}", manifest, items
+    yield f"127.0.0.1:{port}", manifest, items, out, clip, keyword_encoder
     server.stop(0)
 
 
 def test_manifest_records_clip_and_broken_images(served):
-    _, manifest, _ = served
+    _, manifest, *_ = served
     assert manifest["models"]["clip"]["dim"] == 32
     assert manifest["counts"]["images"] == 48 and manifest["counts"]["broken_images"] == 1
     assert manifest["broken_images"][0]["id"] == "broken"
@@ -81,17 +81,33 @@ def test_manifest_records_clip_and_broken_images(served):
 
 
 def test_image_query_finds_same_colour_and_kind(served):
-    target, _, items = served
+    target, _, items, *_ = served
     by_id = {it.id: it for it in items}
     with VitrineClient(target) as client:
-        result = client.search(image=png(draw("Green", "Stripe", 2)), k=5)
-    assert [set(h.sources) for h in result.hits] == [{"clip_image"}] * 5
+        result = client.search(image=png(draw("Green", "Stripe", 2)), k=5, explain=True)
+    assert all("clip_image" in h.sources for h in result.hits)
     top = [by_id[h.id].attributes for h in result.hits]
-    assert sum(a["color"] == "Green" for a in top) >= 4
+    assert top == [{"color": "Green", "kind": "Stripe"}] * 5
+    # The photo's predicted attributes (green, stripe) boost the items that have them, and the explanation says so.
+    assert all("attributes" in h.sources and "attributes the query photo shows" in h.explanation for h in result.hits)
+
+
+def test_attribute_boost_is_off_with_a_zero_bonus(served):
+    _, _, _, bundle_dir, clip, encoder = served
+    assert clip.attribute_heads is not None and set(clip.attribute_heads.fields) == {"color", "kind"}
+    query = SearchRequest(image=png(draw("Green", "Stripe", 2)), k=5)
+    on = Searcher(Bundle(bundle_dir), encoder, SearchConfig(attribute_min_prob=0.3), clip_encoder=clip).search(query)
+    off = Searcher(Bundle(bundle_dir), encoder, SearchConfig(attribute_bonus=0.0), clip_encoder=clip).search(query)
+    assert on.predicted == {"color": ("green", on.predicted["color"][1]), "kind": ("stripe", on.predicted["kind"][1])}
+    assert off.predicted == {} and all("attributes" not in h.scores_by_source for h in off.hits)
+    assert [h.id for h in on.hits] == [h.id for h in off.hits]  # all five are green stripes either way
+    assert all(a.score > b.score for a, b in zip(on.hits, off.hits))
+    with pytest.raises(ValueError, match="search.attribute_min_prob"):
+        SearchConfig.from_dict({"attribute_min_prob": 1.5})
 
 
 def test_composed_query_changes_colour_with_hard_constraint(served):
-    target, _, items = served
+    target, _, items, *_ = served
     by_id = {it.id: it for it in items}
     with VitrineClient(target) as client:
         result = client.search("the same but in red", image=png(draw("Blue", "Stripe", 0)), k=6, explain=True)
@@ -102,7 +118,7 @@ def test_composed_query_changes_colour_with_hard_constraint(served):
 
 
 def test_text_only_items_reachable_by_text_through_clip(served):
-    target, _, _ = served
+    target, *_ = served
     with VitrineClient(target) as client:
         result = client.search("blue square", k=60, sources=["clip_text"])
     assert result.hits and "clip_text" in result.hits[0].sources
@@ -110,7 +126,7 @@ def test_text_only_items_reachable_by_text_through_clip(served):
 
 @pytest.mark.parametrize("data", [b"", b"GIF89a-truncated", png(Image.new("L", (1, 1))), png(Image.new("RGBA", (3, 3)))])
 def test_odd_images_get_an_answer_or_invalid_argument(served, data):
-    target, _, _ = served
+    target, *_ = served
     with VitrineClient(target) as client:
         if not data:
             with pytest.raises(grpc.RpcError) as err:

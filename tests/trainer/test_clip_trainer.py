@@ -23,7 +23,7 @@ TINY_CFG = {
 
 def toy_pairs(n: int = 160, seed: int = 0) -> Pairs:
     rng = np.random.default_rng(seed)
-    ids, texts, pix = [], [], []
+    ids, texts, pix, attrs = [], [], [], []
     for i in range(n):
         color = list(COLORS)[i % 4]
         shape = SHAPES[(i // 4) % 2]
@@ -36,14 +36,15 @@ def toy_pairs(n: int = 160, seed: int = 0) -> Pairs:
         ids.append(str(i))
         texts.append(f"a {color} {shape}")
         pix.append(img)
-    return Pairs(ids, texts, torch.from_numpy(np.stack(pix)).permute(0, 3, 1, 2).contiguous())
+        attrs.append({"color": color, "shape": shape})
+    return Pairs(ids, texts, torch.from_numpy(np.stack(pix)).permute(0, 3, 1, 2).contiguous(), attributes=attrs)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("clip")
     cfg = ClipTrainConfig(epochs=12, batch_size=32, lr=3e-3, warmup_steps=5, holdout=32, patience=12, image_size=16,
-                          freeze_text="none", hflip=False)
+                          freeze_text="none", hflip=False, attribute_fields=("color", "shape"), attribute_min_count=2)
     trainer = ClipTrainer(cfg, out, device="cpu", log=lambda s: None, model_cfg=TINY_CFG)
     result = trainer.fit(toy_pairs(), progress=False)
     return out, result
@@ -64,9 +65,24 @@ def test_trainer_learns_the_toy_task(trained):
     assert best > first["mean_r@1"]
 
 
+def test_attribute_heads_predict_what_the_photo_shows(trained):
+    out, result = trained
+    assert result["attributes"] == {"color": 4, "shape": 2}
+    enc = ClipEncoder(str(out), device="cpu")
+    pairs = toy_pairs(64, seed=1)
+    from PIL import Image
+    xq = enc.encode_images([Image.fromarray(p.permute(1, 2, 0).numpy()) for p in pairs.pixels])
+    predicted = enc.attribute_heads.predict(xq)
+    for field in ("color", "shape"):
+        accuracy = np.mean([p[field][0] == a[field] for p, a in zip(predicted, pairs.attributes)])
+        assert accuracy >= 0.9, (field, accuracy)  # chance is 1/4 and 1/2
+    assert all(0 < p["color"][1] <= 1 for p in predicted)
+
+
 def test_checkpoint_dir_is_self_contained(trained):
     out, result = trained
-    for name in ("open_clip_config.json", "model.safetensors", "training.json", "metrics.json", "data_fingerprint.txt"):
+    for name in ("open_clip_config.json", "model.safetensors", "training.json", "metrics.json", "data_fingerprint.txt",
+                 "attribute_heads.safetensors", "attributes.json"):
         assert (out / name).is_file(), name
     meta = json.loads((out / "training.json").read_text())
     assert meta["best_epoch"] == result["best_epoch"] and meta["config"]["lr"] == 3e-3

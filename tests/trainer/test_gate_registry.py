@@ -156,3 +156,31 @@ def test_general_metrics_at_chance_are_reported_but_do_not_gate():
     worse = decide({"click_ndcg@10": 0.1, "flickr_t2i_r@10": 0.017, "catalog_i2t_r@10": 0.9},
                    {"click_ndcg@10": 0.2, "flickr_t2i_r@10": 0.013, "catalog_i2t_r@10": 0.7}, config)
     assert not worse.promote                                   # a real drop above the floor still rejects
+
+
+def test_general_recall_is_measured_on_photos_the_clip_never_trains_on(tmp_path):
+    from PIL import Image
+
+    from vitrine.trainer.clip import load_general
+    from vitrine.trainer.gate import load_flickr
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "queries").mkdir()
+    (tmp_path / "qrels").mkdir()
+    photos = [f"p{i}" for i in range(8)]
+    for i, p in enumerate(photos):
+        Image.new("RGB", (12, 10), (30 * i, 0, 0)).save(tmp_path / "images" / f"{p}.jpg")
+    (tmp_path / "captions.txt").write_text("image,caption\n" + "".join(
+        f"{p}.jpg,a photo number {i} take {j}\n" for i, p in enumerate(photos) for j in range(2)))
+    (tmp_path / "catalog.jsonl").write_text("".join(json.dumps({"id": p, "image": f"images/{p}.jpg"}) + "\n" for p in photos))
+    (tmp_path / "queries" / "caption.jsonl").write_text("".join(
+        json.dumps({"qid": f"q{i}", "text": f"a photo number {i}"}) + "\n" for i in range(8)))
+    (tmp_path / "qrels" / "caption.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+        f"q{i}\t{p}\t1\n" for i, p in enumerate(photos)))
+    items, _, captions = load_flickr(tmp_path, heldout=3)
+    train = load_general(tmp_path, 8, heldout=3, progress=False)
+    held = load_general(tmp_path, 8, heldout=3, progress=False, part="heldout")
+    assert len(items) == 3 == len(held.photos) and len(train.photos) == 5
+    assert {it.id for it in items} == {p.removesuffix(".jpg") for p in held.photos}
+    assert not {p.removesuffix(".jpg") for p in train.photos} & {it.id for it in items}
+    assert train.pixels.shape == (5, 3, 8, 8) and all(len(c) == 2 for c in train.captions)

@@ -1,0 +1,70 @@
+"""Chooses the image and composed query settings by measurement: the photo-attribute bonus and the composed text weight.
+
+Opens a fashion bundle built with a CLIP (as `vitrine serve` does, same Searcher) and runs every image and composed
+query in-process for each setting, so a grid of settings costs seconds, not a server restart each. The defaults
+chosen here are then measured through the server by bench/images.py.
+
+    python bench/clip_settings.py --bundle runs/fashion-clip [--data ../shared/data]
+
+Last line: one JSON object, nDCG@10 per (task, setting).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from machine import commit, machine  # noqa: E402
+
+from vitrine.ranking.assemble import open_searcher  # noqa: E402
+from vitrine.ranking.metrics import evaluate, load_qrels, load_queries  # noqa: E402
+from vitrine.ranking.pipeline import SearchRequest  # noqa: E402
+
+BONUS = (0.0, 0.1, 0.2, 0.3, 0.5)
+MIN_PROB = (0.3, 0.5, 0.7)
+TEXT_WEIGHT = (0.0, 0.25, 0.5, 1.0)
+
+
+def run_task(searcher, folder: Path, task: str, **request) -> float:
+    queries = load_queries(folder / "queries" / f"{task}.jsonl")
+    run = {}
+    for q in queries:
+        image = (folder / q["image"]).read_bytes() if q.get("image") else b""
+        result = searcher.search(SearchRequest(text=q.get("text", ""), image=image, k=10,
+                                               exclude_ids=q.get("exclude_ids", ()), **request))
+        run[q["qid"]] = [h.id for h in result.hits]
+    return evaluate(run, load_qrels(folder / "qrels" / f"{task}.tsv"))["ndcg@10"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", required=True)
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    args = parser.parse_args(argv)
+    folder = Path(args.data) / "fashion"
+    searcher = open_searcher(args.bundle)
+    base = searcher.config
+    out: dict = {"machine": machine(), "commit": commit(), "bundle": args.bundle, "image": {}, "composed": {}}
+    for bonus in BONUS:
+        for min_prob in MIN_PROB if bonus else (0.5,):
+            searcher.config = replace(base, attribute_bonus=bonus, attribute_min_prob=min_prob)
+            key = f"bonus={bonus} min_prob={min_prob}"
+            out["image"][key] = round(run_task(searcher, folder, "image"), 4)
+            print("image", key, out["image"][key], file=sys.stderr, flush=True)
+    for w in TEXT_WEIGHT:
+        for bonus in (0.0, 0.2, 0.3, 0.5):
+            searcher.config = replace(base, attribute_bonus=bonus, attribute_min_prob=0.5)
+            key = f"text_weight={w} bonus={bonus}"
+            out["composed"][key] = round(run_task(searcher, folder, "composed", composed_text_weight=w), 4)
+            print("composed", key, out["composed"][key], file=sys.stderr, flush=True)
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
