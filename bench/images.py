@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--bundles", default=str(ROOT / "runs"))
     parser.add_argument("--tag", default="clip")
-    parser.add_argument("--variants", default="", help="extra ;-separated `name:flags` runs, e.g. 'soft:--constraint soft'")
+    parser.add_argument("--variants", default="", help="extra ;-separated `name:flags` runs of the composed task, "
+                        "e.g. 'soft:--constraint soft'")
     args = parser.parse_args(argv)
     data = Path(args.data)
     clip = Path(args.clip_model).resolve() if args.clip_model else train_default_clip(data, Path(args.bundles))
@@ -115,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for task in tasks:
                 qrels = load_qrels(folders[name] / "qrels" / f"{task}.tsv")
-                for variant, flags in {**variants, **TASK_VARIANTS.get(task, {})}.items():
+                extra = variants if task == "composed" else {"default": []}  # the variants are composed-query flags
+                for variant, flags in {**extra, **TASK_VARIANTS.get(task, {})}.items():
                     run_path = tmp / f"{name}-{task}-{variant}.jsonl"
                     lat = run_batch(target, folders[name] / "queries" / f"{task}.jsonl", flags, run_path)
                     run = {qid: [d for d, _ in hits] for qid, hits in read_run(run_path).items()}

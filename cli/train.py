@@ -39,6 +39,8 @@ def add_clip_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr-tower", type=float, default=None, help="learning rate of the pretrained tower's trainable stages")
     p.add_argument("--attribute-weight", type=float, default=None,
                    help="weight of the attribute heads (article type, colour, gender) beside InfoNCE; 0 = off")
+    p.add_argument("--type-runs", type=int, default=None,
+                   help="build batches from runs of N pairs of one article type (hard negatives); 0 = plain shuffle")
     p.add_argument("--general", default=None,
                    help="flickr8k-layout folder (captions.txt, images/) whose training photos join as general pairs; "
                         "default: a flickr8k folder beside the catalog's folder when there is one; 'none' = off")
@@ -102,7 +104,8 @@ def cmd_train_clip(args: argparse.Namespace) -> int:
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "image_size": args.image_size,
         "vision": args.vision, "freeze_text": args.freeze_text, "holdout": args.holdout, "patience": args.patience,
         "max_pairs": args.max_pairs, "seed": args.seed, "train_blocks": args.train_blocks, "lr_tower": args.lr_tower,
-        "attribute_weight": args.attribute_weight, "general_heldout": args.general_heldout}.items() if v is not None}
+        "attribute_weight": args.attribute_weight, "general_heldout": args.general_heldout,
+        "type_runs": args.type_runs}.items() if v is not None}
     if args.freeze_image:
         overrides["freeze_image"] = True
     try:

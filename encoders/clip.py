@@ -174,6 +174,9 @@ class ClipEncoder:
             self.version = f"{name_or_dir}:{pretrained or 'random'}"
         with torch.no_grad():
             self.dim = int(self.model.encode_text(self.tokenizer(["probe"]).to(self.device)).shape[-1])
+        self._channels_last = hasattr(getattr(self.model, "visual", None), "trunk")  # a timm CNN tower
+        if self._channels_last:
+            self.model.visual.to(memory_format=torch.channels_last)
 
     def _autocast(self):
         import contextlib
@@ -202,8 +205,10 @@ class ClipEncoder:
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
         import torch
 
-        with torch.no_grad(), self._autocast():
-            return l2_normalize(self.model.encode_image(pixels.to(self.device)).float().cpu().numpy())  # (B, D)
+        # Convolutional towers run markedly faster on CPU with channels-last activations (same outputs).
+        pixels = pixels.to(self.device, memory_format=torch.channels_last) if self._channels_last else pixels.to(self.device)
+        with torch.inference_mode(), self._autocast():
+            return l2_normalize(self.model.encode_image(pixels).float().cpu().numpy())  # (B, D)
 
     def encode_images(self, images: list[Image.Image], batch_size: int = 128, progress: bool = False) -> np.ndarray:
         out = [self.encode_pixels(self.preprocess_images(images[s:s + batch_size])) for s in range(0, len(images), batch_size)]

@@ -75,6 +75,9 @@ class ClipTrainConfig:
     attribute_weight: float = 0.5      # weight of the attribute heads' cross-entropy beside InfoNCE
     attribute_min_count: int = 10      # values rarer than this in the training pairs are not taught
     general_heldout: int = 500         # general photos never trained on (where general recall is measured)
+    # 0: batches are a plain shuffle. N: batches are made of runs of N pairs sharing an article type (the first
+    # attribute field), so in-batch negatives include the same article type in other colours (hard negatives).
+    type_runs: int = 0
     holdout: int = 500
     patience: int = 3
     seed: int = 0
@@ -244,6 +247,26 @@ def attribute_labels(attributes: Sequence[Mapping[str, str]], vocab: Mapping[str
     return out
 
 
+HUB_PREFIX = "open_clip:"
+
+
+def hub_model(spec: str, device: str) -> tuple[torch.nn.Module, dict[str, Any], dict[str, Any]]:
+    """`open_clip:NAME[:TAG]`: both towers of an open_clip model, with TAG's pretrained weights (needs a hub, or
+    open_clip's cache) or random ones without a tag. Returns (model, model_cfg, preprocess) like a checkpoint dir."""
+    import open_clip
+
+    _, name, *tag = spec.split(":", 2)
+    cfg = open_clip.get_model_config(name)
+    if cfg is None:
+        raise ValueError(f"vision {spec!r}: open_clip has no model config named {name!r}.")
+    model = open_clip.create_model(name, pretrained=tag[0] if tag else None, device=device)
+    pp = getattr(model.visual, "preprocess_cfg", {}) or {}
+    size = cfg["vision_cfg"].get("image_size", 224)
+    preprocess = {"image_size": size if isinstance(size, int) else size[0], "mean": list(pp.get("mean", OPENAI_MEAN)),
+                  "std": list(pp.get("std", OPENAI_STD)), "resize_mode": "shortest", "tower": spec}
+    return model, cfg, preprocess
+
+
 class TowerSplit:
     """An EfficientNet trunk cut into a frozen prefix (run once per image, cached) and a trainable tail."""
 
@@ -300,6 +323,8 @@ class ClipTrainer:
         elif base:
             raise ValueError(f"--base {base}: fine-tuning from a hub tag needs its checkpoint saved locally first; "
                              f"give a Vitrine CLIP checkpoint directory.")
+        elif model_cfg is None and config.vision.startswith(HUB_PREFIX):
+            self.model, self.model_cfg, self.preprocess = hub_model(config.vision, self.device)
         else:
             preset = tower_preset(config.vision) if model_cfg is None else TowerPreset("custom")
             self.model_cfg = model_cfg or default_model_cfg(config.image_size, config.vision, config.embed_dim)
@@ -369,7 +394,8 @@ class ClipTrainer:
         self.split.prefix_eval()
         out = []
         for n, view in enumerate(views):
-            chunks = [self.split.prefix(self._normalize(view[s:s + 128]).to(self.device)).half().cpu()
+            chunks = [self.split.prefix(self._normalize(view[s:s + 128]).to(self.device, memory_format=torch.channels_last))
+                      .contiguous().half().cpu()
                       for s in tqdm(range(0, len(view), 128), desc=f"frozen stages ({n + 1}/{len(views)})",
                                     disable=not progress, mininterval=2.0)]
             out.append(torch.cat(chunks) if chunks else torch.zeros(0))
@@ -439,7 +465,8 @@ class ClipTrainer:
     def _optimizer(self) -> torch.optim.Optimizer:
         """AdamW with two groups: a pretrained tower's trainable blocks at lr_tower, everything new at lr."""
         cfg = self.config
-        pretrained_tower = self.tower == "checkpoint" or tower_preset(self.tower).pretrained
+        pretrained_tower = (self.tower == "checkpoint" or tower_preset(self.tower).pretrained
+                            or self.tower.count(":") == 2)  # open_clip:NAME:TAG
         tower, rest = [], []
         for name, p in self.model.named_parameters():
             if p.requires_grad:
@@ -510,7 +537,8 @@ class ClipTrainer:
             self._train_mode()
             if self.heads is not None:
                 self.heads.train()
-            perm = rng.permutation(rows)
+            perm = batch_order(rows, n, labels.get(cfg.attribute_fields[0]) if cfg.attribute_fields else None,
+                               cfg.type_runs, rng)
             caption_pick = rng.integers(0, 1 << 30, size=n_general)
             losses = []
             bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, mininterval=2.0)
@@ -585,6 +613,23 @@ class ClipTrainer:
         (self.out_dir / "metrics.json").write_text(json.dumps({"heldout": best}, indent=2))
         (self.out_dir / "data_fingerprint.txt").write_text(fingerprint(pairs) + "\n")
         return training
+
+
+def batch_order(rows: np.ndarray, n_shop: int, types: torch.Tensor | None, run: int, rng: np.random.Generator) -> np.ndarray:
+    """The epoch's row order: a shuffle, or (run > 0) shuffled runs of `run` shop rows of one article type mixed with
+    runs of general rows (rows >= n_shop), so that each batch holds hard negatives."""
+    if run <= 0 or types is None:
+        return rng.permutation(rows)
+    shop, general = rows[rows < n_shop], rows[rows >= n_shop]
+    t = types[torch.from_numpy(shop)].numpy()
+    chunks = []
+    for value in np.unique(t):
+        members = rng.permutation(shop[t == value])
+        chunks += [members[s:s + run] for s in range(0, len(members), run)]
+    general = rng.permutation(general)
+    chunks += [general[s:s + run] for s in range(0, len(general), run)]
+    order = rng.permutation(len(chunks))
+    return np.concatenate([chunks[i] for i in order]) if chunks else rows
 
 
 def attribute_loss(heads: torch.nn.ModuleDict, img: torch.Tensor, labels: Mapping[str, torch.Tensor]) -> torch.Tensor:

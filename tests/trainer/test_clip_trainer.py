@@ -117,3 +117,35 @@ def test_broken_images_are_reported_by_id(tmp_path):
 def test_config_validation():
     with pytest.raises(ValueError, match="freeze_text"):
         ClipTrainConfig(freeze_text="some")
+
+
+def test_an_open_clip_model_by_name_trains_and_saves(tmp_path):
+    """`--vision open_clip:NAME[:TAG]` brings both of open_clip's towers (a tag needs a hub; none here, so random)."""
+    import open_clip
+
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "vitrine-tiny-test.json").write_text(json.dumps(TINY_CFG))
+    open_clip.add_model_config(tmp_path / "cfg")
+    cfg = ClipTrainConfig(epochs=1, batch_size=16, holdout=8, vision="open_clip:vitrine-tiny-test", freeze_text="none",
+                          warmup_steps=1)
+    trainer = ClipTrainer(cfg, tmp_path / "out", device="cpu", log=lambda s: None)
+    result = trainer.fit(toy_pairs(48), progress=False)
+    assert result["tower"] == "open_clip:vitrine-tiny-test" and result["trainable_stages"] is None
+    enc = ClipEncoder(str(tmp_path / "out"), device="cpu")
+    assert enc.encode_texts(["a red square"]).shape == (1, 32)
+    with pytest.raises(ValueError, match="no model config named"):
+        ClipTrainer(ClipTrainConfig(vision="open_clip:no-such-model"), tmp_path / "x", device="cpu", log=lambda s: None)
+
+
+def test_type_runs_put_one_article_type_together_and_keep_every_row():
+    from vitrine.trainer.clip import batch_order
+
+    rows = np.concatenate([np.arange(40), 100 + np.arange(10)])  # 40 shop rows, 10 general ones
+    types = torch.tensor([i % 4 for i in range(40)] + [0] * 60)
+    order = batch_order(rows, 100, types, 5, np.random.default_rng(0))
+    assert sorted(order.tolist()) == sorted(rows.tolist())
+    runs = [order[s:s + 5] for s in range(0, len(order), 5)]
+    shop_runs = [r for r in runs if (r < 100).all()]
+    assert len(shop_runs) == 8 and all(len({int(types[i]) for i in r}) == 1 for r in shop_runs)
+    plain = batch_order(rows, 100, types, 0, np.random.default_rng(0))
+    assert sorted(plain.tolist()) == sorted(rows.tolist())
