@@ -29,9 +29,9 @@ from vitrine.ranking.assemble import open_searcher  # noqa: E402
 from vitrine.ranking.metrics import evaluate, load_qrels, load_queries  # noqa: E402
 from vitrine.ranking.pipeline import SearchRequest  # noqa: E402
 
-BONUS = (0.0, 0.1, 0.2, 0.3, 0.5)
-MIN_PROB = (0.3, 0.5, 0.7)
+IMAGE_GRID = ((0.0, 0.5), (0.15, 0.5), (0.3, 0.5), (0.5, 0.5), (0.3, 0.3), (0.3, 0.7))  # (bonus, min_prob)
 TEXT_WEIGHT = (0.0, 0.25, 0.5, 1.0)
+COMPOSED_BONUS = (0.0, 0.3)
 
 
 def gender_task(folder: Path, n: int = 200, seed: int = 0) -> tuple[list[dict], dict]:
@@ -81,19 +81,20 @@ def main(argv: list[str] | None = None) -> int:
                  "composed-gender": {}}
     gender = gender_task(folder)
     out["composed-gender_queries"] = len(gender[0])
-    for bonus in BONUS:
-        for min_prob in MIN_PROB if bonus else (0.5,):
-            searcher.config = replace(base, attribute_bonus=bonus, attribute_min_prob=min_prob)
-            key = f"bonus={bonus} min_prob={min_prob}"
-            out["image"][key] = round(run_task(searcher, folder, "image"), 4)
-            print("image", key, out["image"][key], file=sys.stderr, flush=True)
+    for bonus, min_prob in IMAGE_GRID:
+        searcher.config = replace(base, attribute_bonus=bonus, attribute_min_prob=min_prob)
+        key = f"bonus={bonus} min_prob={min_prob}"
+        out["image"][key] = round(run_task(searcher, folder, "image"), 4)
+        print("image", key, out["image"][key], file=sys.stderr, flush=True)
     for w in TEXT_WEIGHT:
-        for bonus in (0.0, 0.2, 0.3, 0.5):
+        for bonus in COMPOSED_BONUS:
             searcher.config = replace(base, attribute_bonus=bonus, attribute_min_prob=0.5)
             key = f"text_weight={w} bonus={bonus}"
             out["composed"][key] = round(run_task(searcher, folder, "composed", composed_text_weight=w), 4)
             out["composed-gender"][key] = round(run_task(searcher, folder, "", *gender, composed_text_weight=w), 4)
             print("composed", key, out["composed"][key], "gender", out["composed-gender"][key], file=sys.stderr, flush=True)
+    (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
+    (ROOT / "bench" / "results" / "clip_settings.json").write_text(json.dumps(out, indent=2))
     print(json.dumps(out))
     return 0
 

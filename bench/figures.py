@@ -253,6 +253,8 @@ def render_images(r: Results) -> str:
          target(g("fashion/image/default"), 0.70, "≥ 0.70"), lat("fashion/image/default")],
         ['fashion, composed (photo + "the same but in red"), hard constraint', f"**{num(g('fashion/composed/default'))}**",
          target(g("fashion/composed/default"), 0.80, "≥ 0.80"), lat("fashion/composed/default")],
+        ["… soft constraint / no constraint / text weight 0 / 0.25 / 1.0 (default 0.5)",
+         " / ".join(num(g(f"fashion/composed/{v}")) for v in ("soft", "off", "w0", "w025", "w1")), "", ""],
         ["fashion, text-paraphrase: default (CLIP text joins) / BM25 + MiniLM only",
          f"**{num(g('fashion/text-paraphrase/default'))}** / {num(g('fashion/text-paraphrase/no-clip'))}",
          target(g("fashion/text-paraphrase/default"), g("fashion/text-paraphrase/no-clip") or 0, "≥ text only"),
@@ -598,7 +600,8 @@ def evaluate(bundle: str, ds: str, task: str, out: str) -> Command:
                    f"{DATA}/{ds}/qrels/{task}.tsv", "--ablate", "--check-ranx", "--markdown", stdout_to=out)
 
 
-IMAGE_VARIANTS = "soft:--constraint soft;off:--constraint off;w025:--composed-text-weight 0.25;w1:--composed-text-weight 1.0"
+IMAGE_VARIANTS = ("soft:--constraint soft;off:--constraint off;w0:--composed-text-weight 0;"
+                  "w025:--composed-text-weight 0.25;w1:--composed-text-weight 1.0")
 EVAL_BY = "`vitrine eval --ablate --check-ranx`"
 CLICK_ARGS = (("--lr", "2e-4", "--general-fraction", "0.25"),  # one run per CLICK file, in that order
               ("--lr", "1.5e-4", "--general-fraction", "0.4", "--destroy-lr", "0"),
