@@ -56,6 +56,58 @@ def make_vectors(n: int, nq: int, d: int = D, n_clusters: int = 2000, noise: flo
     return draw(n), draw(nq)
 
 
+def real_vectors(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
+    """MiniLM vectors of the largest catalog here (fashion, 9,261 items: `item_text` as the indexer encodes it),
+    replicated to n with noise, and the fashion text queries (literal + paraphrase) as queries.
+
+    Each replica is x + noise, re-normalised, where the noise follows the catalog's own covariance (so it stays in
+    the directions real items vary in) and is scaled so that a replica's cosine to its original is the median cosine
+    of a real item to its nearest other item: replicas are as close to each other as real near-duplicates are.
+    The encoded vectors are cached in .cache/ann-real-minilm.npz.
+    """
+    import json
+    import os
+
+    root = Path(__file__).resolve().parents[1]
+    data = Path(os.environ.get("VITRINE_DATA", root.parent / "shared" / "data")) / "fashion"
+    cache = root / ".cache" / "ann-real-minilm.npz"
+    if cache.is_file():
+        z = np.load(cache)
+        docs, queries = z["docs"], z["queries"]
+    else:
+        from vitrine.encoders.text import SentenceTransformerEncoder
+        from vitrine.indexer.bundle import item_text
+        from vitrine.indexer.catalog import item_from_dict
+
+        encoder = SentenceTransformerEncoder(device="cpu")
+        items = [item_from_dict(json.loads(line)) for line in open(data / "catalog.jsonl", encoding="utf-8")]
+        texts = [json.loads(line)["text"] for task in ("text-literal", "text-paraphrase")
+                 for line in open(data / "queries" / f"{task}.jsonl", encoding="utf-8")]
+        docs = encoder.encode_texts([item_text(it) for it in items if it.has_text()], progress=True)
+        queries = encoder.encode_texts(texts)
+        cache.parent.mkdir(exist_ok=True)
+        np.savez(cache, docs=docs, queries=queries)
+    rng = np.random.default_rng(seed)
+    sims = docs @ docs.T
+    np.fill_diagonal(sims, -1)
+    target = float(np.median(sims.max(axis=1)))  # a real item's cosine to its nearest other item
+    centred = docs - docs.mean(axis=0)
+    cov = centred.T @ centred / len(docs)
+    evals, evecs = np.linalg.eigh(cov)
+    shape = np.sqrt(np.clip(evals, 0, None) / evals.sum())  # unit total variance, the catalog's spectrum
+    noise_sd = np.sqrt(1.0 / target**2 - 1.0)               # |noise| for cos(x, x + noise) = target
+    out = np.empty((n, docs.shape[1]), dtype=np.float32)
+    out[:len(docs)] = docs
+    for start in range(len(docs), n, 100_000):
+        rows = min(100_000, n - start)
+        src = docs[rng.integers(len(docs), size=rows)]
+        noise = (rng.standard_normal((rows, docs.shape[1])).astype(np.float32) * shape) @ evecs.T
+        x = src + noise_sd * noise.astype(np.float32)
+        out[start:start + rows] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out, queries.astype(np.float32), {"catalog_vectors": len(docs), "queries": len(queries),
+                                             "replica_target_cos": round(target, 3)}
+
+
 def recall_at_k(I: np.ndarray, gt: np.ndarray, k: int = K) -> float:
     """Mean |top-k found ∩ exact top-k| / k."""
     return float(np.mean([len(set(a[:k]) & set(b[:k])) / k for a, b in zip(I, gt)]))
@@ -85,7 +137,14 @@ def index_bytes(index: faiss.Index) -> int:
 
 
 def base_index(kind: str, quantizer: faiss.Index, nlist: int) -> faiss.Index:
-    """kind is "PQ48" (8-bit) or "PQ96x4fs" (4-bit fast scan), as in a factory string."""
+    """kind is "PQ48" (8-bit), "PQ96x4fs" (4-bit fast scan), "RaBitQ3" (RaBitQ, 3 bits per dimension: 1 sign bit
+    plus 2 extra bits) or "RaBitQfs3" (its fast-scan layout), as in a factory string."""
+    if kind.startswith("RaBitQ"):
+        fast_scan = kind.startswith("RaBitQfs")
+        nbits = int(kind.removeprefix("RaBitQfs" if fast_scan else "RaBitQ") or 1)
+        if fast_scan:
+            return faiss.IndexIVFRaBitQFastScan(quantizer, D, nlist, faiss.METRIC_INNER_PRODUCT, 32, True, nbits)
+        return faiss.IndexIVFRaBitQ(quantizer, D, nlist, faiss.METRIC_INNER_PRODUCT, True, nbits)
     fast_scan = kind.endswith("fs")
     m, _, nbits = kind[2:].removesuffix("fs").partition("x")
     m, nbits = int(m), int(nbits or 8)
@@ -132,7 +191,7 @@ def sweep(xb: np.ndarray, xq: np.ndarray, gt: np.ndarray, flat: faiss.Index, arg
             t0 = time.perf_counter()
             base = base_index(kind, quantizer, nlist)
             base.train(train_sample(xb, args.pq_train))
-            if kind.endswith("fs"):
+            if kind.endswith("fs") or kind.startswith("RaBitQ"):
                 base.add(xb)  # add_preassigned (add_core) corrupts the heap for fast-scan IVF in faiss 1.15
             else:
                 add_preassigned(base, xb, assign)
@@ -205,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--points-per-centroid", type=int, default=32, help="k-means training sample per list (FAISS wants >= 39; 32 keeps 2 cores in budget)")
     p.add_argument("--pq-train", type=int, default=65_536)
     p.add_argument("--quick", action="store_true", help="100k vectors, one nlist, two PQ sizes: a smoke run")
+    p.add_argument("--data", choices=("synthetic", "real"), default="synthetic",
+                   help="real: fashion's MiniLM vectors replicated with noise, fashion text queries (see real_vectors)")
     p.add_argument("--reanalyse", metavar="RESULT_JSON", help="re-choose the default from a saved result; measures nothing")
     args = p.parse_args(argv)
     if args.reanalyse:
@@ -217,7 +278,11 @@ def main(argv: list[str] | None = None) -> int:
     machine_at_start = machine()
 
     t0 = time.perf_counter()
-    xb, xq = make_vectors(args.n, args.nq)
+    real = {}
+    if args.data == "real":
+        xb, xq, real = real_vectors(args.n)
+    else:
+        xb, xq = make_vectors(args.n, args.nq)
     gen_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     flat = faiss.IndexFlatIP(D)
@@ -244,7 +309,10 @@ def main(argv: list[str] | None = None) -> int:
     best_mem = max((r for r in rows if r["memory_ratio"] >= GOAL["memory_ratio"]), key=lambda r: r["recall@10"], default=None)
     result = {
         "bench": "ann", "machine": machine_at_start, "load_avg_1m_at_end": machine()["load_avg_1m"], "faiss": faiss.__version__, "threads": args.threads,
-        "data": {"n": args.n, "d": D, "nq": args.nq, "generator": "clustered Gaussian mixture, power-law spectrum, rotated, L2-normalised; see bench/ann.py",
+        "data": {"n": args.n, "d": D, "nq": len(xq), **real,
+                 "generator": ("fashion MiniLM vectors replicated with covariance-shaped noise; see real_vectors"
+                               if args.data == "real" else
+                               "clustered Gaussian mixture, power-law spectrum, rotated, L2-normalised; see bench/ann.py"),
                  "generate_s": round(gen_s, 1), **data_stats},
         "goal": GOAL, "flat": flat_row, "chosen": chosen, "best_meeting_memory_goal": best_mem, "sweep": rows,
         "peak_rss_mib": peak_rss_mib(), "wall_s": round(time.perf_counter() - t_start, 1),

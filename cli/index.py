@@ -52,7 +52,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         clip = ClipEncoder(name, pretrained=args.clip_pretrained, device=config.encoders.device)
     manifest = build_bundle(
         items, args.out, encoder,
-        IndexerConfig(batch_size=config.encoders.batch_size, ann=config.index, bm25=config.bm25),
+        IndexerConfig(batch_size=config.encoders.batch_size, ann=config.index, bm25=config.bm25,
+                      onnx=config.encoders.export_onnx),
         clip_encoder=clip, catalog_dir=Path(args.catalog).resolve().parent,
         catalog_path=str(Path(args.catalog).resolve()), config_dict=config.to_dict(), force=args.force,
         progress=not args.quiet,

@@ -63,7 +63,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     searcher = searcher_for(str(Path(args.bundle).resolve()), config, args.reranker, args.ranker)
     live = None
     if not args.read_only:
-        live = LiveIndex(searcher.bundle, searcher.text_encoder, config.live)
+        # Documents skip the query micro-batcher and its cache (long texts would pad the short queries batched beside them).
+        live = LiveIndex(searcher.bundle, getattr(searcher.text_encoder, "encoder", searcher.text_encoder), config.live)
         live.start()
     served.attach(searcher, live)
     log.info("serving bundle %s (%d items) on %s:%d%s", searcher.bundle.version, len(searcher.bundle.docstore),

@@ -87,16 +87,37 @@ def config_from_dict(cls: type[T], d: Any, section: str) -> T:
 
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig:
-    """[encoders] section: the text model the indexer uses, batch size, and the device (CUDA when present)."""
+    """[encoders] section: the text model the indexer uses, batch size, the device (CUDA when present), and how the
+    server runs the models on the query path."""
 
     text_model: str = "all-MiniLM-L6-v2"
     batch_size: int = 64
     device: str | None = None  # None: CUDA when present, else CPU
+    # "auto" serves the fastest ONNX variant (encoders/onnx.py) whose measured nDCG@10 loss against the torch model
+    # is at most max_backend_loss, else torch; "onnx-int8", "onnx" or "torch" forces one. Applies to the text
+    # encoder (variants in the bundle) and the cross-encoder (variants in its directory).
+    backend: str = "auto"
+    max_backend_loss: float = 0.005
+    export_onnx: bool = True      # the indexer writes the text model's ONNX variants into the bundle
+    # ONNX Runtime intra-op threads per call. Calls run concurrently on the gRPC workers, so on 2 cores one thread
+    # per call serves more queries per second than two (README "Threads").
+    threads: int = 1
+    # Micro-batching of query encodings (encoders/batching.py): concurrent requests wait up to batch_window_ms to be
+    # encoded together, at most batch_max per call and batch_queue waiting; repeated texts hit an LRU cache.
+    batch_window_ms: float = 2.0
+    batch_max: int = 32
+    batch_queue: int = 256
+    cache_size: int = 10_000
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> EncoderConfig:
         cfg = config_from_dict(cls, d, "encoders")
-        check_positive_ints(cfg, "encoders", ("batch_size",))
+        check_positive_ints(cfg, "encoders", ("batch_size", "threads", "batch_max", "batch_queue"))
+        check_positive_ints(cfg, "encoders", ("cache_size",), minimum=0)
         check(cfg.device in (None, "cpu", "cuda") or str(cfg.device).startswith("cuda:"), "encoders.device",
               '"cpu", "cuda" or "cuda:N"', cfg.device)
+        check(cfg.backend in ("auto", "onnx-int8", "onnx", "torch"), "encoders.backend",
+              '"auto", "onnx-int8", "onnx" or "torch"', cfg.backend)
+        check(cfg.max_backend_loss >= 0, "encoders.max_backend_loss", "a non-negative number", cfg.max_backend_loss)
+        check(cfg.batch_window_ms >= 0, "encoders.batch_window_ms", "a non-negative number", cfg.batch_window_ms)
         return cfg

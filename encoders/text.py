@@ -92,3 +92,79 @@ class SentenceTransformerEncoder:
             convert_to_numpy=True, normalize_embeddings=True,
         )  # (N, D)
         return l2_normalize(x)
+
+
+def _embedding_module(model: object) -> "torch.nn.Module":  # noqa: F821
+    """The whole sentence-transformers pipeline (transformer, pooling, dense, normalise) as one traceable module."""
+    import torch
+
+    class Embed(torch.nn.Module):
+        def __init__(self, st: torch.nn.Module) -> None:
+            super().__init__()
+            self.st = st
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):  # noqa: ANN001, ANN201
+            features = {"input_ids": input_ids, "attention_mask": attention_mask}
+            if token_type_ids is not None:
+                features["token_type_ids"] = token_type_ids
+            return self.st(features)["sentence_embedding"]
+
+    return Embed(model)
+
+
+def export_text_onnx(encoder: SentenceTransformerEncoder, out_dir: str | Path) -> dict:
+    """Writes encoder's fp32 and int8 ONNX variants and its tokenizer to `out_dir`; returns the variants record
+    (quality not yet measured: see `indexer.bundle.check_text_variants`)."""
+    import copy
+
+    from vitrine.encoders import onnx
+
+    model = encoder.model
+    if hasattr(model[0].model, "merge_and_unload"):  # a LoRA adapter: export the merged weights, keep the served copy
+        model = copy.deepcopy(model)
+        model[0].model = model[0].model.merge_and_unload()
+    tokenizer = model.tokenizer
+    example = tokenizer(["a red cotton shirt", "shoes"], padding=True, return_tensors="pt")
+    example = {n: example[n] for n in onnx.INPUTS if n in example}
+    variants = onnx.export(_embedding_module(model).cpu(), {n: t.cpu() for n, t in example.items()}, out_dir, "embedding")
+    tokenizer.save_pretrained(str(out_dir))
+    return onnx.write_record(out_dir, {"kind": "text", "source": encoder.version, "name": encoder.name,
+                                       "max_length": int(encoder.model.max_seq_length), "dim": encoder.dim,
+                                       "inputs": list(example), "variants": variants})
+
+
+class OnnxTextEncoder:
+    """The text encoder served by ONNX Runtime from a variants directory (`export_text_onnx`): the same
+    `encode_texts` as SentenceTransformerEncoder, with no torch model in memory."""
+
+    def __init__(self, folder: str | Path, backend: str = "onnx-int8", threads: int = 1) -> None:
+        from transformers import AutoTokenizer
+
+        from vitrine.encoders import onnx
+
+        self.folder = Path(folder)
+        record = onnx.read_record(self.folder)
+        if backend not in record.get("variants", {}):
+            raise ValueError(f"{folder} has no {backend!r} variant; have: {', '.join(record.get('variants', {})) or 'none'}.")
+        self.backend = backend
+        self.session = onnx.session(self.folder / record["variants"][backend]["file"], threads)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.folder), local_files_only=True)
+        self.inputs = tuple(record["inputs"])
+        self.max_length = int(record["max_length"])
+        self.name = record["name"]
+        self.version = record["source"]  # the same model as the torch weights; the backend is reported beside it
+        self.dim = int(record["dim"])
+        self.device = "cpu"
+
+    def encode_texts(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        texts = list(texts)
+        order = np.argsort([-len(t) for t in texts], kind="stable")  # similar lengths share a batch: less padding
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(texts), batch_size):
+            idx = order[start:start + batch_size]
+            enc = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=self.max_length,
+                                 return_tensors="np")
+            out[idx] = self.session.run(None, {n: enc[n].astype(np.int64) for n in self.inputs})[0]
+        return l2_normalize(out)

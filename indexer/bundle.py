@@ -53,6 +53,9 @@ def item_text(item: Item, max_chars: int = 2000) -> str:
 @dataclass(frozen=True)
 class IndexerConfig:
     batch_size: int = 64
+    # Write ONNX fp32 and int8 variants of the text model into the bundle (models/text/), each checked against the
+    # torch model on the catalog (check_text_variants), so the server can serve the fastest that loses nothing.
+    onnx: bool = True
     ann: AnnConfig = field(default_factory=AnnConfig)
     bm25: Bm25Config = field(default_factory=Bm25Config)
 
@@ -158,6 +161,13 @@ def build_bundle(
                                "count": index.ntotal, "model": "text", "metric": "inner_product"}
             models["text"] = {"name": text_encoder.name, "dim": text_encoder.dim, "kind": "sentence-transformers",
                               "version": getattr(text_encoder, "version", text_encoder.name)}
+            if config.onnx and hasattr(text_encoder, "model") and len(text_rows):
+                t0 = time.perf_counter()
+                record = write_text_variants(text_encoder, tmp / TEXT_VARIANTS, xb, [it for _, it in text_rows])
+                models["text"]["variants"] = {"dir": TEXT_VARIANTS, "checked_on": record["checked_on"],
+                                              **{n: {k: v[k] for k in ("loss", "ms_per_query", "bytes") if k in v}
+                                                 for n, v in record["variants"].items()}}
+                timings["text_onnx_s"] = time.perf_counter() - t0
         broken: list[tuple[str, str]] = []
         if clip_encoder is not None:
             t0 = time.perf_counter()
@@ -190,6 +200,50 @@ def build_bundle(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+TEXT_VARIANTS = "models/text"  # in a bundle: the text model's ONNX variants (encoders/onnx.py)
+
+
+def check_queries(items: Sequence[Item], n: int = 300, words: int = 3, seed: int = 0) -> list[tuple[str, int]]:
+    """Catalog self-retrieval queries: `words` words of a sampled item's title, in order, and that item's row.
+
+    Titles of fewer words are skipped. Three words are ambiguous enough that nDCG@10 is far from 1, so a variant
+    that moves embeddings shows up as a loss.
+    """
+    rng = np.random.default_rng(seed)
+    rows = [i for i, it in enumerate(items) if len(it.title.split()) >= words]
+    out = []
+    for i in rng.permutation(rows)[:n]:
+        title = items[int(i)].title.split()
+        keep = np.sort(rng.choice(len(title), size=words, replace=False))
+        out.append((" ".join(title[j] for j in keep), int(i)))
+    return out
+
+
+def self_retrieval_ndcg(xq: np.ndarray, xb: np.ndarray, targets: Sequence[int], k: int = 10) -> float:
+    """Mean nDCG@k of exact inner-product search when each query's one relevant row is `targets[i]`."""
+    scores = xq @ xb.T  # (Q, N)
+    target = scores[np.arange(len(targets)), targets]
+    rank = (scores > target[:, None]).sum(axis=1)  # rows strictly better than the target
+    return float(np.where(rank < k, 1.0 / np.log2(rank + 2.0), 0.0).mean())
+
+
+def write_text_variants(encoder: TextEncoder, out: Path, xb: np.ndarray, items: Sequence[Item]) -> dict:
+    """Exports the text model's ONNX variants to `out` and records, for each, nDCG@10 on catalog self-retrieval
+    against the document vectors `xb` (encoded by the torch model) and ms per single-text call on the CPU."""
+    from vitrine.encoders import onnx
+    from vitrine.encoders.text import OnnxTextEncoder, export_text_onnx
+
+    record = export_text_onnx(encoder, out)
+    queries = check_queries(items)
+    texts, targets = [q for q, _ in queries], [t for _, t in queries]
+    encoders = {"torch": encoder, **{name: OnnxTextEncoder(out, name) for name in record["variants"]}}
+    ndcg = {name: self_retrieval_ndcg(e.encode_texts(texts), xb, targets) for name, e in encoders.items()}
+    cpu = getattr(encoder, "device", "cpu") == "cpu"
+    ms = {name: onnx.timed_ms(e.encode_texts, texts[:50]) for name, e in encoders.items()} if cpu else None
+    return onnx.write_record(out, onnx.add_quality(record, ndcg, f"catalog self-retrieval: {len(texts)} queries of 3 "
+                                                                  "title words, nDCG@10 over the bundle's vectors", ms))
 
 
 def _build_clip_index(rows: Sequence[tuple[int, Item]], catalog_dir: Path, clip: ClipEncoder, config: IndexerConfig,

@@ -14,26 +14,59 @@ log = logging.getLogger("vitrine")
 
 def open_searcher(bundle_path: str, *, ann: AnnConfig = AnnConfig(), encoders: EncoderConfig = EncoderConfig(),
                   search: SearchConfig = SearchConfig(), rerank: RerankConfig = RerankConfig(),
-                  reranker: str | None = None, ranker: str | None = None) -> Searcher:
-    """Opens a bundle with the encoders its manifest names and the optional second-stage models, warmed up."""
+                  reranker: str | None = None, ranker: str | None = None, batching: bool = True) -> Searcher:
+    """Opens a bundle with the encoders its manifest names and the optional second-stage models, warmed up.
+
+    The text encoder and the cross-encoder run on the backend `encoders.backend` picks (encoders/onnx.py:
+    "auto" = the fastest exported variant within `max_backend_loss` nDCG@10 of torch); with `batching`, query
+    encodings of concurrent requests are micro-batched and cached (encoders/batching.py).
+    """
+    from vitrine.encoders import onnx
+    from vitrine.encoders.batching import BatchingEncoder
+    from vitrine.indexer.bundle import TEXT_VARIANTS
+
     bundle = Bundle(bundle_path, ann=ann)
+    backends: dict[str, str] = {}
+
+    def batched(encoder: object, name: str) -> object:
+        if not batching:
+            return encoder
+        return BatchingEncoder(encoder, encoders.batch_window_ms, encoders.batch_max, encoders.batch_queue,
+                               encoders.cache_size, name)
+
     encoder = None
     if "text" in bundle.vectors:
-        from vitrine.encoders.text import SentenceTransformerEncoder
+        record = onnx.read_record(bundle.path / TEXT_VARIANTS)
+        backends["text"] = onnx.choose_backend(record, encoders.backend, encoders.max_backend_loss)
+        if backends["text"] == "torch":
+            from vitrine.encoders.text import SentenceTransformerEncoder
 
-        encoder = SentenceTransformerEncoder(bundle.manifest["models"]["text"]["name"], device=encoders.device)
+            encoder = SentenceTransformerEncoder(bundle.manifest["models"]["text"]["name"], device=encoders.device)
+        else:
+            from vitrine.encoders.text import OnnxTextEncoder
+
+            encoder = OnnxTextEncoder(bundle.path / TEXT_VARIANTS, backends["text"], encoders.threads)
         encoder.encode_texts(["warm up"])  # the first call pays one-off costs; not a user's query
+        encoder = batched(encoder, "text")
     clip = None
     if "clip" in bundle.manifest.get("models", {}):
         from vitrine.encoders.clip import ClipEncoder
 
         clip = ClipEncoder(bundle.manifest["models"]["clip"]["name"], device=encoders.device)
         clip.encode_texts(["warm up"])
+        backends["clip"] = "torch"
+        clip = batched(clip, "clip")
     cross = ltr = None
     if reranker:
-        from vitrine.ranking.rerank import CrossEncoderReranker
+        from pathlib import Path
 
-        cross = CrossEncoderReranker(reranker, rerank, device=encoders.device)
+        from vitrine.encoders.text import resolve_text_model
+        from vitrine.ranking.rerank import ONNX_DIR, CrossEncoderReranker
+
+        record = onnx.read_record(Path(resolve_text_model(reranker)) / ONNX_DIR)
+        backends["reranker"] = onnx.choose_backend(record, encoders.backend, encoders.max_backend_loss)
+        cross = CrossEncoderReranker(reranker, rerank, device=encoders.device, backend=backends["reranker"],
+                                     threads=encoders.threads)
         cross.score("warm up", ["warm up"])
     if ranker:
         from vitrine.ranking.ltr import LtrRanker
@@ -42,4 +75,7 @@ def open_searcher(bundle_path: str, *, ann: AnnConfig = AnnConfig(), encoders: E
         if ltr.meta.get("reranker") and cross is None:
             log.warning("ranker %s was trained with cross-encoder scores but no reranker is loaded; "
                         "its cross_* features will be missing", ranker)
-    return Searcher(bundle, encoder, search, clip_encoder=clip, reranker=cross, ranker=ltr, rerank=rerank)
+    searcher = Searcher(bundle, encoder, search, clip_encoder=clip, reranker=cross, ranker=ltr, rerank=rerank)
+    searcher.backends = backends
+    log.info("serving backends: %s", backends)
+    return searcher

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import enum
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -151,6 +152,7 @@ class Searcher:
         self.reranker = reranker
         self.ranker = ranker
         self.rerank = rerank or (reranker.config if reranker is not None else RerankConfig())
+        self.backends: dict[str, str] = {}  # model role -> "torch" | "onnx" | "onnx-int8", set by open_searcher
 
     def available_stages(self) -> list[str]:
         return [Stage.FIRST, *([Stage.CROSS] if self.reranker is not None else []),
@@ -164,7 +166,9 @@ class Searcher:
             out += ["clip_text", "clip_image"]
         return out
 
-    def search(self, req: SearchRequest) -> SearchResult:
+    def search(self, req: SearchRequest, reading: Callable[[], AbstractContextManager] = nullcontext) -> SearchResult:
+        """Answers one request. Encoding and the cross-encoder run outside `reading()` (the live index's read lock):
+        only index and docstore reads hold it, so a write waiting for the lock never waits on a model."""
         t_start = time.perf_counter()
         timings: dict[str, float] = {}
         k = self._validate(req)
@@ -176,11 +180,48 @@ class Searcher:
                                   "build one with `vitrine index --clip-model`.")
         text = req.text.strip()
         mode = "composed" if image is not None and text else "image" if image is not None else "text"
+        sources = self._active_sources(req, mode)
+        queries: dict[str, np.ndarray] = {}  # source -> (1, D) query vector
+        if "text" in sources and text:
+            t0 = time.perf_counter()
+            queries["text"] = self.text_encoder.encode_texts([text])  # (1, D)
+            timings["text_encode"] = (time.perf_counter() - t0) * 1e3
+        clip_text = None
+        if ("clip_text" in sources or mode == "composed") and text and self.clip_encoder is not None:
+            t0 = time.perf_counter()
+            clip_text = self.clip_encoder.encode_texts([text])  # (1, D)
+            timings["clip_text_encode"] = (time.perf_counter() - t0) * 1e3
+            if "clip_text" in sources:
+                queries["clip_text"] = clip_text
+        seen: dict[str, tuple[str, float]] = {}
+        if "clip_image" in sources and image is not None:
+            t0 = time.perf_counter()
+            xq = self.clip_encoder.encode_images([image])  # (1, D)
+            seen = self._predicted_attributes(xq)
+            if mode == "composed":
+                w = self.config.composed_text_weight if req.composed_text_weight is None else req.composed_text_weight
+                xq = l2_normalize(xq + w * clip_text)
+            queries["clip_image"] = xq
+            timings["clip_image_encode"] = (time.perf_counter() - t0) * 1e3
+        with reading():
+            fused, constraints, predicted, items = self._first_stage(req, text, mode, sources, queries, seen, timings)
+        query = QueryContext(text, mode, dict(req.filters), {}, self.config.candidates)
+        ranked, applied, features, contributions = self._second_stage(req, query, fused, items, timings, reading)
+        timings["total"] = (time.perf_counter() - t_start) * 1e3
+        return SearchResult(hits=ranked[req.offset:req.offset + k], total_candidates=len(fused),
+                            timings_ms=timings, bundle_version=self.bundle.version, constraints=constraints,
+                            predicted=predicted, mode=mode, stages=applied, features=features, contributions=contributions)
+
+    def _first_stage(self, req: SearchRequest, text: str, mode: str, sources: list[str], queries: Mapping[str, np.ndarray],
+                     seen: Mapping[str, tuple[str, float]], timings: dict[str, float],
+                     ) -> tuple[list[Hit], dict[str, str], dict[str, tuple[str, float]], dict[str, Any]]:
+        """Filters, BM25 and ANN retrieval, fusion and boosts over the encoded query; also fetches the items the
+        second stage will read. Runs under the live index's read lock."""
+        k = req.k or self.config.default_k
         try:
             allowed = self.bundle.docstore.allowed(req.filters, req.price_min, req.price_max)
         except ValueError as exc:
             raise InvalidRequest("filters", str(exc).removeprefix("filters: ")) from None
-        sources = self._active_sources(req, mode)
         constraints, constraint_mode = {}, Constraint(req.constraint or self.config.constraint)
         if mode == "composed" and constraint_mode is not Constraint.OFF:
             constraints = self.bundle.docstore.mentioned_values(text, self.config.constraint_fields)
@@ -190,6 +231,7 @@ class Searcher:
                     allowed = narrowed
                 else:
                     constraint_mode = Constraint.SOFT  # nothing matches every named value: rank by them instead
+        predicted = {f: vp for f, vp in seen.items() if f not in constraints}  # fields the text names are the text's
         exclude = set(req.exclude_ids)
         depth = max(self.config.candidates, req.offset + k) + len(exclude)
         lists: dict[str, list[tuple[str, float]]] = {}
@@ -198,34 +240,11 @@ class Searcher:
             pairs = self.bundle.bm25.search(text, depth, req.filters, req.price_min, req.price_max)
             lists["bm25"] = self._to_ids(pairs, exclude)
             timings["bm25"] = (time.perf_counter() - t0) * 1e3
-        if "text" in sources and text:
-            t0 = time.perf_counter()
-            xq = self.text_encoder.encode_texts([text])  # (1, D)
-            timings["text_encode"] = (time.perf_counter() - t0) * 1e3
-            t0 = time.perf_counter()
-            lists["text"] = self._ann("text", xq, depth, allowed, exclude)
-            timings["text_ann"] = (time.perf_counter() - t0) * 1e3
-        clip_text = None
-        if ("clip_text" in sources or mode == "composed") and text and self.clip_encoder is not None:
-            t0 = time.perf_counter()
-            clip_text = self.clip_encoder.encode_texts([text])  # (1, D)
-            timings["clip_text_encode"] = (time.perf_counter() - t0) * 1e3
-        if "clip_text" in sources and clip_text is not None:
-            t0 = time.perf_counter()
-            lists["clip_text"] = self._ann("clip_image", clip_text, depth, allowed, exclude)
-            timings["clip_text_ann"] = (time.perf_counter() - t0) * 1e3
-        predicted: dict[str, tuple[str, float]] = {}
-        if "clip_image" in sources and image is not None:
-            t0 = time.perf_counter()
-            xq = self.clip_encoder.encode_images([image])  # (1, D)
-            predicted = self._predicted_attributes(xq, constraints)
-            if mode == "composed":
-                w = self.config.composed_text_weight if req.composed_text_weight is None else req.composed_text_weight
-                xq = l2_normalize(xq + w * clip_text)
-            timings["clip_image_encode"] = (time.perf_counter() - t0) * 1e3
-            t0 = time.perf_counter()
-            lists["clip_image"] = self._ann("clip_image", xq, depth, allowed, exclude)
-            timings["clip_image_ann"] = (time.perf_counter() - t0) * 1e3
+        for source, index in (("text", "text"), ("clip_text", "clip_image"), ("clip_image", "clip_image")):
+            if source in queries:
+                t0 = time.perf_counter()
+                lists[source] = self._ann(index, queries[source], depth, allowed, exclude)
+                timings[f"{source}_ann"] = (time.perf_counter() - t0) * 1e3
         t0 = time.perf_counter()
         weights = {**self.config.weights, **req.weights}
         clip_rule = "clip_text" in lists and "clip_text" not in req.weights and ("bm25" in lists or "text" in lists)
@@ -247,14 +266,12 @@ class Searcher:
             fused = self._boost(fused, {f: (v, self.config.attribute_bonus * p) for f, (v, p) in predicted.items()},
                                 source="attributes")
         timings["fusion"] = (time.perf_counter() - t0) * 1e3
-        query = QueryContext(text, mode, dict(req.filters), {}, self.config.candidates)
-        ranked, applied, features, contributions = self._second_stage(req, query, fused, timings)
-        timings["total"] = (time.perf_counter() - t_start) * 1e3
-        return SearchResult(hits=ranked[req.offset:req.offset + k], total_candidates=len(fused),
-                            timings_ms=timings, bundle_version=self.bundle.version, constraints=constraints,
-                            predicted=predicted, mode=mode, stages=applied, features=features, contributions=contributions)
+        depth2 = self.rerank.depth if req.rerank_depth is None else req.rerank_depth
+        items = {h.id: self.bundle.docstore.get(h.id) for h in fused[:depth2]}
+        return fused, constraints, predicted, items
 
-    def _second_stage(self, req: SearchRequest, query: QueryContext, fused: list[Hit], timings: dict[str, float],
+    def _second_stage(self, req: SearchRequest, query: QueryContext, fused: list[Hit], items: Mapping[str, Any],
+                      timings: dict[str, float], reading: Callable[[], AbstractContextManager] = nullcontext,
                       ) -> tuple[list[Hit], str, dict[str, np.ndarray], dict[str, dict[str, float]]]:
         """Cross-encoder, then LightGBM, over the top rerank_depth fused hits; deeper hits keep fused order."""
         stages = Stage(req.stages or self.config.stages)
@@ -267,7 +284,6 @@ class Searcher:
         hits = [Hit(h.id, h.score, {**h.scores_by_source, "fused": SourceHit(h.score, r)})
                 for r, h in enumerate(fused[:depth], start=1)] + fused[depth:]
         n = min(depth, len(fused))
-        items = {h.id: self.bundle.docstore.get(h.id) for h in hits[:n]}
         applied = Stage.FIRST
         if cross:
             docs = [item_text(items[h.id]) if items[h.id] is not None else "" for h in hits[:n]]
@@ -280,8 +296,9 @@ class Searcher:
         contributions: dict[str, dict[str, float]] = {}
         if ltr or req.log_features:
             t0 = time.perf_counter()
-            query = QueryContext(query.text, query.mode, query.filters,
-                                 self.bundle.docstore.mentioned_values(query.text) if query.text else {}, query.depth)
+            with reading():
+                mentioned = self.bundle.docstore.mentioned_values(query.text) if query.text else {}
+            query = QueryContext(query.text, query.mode, query.filters, mentioned, query.depth)
             X = candidate_features(query, hits[:n], [items[h.id] for h in hits[:n]])
             features = {h.id: x for h, x in zip(hits[:n], X)}
             timings["features"] = (time.perf_counter() - t0) * 1e3
@@ -296,13 +313,13 @@ class Searcher:
             applied = Stage.FULL
         return hits, applied, features, contributions
 
-    def _predicted_attributes(self, xq: np.ndarray, named: Mapping[str, str]) -> dict[str, tuple[str, float]]:
-        """What the query photo looks like, per the CLIP's attribute heads: confident fields the text did not name."""
+    def _predicted_attributes(self, xq: np.ndarray) -> dict[str, tuple[str, float]]:
+        """What the query photo looks like, per the CLIP's attribute heads: the confident fields."""
         heads = getattr(self.clip_encoder, "attribute_heads", None)
         if heads is None or self.config.attribute_bonus <= 0:
             return {}
         return {f.casefold(): (" ".join(v.casefold().split()), p) for f, (v, p) in heads.predict(xq)[0].items()
-                if p >= self.config.attribute_min_prob and f.casefold() not in named}
+                if p >= self.config.attribute_min_prob}
 
     def _boost(self, hits: list[Hit], bonus: Mapping[str, tuple[str, float]], source: str = "") -> list[Hit]:
         """Soft constraints: field -> (value, bonus); an item with that attribute value gains the bonus in its fused

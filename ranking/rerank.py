@@ -98,10 +98,18 @@ def training_meta(path: str) -> dict:
     return json.loads(meta.read_text(encoding="utf-8")) if meta.is_file() else {}
 
 
-class CrossEncoderReranker:
-    """Scores (query, document) pairs with a CrossEncoder; safe to call from many threads."""
+ONNX_DIR = "onnx"  # inside a cross-encoder directory: its ONNX variants (encoders/onnx.py)
 
-    def __init__(self, name_or_dir: str, config: RerankConfig = RerankConfig(), device: str | None = None) -> None:
+
+class CrossEncoderReranker:
+    """Scores (query, document) pairs with a CrossEncoder; safe to call from many threads.
+
+    `backend` "torch" runs the sentence-transformers model; "onnx" / "onnx-int8" run the variant exported into
+    `<dir>/onnx/` by `export_cross_onnx` with ONNX Runtime (`threads` intra-op threads per call).
+    """
+
+    def __init__(self, name_or_dir: str, config: RerankConfig = RerankConfig(), device: str | None = None,
+                 backend: str = "torch", threads: int = 1) -> None:
         from sentence_transformers.cross_encoder import CrossEncoder
 
         from vitrine.encoders.text import resolve_text_model
@@ -123,6 +131,17 @@ class CrossEncoderReranker:
         self._cache: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._net_lock = threading.Lock()   # torch inference on CPU already uses every core; queue, don't thrash
+        self.backend = backend
+        self.session = None
+        if backend != "torch":
+            from vitrine.encoders import onnx
+
+            record = onnx.read_record(Path(path) / ONNX_DIR)
+            if backend not in record.get("variants", {}):
+                raise ValueError(f"{path} has no {backend!r} variant in {ONNX_DIR}/; run `vitrine export onnx --reranker {path}`.")
+            self.session = onnx.session(Path(path) / ONNX_DIR / record["variants"][backend]["file"], threads)
+            self.inputs = tuple(record["inputs"])
+            self._net_lock = _NoLock()  # ONNX Runtime sessions are thread-safe, each call uses `threads` threads
 
     def logits(self, queries: Sequence[str], docs: Sequence[str]) -> "torch.Tensor":  # noqa: F821
         """Raw relevance logits for aligned (query, document) pairs, with gradients when the net is training. (B,)"""
@@ -130,6 +149,14 @@ class CrossEncoderReranker:
                              truncation="only_second", max_length=self.config.max_length, padding=True,
                              return_tensors="pt").to(self.device)
         return self.net(**enc).logits[:, 0]
+
+    def _scores(self, queries: Sequence[str], docs: Sequence[str]) -> np.ndarray:
+        """Logits for aligned pairs with the serving backend, as float32. (B,)"""
+        if self.session is None:
+            return self.logits(queries, docs).float().cpu().numpy()
+        enc = self.tokenizer(list(queries), [truncate_doc(d, self.config.max_doc_chars) for d in docs],
+                             truncation="only_second", max_length=self.config.max_length, padding=True, return_tensors="np")
+        return self.session.run(None, {n: enc[n].astype(np.int64) for n in self.inputs})[0].astype(np.float32)
 
     def score(self, query: str, docs: Sequence[str]) -> np.ndarray:
         """Relevance scores (logits) of `docs` for `query`, from the cache where possible. (N,)"""
@@ -150,7 +177,7 @@ class CrossEncoderReranker:
         with self._net_lock, torch.inference_mode():
             for start in range(0, len(todo), bs):
                 idx = todo[start:start + bs]
-                out[idx] = self.logits([query] * len(idx), [docs[i] for i in idx]).float().cpu().numpy()
+                out[idx] = self._scores([query] * len(idx), [docs[i] for i in idx])
         if self.config.cache_size and todo:
             with self._cache_lock:
                 for i in todo:
@@ -158,3 +185,37 @@ class CrossEncoderReranker:
                 while len(self._cache) > self.config.cache_size:
                     self._cache.popitem(last=False)
         return out
+
+
+class _NoLock:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def export_cross_onnx(reranker: CrossEncoderReranker, out_dir: str | Path) -> dict:
+    """Writes the cross-encoder's fp32 and int8 ONNX variants (logits of the first label) to `out_dir`; returns the
+    variants record, without quality (the caller measures it: `check_cross_variants`)."""
+    import torch
+
+    from vitrine.encoders import onnx
+
+    class Logit(torch.nn.Module):
+        def __init__(self, net: torch.nn.Module) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, input_ids, attention_mask, token_type_ids=None):  # noqa: ANN001, ANN201
+            kwargs = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+            return self.net(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits[:, 0]
+
+    enc = reranker.tokenizer(["red shirt", "shoes for men"], ["a red cotton shirt", "black leather shoes"],
+                             padding=True, return_tensors="pt")
+    example = {n: enc[n].cpu() for n in onnx.INPUTS if n in enc}
+    variants = onnx.export(Logit(reranker.net).cpu(), example, out_dir, "logit")
+    reranker.net.to(reranker.device)
+    reranker.tokenizer.save_pretrained(str(out_dir))
+    return onnx.write_record(out_dir, {"kind": "cross", "source": reranker.version, "name": reranker.name,
+                                       "max_length": reranker.config.max_length, "inputs": list(example), "variants": variants})

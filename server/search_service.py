@@ -7,6 +7,7 @@ from typing import Any
 
 import grpc
 
+from vitrine.encoders.batching import deadline
 from vitrine.proto import search_pb2, search_pb2_grpc
 from vitrine.ranking.features import FEATURES
 from vitrine.ranking.fusion import FusionMethod
@@ -89,8 +90,9 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         log_features = self.query_log.wants_features(req.log_features)
         if log_features != req.log_features:
             req = replace(req, log_features=log_features)
+        with deadline(context.time_remaining()):
+            result = searcher.search(req, self.state.reading)
         with self.state.reading():
-            result = searcher.search(req)
             response = self._response(searcher, req, result, fields)
         response.request_id = self.query_log.new_request_id()
         query = {"text": req.text, "mode": result.mode, **({"filters": dict(req.filters)} if req.filters else {})}
@@ -120,6 +122,7 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         # The served stages join the manifest so `vitrine eval --ablate` can measure each one.
         stages = searcher.available_stages()
         manifest = {**searcher.bundle.manifest, "served_models": model_versions(searcher),
+                    "served_backends": dict(searcher.backends),
                     **({"stages": {"stages": stages}} if len(stages) > 1 else {})}
         return search_pb2.InfoResponse(bundle_version=searcher.bundle.version, manifest_json=json.dumps(manifest))
 

@@ -13,6 +13,7 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
+from vitrine.encoders.batching import DeadlineExceeded, QueueFull
 from vitrine.encoders.images import ImageError
 from vitrine.indexer.live import Overloaded
 from vitrine.ranking.pipeline import InvalidRequest, Unsupported
@@ -39,8 +40,10 @@ def status_for(exc: Exception, rpc: str) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     if isinstance(exc, Unsupported):
         return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
-    if isinstance(exc, Overloaded):
+    if isinstance(exc, (Overloaded, QueueFull)):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
+    if isinstance(exc, DeadlineExceeded):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, str(exc)
     log.error("internal error in %s", rpc, exc_info=exc)  # last line of defence, logged with its traceback
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
 

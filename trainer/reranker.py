@@ -41,6 +41,7 @@ class RerankerTrainConfig:
     patience: int = 1
     seed: int = 0
     eval_base: bool = False         # also score the untrained base on held-out (off: a fresh head is random)
+    onnx: bool = True               # write ONNX fp32/int8 variants into <out>/onnx, each measured on held-out queries
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_queries", "negatives", "mine_depth", "max_length"):
@@ -144,6 +145,24 @@ def fit_blend(score_fn: Callable[[str, list[str]], np.ndarray], qids: Sequence[s
     return best, results
 
 
+def write_cross_variants(model: Any, out_dir: Path, qids: Sequence[str], queries: Mapping[str, str],
+                         candidates: Mapping[str, Sequence[str]], first_scores: Mapping[str, Sequence[float]],
+                         docs: Mapping[str, str], qrels: Qrels) -> dict[str, dict]:
+    """Exports the cross-encoder's ONNX variants into out_dir/onnx and records each one's held-out nDCG@10 (the
+    cross-encoder alone) and its loss against the torch model; returns {variant: {"ndcg@10", "loss"}}."""
+    from vitrine.encoders import onnx
+    from vitrine.ranking.rerank import ONNX_DIR, CrossEncoderReranker, export_cross_onnx
+
+    record = export_cross_onnx(model, out_dir / ONNX_DIR)
+    scorers = {"torch": model, **{name: CrossEncoderReranker(str(out_dir), model.config, backend=name)
+                                  for name in record["variants"]}}
+    ndcg = {name: fit_blend(m.score, qids, queries, candidates, first_scores, docs, qrels, grid=(1.0,))[1][1.0]
+            for name, m in scorers.items()}
+    record = onnx.write_record(out_dir / ONNX_DIR, onnx.add_quality(record, ndcg, f"held-out queries of training "
+                                                                              f"({len(qids)}), the cross-encoder alone"))
+    return {name: {"ndcg@10": v["ndcg@10"], "loss": v["loss"]} for name, v in record["variants"].items()}
+
+
 def train_reranker(base: str, out_dir: Path, queries: Mapping[str, str], qrels: Qrels, docs: Mapping[str, str],
                    candidates: Mapping[str, Sequence[str]], config: RerankerTrainConfig = RerankerTrainConfig(),
                    device: str | None = None, progress: bool = True, log: Callable[[str], None] = print,
@@ -239,6 +258,9 @@ def train_reranker(base: str, out_dir: Path, queries: Mapping[str, str], qrels: 
         summary["blend"], tried = fit_blend(best_model.score, held_q, queries, candidates, first_scores, docs, qrels)
         summary["heldout"]["blended_ndcg@10"] = tried[summary["blend"]]
         log(f"reranker: blend weight {summary['blend']:.2f} gives held-out nDCG@10 {tried[summary['blend']]:.4f}")
+    if first_scores is not None and held_q and config.onnx:
+        summary["onnx"] = write_cross_variants(best_model, out_dir, held_q, queries, candidates, first_scores, docs, qrels)
+        log("reranker: ONNX variants " + ", ".join(f"{n} loss {v['loss']:+.4f}" for n, v in summary["onnx"].items()))
     (out_dir / "training.json").write_text(json.dumps(summary, indent=2))
     (out_dir / "metrics.json").write_text(json.dumps({"heldout": summary["heldout"], "curve": curve}, indent=2))
     return summary
