@@ -147,7 +147,10 @@ def load_checkpoint_dir(path: str | Path, device: str = "cpu") -> tuple[torch.nn
 class ClipEncoder:
     """Text and image encoding into one space: batched, L2-normalised float32, CUDA + fp16 autocast when present."""
 
-    def __init__(self, name_or_dir: str, pretrained: str | None = None, device: str | None = None) -> None:
+    def __init__(self, name_or_dir: str, pretrained: str | None = None, device: str | None = None,
+                 variants: str | Path | None = None, backend: str = "torch", threads: int = 1) -> None:
+        """`variants` (a directory written by `export_clip_onnx`) with `backend` "onnx" or "onnx-int8" runs both
+        towers with ONNX Runtime; the torch model still supplies the tokenizer, preprocessing and attribute heads."""
         import torch
 
         self.device = pick_device(device)
@@ -177,6 +180,17 @@ class ClipEncoder:
         self._channels_last = hasattr(getattr(self.model, "visual", None), "trunk")  # a timm CNN tower
         if self._channels_last:
             self.model.visual.to(memory_format=torch.channels_last)
+        self.backend = backend
+        self._text_session = self._image_session = None
+        if backend != "torch":
+            from vitrine.encoders import onnx
+
+            record = onnx.read_record(variants) if variants else {}
+            if backend not in record.get("variants", {}):
+                raise ValueError(f"{variants} has no {backend!r} CLIP variant; have: {', '.join(record.get('variants', {})) or 'none'}.")
+            files = record["variants"][backend]["files"]
+            self._text_session = onnx.session(Path(variants) / files["text"], threads)
+            self._image_session = onnx.session(Path(variants) / files["image"], threads)
 
     def _autocast(self):
         import contextlib
@@ -193,8 +207,11 @@ class ClipEncoder:
         out = []
         with torch.no_grad(), self._autocast():
             for start in range(0, len(texts), batch_size):
-                tokens = self.tokenizer(list(texts[start:start + batch_size])).to(self.device)
-                out.append(self.model.encode_text(tokens).float().cpu().numpy())  # (B, D)
+                tokens = self.tokenizer(list(texts[start:start + batch_size]))
+                if self._text_session is not None:
+                    out.append(self._text_session.run(None, {"tokens": tokens.numpy().astype(np.int64)})[0])
+                    continue
+                out.append(self.model.encode_text(tokens.to(self.device)).float().cpu().numpy())  # (B, D)
         return l2_normalize(np.concatenate(out)) if out else np.zeros((0, self.dim), np.float32)
 
     def preprocess_images(self, images: list[Image.Image]) -> torch.Tensor:
@@ -205,6 +222,8 @@ class ClipEncoder:
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:
         import torch
 
+        if self._image_session is not None:
+            return l2_normalize(self._image_session.run(None, {"pixels": pixels.numpy().astype(np.float32)})[0])
         # Convolutional towers run markedly faster on CPU with channels-last activations (same outputs).
         pixels = pixels.to(self.device, memory_format=torch.channels_last) if self._channels_last else pixels.to(self.device)
         with torch.inference_mode(), self._autocast():
@@ -213,3 +232,46 @@ class ClipEncoder:
     def encode_images(self, images: list[Image.Image], batch_size: int = 128, progress: bool = False) -> np.ndarray:
         out = [self.encode_pixels(self.preprocess_images(images[s:s + batch_size])) for s in range(0, len(images), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+
+def export_clip_onnx(encoder: ClipEncoder, out_dir: str | Path) -> dict:
+    """Writes both towers of `encoder` as ONNX to `out_dir`: the text tower in fp32 and int8 (dynamic quantisation of
+    its matrix products), the image tower in fp32 (int8 convolutions run slower than fp32 on ONNX Runtime's CPU
+    kernels), and a variants record naming the files of each variant ("onnx", "onnx-int8")."""
+    import torch
+
+    from vitrine.encoders import onnx
+
+    model = encoder.model.float().cpu()
+    model.visual.to(memory_format=torch.contiguous_format)
+
+    class Text(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.m = model
+
+        def forward(self, tokens):  # noqa: ANN001, ANN201
+            return self.m.encode_text(tokens)
+
+    class Img(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.m = model
+
+        def forward(self, pixels):  # noqa: ANN001, ANN201
+            return self.m.encode_image(pixels)
+
+    out_dir = Path(out_dir)
+    text = onnx.export(Text(), {"tokens": encoder.tokenizer(["a red shirt", "shoes"]).cpu()}, out_dir / "text", "embedding",
+                       dynamic_sequence=False)
+    size = encoder.image_size if isinstance(encoder.image_size, int) else encoder.image_size[0]
+    image = onnx.export(Img(), {"pixels": torch.zeros(2, 3, size, size)}, out_dir / "image", "embedding",
+                        dynamic_sequence=False, quantize=False)
+    if encoder._channels_last:
+        model.visual.to(memory_format=torch.channels_last)
+    model.to(encoder.device)
+    files = {"onnx": {"text": f"text/{text['onnx']['file']}", "image": f"image/{image['onnx']['file']}"},
+             "onnx-int8": {"text": f"text/{text['onnx-int8']['file']}", "image": f"image/{image['onnx']['file']}"}}
+    variants = {name: {"files": f, "bytes": sum((out_dir / p).stat().st_size for p in f.values())} for name, f in files.items()}
+    return onnx.write_record(out_dir, {"kind": "clip", "source": encoder.version or encoder.name, "name": encoder.name,
+                                       "dim": encoder.dim, "variants": variants})

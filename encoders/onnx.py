@@ -77,9 +77,10 @@ def session(path: str | Path, threads: int) -> "onnxruntime.InferenceSession":  
 
 
 def export(module: "torch.nn.Module", example: Mapping[str, "torch.Tensor"], out_dir: str | Path,  # noqa: F821
-           output: str) -> dict[str, dict]:
-    """Exports `module(**example)` (inputs named as in `example`, batch and sequence dynamic) to model.onnx and an
-    int8 model_qint8.onnx in `out_dir`; returns {variant: {"file", "bytes"}}."""
+           output: str, dynamic_sequence: bool = True, quantize: bool = True) -> dict[str, dict]:
+    """Exports `module(**example)` (inputs named as in `example`, batch and, with `dynamic_sequence`, the second
+    axis dynamic) to model.onnx and (with `quantize`) an int8 model_qint8.onnx in `out_dir`; returns
+    {variant: {"file", "bytes"}}."""
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -87,11 +88,18 @@ def export(module: "torch.nn.Module", example: Mapping[str, "torch.Tensor"], out
     out_dir.mkdir(parents=True, exist_ok=True)
     names = list(example)
     fp32, int8 = out_dir / FILES["onnx"], out_dir / FILES["onnx-int8"]
-    dynamic = {**{n: {0: "batch", 1: "sequence"} for n in names}, output: {0: "batch"}}
-    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the tracer's notes on shape-dependent Python branches (fixed for encoders)
-        torch.onnx.export(module.eval(), tuple(example[n] for n in names), str(fp32), input_names=names,
-                          output_names=[output], dynamic_axes=dynamic, opset_version=17, dynamo=False)
+    dynamic = {**{n: {0: "batch", 1: "sequence"} if dynamic_sequence else {0: "batch"} for n in names}, output: {0: "batch"}}
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # nn.MultiheadAttention's fused inference op has no ONNX export
+    try:
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's notes on shape-dependent Python branches (fixed for encoders)
+            torch.onnx.export(module.eval(), tuple(example[n] for n in names), str(fp32), input_names=names,
+                              output_names=[output], dynamic_axes=dynamic, opset_version=17, dynamo=False)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    if not quantize:
+        return {"onnx": {"file": FILES["onnx"], "bytes": fp32.stat().st_size}}
     # Per-channel int8 weights; activations are quantised per call (dynamic), so no calibration data is needed.
     quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True)
     return {name: {"file": f, "bytes": (out_dir / f).stat().st_size} for name, f in FILES.items()}

@@ -9,6 +9,7 @@ Layout:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -26,6 +27,8 @@ from vitrine.indexer.ann import AnnConfig, VectorIndex
 from vitrine.indexer.bm25 import CONTEXT_ATTRIBUTES, Bm25Config, Bm25Index
 from vitrine.indexer.catalog import Item
 from vitrine.indexer.docstore import DocStore
+
+log = logging.getLogger("vitrine.indexer")
 
 if TYPE_CHECKING:
     from vitrine.encoders.clip import ClipEncoder
@@ -163,19 +166,28 @@ def build_bundle(
                               "version": getattr(text_encoder, "version", text_encoder.name)}
             if config.onnx and hasattr(text_encoder, "model") and len(text_rows):
                 t0 = time.perf_counter()
-                record = write_text_variants(text_encoder, tmp / TEXT_VARIANTS, xb, [it for _, it in text_rows])
-                models["text"]["variants"] = {"dir": TEXT_VARIANTS, "checked_on": record["checked_on"],
-                                              **{n: {k: v[k] for k in ("loss", "ms_per_query", "bytes") if k in v}
-                                                 for n, v in record["variants"].items()}}
+                record = _variants("text", lambda: write_text_variants(text_encoder, tmp / TEXT_VARIANTS, xb,
+                                                                       [it for _, it in text_rows]), tmp / TEXT_VARIANTS)
+                if record:
+                    models["text"]["variants"] = _summary(record, TEXT_VARIANTS)
                 timings["text_onnx_s"] = time.perf_counter() - t0
         broken: list[tuple[str, str]] = []
         if clip_encoder is not None:
             t0 = time.perf_counter()
-            meta, broken = _build_clip_index(rows, Path(catalog_dir or "."), clip_encoder, config, tmp, progress)
+            meta, broken, clip_ids, clip_xb = _build_clip_index(rows, Path(catalog_dir or "."), clip_encoder, config, tmp, progress)
             timings["clip_s"] = time.perf_counter() - t0
             vectors["clip_image"] = meta
             models["clip"] = {"name": clip_encoder.name, "dim": clip_encoder.dim, "kind": "open_clip",
                               "version": getattr(clip_encoder, "version", "")}
+            if config.onnx and hasattr(clip_encoder, "model") and len(clip_ids):
+                t0 = time.perf_counter()
+                by_docno = dict(rows)
+                record = _variants("CLIP", lambda: write_clip_variants(
+                    clip_encoder, tmp / CLIP_VARIANTS, clip_xb, [by_docno[int(d)] for d in clip_ids], Path(catalog_dir or ".")),
+                    tmp / CLIP_VARIANTS)
+                if record:
+                    models["clip"]["variants"] = _summary(record, CLIP_VARIANTS)
+                timings["clip_onnx_s"] = time.perf_counter() - t0
         docstore.close()
 
         manifest = {
@@ -203,6 +215,22 @@ def build_bundle(
 
 
 TEXT_VARIANTS = "models/text"  # in a bundle: the text model's ONNX variants (encoders/onnx.py)
+CLIP_VARIANTS = "models/clip"  # in a bundle: both CLIP towers' ONNX variants
+
+
+def _variants(what: str, write: Callable[[], dict], folder: Path) -> dict:
+    """Runs an ONNX export; a model that cannot be exported is served by torch (logged), never a failed index."""
+    try:
+        return write()
+    except Exception as exc:  # noqa: BLE001 - the bundle is complete without variants
+        log.warning("no ONNX variants of the %s model (the server will run it on torch): %s: %s", what, type(exc).__name__, exc)
+        shutil.rmtree(folder, ignore_errors=True)
+        return {}
+
+
+def _summary(record: dict, folder: str) -> dict:
+    return {"dir": folder, "checked_on": record["checked_on"],
+            **{n: {k: v[k] for k in ("loss", "ms_per_query", "bytes") if k in v} for n, v in record["variants"].items()}}
 
 
 def check_queries(items: Sequence[Item], n: int = 300, words: int = 3, seed: int = 0) -> list[tuple[str, int]]:
@@ -246,6 +274,49 @@ def write_text_variants(encoder: TextEncoder, out: Path, xb: np.ndarray, items: 
                                                                   "title words, nDCG@10 over the bundle's vectors", ms))
 
 
+def write_clip_variants(clip: ClipEncoder, out: Path, xb: np.ndarray, items: Sequence[Item], catalog_dir: Path,
+                        photos: int = 100) -> dict:
+    """Exports both CLIP towers' ONNX variants to `out` and records what each loses against torch, over the
+    bundle's CLIP vectors `xb` (row i is items[i]): the text tower on catalog self-retrieval (3 title words), the
+    image tower on `photos` catalog photos, mirrored, finding their own item. A variant's loss is the larger."""
+    from PIL import ImageOps
+
+    from vitrine.encoders import onnx
+    from vitrine.encoders.clip import ClipEncoder, export_clip_onnx
+    from vitrine.encoders.images import decode_image
+    from vitrine.indexer.images import read_image_bytes
+
+    record = export_clip_onnx(clip, out)
+    queries = check_queries(items)
+    texts, targets = [q for q, _ in queries], [t for _, t in queries]
+    rng = np.random.default_rng(0)
+    rows = [i for i in rng.permutation(len(items)) if items[i].image][:photos]
+    pictures, picture_rows = [], []
+    for i in rows:
+        try:
+            where = items[i].image if items[i].image.startswith(("http://", "https://")) else str(catalog_dir / items[i].image)
+            pictures.append(ImageOps.mirror(decode_image(read_image_bytes(where))))
+            picture_rows.append(int(i))
+        except Exception:  # noqa: BLE001 - a broken photo is simply not part of the check
+            continue
+    encoders = {"torch": clip, **{name: ClipEncoder(clip.name, device="cpu", variants=out, backend=name)
+                                  for name in record["variants"]}}
+    text_ndcg = {n: self_retrieval_ndcg(e.encode_texts(texts), xb, targets) for n, e in encoders.items()}
+    image_ndcg = {n: self_retrieval_ndcg(e.encode_images(pictures), xb, picture_rows) for n, e in encoders.items()}
+    cpu = getattr(clip, "device", "cpu") == "cpu"
+    ms = {n: onnx.timed_ms(e.encode_texts, texts[:30]) + onnx.timed_ms(lambda b, e=e: e.encode_images(b), pictures[:30])
+          for n, e in encoders.items()} if cpu else None
+    record["torch"] = {"text_ndcg@10": round(text_ndcg["torch"], 4), "image_ndcg@10": round(image_ndcg["torch"], 4),
+                       **({"ms_per_query": round(ms["torch"], 3)} if ms else {})}
+    for name, v in record["variants"].items():
+        v.update(text_ndcg=round(text_ndcg[name], 4), image_ndcg=round(image_ndcg[name], 4),
+                 loss=round(max(text_ndcg["torch"] - text_ndcg[name], image_ndcg["torch"] - image_ndcg[name]), 4),
+                 **({"ms_per_query": round(ms[name], 3)} if ms else {}))
+    record["checked_on"] = (f"catalog self-retrieval over the bundle's CLIP vectors: {len(texts)} queries of 3 title "
+                            f"words (text tower), {len(pictures)} mirrored photos (image tower); nDCG@10; ms = one text + one photo")
+    return onnx.write_record(out, record)
+
+
 def _build_clip_index(rows: Sequence[tuple[int, Item]], catalog_dir: Path, clip: ClipEncoder, config: IndexerConfig,
                       tmp: Path, progress: bool) -> tuple[dict, list[tuple[str, str]]]:
     """CLIP image vectors for items with an image; for text-only items (or broken images) their CLIP text vector,
@@ -268,7 +339,7 @@ def _build_clip_index(rows: Sequence[tuple[int, Item]], catalog_dir: Path, clip:
     index.save(tmp / "vectors" / "clip_image.faiss")
     return {"file": "vectors/clip_image.faiss", "factory": index.factory, "dim": index.dim, "count": index.ntotal,
             "images": int(len(img_ids)), "text_only": len(text_rows), "images_per_s": round(images_per_s, 1),
-            "model": "clip", "metric": "inner_product"}, broken
+            "model": "clip", "metric": "inner_product"}, broken, ids, xb
 
 
 def clip_item_text(item: Item) -> str:

@@ -17,13 +17,13 @@ def open_searcher(bundle_path: str, *, ann: AnnConfig = AnnConfig(), encoders: E
                   reranker: str | None = None, ranker: str | None = None, batching: bool = True) -> Searcher:
     """Opens a bundle with the encoders its manifest names and the optional second-stage models, warmed up.
 
-    The text encoder and the cross-encoder run on the backend `encoders.backend` picks (encoders/onnx.py:
+    The text encoder, both CLIP towers and the cross-encoder run on the backend `encoders.backend` picks (encoders/onnx.py:
     "auto" = the fastest exported variant within `max_backend_loss` nDCG@10 of torch); with `batching`, query
     encodings of concurrent requests are micro-batched and cached (encoders/batching.py).
     """
     from vitrine.encoders import onnx
     from vitrine.encoders.batching import BatchingEncoder
-    from vitrine.indexer.bundle import TEXT_VARIANTS
+    from vitrine.indexer.bundle import CLIP_VARIANTS, TEXT_VARIANTS
 
     bundle = Bundle(bundle_path, ann=ann)
     backends: dict[str, str] = {}
@@ -52,9 +52,11 @@ def open_searcher(bundle_path: str, *, ann: AnnConfig = AnnConfig(), encoders: E
     if "clip" in bundle.manifest.get("models", {}):
         from vitrine.encoders.clip import ClipEncoder
 
-        clip = ClipEncoder(bundle.manifest["models"]["clip"]["name"], device=encoders.device)
+        record = onnx.read_record(bundle.path / CLIP_VARIANTS)
+        backends["clip"] = onnx.choose_backend(record, encoders.backend, encoders.max_backend_loss)
+        clip = ClipEncoder(bundle.manifest["models"]["clip"]["name"], device=encoders.device,
+                           variants=bundle.path / CLIP_VARIANTS, backend=backends["clip"], threads=encoders.threads)
         clip.encode_texts(["warm up"])
-        backends["clip"] = "torch"
         clip = batched(clip, "clip")
     cross = ltr = None
     if reranker:

@@ -149,3 +149,33 @@ def test_type_runs_put_one_article_type_together_and_keep_every_row():
     assert len(shop_runs) == 8 and all(len({int(types[i]) for i in r}) == 1 for r in shop_runs)
     plain = batch_order(rows, 100, types, 0, np.random.default_rng(0))
     assert sorted(plain.tolist()) == sorted(rows.tolist())
+
+
+def test_indexer_writes_clip_onnx_variants_that_match_torch(toy_shop, base_clip, tmp_path):
+    from vitrine.encoders import onnx
+    from vitrine.indexer.ann import AnnConfig
+    from vitrine.indexer.bundle import CLIP_VARIANTS, IndexerConfig, build_bundle
+    from vitrine.indexer.catalog import read_catalog
+    from vitrine.ranking.assemble import open_searcher
+    from vitrine.ranking.pipeline import SearchRequest
+
+    items, _ = read_catalog(toy_shop["catalog"])
+    clip = ClipEncoder(str(base_clip), device="cpu")
+    manifest = build_bundle(items, tmp_path / "b", None, IndexerConfig(ann=AnnConfig(factory="Flat")), clip_encoder=clip,
+                            catalog_dir=toy_shop["root"], progress=False)
+    record = onnx.read_record(tmp_path / "b" / CLIP_VARIANTS)
+    assert set(record["variants"]) == {"onnx", "onnx-int8"} and "loss" in manifest["models"]["clip"]["variants"]["onnx"]
+    fp32 = ClipEncoder(str(base_clip), device="cpu", variants=tmp_path / "b" / CLIP_VARIANTS, backend="onnx")
+    int8 = ClipEncoder(str(base_clip), device="cpu", variants=tmp_path / "b" / CLIP_VARIANTS, backend="onnx-int8")
+    texts = ["crimson square", "a blue stripe"]
+    from PIL import Image
+
+    photos = [Image.open(toy_shop["root"] / "images" / f"{i}.png").convert("RGB") for i in toy_shop["ids"][:3]]
+    np.testing.assert_allclose(fp32.encode_texts(texts), clip.encode_texts(texts), atol=1e-4)
+    np.testing.assert_allclose(fp32.encode_images(photos), clip.encode_images(photos), atol=1e-4)
+    assert (int8.encode_texts(texts) * clip.encode_texts(texts)).sum(axis=1).min() > 0.95
+    assert record["variants"]["onnx"]["loss"] == pytest.approx(0.0, abs=0.01)
+    searcher = open_searcher(str(tmp_path / "b"), ann=AnnConfig(factory="Flat"))
+    assert searcher.backends["clip"] == onnx.choose_backend(record, "auto", 0.005)
+    image = (toy_shop["root"] / "images" / f"{toy_shop['ids'][0]}.png").read_bytes()
+    assert searcher.search(SearchRequest(image=image, k=3)).hits
