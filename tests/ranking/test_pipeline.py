@@ -108,3 +108,30 @@ def test_config_from_dict_validates():
         SearchConfig.from_dict({"fusion": "magic"})
     with pytest.raises(ValueError, match="search.weights.foo"):
         SearchConfig.from_dict({"weights": {"foo": 1}})
+
+
+def test_models_run_outside_the_read_lock(small_bundle, keyword_encoder):
+    """Only index and docstore reads hold the live index's read lock: a waiting write never waits on a model."""
+    import contextlib
+
+    state = {"held": False, "entered": 0, "encoded_while_held": []}
+
+    class Spy:
+        name, dim = keyword_encoder.name, keyword_encoder.dim
+
+        def encode_texts(self, texts, batch_size=64, progress=False):
+            state["encoded_while_held"].append(state["held"])
+            return keyword_encoder.encode_texts(texts)
+
+    @contextlib.contextmanager
+    def reading():
+        state["held"] = True
+        state["entered"] += 1
+        try:
+            yield
+        finally:
+            state["held"] = False
+
+    hits = Searcher(small_bundle, Spy()).search(SearchRequest(text="crimson tee"), reading).hits
+    assert hits[0].id == "1" and state["entered"] >= 1
+    assert state["encoded_while_held"] == [False]
