@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nlists", type=lambda s: [int(x) for x in s.split(",")], default=[1024, 4096])
     p.add_argument("--pq", type=lambda s: s.split(","), default=["PQ48", "PQ96", "PQ192x4fs"])
     p.add_argument("--nprobes", type=lambda s: [int(x) for x in s.split(",")], default=[8, 16, 32, 64, 128])
-    p.add_argument("--refines", type=lambda s: s.split(";"), default=["SQ8", "SQ4"],
+    p.add_argument("--refines", type=lambda s: [x for x in s.split(";") if x], default=["SQ8", "SQ4"],
                    help="';'-separated FAISS factories for refine stores, e.g. 'SQ8;PQ128;OPQ128,PQ128'")
     p.add_argument("--no-rflat", dest="with_rflat", action="store_false", help="skip the exact (RFlat) refine store")
     p.add_argument("--out-name", default="ann", help="result file name under bench/results/")

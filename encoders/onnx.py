@@ -17,6 +17,7 @@ torch.onnx and quantised with onnxruntime's `quantize_dynamic` (the same int8 re
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import warnings
@@ -101,7 +102,11 @@ def export(module: "torch.nn.Module", example: Mapping[str, "torch.Tensor"], out
     if not quantize:
         return {"onnx": {"file": FILES["onnx"], "bytes": fp32.stat().st_size}}
     # Per-channel int8 weights; activations are quantised per call (dynamic), so no calibration data is needed.
-    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True)
+    logging.disable(logging.INFO)  # the quantiser logs one line per tensor on the root logger
+    try:
+        quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True)
+    finally:
+        logging.disable(logging.NOTSET)
     return {name: {"file": f, "bytes": (out_dir / f).stat().st_size} for name, f in FILES.items()}
 
 
