@@ -267,7 +267,8 @@ class Searcher:
                                 source="attributes")
         timings["fusion"] = (time.perf_counter() - t0) * 1e3
         depth2 = self.rerank.depth if req.rerank_depth is None else req.rerank_depth
-        items = {h.id: self.bundle.docstore.get(h.id) for h in fused[:depth2]}
+        later = self.reranker is not None or self.ranker is not None or req.log_features  # a second stage may read them
+        items = {h.id: self.bundle.docstore.get(h.id) for h in fused[:depth2]} if later else {}
         return fused, constraints, predicted, items
 
     def _second_stage(self, req: SearchRequest, query: QueryContext, fused: list[Hit], items: Mapping[str, Any],
