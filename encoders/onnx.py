@@ -3,7 +3,7 @@
 A variants directory holds one model in three forms and says what each loses:
 
     <dir>/model.onnx          fp32, exported from the torch model with torch.onnx (pooling and normalisation inside)
-    <dir>/model_qint8.onnx    the same, weights dynamically quantised to int8 (onnxruntime.quantization)
+    <dir>/model_qint8.onnx    the same, matrix-product weights dynamically quantised to 8 bits (onnxruntime.quantization)
     <dir>/tokenizer*.json, vocab.txt ...   the tokenizer, so serving needs no torch model
     <dir>/variants.json       {"kind", "source", "max_length", "dim", "variants": {name: {"file", "bytes",
                                "ndcg@10", "loss", "ms_per_query"}}, "checked_on": "..."}
@@ -101,10 +101,13 @@ def export(module: "torch.nn.Module", example: Mapping[str, "torch.Tensor"], out
         torch.backends.mha.set_fastpath_enabled(fastpath)
     if not quantize:
         return {"onnx": {"file": FILES["onnx"], "bytes": fp32.stat().st_size}}
-    # Per-channel int8 weights; activations are quantised per call (dynamic), so no calibration data is needed.
+    # 8-bit weights per output channel for the matrix products (embeddings and the rest stay fp32); activations are
+    # quantised per call (dynamic), so no calibration data is needed. Unsigned weights: with signed ones, the u8 x s8
+    # products saturate on AVX2 CPUs and MiniLM lost 0.007 nDCG@10 on fashion self-retrieval (1,000 queries), against
+    # 0.002 with unsigned, for 1.5 ms instead of 1.05 ms a query (fp32 ONNX: 3.3 ms).
     logging.disable(logging.INFO)  # the quantiser logs one line per tensor on the root logger
     try:
-        quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True)
+        quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QUInt8, per_channel=True, op_types_to_quantize=["MatMul"])
     finally:
         logging.disable(logging.NOTSET)
     return {name: {"file": f, "bytes": (out_dir / f).stat().st_size} for name, f in FILES.items()}
