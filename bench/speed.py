@@ -1,7 +1,11 @@
 """Query-path speed, torch against ONNX int8 in one run: `vitrine serve` in one process, this load generator in another.
 
-    python bench/speed.py --bundle BUNDLE [--reranker DIR] [--backends torch,onnx-int8] [--seconds 10]
-                          [--scifact-bundle BUNDLE]   # last stdout line: one JSON object
+    python bench/speed.py [--runs runs/speed] [--backends torch,onnx-int8] [--seconds 10]   # last line: JSON
+
+Without --bundle / --reranker / --scifact-bundle it builds what is missing under --runs with the shipped defaults
+(about an hour on 2 cores; reused afterwards): `vitrine train clip` on fashion, `vitrine index` of fashion (text +
+CLIP, with their ONNX variants) and of scifact, and `vitrine train reranker` on 400 queries generated from fashion's
+attributes (bench/second_stage.py's recipe; the cross-encoder's ONNX variants are measured on its held-out queries).
 
 For each backend (`[encoders] backend = ...` in a generated config; everything else default) the server is started
 on the same bundle, then, open loop (requests sent on a fixed schedule, latency from the scheduled send time):
@@ -15,7 +19,8 @@ on the same bundle, then, open loop (requests sent on a fixed schedule, latency 
 6. nDCG@10 of every fashion task (and scifact with `--scifact-bundle`) through the server, the same queries per
    backend, first stage and (with `--reranker`) cross stage;
 7. the server's memory (RSS now and peak) after the run.
-Per-stage p50/p99 come from the servers' own `stage_ms`. Results: bench/results/speed.json.
+Per-stage p50/p99 come from the servers' own `stage_ms`. The query-embedding cache is off (`cache_size = 0`), since
+the load repeats each fashion query many times; everything else is the default. Results: bench/results/speed.json.
 """
 from __future__ import annotations
 
@@ -190,7 +195,8 @@ def start(bundle: Path, backend: str, reranker: str | None, workdir: Path) -> tu
     from vitrine.cli.demo import start_server
 
     config = workdir / f"vitrine-{backend}.toml"
-    config.write_text(f'[encoders]\nbackend = "{backend}"\n')
+    # The query cache is off: the load repeats each fashion query many times, and every request must pay its encoding.
+    config.write_text(f'[encoders]\nbackend = "{backend}"\ncache_size = 0\n')
     return start_server(bundle, ["--config", str(config), *(["--reranker", reranker] if reranker else [])])
 
 
@@ -271,9 +277,50 @@ def scifact_requests() -> list[tuple[str, search_pb2.SearchRequest]]:
             for q in load_queries(DATA / "scifact" / "queries" / "claims.jsonl") if str(q.get("qid") or q.get("_id")) in judged]
 
 
+def prepare(runs: Path) -> dict[str, Path]:
+    """The models and bundles the benchmark serves, built with the shipped defaults where missing."""
+    from bench.second_stage import write_generated
+
+    runs.mkdir(parents=True, exist_ok=True)
+    out = {"clip": runs / "clip-default", "fashion": runs / "fashion-clip", "scifact": runs / "scifact",
+           "reranker": runs / "ce-fashion"}
+    cli = [sys.executable, "-m", "vitrine.cli.main"]
+
+    def step(done: Path, args: list[str]) -> None:
+        if not done.exists():
+            print("building:", " ".join(args), file=sys.stderr, flush=True)
+            subprocess.run(cli + args, check=True, cwd=ROOT)
+
+    fashion = DATA / "fashion" / "catalog.jsonl"
+    step(out["clip"] / "training.json", ["train", "clip", "--catalog", str(fashion), "--out", str(out["clip"]), "--no-mlflow", "--quiet"])
+    step(out["fashion"] / "manifest.json", ["index", "--catalog", str(fashion), "--out", str(out["fashion"]), "--clip-model",
+                                            str(out["clip"]), "--force", "--quiet"])
+    step(out["scifact"] / "manifest.json", ["index", "--catalog", str(DATA / "scifact" / "catalog.jsonl"), "--out",
+                                            str(out["scifact"]), "--force", "--quiet"])
+    if not (out["reranker"] / "training.json").exists():
+        queries, qrels = write_generated(DATA / "fashion", runs / "fashion-generated", 400)
+        step(out["reranker"] / "training.json", ["train", "reranker", "--catalog", str(fashion), "--queries", str(queries),
+                                                 "--qrels", str(qrels), "--bundle", str(out["fashion"]), "--out",
+                                                 str(out["reranker"]), "--epochs", "2", "--holdout", "0.1",
+                                                 "--reserve-for-ranker", "0.35", "--quiet"])
+    return out
+
+
+def variants_of(bundle: Path, reranker: str | None) -> dict:
+    """What the server can choose from: each model's variants record (loss, ms, bytes)."""
+    from vitrine.encoders import onnx
+
+    out = {name: onnx.read_record(bundle / "models" / name) for name in ("text", "clip")}
+    if reranker:
+        out["reranker"] = onnx.read_record(Path(reranker) / "onnx")
+    return {k: {"torch": v.get("torch"), **{n: {a: b for a, b in x.items() if a not in ("files", "file")}
+                                            for n, x in v.get("variants", {}).items()}} for k, v in out.items() if v}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--bundle", required=True, help="fashion bundle with text and CLIP vectors")
+    p.add_argument("--runs", default=str(ROOT / "runs" / "speed"), help="where missing models and bundles are built")
+    p.add_argument("--bundle", help="fashion bundle with text and CLIP vectors (default: built under --runs)")
     p.add_argument("--reranker", help="cross-encoder directory (with onnx/ variants from `vitrine train reranker`)")
     p.add_argument("--scifact-bundle", help="also measure scifact nDCG@10 per backend on this bundle")
     p.add_argument("--backends", default="torch,onnx-int8")
@@ -284,8 +331,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--writes-per-s", type=float, default=20.0)
     p.add_argument("--write-seconds", type=float, default=30.0)
     args = p.parse_args(argv)
-    results: dict = {"bench": "speed", "machine": machine(), "bundle": str(args.bundle), "reranker": args.reranker,
-                     "seconds_per_rate": args.seconds, "backends": {}}
+    if not (args.bundle and args.reranker and args.scifact_bundle):
+        built = prepare(Path(args.runs))
+        args.bundle = args.bundle or str(built["fashion"])
+        args.reranker = args.reranker or str(built["reranker"])
+        args.scifact_bundle = args.scifact_bundle or str(built["scifact"])
+    args.reranker = None if args.reranker == "none" else args.reranker  # "none": skip that part
+    args.scifact_bundle = None if args.scifact_bundle == "none" else args.scifact_bundle
+    manifest = json.loads((Path(args.bundle) / "manifest.json").read_text())
+    results: dict = {"bench": "speed", "machine": machine(), "bundle": str(args.bundle),
+                     "bundle_version": manifest["bundle_version"], "reranker": args.reranker,
+                     "variants": variants_of(Path(args.bundle), args.reranker), "seconds_per_rate": args.seconds,
+                     "backends": {}}
     with tempfile.TemporaryDirectory(prefix="vitrine-speed-") as tmp:
         for backend in args.backends.split(","):
             results["backends"][backend] = measure_backend(backend, args, Path(tmp))
