@@ -478,6 +478,47 @@ def render_e2e_load(r: Results) -> str:
     return out + "; ".join(parts) + "."
 
 
+SPEED = "bench/results/speed.json"
+
+
+def render_speed(r: Results) -> str:
+    d = r[SPEED]
+    names = list(d["backends"])
+    b = d["backends"]
+
+    def at(rows: list[dict], rate: float) -> dict:
+        return next((x for x in rows if x["rate_qps"] == rate), {})
+
+    def p(x: dict | None, key: str = "p99_ms") -> str:
+        return "–" if not x or x.get(key) is None else f"{x[key]:.1f}"
+
+    def cell(name: str, fn: Callable[[dict], str]) -> str:
+        try:
+            return fn(b[name])
+        except (KeyError, TypeError, StopIteration):
+            return "–"
+
+    rows = [
+        ("served backends (text / CLIP / cross-encoder)", lambda x: " / ".join(x["served_backends"].get(k, "–") for k in ("text", "clip", "reranker")), ""),
+        ("text, first stage: p50 / p99 ms at 50 QPS", lambda x: f"{p(at(x['text_first_stage']['rates'], 50.0), 'p50_ms')} / {p(at(x['text_first_stage']['rates'], 50.0))}", "p99 < 50"),
+        ("text, first stage: highest QPS with p99 < 50 ms / < 100 ms", lambda x: f"{num(x['text_first_stage']['max_qps_p99_under_50ms'], 0)} / {num(x['text_first_stage']['max_qps_p99_under_100ms'], 0)}", "≥ 100 under 100 ms"),
+        ("text, first stage: encode p99 ms at 50 QPS (MiniLM / CLIP text)", lambda x: f"{p(at(x['text_first_stage']['rates'], 50.0)['stages'].get('text_encode'))} / {p(at(x['text_first_stage']['rates'], 50.0)['stages'].get('clip_text_encode'))}", ""),
+        ("cross-encoder stage at depth 20: p50 / p99 ms (server's `cross` time)", lambda x: f"{p(x['cross_depth20']['stages']['cross'], 'p50_ms')} / {p(x['cross_depth20']['stages']['cross'])}", "p99 < 150"),
+        ("image + composed at 20 QPS: p50 / p99 ms", lambda x: f"{p(x['image_composed_20qps'], 'p50_ms')} / {p(x['image_composed_20qps'])}", "p99 < 80"),
+        ("mixed text / image / composed: highest QPS with p99 < 100 ms", lambda x: num(x["mixed"]["max_qps_p99_under_100ms"], 0), ""),
+        (f"search p99 ms at {num(next(iter(b.values()))['writes']['search_qps'], 0)} QPS: without / with 20 writes/s (rise)",
+         lambda x: f"{p(x['writes']['without'])} / {p(x['writes']['with'])} ({x['writes']['p99_rise'] * 100:+.0f}%)", "rise ≤ +25%"),
+        ("memory: RSS after load / peak MB", lambda x: f"{num(x['memory_after_load']['rss_mb'], 0, comma=True)} / {num(x['memory_end']['peak_rss_mb'], 0, comma=True)}", ""),
+    ]
+    tasks = list(next(iter(b.values())).get("ndcg@10_first", {}))
+    for t in tasks:
+        rows.append((f"nDCG@10 {t}, first stage", lambda x, t=t: num(x["ndcg@10_first"][t], 4), "within 0.005 of torch"))
+    for t in next(iter(b.values())).get("ndcg@10_cross", {}):
+        rows.append((f"nDCG@10 {t}, + cross-encoder", lambda x, t=t: num(x["ndcg@10_cross"][t], 4), "within 0.005 of torch"))
+    out = table(["", *[f"`{n}`" for n in names], "goal"], [(label, *[cell(n, fn) for n in names], goal) for label, fn, goal in rows])
+    return "\n".join(out)
+
+
 CRASH, FUZZ, MIXED = "bench/results/crash_cycles.json", "bench/results/fuzz.json", "bench/results/load_mixed.json"
 
 
@@ -627,6 +668,7 @@ REGISTRY: tuple[Figure, ...] = (
     Figure("encoding", (bench("encoding.py"),), ((ENCODING, "`bench/encoding.py`"),), render_encoding),
     Figure("e2e_load", (bench("e2e_load.py", "--rates", "5,10,20,30,40"),), ((E2E, "`bench/e2e_load.py`"),),
            render_e2e_load),
+    Figure("speed", (bench("speed.py"),), ((SPEED, "`bench/speed.py`"),), render_speed),
     Figure("crash_cycles", (bench("crash_cycles.py", "--cycles", "55", capture=CRASH),),
            ((CRASH, "`bench/crash_cycles.py`"),), render_crash_cycles),
     Figure("fuzz", (bench("fuzz.py", "--requests", "20000", capture=FUZZ),), ((FUZZ, "`bench/fuzz.py`"),), render_fuzz),
