@@ -88,8 +88,11 @@ class Bm25Index:
 
     def writer(self) -> tantivy.IndexWriter:
         if self._writer is None:
-            self._writer = self.index.writer(heap_size=64_000_000, num_threads=1)
+            self._writer = self._new_writer()
         return self._writer
+
+    def _new_writer(self) -> tantivy.IndexWriter:
+        return self.index.writer(heap_size=64_000_000, num_threads=1)
 
     def add(self, rows: Iterable[tuple[int, Item]]) -> None:
         with self._lock:
@@ -102,6 +105,16 @@ class Bm25Index:
             w = self.writer()
             for docno in docnos:
                 w.delete_documents_by_term("docno_key", str(docno))
+
+    def reopen_writer(self) -> None:
+        """Commits and closes the writer, then opens a new one from the calling thread (whose priority Tantivy's
+        writer threads take)."""
+        with self._lock:
+            if self._writer is not None:
+                self._writer.commit()
+                self._writer.wait_merging_threads()
+            self._writer = self._new_writer()
+        self.index.reload()
 
     def commit(self) -> None:
         """Makes all added and deleted documents durable and visible to new searches."""

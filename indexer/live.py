@@ -34,6 +34,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,6 +213,9 @@ class LiveIndex:
         self.wal = Wal(bundle.path / WAL_NAME)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Work a write adds besides its own durability runs at a lower CPU priority than searches: documents are
+        # encoded on this one thread, and Tantivy commits and merges on threads created by the background thread.
+        self._encode_pool = ThreadPoolExecutor(1, thread_name_prefix="vitrine-encode", initializer=lower_priority)
         self._recover()
 
     # ----- start-up -----------------------------------------------------------------------------
@@ -281,7 +285,8 @@ class LiveIndex:
     def upsert(self, items: Sequence[Item]) -> int:
         """Durably inserts or replaces whole items (last one wins per id); returns how many changed."""
         items = list({it.id: it for it in items}.values())
-        xb = self._encode(items)  # outside every lock: encoding is the slow part
+        # Outside every lock, on the low-priority encoding thread: encoding is the slow part, and searches come first.
+        xb = self._encode_pool.submit(self._encode, items).result()
         with self._writing():
             docstore = self.bundle.docstore
             changed = [i for i, it in enumerate(items) if docstore.get(it.id) != it]
@@ -449,6 +454,9 @@ class LiveIndex:
         self._thread.start()
 
     def _run(self) -> None:
+        lower_priority()
+        with self._writer:  # Tantivy's indexing and merge threads inherit the priority of the thread that makes them
+            self.bundle.bm25.reopen_writer()
         cfg = self.config
         while not self._stop.wait(cfg.commit_interval_s):
             try:
@@ -472,6 +480,16 @@ class LiveIndex:
         if self.wal.records or self._dirty:
             self.checkpoint()
         self.wal.close()
+        self._encode_pool.shutdown()
+
+
+def lower_priority(niceness: int = 10) -> None:
+    """Lowers the calling thread's CPU priority (Linux schedules threads by their own nice value); threads it
+    starts inherit it. Elsewhere a no-op."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    except (AttributeError, OSError):
+        pass
 
 
 def bm25_docnos(bm25: Bm25Index) -> list[int]:
