@@ -233,7 +233,7 @@ def _summary(record: dict, folder: str) -> dict:
             **{n: {k: v[k] for k in ("loss", "ms_per_query", "bytes") if k in v} for n, v in record["variants"].items()}}
 
 
-def check_queries(items: Sequence[Item], n: int = 300, words: int = 3, seed: int = 0) -> list[tuple[str, int]]:
+def check_queries(items: Sequence[Item], n: int = 1000, words: int = 3, seed: int = 0) -> list[tuple[str, int]]:
     """Catalog self-retrieval queries: `words` words of a sampled item's title, in order, and that item's row.
 
     Titles of fewer words are skipped. Three words are ambiguous enough that nDCG@10 is far from 1, so a variant
