@@ -25,8 +25,12 @@ def open_searcher(bundle_path: str, *, ann: AnnConfig = AnnConfig(), encoders: E
     from vitrine.encoders.batching import BatchingEncoder
     from vitrine.indexer.bundle import CLIP_VARIANTS, TEXT_VARIANTS
 
+    from vitrine.encoders.base import pick_device
+
     bundle = Bundle(bundle_path, ann=ann)
     backends: dict[str, str] = {}
+    # The ONNX variants run on the CPU: with a GPU, "auto" keeps the torch models on it.
+    requested = encoders.backend if encoders.backend != onnx.AUTO or pick_device(encoders.device) == "cpu" else "torch"
 
     def batched(encoder: object, name: str) -> object:
         if not batching:
@@ -37,7 +41,7 @@ def open_searcher(bundle_path: str, *, ann: AnnConfig = AnnConfig(), encoders: E
     encoder = None
     if "text" in bundle.vectors:
         record = onnx.read_record(bundle.path / TEXT_VARIANTS)
-        backends["text"] = onnx.choose_backend(record, encoders.backend, encoders.max_backend_loss)
+        backends["text"] = onnx.choose_backend(record, requested, encoders.max_backend_loss)
         if backends["text"] == "torch":
             from vitrine.encoders.text import SentenceTransformerEncoder
 
@@ -53,7 +57,7 @@ def open_searcher(bundle_path: str, *, ann: AnnConfig = AnnConfig(), encoders: E
         from vitrine.encoders.clip import ClipEncoder
 
         record = onnx.read_record(bundle.path / CLIP_VARIANTS)
-        backends["clip"] = onnx.choose_backend(record, encoders.backend, encoders.max_backend_loss)
+        backends["clip"] = onnx.choose_backend(record, requested, encoders.max_backend_loss)
         clip = ClipEncoder(bundle.manifest["models"]["clip"]["name"], device=encoders.device,
                            variants=bundle.path / CLIP_VARIANTS, backend=backends["clip"], threads=encoders.threads)
         clip.encode_texts(["warm up"])
@@ -66,7 +70,7 @@ def open_searcher(bundle_path: str, *, ann: AnnConfig = AnnConfig(), encoders: E
         from vitrine.ranking.rerank import ONNX_DIR, CrossEncoderReranker
 
         record = onnx.read_record(Path(resolve_text_model(reranker)) / ONNX_DIR)
-        backends["reranker"] = onnx.choose_backend(record, encoders.backend, encoders.max_backend_loss)
+        backends["reranker"] = onnx.choose_backend(record, requested, encoders.max_backend_loss)
         cross = CrossEncoderReranker(reranker, rerank, device=encoders.device, backend=backends["reranker"],
                                      threads=encoders.threads)
         cross.score("warm up", ["warm up"])
