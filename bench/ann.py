@@ -220,6 +220,37 @@ def sweep(xb: np.ndarray, xq: np.ndarray, gt: np.ndarray, flat: faiss.Index, arg
     return rows
 
 
+def sweep_factories(xb: np.ndarray, xq: np.ndarray, gt: np.ndarray, args: argparse.Namespace) -> list[dict]:
+    """Whole FAISS factory strings (e.g. with an OPQ rotation before the IVF), each trained from scratch on a
+    sample (quantizer included) and measured at every nprobe."""
+    rows = []
+    for factory in args.factories:
+        t0 = time.perf_counter()
+        index = faiss.index_factory(D, factory, faiss.METRIC_INNER_PRODUCT)
+        ivf = faiss.extract_index_ivf(index)
+        ivf.cp.max_points_per_centroid = args.points_per_centroid
+        ivf.cp.niter = 10
+        if isinstance(index, faiss.IndexPreTransform):
+            opq = faiss.downcast_VectorTransform(index.chain.at(0))
+            if isinstance(opq, faiss.OPQMatrix):  # the default (50 rounds over 65k points) takes ~10 min here
+                opq.niter, opq.max_train_points = 8, 32_768
+        index.train(train_sample(xb, max(args.pq_train, ivf.nlist * args.points_per_centroid)))
+        index.add(xb)
+        build_s = time.perf_counter() - t0
+        total = index_bytes(index)
+        print(f"{factory}: built in {build_s:.0f} s, {total / len(xb):.0f} B/vector", file=sys.stderr, flush=True)
+        for nprobe in args.nprobes:
+            ivf.nprobe = nprobe
+            m = measure(index, xq, gt, args.single, args.threads)
+            rows.append({"factory": factory, "nlist": ivf.nlist, "pq": factory, "refine": "none", "nprobe": nprobe,
+                         "k_factor": None, **m, "bytes": total, "bytes_per_vector": round(total / len(xb), 1),
+                         "build_s": round(build_s, 1)})
+            print(f"  {factory:34s} nprobe={nprobe:4d} R@10={m['recall@10']:.3f} qps1={m['qps_single']:8.1f} "
+                  f"qpsB={m['qps_batched']:8.1f} MB={total / 2**20:7.1f}", file=sys.stderr, flush=True)
+        del index
+    return rows
+
+
 def choose(rows: list[dict], flat: dict) -> dict | None:
     """The fastest (single-query) config meeting all three goals; failing that, among those meeting the recall
     and speed goals, the one with the most memory saved (then the fastest)."""
@@ -254,7 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--single", type=int, default=100, help="queries timed one at a time")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--nlists", type=lambda s: [int(x) for x in s.split(",")], default=[1024, 4096])
-    p.add_argument("--pq", type=lambda s: s.split(","), default=["PQ48", "PQ96", "PQ192x4fs"])
+    p.add_argument("--pq", type=lambda s: [x for x in s.split(",") if x], default=["PQ48", "PQ96", "PQ192x4fs"],
+                   help="bases sharing one quantizer per nlist: PQ48 (8-bit), PQ96x4fs (4-bit fast scan), RaBitQ3 "
+                        "(3 bits per dimension), RaBitQfs4 (fast scan)")
     p.add_argument("--nprobes", type=lambda s: [int(x) for x in s.split(",")], default=[8, 16, 32, 64, 128])
     p.add_argument("--refines", type=lambda s: [x for x in s.split(";") if x], default=["SQ8", "SQ4"],
                    help="';'-separated FAISS factories for refine stores, e.g. 'SQ8;PQ128;OPQ128,PQ128'")
@@ -264,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--points-per-centroid", type=int, default=32, help="k-means training sample per list (FAISS wants >= 39; 32 keeps 2 cores in budget)")
     p.add_argument("--pq-train", type=int, default=65_536)
     p.add_argument("--quick", action="store_true", help="100k vectors, one nlist, two PQ sizes: a smoke run")
+    p.add_argument("--factories", type=lambda s: [x for x in s.split(";") if x], default=[],
+                   help="';'-separated whole factory strings trained from scratch, e.g. 'OPQ96_384,IVF4096,PQ96'")
     p.add_argument("--data", choices=("synthetic", "real"), default="synthetic",
                    help="real: fashion's MiniLM vectors replicated with noise, fashion text queries (see real_vectors)")
     p.add_argument("--reanalyse", metavar="RESULT_JSON", help="re-choose the default from a saved result; measures nothing")
@@ -304,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
                   "query_top10_cos": round(float(np.mean(np.sum(xq[:200] * xb[gt[:200, 9]], axis=1))), 3)}
     print(f"data in {gen_s:.1f} s {data_stats}; flat: {flat_row}", file=sys.stderr, flush=True)
 
-    rows = sweep(xb, xq, gt, flat, args)
+    rows = sweep(xb, xq, gt, flat, args) if args.pq else []
+    rows += sweep_factories(xb, xq, gt, args)
     chosen = choose(rows, flat_row)
     best_mem = max((r for r in rows if r["memory_ratio"] >= GOAL["memory_ratio"]), key=lambda r: r["recall@10"], default=None)
     result = {
