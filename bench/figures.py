@@ -274,6 +274,38 @@ def render_images(r: Results) -> str:
 
 
 ANN, ANN_PQ = "bench/results/ann.json", "bench/results/ann-pqrefine.json"
+ANN_RQ, ANN_REAL = "bench/results/ann-rabitq.json", "bench/results/ann-real.json"
+
+
+def render_ann_quantizers(r: Results) -> str:
+    """The RaBitQ / OPQ sweep on the synthetic set and the same sweep on real MiniLM vectors, one table each."""
+    out = []
+    for path, title in ((ANN_RQ, "synthetic 1M × 384"), (ANN_REAL, "real: fashion MiniLM vectors replicated to 1M")):
+        d = r.get(path)
+        if not d:
+            continue
+        flat, goal = d["flat"], d.get("goal", {})
+        best: dict[str, dict] = {}
+        for row in d["sweep"]:  # per factory: the first nprobe reaching the recall goal, else its best recall
+            f = row["factory"]
+            reach = row["recall@10"] >= goal.get("recall@10", 1)
+            cur = best.get(f)
+            if cur is None or (reach and (cur["recall@10"] < goal.get("recall@10", 1) or row["qps_single"] > cur["qps_single"])) \
+                    or (not reach and cur["recall@10"] < goal.get("recall@10", 1) and row["recall@10"] > cur["recall@10"]):
+                best[f] = row
+        extra = d["data"].get("replica_target_cos")
+        out.append(f"{title}{f' (replica cosine {extra})' if extra else ''}: flat {num(flat['qps_single'], 1)} QPS single, "
+                   f"{num(flat['bytes'] / 2**20, 0, comma=True)} MiB. Per factory, the fastest nprobe reaching recall@10 "
+                   f"{num(goal.get('recall@10'), 2)}, else its best recall:")
+        out.append("")
+        rows = []
+        for f, x in sorted(best.items(), key=lambda kv: -kv[1]["memory_ratio"]):
+            ok = x.get("meets_goal")
+            rows.append((f"`{f}`", str(x["nprobe"]), num(x["recall@10"]), f"{num(x['memory_ratio'], 1)}×",
+                         f"{num(x['bytes_per_vector'], 0)}", f"{num(x['qps_ratio_single'], 0)}×", "**yes**" if ok else "no"))
+        out += table(["factory", "nprobe", "recall@10", "less memory", "B/vector", "× flat QPS (single)", "meets all three"], rows)
+        out.append("")
+    return "\n".join(out).rstrip()
 
 
 def render_ann(r: Results) -> str:
@@ -628,6 +660,10 @@ def render_regress(r: Results) -> str:
 # ---- the registry ----
 
 
+ANN_QUANT_ARGS = ("--nlists", "4096", "--pq", "PQ48,RaBitQ3,RaBitQ4,RaBitQfs4", "--refines", "SQ8", "--no-rflat",
+                  "--nprobes", "8,16,32,64", "--factories", "OPQ96_384,IVF4096,PQ96")
+
+
 def bench(script: str, *args: str, **kw: Any) -> Command:
     return Command((PY, f"bench/{script}", *args), **kw)
 
@@ -659,6 +695,10 @@ REGISTRY: tuple[Figure, ...] = (
     Figure("ann", (bench("ann.py"), bench("ann.py", "--nlists", "4096", "--pq", "PQ48", "--nprobes", "8,16,32", "--refines",
                                           "PQ128", "--no-rflat", "--out-name", "ann-pqrefine")),
            ((ANN, "`bench/ann.py`"), (ANN_PQ, "`bench/ann.py --refines PQ128`")), render_ann, optional=(ANN_PQ,)),
+    Figure("ann_quantizers", (bench("ann.py", *ANN_QUANT_ARGS, "--out-name", "ann-rabitq"),
+                              bench("ann.py", *ANN_QUANT_ARGS, "--data", "real", "--out-name", "ann-real")),
+           ((ANN_RQ, "`bench/ann.py` (RaBitQ, OPQ)"), (ANN_REAL, "`bench/ann.py --data real`")), render_ann_quantizers,
+           optional=(ANN_REAL,)),
     Figure("second_stage", (bench("second_stage.py"),), ((SECOND, "`bench/second_stage.py`"),), render_second_stage),
     Figure("click_loop", tuple(bench("click_loop.py", *args, "--work", f"runs/click-loop-{i}", "--out", out)
                                for i, (args, out) in enumerate(zip(CLICK_ARGS, CLICK, strict=True))),
