@@ -313,8 +313,12 @@ def variants_of(bundle: Path, reranker: str | None) -> dict:
     out = {name: onnx.read_record(bundle / "models" / name) for name in ("text", "clip")}
     if reranker:
         out["reranker"] = onnx.read_record(Path(reranker) / "onnx")
-    return {k: {"torch": v.get("torch"), **{n: {a: b for a, b in x.items() if a not in ("files", "file")}
-                                            for n, x in v.get("variants", {}).items()}} for k, v in out.items() if v}
+    from vitrine.encoders.config import EncoderConfig
+
+    default = EncoderConfig()
+    return {k: {"torch": v.get("torch"), "auto_picks": onnx.choose_backend(v, default.backend, default.max_backend_loss),
+                **{n: {a: b for a, b in x.items() if a not in ("files", "file")} for n, x in v.get("variants", {}).items()}}
+            for k, v in out.items() if v}
 
 
 def main(argv: list[str] | None = None) -> int:
