@@ -38,6 +38,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from vitrine.indexer.live import LiveIndex
     from vitrine.server.app import create_server
     from vitrine.server.query_log import QueryLog
+    from vitrine.server.state import freeze_heap
     from vitrine.server.status import Metrics
 
     if not (Path(args.bundle) / "manifest.json").is_file():
@@ -67,6 +68,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         live = LiveIndex(searcher.bundle, getattr(searcher.text_encoder, "encoder", searcher.text_encoder), config.live)
         live.start()
     served.attach(searcher, live)
+    freeze_heap()  # the loaded bundle and models never become garbage; keep the collector off them
     log.info("serving bundle %s (%d items) on %s:%d%s", searcher.bundle.version, len(searcher.bundle.docstore),
              args.host, served.port, "" if live else " read-only")
     print(f"listening on {args.host}:{served.port}", flush=True)

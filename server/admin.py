@@ -17,7 +17,7 @@ import grpc
 
 from vitrine.proto import search_pb2, search_pb2_grpc
 from vitrine.ranking.pipeline import Searcher
-from vitrine.server.state import ServingState, model_versions
+from vitrine.server.state import ServingState, freeze_heap, model_versions
 from vitrine.server.status import Metrics, StatusError, abort_on_error
 
 log = logging.getLogger("vitrine.admin")
@@ -54,6 +54,7 @@ class Reloader:
             new = self._load_in_background(str(path), reranker or None, ranker or None)
             old = self.state.swap(new)
         seconds = time.perf_counter() - t0
+        freeze_heap()
         log.info("switched to bundle %s (%s) in %.1f s", new.bundle.version, path, seconds)
         if old is not None and old.bundle is not new.bundle:
             timer = threading.Timer(self.close_after_s, old.bundle.close)
