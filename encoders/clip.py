@@ -182,6 +182,7 @@ class ClipEncoder:
             self.model.visual.to(memory_format=torch.channels_last)
         self.backend = backend
         self._text_session = self._image_session = None
+        self._text_trims = False
         if backend != "torch":
             from vitrine.encoders import onnx
 
@@ -190,6 +191,7 @@ class ClipEncoder:
                 raise ValueError(f"{variants} has no {backend!r} CLIP variant; have: {', '.join(record.get('variants', {})) or 'none'}.")
             files = record["variants"][backend]["files"]
             self._text_session = onnx.session(Path(variants) / files["text"], threads)
+            self._text_trims = bool(record.get("text_dynamic_length"))
             self._image_session = onnx.session(Path(variants) / files["image"], threads)
 
     def _autocast(self):
@@ -209,10 +211,19 @@ class ClipEncoder:
             for start in range(0, len(texts), batch_size):
                 tokens = self.tokenizer(list(texts[start:start + batch_size]))
                 if self._text_session is not None:
-                    out.append(self._text_session.run(None, {"tokens": tokens.numpy().astype(np.int64)})[0])
+                    out.append(self._text_session.run(None, {"tokens": self._trim(tokens.numpy()).astype(np.int64)})[0])
                     continue
                 out.append(self.model.encode_text(tokens.to(self.device)).float().cpu().numpy())  # (B, D)
         return l2_normalize(np.concatenate(out)) if out else np.zeros((0, self.dim), np.float32)
+
+    def _trim(self, tokens: np.ndarray) -> np.ndarray:
+        """Drops the padding columns every row has (B, context_length) -> (B, longest): a HF text tower masks its pads
+        and mean-pools over the mask, so the embedding is the same and a 4-token query costs 4 tokens, not 32."""
+        pad = getattr(getattr(self.tokenizer, "tokenizer", None), "pad_token_id", None)
+        if pad is None or not self._text_trims:
+            return tokens
+        used = (tokens != pad).any(axis=0).nonzero()[0]
+        return tokens[:, : int(used[-1]) + 1] if len(used) else tokens[:, :1]
 
     def preprocess_images(self, images: list[Image.Image]) -> torch.Tensor:
         import torch
@@ -239,6 +250,7 @@ def export_clip_onnx(encoder: ClipEncoder, out_dir: str | Path) -> dict:
     its matrix products), the image tower in fp32 (int8 convolutions run slower than fp32 on ONNX Runtime's CPU
     kernels), and a variants record naming the files of each variant ("onnx", "onnx-int8")."""
     import torch
+    from open_clip.hf_model import HFTextEncoder
 
     from vitrine.encoders import onnx
 
@@ -262,8 +274,11 @@ def export_clip_onnx(encoder: ClipEncoder, out_dir: str | Path) -> dict:
             return self.m.encode_image(pixels)
 
     out_dir = Path(out_dir)
+    # A HF text tower masks its padding (its poolers use the mask too), so it is exported with a dynamic sequence
+    # length and serving drops the padding columns; open_clip's own text transformer keeps its fixed length.
+    dynamic = isinstance(getattr(model, "text", None), HFTextEncoder)
     text = onnx.export(Text(), {"tokens": encoder.tokenizer(["a red shirt", "shoes"]).cpu()}, out_dir / "text", "embedding",
-                       dynamic_sequence=False)
+                       dynamic_sequence=dynamic)
     size = encoder.image_size if isinstance(encoder.image_size, int) else encoder.image_size[0]
     image = onnx.export(Img(), {"pixels": torch.zeros(2, 3, size, size)}, out_dir / "image", "embedding",
                         dynamic_sequence=False, quantize=False)
@@ -274,4 +289,4 @@ def export_clip_onnx(encoder: ClipEncoder, out_dir: str | Path) -> dict:
              "onnx-int8": {"text": f"text/{text['onnx-int8']['file']}", "image": f"image/{image['onnx']['file']}"}}
     variants = {name: {"files": f, "bytes": sum((out_dir / p).stat().st_size for p in f.values())} for name, f in files.items()}
     return onnx.write_record(out_dir, {"kind": "clip", "source": encoder.version or encoder.name, "name": encoder.name,
-                                       "dim": encoder.dim, "variants": variants})
+                                       "dim": encoder.dim, "text_dynamic_length": dynamic, "variants": variants})

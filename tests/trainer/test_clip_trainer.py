@@ -179,3 +179,18 @@ def test_indexer_writes_clip_onnx_variants_that_match_torch(toy_shop, base_clip,
     assert searcher.backends["clip"] == onnx.choose_backend(record, "auto", 0.005)
     image = (toy_shop["root"] / "images" / f"{toy_shop['ids'][0]}.png").read_bytes()
     assert searcher.search(SearchRequest(image=image, k=3)).hits
+
+
+def test_onnx_text_tower_drops_padding_without_changing_embeddings(base_clip, tmp_path):
+    from vitrine.encoders.clip import export_clip_onnx
+
+    clip = ClipEncoder(str(base_clip), device="cpu")
+    record = export_clip_onnx(clip, tmp_path / "v")
+    fp32 = ClipEncoder(str(base_clip), device="cpu", variants=tmp_path / "v", backend="onnx")
+    texts = ["crimson square", "a long blue stripe on a white background with more words than the other"]
+    full = clip.tokenizer(texts).numpy()
+    trimmed = fp32._trim(full)
+    if record["text_dynamic_length"]:
+        assert trimmed.shape[1] < full.shape[1] and (full[:, trimmed.shape[1]:] == 0).all()
+    np.testing.assert_allclose(fp32.encode_texts(texts), clip.encode_texts(texts), atol=1e-4)
+    np.testing.assert_allclose(fp32.encode_texts(texts[:1]), clip.encode_texts(texts[:1]), atol=1e-4)
