@@ -30,6 +30,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_serve)
 
 
+def single_threaded_kernels(backends: dict[str, str]) -> None:
+    """Concurrency comes from requests, not from inside one: FAISS answers each query on one OpenMP thread (a
+    single-query IVF scan is too small to split, and idle OpenMP threads spin on a core another request needs), and
+    when no model runs on torch (every one on ONNX), torch's remaining work (image preprocessing) uses one thread."""
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    if "torch" not in backends.values():
+        import torch
+
+        torch.set_num_threads(1)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """`vitrine serve` with live updates: binds first (health NOT_SERVING), loads, replays the WAL, then serves."""
     from dataclasses import replace
@@ -62,6 +75,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     served = create_server(None, f"{args.host}:{args.port}", config.server, catalog=catalog, metrics=metrics,
                            query_log=query_log, loader=loader, pointer=pointer)
     searcher = searcher_for(str(Path(args.bundle).resolve()), config, args.reranker, args.ranker)
+    single_threaded_kernels(searcher.backends)
     live = None
     if not args.read_only:
         # Documents skip the query micro-batcher and its cache (long texts would pad the short queries batched beside them).
