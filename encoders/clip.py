@@ -192,6 +192,7 @@ class ClipEncoder:
             files = record["variants"][backend]["files"]
             self._text_session = onnx.session(Path(variants) / files["text"], threads)
             self._text_trims = bool(record.get("text_dynamic_length"))
+            self.model = None  # both towers run on ONNX Runtime: the torch weights leave memory
             self._image_session = onnx.session(Path(variants) / files["image"], threads)
 
     def _autocast(self):

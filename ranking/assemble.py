@@ -72,7 +72,7 @@ def open_searcher(bundle_path: str, *, ann: AnnConfig = AnnConfig(), encoders: E
         record = onnx.read_record(Path(resolve_text_model(reranker)) / ONNX_DIR)
         backends["reranker"] = onnx.choose_backend(record, requested, encoders.max_backend_loss)
         cross = CrossEncoderReranker(reranker, rerank, device=encoders.device, backend=backends["reranker"],
-                                     threads=encoders.threads)
+                                     threads=rerank.threads)
         cross.score("warm up", ["warm up"])
     if ranker:
         from vitrine.ranking.ltr import LtrRanker

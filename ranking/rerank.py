@@ -34,12 +34,15 @@ class RerankConfig:
     max_length: int = 128
     max_doc_chars: int = 800
     cache_size: int = 50_000
+    # ONNX Runtime intra-op threads of one cross-encoder call. Unlike a query encoding, a call scores `depth` pairs
+    # at once, long enough to split across both cores (README "Threads and micro-batching").
+    threads: int = 2
 
     @classmethod
     def from_dict(cls, d: dict) -> RerankConfig:
         cfg = config_from_dict(cls, d, "rerank")
         check_positive_ints(cfg, "rerank", ("depth", "cache_size"), minimum=0)
-        check_positive_ints(cfg, "rerank", ("max_depth", "batch_size", "max_length", "max_doc_chars"))
+        check_positive_ints(cfg, "rerank", ("max_depth", "batch_size", "max_length", "max_doc_chars", "threads"))
         check(cfg.depth <= cfg.max_depth, "rerank.depth", f"at most rerank.max_depth ({cfg.max_depth})", cfg.depth)
         return cfg
 
@@ -142,6 +145,7 @@ class CrossEncoderReranker:
             self.session = onnx.session(Path(path) / ONNX_DIR / record["variants"][backend]["file"], threads)
             self.inputs = tuple(record["inputs"])
             self._net_lock = _NoLock()  # ONNX Runtime sessions are thread-safe, each call uses `threads` threads
+            self.model = self.net = None  # only the tokenizer is needed: the torch weights leave memory
 
     def logits(self, queries: Sequence[str], docs: Sequence[str]) -> "torch.Tensor":  # noqa: F821
         """Raw relevance logits for aligned (query, document) pairs, with gradients when the net is training. (B,)"""
