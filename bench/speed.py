@@ -14,7 +14,7 @@ on the same bundle, then, open loop (requests sent on a fixed schedule, latency 
    `cross` stage time and of the whole request;
 3. image and composed queries at 20 QPS: p50/p99;
 4. mixed text, image and composed queries at rising rates;
-5. text queries at `--write-search-rate` QPS without and then with one client streaming 20 writes/s (upserts,
+5. text queries at `--write-search-rate` QPS without and then with another process streaming 20 writes/s (upserts,
    patches, deletes): p99 with and without, and the rise;
 6. nDCG@10 of every fashion task (and scifact with `--scifact-bundle`) through the server, the same queries per
    backend, first stage and (with `--reranker`) cross stage;
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
 import queue
 import random
@@ -168,6 +169,12 @@ def writer(target: str, rate: float, seconds: float, ids: list[str], stop: threa
     out.update(writes=writes, errors=errors, write_ms=percentiles(lat))
 
 
+def writer_process(target: str, rate: float, seconds: float, ids: list[str], results: "mp.Queue") -> None:
+    out: dict = {}
+    writer(target, rate, seconds, ids, threading.Event(), out)
+    results.put(out)
+
+
 def quality(client: VitrineClient, tasks: dict[str, tuple[str, list]], stages: str) -> dict[str, float]:
     out = {}
     for name, (qrels_path, reqs) in tasks.items():
@@ -239,13 +246,16 @@ def measure_backend(backend: str, args: argparse.Namespace, workdir: Path) -> di
             ids = [json.loads(line)["id"] for line in open(DATA / "fashion" / "catalog.jsonl", encoding="utf-8")][:5000]
             rate = args.write_search_rate
             before = run_rate(client.stub, text, rate, args.write_seconds, random.Random(4))
-            stop, wout = threading.Event(), {}
-            w = threading.Thread(target=writer, args=(target, args.writes_per_s, args.write_seconds + 5, ids, stop, wout))
+            # The writer is its own process (a catalog job is another client), so it never competes with this
+            # load generator for its interpreter lock.
+            ctx = mp.get_context("spawn")
+            results = ctx.Queue()
+            w = ctx.Process(target=writer_process, args=(target, args.writes_per_s, args.write_seconds + 4, ids, results))
             w.start()
-            time.sleep(2.0)
+            time.sleep(3.0)  # the writer's interpreter starts and its stream opens
             during = run_rate(client.stub, text, rate, args.write_seconds, random.Random(4))
-            stop.set()
-            w.join()
+            wout = results.get(timeout=120)
+            w.join(timeout=60)
             out["writes"] = {"search_qps": rate, "writes_per_s": args.writes_per_s, "without": before, "with": during,
                              "p99_rise": round(during["p99_ms"] / before["p99_ms"] - 1, 3) if before["p99_ms"] else None,
                              **wout}
@@ -333,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cross-rate", type=float, default=5.0)
     p.add_argument("--write-search-rate", type=float, default=50.0)
     p.add_argument("--writes-per-s", type=float, default=20.0)
-    p.add_argument("--write-seconds", type=float, default=30.0)
+    p.add_argument("--write-seconds", type=float, default=45.0)
     args = p.parse_args(argv)
     if not (args.bundle and args.reranker and args.scifact_bundle):
         built = prepare(Path(args.runs))

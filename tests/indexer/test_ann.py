@@ -48,7 +48,7 @@ def test_ivf_pq_refine_recall_against_exact():
     assert recall >= 0.88
 
 
-@pytest.mark.parametrize("factory", ["Flat", "IVF16,Flat", "IVF16,PQ8x4fs,RFlat"])
+@pytest.mark.parametrize("factory", ["Flat", "IVF16,Flat", "IVF16,PQ8x4fs,RFlat", "IVF16,RaBitQ3"])
 def test_remove_and_filtered_search(factory, tmp_path):
     xb = clustered(2_000, 32)
     idx = VectorIndex.build(xb, np.arange(2_000), AnnConfig(factory=factory, nprobe=16))
