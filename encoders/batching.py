@@ -64,62 +64,94 @@ class Batcher:
         self.name = name
         self.window_s = window_ms / 1e3
         self.max_batch = max_batch
-        self._queue: queue.Queue[_Request] = queue.Queue(maxsize=max_queue)
+        self._queue: queue.Queue[_Request | None] = queue.Queue(maxsize=max_queue)
         self.batches = 0
         self.encoded = 0
-        self._thread = threading.Thread(target=self._run, name=f"vitrine-batch-{name}", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def _start(self) -> None:
+        # Started by the first request, not at construction: a hot swap builds models on a low-priority loader
+        # thread, and a worker started there would inherit its priority.
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=f"vitrine-batch-{self.name}", daemon=True)
+                self._thread.start()
 
     def submit(self, item: Any) -> np.ndarray:
         """The encoding of one input (D,), computed with whatever else is queued."""
+        if self._thread is None:
+            self._start()
         due = _DEADLINE.get()
         req = _Request(item, time.monotonic(), due, Future())
         try:
             self._queue.put_nowait(req)
         except queue.Full:
             raise QueueFull(f"{self._queue.maxsize} {self.name} encodings are already waiting; retry later.") from None
-        return req.future.result()
+        try:
+            return req.future.result(timeout=None if due is None else max(due - time.monotonic(), 0.0))
+        except TimeoutError:
+            req.future.cancel()  # still queued: the worker skips it; already running: its row is dropped
+            raise DeadlineExceeded(f"deadline passed while waiting to encode ({self.name}).") from None
 
-    def _take(self) -> list[_Request]:
-        batch = [self._queue.get()]
+    def close(self) -> None:
+        """Stops the worker once the queue drains (the encoder it holds can then be freed)."""
+        if self._thread is not None:
+            self._queue.put(None)
+
+    def _take(self) -> list[_Request] | None:
+        first = self._queue.get()
+        if first is None:
+            return None
+        batch = [first]
         until = batch[0].arrived + self.window_s
         while len(batch) < self.max_batch:
             try:
-                batch.append(self._queue.get_nowait())
-                continue
+                req = self._queue.get_nowait()
             except queue.Empty:
-                pass
-            left = until - time.monotonic()
-            if left <= 0:
+                left = until - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    req = self._queue.get(timeout=left)
+                except queue.Empty:
+                    break
+            if req is None:  # closing: finish this batch, then stop
+                self._queue.put(None)
                 break
-            try:
-                batch.append(self._queue.get(timeout=left))
-            except queue.Empty:
-                break
+            batch.append(req)
         return batch
 
     def _run(self) -> None:
-        while True:
-            batch = self._take()
+        while (batch := self._take()) is not None:
             now = time.monotonic()
             live = []
             for req in batch:
+                if not req.future.set_running_or_notify_cancel():
+                    continue  # its caller gave up (deadline)
                 if req.deadline is not None and req.deadline <= now:
                     req.future.set_exception(DeadlineExceeded(f"deadline passed while waiting to encode ({self.name})."))
                 else:
                     live.append(req)
-            if not live:
-                continue
-            try:
-                out = self.fn([r.item for r in live])  # (B, D)
-            except Exception as exc:  # noqa: BLE001 - every caller gets the error; the worker keeps going
+            if live:
+                self._encode(live)
+
+    def _encode(self, live: list[_Request]) -> None:
+        try:
+            out = self.fn([r.item for r in live])  # (B, D)
+            if len(out) != len(live):
+                raise RuntimeError(f"{self.name} encoder returned {len(out)} rows for {len(live)} inputs")
+        except Exception as exc:  # noqa: BLE001 - the worker keeps going
+            if len(live) > 1:  # one bad input must not fail the requests batched with it: retry one by one
                 for req in live:
-                    req.future.set_exception(exc)
-                continue
-            self.batches += 1
-            self.encoded += len(live)
-            for req, row in zip(live, out):
-                req.future.set_result(row)
+                    self._encode([req])
+                return
+            live[0].future.set_exception(exc)
+            return
+        self.batches += 1
+        self.encoded += len(live)
+        for req, row in zip(live, out):
+            req.future.set_result(np.array(row))  # a copy: a cached row must not pin its whole batch
 
 
 class _Lru:
@@ -180,6 +212,11 @@ class BatchingEncoder:
         if len(images) != 1:
             return self.encoder.encode_images(images, batch_size=batch_size, progress=progress)
         return self.image_batcher.submit(images[0])[None, :].copy()
+
+    def close(self) -> None:
+        for b in (self.text_batcher, self.image_batcher):
+            if b is not None:
+                b.close()
 
     def stats(self) -> dict[str, float]:
         batchers = [b for b in (self.text_batcher, self.image_batcher) if b is not None]

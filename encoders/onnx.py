@@ -105,7 +105,7 @@ def export(module: "torch.nn.Module", example: Mapping[str, "torch.Tensor"], out
     # quantised per call (dynamic), so no calibration data is needed. Unsigned weights: with signed ones, the u8 x s8
     # products saturate on AVX2 CPUs and MiniLM lost 0.007 nDCG@10 on fashion self-retrieval (1,000 queries), against
     # 0.002 with unsigned, for 1.5 ms instead of 1.05 ms a query (fp32 ONNX: 3.3 ms).
-    logging.disable(logging.INFO)  # the quantiser logs one line per tensor on the root logger
+    logging.disable(logging.WARNING)  # the quantiser logs a line per tensor and a pre-processing hint on the root logger
     try:
         quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QUInt8, per_channel=True, op_types_to_quantize=["MatMul"])
     finally:

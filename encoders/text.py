@@ -127,6 +127,7 @@ def export_text_onnx(encoder: SentenceTransformerEncoder, out_dir: str | Path) -
     example = tokenizer(["a red cotton shirt", "shoes"], padding=True, return_tensors="pt")
     example = {n: example[n] for n in onnx.INPUTS if n in example}
     variants = onnx.export(_embedding_module(model).cpu(), {n: t.cpu() for n, t in example.items()}, out_dir, "embedding")
+    model.to(encoder.device)  # exported on the CPU; the indexer's model goes back where it was
     tokenizer.save_pretrained(str(out_dir))
     return onnx.write_record(out_dir, {"kind": "text", "source": encoder.version, "name": encoder.name,
                                        "max_length": int(encoder.model.max_seq_length), "dim": encoder.dim,

@@ -432,6 +432,8 @@ class LiveIndex:
                     vi = self.bundle.vectors[source]
                     vi.save(tmp / meta["file"])
                     meta["count"] = vi.ntotal
+            if (self.bundle.path / "models").is_dir():  # the ONNX variants the manifest names
+                shutil.copytree(self.bundle.path / "models", tmp / "models")
             bm25 = Bm25Index(tmp / "bm25", self.bundle.bm25.config, create=True)
             bm25.add(rows)
             bm25.close()
@@ -455,8 +457,11 @@ class LiveIndex:
 
     def _run(self) -> None:
         lower_priority()
-        with self._writer:  # Tantivy's indexing and merge threads inherit the priority of the thread that makes them
-            self.bundle.bm25.reopen_writer()
+        try:
+            with self._writer:  # Tantivy's indexing and merge threads inherit the priority of the thread that makes them
+                self.bundle.bm25.reopen_writer()
+        except Exception:  # noqa: BLE001 - the old writer still works; keep committing and checkpointing
+            log.exception("could not reopen the Tantivy writer at low priority")
         cfg = self.config
         while not self._stop.wait(cfg.commit_interval_s):
             try:

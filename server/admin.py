@@ -26,6 +26,15 @@ log = logging.getLogger("vitrine.admin")
 Loader = Callable[[str, "str | None", "str | None"], Searcher]
 
 
+def retire(searcher: Searcher) -> None:
+    """Closes a swapped-out searcher's bundle and stops its encoders' batching threads, so its models can be freed."""
+    searcher.bundle.close()
+    for encoder in (searcher.text_encoder, searcher.clip_encoder):
+        close = getattr(encoder, "close", None)
+        if close is not None:
+            close()
+
+
 class Reloader:
     """Serialises reloads and retires old searchers; shared by the Admin RPC and the pointer watcher."""
 
@@ -57,7 +66,7 @@ class Reloader:
         freeze_heap()
         log.info("switched to bundle %s (%s) in %.1f s", new.bundle.version, path, seconds)
         if old is not None and old.bundle is not new.bundle:
-            timer = threading.Timer(self.close_after_s, old.bundle.close)
+            timer = threading.Timer(self.close_after_s, retire, args=(old,))
             timer.daemon = True
             timer.start()
         return new, old, seconds

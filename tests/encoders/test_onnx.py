@@ -190,3 +190,30 @@ def test_batching_encoder_caches_repeated_texts(keyword_encoder):
     assert enc.encode_texts(["red shirt"])[0, 0] != 42.0
     many = enc.encode_texts(["red", "blue"])  # more than one text: straight to the encoder, no queue
     assert many.shape == (2, keyword_encoder.dim) and enc.name == keyword_encoder.name
+
+
+def test_batcher_isolates_a_bad_input_and_stops_on_close():
+    def fn(xs: list[str]) -> np.ndarray:
+        time.sleep(0.02)
+        if "bad" in xs:
+            raise ValueError("cannot encode 'bad'")
+        return np.array([[float(len(x))] for x in xs], dtype=np.float32)
+
+    batcher = Batcher(fn, "test", window_ms=20.0, max_batch=8)
+    out: dict[str, object] = {}
+
+    def ask(x: str) -> None:
+        try:
+            out[x] = float(batcher.submit(x)[0])
+        except ValueError as exc:
+            out[x] = exc
+
+    threads = [threading.Thread(target=ask, args=(x,)) for x in ("a", "bad", "ccc")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert out["a"] == 1.0 and out["ccc"] == 3.0 and isinstance(out["bad"], ValueError)
+    batcher.close()
+    batcher._thread.join(timeout=5)
+    assert not batcher._thread.is_alive()
