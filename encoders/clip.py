@@ -258,30 +258,24 @@ def export_clip_onnx(encoder: ClipEncoder, out_dir: str | Path) -> dict:
     model = encoder.model.float().cpu()
     model.visual.to(memory_format=torch.contiguous_format)
 
-    class Text(torch.nn.Module):
-        def __init__(self) -> None:
+    class Tower(torch.nn.Module):
+        """One of the model's encode methods as a module, so torch.onnx can trace it."""
+
+        def __init__(self, method: str) -> None:
             super().__init__()
-            self.m = model
+            self.m, self.method = model, method
 
-        def forward(self, tokens):  # noqa: ANN001, ANN201
-            return self.m.encode_text(tokens)
-
-    class Img(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.m = model
-
-        def forward(self, pixels):  # noqa: ANN001, ANN201
-            return self.m.encode_image(pixels)
+        def forward(self, x):  # noqa: ANN001, ANN201
+            return getattr(self.m, self.method)(x)
 
     out_dir = Path(out_dir)
     # A HF text tower masks its padding (its poolers use the mask too), so it is exported with a dynamic sequence
     # length and serving drops the padding columns; open_clip's own text transformer keeps its fixed length.
     dynamic = isinstance(getattr(model, "text", None), HFTextEncoder)
-    text = onnx.export(Text(), {"tokens": encoder.tokenizer(["a red shirt", "shoes"]).cpu()}, out_dir / "text", "embedding",
+    text = onnx.export(Tower("encode_text"), {"tokens": encoder.tokenizer(["a red shirt", "shoes"]).cpu()}, out_dir / "text", "embedding",
                        dynamic_sequence=dynamic)
     size = encoder.image_size if isinstance(encoder.image_size, int) else encoder.image_size[0]
-    image = onnx.export(Img(), {"pixels": torch.zeros(2, 3, size, size)}, out_dir / "image", "embedding",
+    image = onnx.export(Tower("encode_image"), {"pixels": torch.zeros(2, 3, size, size)}, out_dir / "image", "embedding",
                         dynamic_sequence=False, quantize=False)
     if encoder._channels_last:
         model.visual.to(memory_format=torch.channels_last)
