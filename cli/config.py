@@ -13,15 +13,16 @@ from vitrine.encoders.config import EncoderConfig
 from vitrine.indexer.ann import AnnConfig
 from vitrine.indexer.bm25 import Bm25Config
 from vitrine.indexer.live import LiveConfig
-from vitrine.ranking.assemble import open_searcher
+from vitrine.ranking.assemble import ModelPool, open_searcher
 from vitrine.ranking.pipeline import SearchConfig, Searcher
 from vitrine.ranking.rerank import RerankConfig
 from vitrine.server.app import ServerConfig
 from vitrine.server.catalog_service import CatalogConfig
 from vitrine.server.query_log import LogConfig
+from vitrine.server.tenants import QuotaConfig
 from vitrine.trainer.gate import GateConfig
 
-SECTIONS = ("index", "bm25", "encoders", "search", "rerank", "server", "live", "catalog", "logs", "gate")
+SECTIONS = ("index", "bm25", "encoders", "search", "rerank", "server", "live", "catalog", "logs", "gate", "quota")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class VitrineConfig:
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
     logs: LogConfig = field(default_factory=LogConfig)
     gate: GateConfig = field(default_factory=GateConfig)
+    quota: QuotaConfig = field(default_factory=QuotaConfig)   # every tenant's, unless its tenant.toml sets its own
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> VitrineConfig:
@@ -53,6 +55,7 @@ class VitrineConfig:
             catalog=CatalogConfig.from_dict(d.get("catalog", {})),
             logs=LogConfig.from_dict(d.get("logs", {})),
             gate=GateConfig.from_dict(d.get("gate", {})),
+            quota=QuotaConfig.from_dict(d.get("quota", {})),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -62,26 +65,34 @@ class VitrineConfig:
         return out
 
 
-def load_config(path: str | Path | None) -> VitrineConfig:
-    """Reads a TOML file, or returns the defaults when path is None. Errors name the file and field."""
+def read_config_dict(path: str | Path | None) -> dict[str, Any]:
+    """The TOML file's sections as written (tenants merge their overrides over them), {} when path is None."""
     if path is None:
-        return VitrineConfig()
+        return {}
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            return tomllib.load(f)
     except FileNotFoundError:
         raise ValueError(f"config file {path} does not exist.") from None
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def load_config(path: str | Path | None) -> VitrineConfig:
+    """Reads a TOML file, or returns the defaults when path is None. Errors name the file and field."""
+    if path is None:
+        return VitrineConfig()
+    data = read_config_dict(path)
     try:
         return VitrineConfig.from_dict(data)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"config file {path}: {exc}") from None
 
 
-def searcher_for(bundle: str, config: VitrineConfig, reranker: str | None = None, ranker: str | None = None) -> Searcher:
-    """Opens `bundle` with the sections of `config` that shape a search."""
+def searcher_for(bundle: str, config: VitrineConfig, reranker: str | None = None, ranker: str | None = None,
+                 pool: ModelPool | None = None) -> Searcher:
+    """Opens `bundle` with the sections of `config` that shape a search, its models from `pool` when given."""
     return open_searcher(bundle, ann=config.index, encoders=config.encoders, search=config.search, rerank=config.rerank,
-                         reranker=reranker, ranker=ranker)
+                         reranker=reranker, ranker=ranker, pool=pool)
 

@@ -21,9 +21,12 @@ from vitrine.server.client import TOKEN_ENV
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("retrain", help="fine-tune CLIP on a click log, gate it, re-index and switch the server")
-    p.add_argument("--clicks", required=True, help="click log (JSONL)")
-    p.add_argument("--bundle", required=True, help="the serving bundle, ideally a `current` symlink to it")
-    p.add_argument("--registry", help="model registry directory (default: BUNDLE's folder/models)")
+    p.add_argument("--clicks", help="click log (JSONL); with --tenant: the tenant's logs/clicks.jsonl")
+    p.add_argument("--bundle", help="the serving bundle, ideally a `current` symlink to it; with --tenant: the tenant's")
+    p.add_argument("--tenant", help="retrain one tenant of a `serve --tenants DIR` deployment (needs --tenants): its "
+                                    "clicks, bundle, registry and work directory, and Reload for that tenant only")
+    p.add_argument("--tenants", metavar="DIR", help="the tenants directory --tenant is in")
+    p.add_argument("--registry", help="model registry directory (default: BUNDLE's folder/models; the tenant's registry/)")
     p.add_argument("--target", help="HOST:PORT of a running server to switch with Admin/Reload")
     p.add_argument("--token", default=None, help=f"write token for Reload (default: ${TOKEN_ENV})")
     p.add_argument("--heldout-fraction", type=float, default=0.2, help="share of sessions (seeded random) the gate keeps")
@@ -104,9 +107,29 @@ def _step(report: dict, name: str, argv: list[str]) -> int:
     return rc
 
 
+def tenant_defaults(args: argparse.Namespace) -> None:
+    """Fills --clicks, --bundle, --registry and --work from the tenant's directory (ranking/tenancy.py). A tenant
+    serving `bundle/` gets a `current` pointer on promotion, so its next start (and a watcher) follows it."""
+    from vitrine.ranking.tenancy import TenantSpec, tenant_dir
+
+    if not args.tenants:
+        raise ValueError("--tenant needs --tenants DIR (the directory `vitrine serve --tenants` serves).")
+    spec = TenantSpec.read(tenant_dir(args.tenants, args.tenant))
+    args.clicks = args.clicks or str(spec.click_log)
+    args.bundle = args.bundle or str(spec.bundle)
+    args.registry = args.registry or str(spec.registry)
+    if not args.work:
+        args.work = str(spec.dir / f"retrain-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+    args.pointer = str(spec.dir / "current")
+
+
 def cmd_retrain(args: argparse.Namespace) -> int:
     from vitrine.trainer.registry import ModelRegistry
 
+    if args.tenant:
+        tenant_defaults(args)
+    if not args.clicks or not args.bundle:
+        raise ValueError("retrain needs --clicks and --bundle, or --tenant T --tenants DIR.")
     link = Path(args.bundle)
     serving = link.resolve()
     manifest_path = serving / "manifest.json"
@@ -149,19 +172,22 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     version = ModelRegistry(registry).current()
     model_dir = registry / version
     report["promoted"] = {"version": version, "path": str(model_dir)}
-    new_bundle = serving.parent / f"{serving.name.split('@')[0]}@{version}-{stamp}"
+    parent = Path(args.pointer).parent if getattr(args, "pointer", None) else serving.parent
+    new_bundle = parent / f"{serving.name.split('@')[0]}@{version}-{stamp}"
     argv = ["index", "--catalog", catalog, "--out", str(new_bundle), "--clip-model", str(model_dir), "--quiet"]
     argv += ["--config", args.config] if args.config else []
     if _step(report, "index", argv) != 0:
         return finish(False, "indexing failed; the serving bundle is unchanged")
     report["new_bundle"] = str(new_bundle)
-    if link.is_symlink():
+    if getattr(args, "pointer", None) and not link.is_symlink():
+        link = Path(args.pointer)   # a tenant that served bundle/ from now on follows its `current` pointer
+    if link.is_symlink() or getattr(args, "pointer", None):
         point_current(link, new_bundle)
         report["pointer"] = f"{link} -> {new_bundle.name}"
     if args.target:
         from vitrine.server.client import VitrineClient
 
-        with VitrineClient(args.target) as client:
+        with VitrineClient(args.target, tenant=args.tenant) as client:
             resp = client.reload(str(new_bundle), token=args.token or os.environ.get(TOKEN_ENV))
         report["reload"] = {"bundle_version": resp.bundle_version, "previous": resp.previous_bundle_version,
                             "load_ms": round(resp.load_ms, 1)}

@@ -8,12 +8,13 @@ import sys
 import time
 from pathlib import Path
 
+from vitrine.cli.catalog import add_target, client_options
 from vitrine.ranking.types import Constraint, Stage
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="query a running server (one query, or a batch with --queries)")
-    p.add_argument("--target", required=True, help="HOST:PORT")
+    add_target(p, token=False)
     p.add_argument("--text", default="")
     p.add_argument("--image", help="path of an image to search with")
     p.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE", help="exact-match filter (repeatable)")
@@ -42,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_search)
 
     p = sub.add_parser("info", help="describe the bundle a server is serving")
-    p.add_argument("--target", required=True)
+    add_target(p, token=False)
 
     p.set_defaults(handler=cmd_info)
 
@@ -79,7 +80,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         constraint=args.constraint, composed_text_weight=args.composed_text_weight,
         stages=args.stages, rerank_depth=args.rerank_depth, log_features=args.log_features,
     )
-    with VitrineClient(args.target, timeout_s=args.timeout) as client:
+    with VitrineClient(args.target, timeout_s=args.timeout, **client_options(args)) as client:
         if args.queries:
             return _batch_search(client, args, common)
         result = client.search(args.text, _read_image(args.image), k=args.k or 10, offset=args.offset,
@@ -129,7 +130,7 @@ def _batch_search(client, args: argparse.Namespace, common: dict) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from vitrine.server.client import VitrineClient
 
-    with VitrineClient(args.target) as client:
+    with VitrineClient(args.target, **client_options(args)) as client:
         print(json.dumps(client.info(), indent=2))
     return 0
 

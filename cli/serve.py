@@ -8,14 +8,18 @@ import signal
 import threading
 from pathlib import Path
 
+from vitrine.server.auth import KEYS_ENV
 from vitrine.server.client import TOKEN_ENV
 
 log = logging.getLogger("vitrine")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="serve a bundle over gRPC")
-    p.add_argument("--bundle", required=True, help="bundle directory, or a `current` symlink to follow with --watch")
+    p = sub.add_parser("serve", help="serve a bundle, or many tenants, over gRPC")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--bundle", help="bundle directory, or a `current` symlink to follow with --watch")
+    where.add_argument("--tenants", metavar="DIR", help="serve every tenant under DIR (one sub-directory each; README "
+                                                        "\"Tenants and API keys\")")
     p.add_argument("--reranker", help="cross-encoder directory (from `vitrine train reranker`) or name")
     p.add_argument("--ranker", help="LightGBM ranker directory (from `vitrine train ranker`)")
     p.add_argument("--watch", type=float, default=None, metavar="SECONDS",
@@ -26,6 +30,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--read-only", action="store_true", help="refuse catalog writes (no WAL)")
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this HTTP port")
     p.add_argument("--auth-token", default=None, help=f"shared secret for write RPCs (default: ${TOKEN_ENV} or [catalog])")
+    p.add_argument("--keys", metavar="FILE", help=f"API keys file from `vitrine keys create` (default: ${KEYS_ENV}); "
+                                                  "every RPC then needs a key of its tenant")
+    p.add_argument("--tls-cert", help="PEM certificate chain: serve TLS on the port")
+    p.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    p.add_argument("--tls-client-ca", help="PEM CA: require client certificates it signed (mTLS)")
 
     p.set_defaults(handler=cmd_serve)
 
@@ -43,6 +52,117 @@ def single_threaded_kernels(backends: dict[str, str]) -> None:
         torch.set_num_threads(1)
 
 
+def tenant_opener(raw: dict, pool: object, read_only: bool):  # noqa: ANN201 - Callable[[TenantSpec], Tenant]
+    """How the server opens one tenant: vitrine.toml with the tenant's overrides, models from the shared pool, its own
+    live index (WAL), logs, quota, reloader and experiment."""
+    from vitrine.cli.config import VitrineConfig, searcher_for
+    from vitrine.indexer.live import LiveIndex
+    from vitrine.ranking.assemble import with_second_stage
+    from vitrine.ranking.tenancy import TenantSpec, merge_config
+    from vitrine.server.admin import Reloader
+    from vitrine.server.query_log import JsonlAppender, QueryLog
+    from vitrine.server.state import ServingState
+    from vitrine.server.tenants import ExperimentConfig, Quota, QuotaConfig, Tenant
+
+    def open_tenant(spec: TenantSpec) -> Tenant:
+        if not (spec.bundle / "manifest.json").is_file():
+            raise FileNotFoundError(f"tenant {spec.name}: {spec.bundle} is not a Vitrine bundle (no manifest.json).")
+        merged = merge_config(raw, spec.overrides)
+        logs = merged.setdefault("logs", {})
+        logs.setdefault("click_log", str(spec.click_log))  # a tenant's Feedback goes to its own click log
+        for key in ("click_log", "feature_log"):
+            if logs.get(key) and not Path(logs[key]).is_absolute():
+                logs[key] = str(spec.dir / logs[key])
+        config = VitrineConfig.from_dict(merged)
+        experiment = ExperimentConfig.from_dict(spec.experiment) if spec.experiment else None
+        models = {"reranker": spec.reranker, "ranker": spec.ranker}
+
+        def loader(bundle: str, reranker: str | None, ranker: str | None):  # noqa: ANN202 - a Searcher
+            models.update({k: v for k, v in (("reranker", reranker), ("ranker", ranker)) if v})
+            searcher = searcher_for(bundle, config, models["reranker"], models["ranker"], pool=pool)
+            if experiment is not None:
+                searcher.arm_b = with_second_stage(searcher, experiment.reranker or None, experiment.ranker or None,
+                                                   encoders=config.encoders, rerank=config.rerank)
+            return searcher
+
+        searcher = loader(str(spec.bundle.resolve()), None, None)
+        live = None
+        if not (read_only or spec.read_only):
+            live = LiveIndex(searcher.bundle, getattr(searcher.text_encoder, "encoder", searcher.text_encoder), config.live)
+            live.start()
+        state = ServingState(searcher, live)
+        quota = QuotaConfig.from_dict({**raw.get("quota", {}), **spec.quota})
+        pointer = str(spec.bundle) if spec.bundle.is_symlink() else None
+        return Tenant(spec.name, state, QueryLog(config.logs), config.catalog, Quota(spec.name, quota),
+                      Reloader(state, loader, pointer) if live is None else None, experiment,
+                      JsonlAppender(spec.experiment_log) if experiment is not None else None, spec.dir)
+
+    return open_tenant
+
+
+def serve_tenants(args: argparse.Namespace) -> int:
+    """`vitrine serve --tenants DIR`: every tenant under DIR on one port, models shared through one pool."""
+    from vitrine.cli.config import VitrineConfig, read_config_dict
+    from vitrine.ranking.assemble import ModelPool
+    from vitrine.server.admin import TenantManager
+    from vitrine.server.app import create_server
+    from vitrine.server.auth import KeyStore
+    from vitrine.server.state import freeze_heap
+    from vitrine.server.status import Metrics
+    from vitrine.server.tenants import Tenants
+
+    raw = read_config_dict(args.config)
+    config = VitrineConfig.from_dict(raw)
+    if args.auth_token or config.catalog.auth_token:
+        raise ValueError("--tenants uses API keys per tenant (--keys FILE), not one shared --auth-token.")
+    keys = KeyStore.from_env(args.keys)
+    if keys is None:
+        log.warning("no API keys (--keys or $%s): every tenant is open to every caller", KEYS_ENV)
+    pool = ModelPool(share=config.encoders.share_models)
+    tenants = Tenants()
+    manager = TenantManager(args.tenants, tenants, tenant_opener(raw, pool, args.read_only))
+    metrics = Metrics()
+    if args.metrics_port is not None:
+        metrics.serve_http(args.metrics_port, args.host)
+    names = manager.load_all()
+    single_threaded_kernels({b: v for t in tenants for b, v in t.state.searcher.backends.items()})
+    freeze_heap()
+    served = create_server(None, f"{args.host}:{args.port}", config.server, tenants=tenants, manager=manager,
+                           keys=keys, credentials=_credentials(args), metrics=metrics)
+    log.info("serving %d tenants (%s) on %s:%d", len(names), ", ".join(names), args.host, served.port)
+    print(f"listening on {args.host}:{served.port}", flush=True)
+    _wait_for_signal(config.server.grace_s)
+    served.stop(config.server.grace_s)
+    for tenant in list(tenants):
+        tenant.close()
+    log.info("stopped")
+    return 0
+
+
+def _credentials(args: argparse.Namespace):  # noqa: ANN202 - grpc.ServerCredentials | None
+    if not (args.tls_cert or args.tls_key):
+        if args.tls_client_ca:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key.")
+        return None
+    if not (args.tls_cert and args.tls_key):
+        raise ValueError("TLS needs both --tls-cert and --tls-key.")
+    from vitrine.server.auth import server_credentials
+
+    return server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
+
+
+def _wait_for_signal(grace_s: float, stop: threading.Event | None = None) -> None:
+    stop = stop or threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %d: draining for up to %.0f s", signum, grace_s)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    stop.wait()
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """`vitrine serve` with live updates: binds first (health NOT_SERVING), loads, replays the WAL, then serves."""
     from dataclasses import replace
@@ -52,8 +172,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from vitrine.server.app import create_server
     from vitrine.server.query_log import QueryLog
     from vitrine.server.state import freeze_heap
+    from vitrine.server.auth import KeyStore
     from vitrine.server.status import Metrics
 
+    if args.tenants:
+        return serve_tenants(args)
     if not (Path(args.bundle) / "manifest.json").is_file():
         raise FileNotFoundError(f"bundle {args.bundle} does not exist or is not a Vitrine bundle (no manifest.json); "
                                 f"build one with `vitrine index --catalog C --out {args.bundle}`")
@@ -72,8 +195,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     query_log = QueryLog(config.logs)
     pointer = args.bundle if Path(args.bundle).is_symlink() else None
+    keys = KeyStore.from_env(args.keys)
+    if keys is not None and token:
+        raise ValueError("use API keys (--keys) or one shared --auth-token, not both.")
     served = create_server(None, f"{args.host}:{args.port}", config.server, catalog=catalog, metrics=metrics,
-                           query_log=query_log, loader=loader, pointer=pointer)
+                           query_log=query_log, loader=loader, pointer=pointer, keys=keys, credentials=_credentials(args))
     searcher = searcher_for(str(Path(args.bundle).resolve()), config, args.reranker, args.ranker)
     single_threaded_kernels(searcher.backends)
     live = None
@@ -94,13 +220,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise ValueError("--watch swaps bundles, which needs --read-only (live writes go to the serving bundle's WAL)")
         served.reloader.watch(args.watch, stop)
 
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("signal %d: draining for up to %.0f s", signum, config.server.grace_s)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    stop.wait()
+    _wait_for_signal(config.server.grace_s, stop)
     served.stop(config.server.grace_s)
     if live is not None:
         live.close()

@@ -108,6 +108,9 @@ class EncoderConfig:
     batch_max: int = 32
     batch_queue: int = 256
     cache_size: int = 10_000
+    # `vitrine serve --tenants`: tenants whose bundles name the same model (same weights, same backend) share one
+    # loaded copy and one micro-batcher; LoRA adapters share their base. False loads a copy per tenant.
+    share_models: bool = True
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> EncoderConfig:

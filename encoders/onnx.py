@@ -60,6 +60,12 @@ def choose_backend(record: Mapping[str, Any], requested: str, max_loss: float) -
     return min(ok, key=BACKENDS.index)
 
 
+def acceptable(record: Mapping[str, Any], max_loss: float) -> list[str]:
+    """Every backend within `max_loss` of torch for this record (torch itself included)."""
+    return ["torch", *(name for name, v in record.get("variants", {}).items()
+                       if v.get("loss") is not None and v["loss"] <= max_loss)]
+
+
 def session(path: str | Path, threads: int) -> "onnxruntime.InferenceSession":  # noqa: F821
     """An ONNX Runtime CPU session with `threads` intra-op threads and no inter-op pool.
 

@@ -69,6 +69,27 @@ def load_text_model(path: str, device: str) -> object:
     return model
 
 
+def adapter_encoder(base: SentenceTransformerEncoder, adapter_dir: str | Path) -> SentenceTransformerEncoder:
+    """A LoRA adapter served on `base` without copying its weights: the module tree is copied with every base
+    parameter and buffer shared (same tensors), then peft wraps the copy's projections with the adapter. Many
+    tenants' adapters on one base cost the base once plus each adapter (megabytes)."""
+    import copy
+
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise ImportError(f"{adapter_dir} is a LoRA adapter; serving it needs peft: pip install 'vitrine-search[train]'") from None
+    shared = {id(t): t for t in (*base.model.parameters(), *base.model.buffers())}
+    memo = dict(shared)
+    out = copy.copy(base)
+    out.model = copy.deepcopy(base.model, memo)
+    out.model[0].model = PeftModel.from_pretrained(out.model[0].model, str(adapter_dir)).to(base.device).eval()
+    out.shared_params = set(shared)
+    out.name = str(adapter_dir)
+    out.version = model_version(str(adapter_dir))
+    return out
+
+
 class SentenceTransformerEncoder:
     """Batched text encoding to L2-normalised float32, on CUDA when present."""
 

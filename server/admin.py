@@ -6,19 +6,29 @@ or from a watcher that follows a `current` pointer (a symlink, as the registry w
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 
 from vitrine.proto import search_pb2, search_pb2_grpc
-from vitrine.ranking.pipeline import Searcher
+from vitrine.ranking.assemble import retire
+from vitrine.ranking.pipeline import InvalidRequest, Searcher
+from vitrine.ranking.tenancy import TenantSpec, check_name, list_tenants, write_spec
+from vitrine.server.auth import check_token
 from vitrine.server.state import ServingState, freeze_heap, model_versions
 from vitrine.server.status import Metrics, StatusError, abort_on_error
+from vitrine.server.tenants import Tenant, Tenants
+
+T = TypeVar("T")
 
 log = logging.getLogger("vitrine.admin")
 
@@ -26,13 +36,34 @@ log = logging.getLogger("vitrine.admin")
 Loader = Callable[[str, "str | None", "str | None"], Searcher]
 
 
-def retire(searcher: Searcher) -> None:
-    """Closes a swapped-out searcher's bundle and stops its encoders' batching threads, so its models can be freed."""
-    searcher.bundle.close()
-    for encoder in (searcher.text_encoder, searcher.clip_encoder):
-        close = getattr(encoder, "close", None)
-        if close is not None:
-            close()
+def retire_later(searcher: Searcher, after_s: float) -> None:
+    """Retires a searcher once every search that started on it is long finished."""
+    timer = threading.Timer(after_s, retire, args=(searcher,))
+    timer.daemon = True
+    timer.start()
+
+
+def run_niced(work: Callable[[], T], nice: int = 10, name: str = "vitrine-bundle-load") -> T:
+    """Runs `work` in a thread at a lower CPU priority (loading competes less with serving); re-raises its error."""
+    out: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            # Linux applies a thread's nice value to that thread (and threads it starts); elsewhere skip.
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        except (AttributeError, OSError):
+            pass
+        try:
+            out["value"] = work()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, name=name)
+    thread.start()
+    thread.join()
+    if "error" in out:
+        raise out["error"]  # type: ignore[misc]
+    return out["value"]  # type: ignore[return-value]
 
 
 class Reloader:
@@ -60,38 +91,14 @@ class Reloader:
             raise FileNotFoundError(f"bundle: {target} is not a Vitrine bundle (no manifest.json).")
         with self._lock:
             t0 = time.perf_counter()
-            new = self._load_in_background(str(path), reranker or None, ranker or None)
+            new = run_niced(lambda: self.loader(str(path), reranker or None, ranker or None), self.load_nice)
             old = self.state.swap(new)
         seconds = time.perf_counter() - t0
         freeze_heap()
         log.info("switched to bundle %s (%s) in %.1f s", new.bundle.version, path, seconds)
         if old is not None and old.bundle is not new.bundle:
-            timer = threading.Timer(self.close_after_s, retire, args=(old,))
-            timer.daemon = True
-            timer.start()
+            retire_later(old, self.close_after_s)
         return new, old, seconds
-
-    def _load_in_background(self, path: str, reranker: str | None, ranker: str | None) -> Searcher:
-        """Runs the loader in a thread at a lower CPU priority, so loading competes less with serving."""
-        out: dict[str, object] = {}
-
-        def work() -> None:
-            try:
-                # Linux applies a thread's nice value to that thread (and threads it starts); elsewhere skip.
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.load_nice)
-            except (AttributeError, OSError):
-                pass
-            try:
-                out["searcher"] = self.loader(path, reranker, ranker)
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-                out["error"] = exc
-
-        thread = threading.Thread(target=work, name="vitrine-bundle-load")
-        thread.start()
-        thread.join()
-        if "error" in out:
-            raise out["error"]  # type: ignore[misc]
-        return out["searcher"]  # type: ignore[return-value]
 
     def watch(self, every_s: float, stop: threading.Event) -> threading.Thread:
         """Polls the pointer and reloads when it names another directory; a failed load keeps the old bundle."""
@@ -116,18 +123,103 @@ class Reloader:
         return thread
 
 
+class TenantManager:
+    """Creates and drops tenants of a `vitrine serve --tenants DIR` server while the others serve."""
+
+    def __init__(self, root: str | Path, tenants: Tenants, open_tenant: Callable[[TenantSpec], Tenant],
+                 close_after_s: float = 60.0) -> None:
+        self.root = Path(root)
+        self.tenants = tenants
+        self.open_tenant = open_tenant
+        self.close_after_s = close_after_s
+        self._lock = threading.Lock()
+
+    def load_all(self) -> list[str]:
+        """Opens every tenant under the root (at start); a tenant that fails to load stops the start, named."""
+        names = []
+        for spec in list_tenants(self.root):
+            try:
+                self.tenants.add(self.open_tenant(spec))
+            except Exception as exc:
+                raise ValueError(f"tenant {spec.name} ({spec.dir}): {exc}") from exc
+            names.append(spec.name)
+        return names
+
+    def create(self, name: str, bundle: str, reranker: str = "", ranker: str = "", read_only: bool = False,
+               config_toml: str = "") -> Tenant:
+        try:
+            check_name(name, "name")
+        except ValueError as exc:
+            raise InvalidRequest("name", str(exc).removeprefix("name: ")) from None
+        src = Path(bundle)
+        if not (src / "manifest.json").is_file():
+            raise InvalidRequest("bundle", f"{bundle!r} is not a Vitrine bundle on this server (no manifest.json).")
+        for field_name, path in (("reranker", reranker), ("ranker", ranker)):
+            if path and not Path(path).is_dir():
+                raise InvalidRequest(field_name, f"{path!r} is not a directory on this server.")
+        with self._lock:
+            tenant_dir = self.root / name
+            if name in self.tenants or tenant_dir.exists():
+                raise StatusError(grpc.StatusCode.ALREADY_EXISTS, f"name: tenant {name!r} already exists.")
+            try:
+                # The tenant owns a copy: its WAL and snapshots never touch the bundle it was created from.
+                shutil.copytree(src.resolve(), tenant_dir / "bundle", ignore=shutil.ignore_patterns("wal.log"))
+                write_spec(tenant_dir, reranker=str(Path(reranker).resolve()) if reranker else "",
+                           ranker=str(Path(ranker).resolve()) if ranker else "", read_only=read_only,
+                           extra_toml=config_toml)
+                spec = TenantSpec.read(tenant_dir)
+                tenant = run_niced(lambda: self.open_tenant(spec))
+            except Exception:
+                shutil.rmtree(tenant_dir, ignore_errors=True)
+                raise
+            self.tenants.add(tenant)
+        freeze_heap()
+        log.info("created tenant %s from %s", name, src)
+        return tenant
+
+    def drop(self, name: str) -> Path:
+        """Stops serving `name`; its directory moves to DIR/.dropped/<name>-<time> (nothing acknowledged is deleted)."""
+        with self._lock:
+            tenant = self.tenants.remove(name)   # no new request reaches it from here on
+            deadline = time.monotonic() + self.close_after_s
+            while tenant.quota.in_flight and time.monotonic() < deadline:  # let searches and streams in flight finish
+                time.sleep(0.05)
+            tenant.close()                       # the live index checkpoints: every acknowledged write is in the bundle
+            if tenant.state.loaded:
+                retire(tenant.state.searcher)
+            archived = self.root / ".dropped" / f"{name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+            if tenant.dir is not None and tenant.dir.exists():
+                archived.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tenant.dir, archived)
+        log.info("dropped tenant %s (archived to %s)", name, archived)
+        return archived
+
+
+def tenant_info(tenant: Tenant) -> search_pb2.TenantInfo:
+    searcher = tenant.state.searcher
+    items = tenant.state.live.stats().get("items", len(searcher.bundle.docstore)) if tenant.state.live else len(searcher.bundle.docstore)
+    return search_pb2.TenantInfo(name=tenant.name, bundle_version=searcher.bundle.version, items=int(items),
+                                 model_versions=model_versions(searcher), backends=dict(searcher.backends),
+                                 read_only=tenant.state.live is None, quota_json=json.dumps(asdict(tenant.quota.config)),
+                                 experiment=tenant.experiment.name if tenant.experiment else "")
+
+
 class AdminServicer(search_pb2_grpc.AdminServicer):
-    def __init__(self, reloader: Reloader, authorize: Callable[[grpc.ServicerContext], None],
-                 metrics: Metrics | None = None) -> None:
-        self.reloader = reloader
-        self.authorize = authorize
+    """Reload routes to the tenant the metadata names; the tenant RPCs need a TenantManager (--tenants DIR)."""
+
+    def __init__(self, tenants: Tenants, manager: TenantManager | None = None, metrics: Metrics | None = None) -> None:
+        self.tenants = tenants
+        self.manager = manager
         self.metrics = metrics
 
     @abort_on_error
     def Reload(self, request: search_pb2.ReloadRequest, context: grpc.ServicerContext) -> search_pb2.ReloadResponse:
-        self.authorize(context)
+        tenant = self.tenants.route(context)
+        check_token(context, tenant.catalog.auth_token if tenant.catalog else None)
+        if tenant.reloader is None:
+            raise StatusError(grpc.StatusCode.FAILED_PRECONDITION, f"tenant {tenant.name!r} cannot hot-swap bundles.")
         try:
-            new, old, seconds = self.reloader.reload(request.bundle, request.reranker, request.ranker)
+            new, old, seconds = tenant.reloader.reload(request.bundle, request.reranker, request.ranker)
         except FileNotFoundError as exc:
             raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         except ValueError as exc:
@@ -135,3 +227,34 @@ class AdminServicer(search_pb2_grpc.AdminServicer):
         return search_pb2.ReloadResponse(bundle_version=new.bundle.version,
                                          previous_bundle_version=old.bundle.version if old is not None else "",
                                          model_versions=model_versions(new), load_ms=seconds * 1e3)
+
+    def _manager(self) -> TenantManager:
+        if self.manager is None:
+            raise StatusError(grpc.StatusCode.FAILED_PRECONDITION, "this server serves one bundle (--bundle); tenants are "
+                                                                   "managed on a server started with --tenants DIR.")
+        return self.manager
+
+    @abort_on_error
+    def CreateTenant(self, request: search_pb2.CreateTenantRequest, context: grpc.ServicerContext) -> search_pb2.TenantInfo:
+        try:
+            tenant = self._manager().create(request.name, request.bundle, request.reranker, request.ranker,
+                                            request.read_only, request.config_toml)
+        except FileExistsError as exc:
+            raise StatusError(grpc.StatusCode.ALREADY_EXISTS, str(exc)) from None
+        except ValueError as exc:
+            if isinstance(exc, InvalidRequest):
+                raise
+            raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, f"config_toml: {exc}") from None
+        return tenant_info(tenant)
+
+    @abort_on_error
+    def ListTenants(self, request: search_pb2.ListTenantsRequest, context: grpc.ServicerContext) -> search_pb2.ListTenantsResponse:
+        tenants = [tenant_info(t) for t in self.tenants if t.state.loaded]
+        pools = {id(getattr(t.state.searcher, "pool", None)): t.state.searcher.pool for t in self.tenants
+                 if t.state.loaded and getattr(t.state.searcher, "pool", None) is not None}
+        shared = [m for pool in pools.values() for m in pool.stats()]
+        return search_pb2.ListTenantsResponse(tenants=tenants, shared_models_json=json.dumps(shared))
+
+    @abort_on_error
+    def DropTenant(self, request: search_pb2.DropTenantRequest, context: grpc.ServicerContext) -> search_pb2.DropTenantResponse:
+        return search_pb2.DropTenantResponse(archived_to=str(self._manager().drop(request.name)))

@@ -1,7 +1,6 @@
 """The Catalog gRPC service: streaming Upsert (acked once durable), Delete, Get and Snapshot over a LiveIndex."""
 from __future__ import annotations
 
-import hmac
 import json
 import math
 import threading
@@ -17,11 +16,9 @@ from vitrine.indexer.catalog import MAX_ID_LENGTH, Item
 from vitrine.indexer.live import LiveIndex
 from vitrine.proto import search_pb2, search_pb2_grpc
 from vitrine.ranking.pipeline import InvalidRequest, Unsupported
-from vitrine.server.state import ServingState
+from vitrine.server.auth import check_token
 from vitrine.server.status import Metrics, StatusError, abort_on_error, check_deadline, status_for
-
-AUTH_HEADER = "authorization"
-
+from vitrine.server.tenants import Tenant, Tenants
 
 @dataclass(frozen=True)
 class CatalogConfig:
@@ -92,27 +89,27 @@ def item_from_proto(msg: search_pb2.Item, cfg: CatalogConfig) -> Item:
 
 
 class CatalogServicer(search_pb2_grpc.CatalogServicer):
-    """Thin: proto -> Item -> LiveIndex -> ack. Writes need the shared secret when one is configured."""
+    """Thin: proto -> Item -> the tenant's LiveIndex -> ack. Callers are checked by the key interceptor (server/auth.py)
+    or, on a server without API keys, by the tenant's shared write token when one is configured."""
 
-    def __init__(self, state: ServingState, config: CatalogConfig = CatalogConfig(), metrics: Metrics | None = None) -> None:
-        self.state = state
-        self.config = config
+    def __init__(self, tenants: Tenants, metrics: Metrics | None = None, max_streams: int = 8) -> None:
+        self.tenants = tenants
         self.metrics = metrics
+        self.max_streams = max_streams
         self._streams = 0
         self._streams_lock = threading.Lock()
 
-    def authorize(self, context: grpc.ServicerContext) -> None:
-        token = self.config.auth_token
-        if token is None:
-            return
-        sent = dict(context.invocation_metadata()).get(AUTH_HEADER, "")
-        if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
-            raise StatusError(grpc.StatusCode.UNAUTHENTICATED, "write RPCs need metadata 'authorization: Bearer <token>'.")
+    def _tenant(self, context: grpc.ServicerContext, request: object | None = None, write: bool = False) -> Tenant:
+        tenant = self.tenants.route(context)
+        if write:
+            check_token(context, tenant.catalog.auth_token)
+        tenant.quota.admit(request.ByteSize() if request is not None else 0)
+        return tenant
 
     @contextmanager
     def _stream_slot(self) -> Iterator[None]:
         with self._streams_lock:
-            if self._streams >= self.config.max_streams:
+            if self._streams >= self.max_streams:
                 raise StatusError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{self._streams} upsert streams are open; retry later.")
             self._streams += 1
         try:
@@ -126,12 +123,14 @@ class CatalogServicer(search_pb2_grpc.CatalogServicer):
         """Acks each item after its WAL record is fsync'd and applied; the first bad item ends the stream."""
         t0, code, message = time.perf_counter(), grpc.StatusCode.OK, ""
         try:
-            self.authorize(context)
-            live = self.state.require_live()
-            with self._stream_slot():
+            tenant = self._tenant(context, write=True)
+            live = tenant.state.require_live()
+            with self._stream_slot(), tenant.quota.slot():
                 for n, req in enumerate(request_iterator):
                     check_deadline(context)
-                    yield self._upsert_one(live, req, n)
+                    if n:  # the stream's first item was paid for when it opened
+                        tenant.quota.admit(req.ByteSize())
+                    yield self._upsert_one(tenant, live, req, n)
         except grpc.RpcError:  # the client cancelled or went away mid-stream; every acked item is durable
             code = grpc.StatusCode.CANCELLED
             return
@@ -143,16 +142,19 @@ class CatalogServicer(search_pb2_grpc.CatalogServicer):
         if code != grpc.StatusCode.OK:
             context.abort(code, message)
 
-    def _upsert_one(self, live: LiveIndex, req: search_pb2.UpsertRequest, n: int) -> search_pb2.UpsertAck:
+    def _upsert_one(self, tenant: Tenant, live: LiveIndex, req: search_pb2.UpsertRequest, n: int) -> search_pb2.UpsertAck:
         kind = req.WhichOneof("change")
+        config = tenant.catalog
         try:
             if kind == "item":
-                item = item_from_proto(req.item, self.config)
+                item = item_from_proto(req.item, config)
+                if tenant.quota.config.max_items and not live.get([item.id]):
+                    tenant.quota.check_items(len(live.bundle.docstore), 1)
                 return search_pb2.UpsertAck(id=item.id, changed=live.upsert([item]) > 0)
             if kind == "patch":
                 item_id = _check_id(req.patch.id, "patch.id")
                 price = _check_price(req.patch.price, "patch.price") if req.patch.HasField("price") else None
-                attrs = _check_attributes(dict(req.patch.attributes), "patch.attributes", self.config, allow_empty=True)
+                attrs = _check_attributes(dict(req.patch.attributes), "patch.attributes", config, allow_empty=True)
                 before = live.get([item_id])
                 merged = live.patch(item_id, price, attrs)
                 if merged is None:
@@ -165,24 +167,25 @@ class CatalogServicer(search_pb2_grpc.CatalogServicer):
 
     @abort_on_error
     def Delete(self, request: search_pb2.DeleteRequest, context: grpc.ServicerContext) -> search_pb2.DeleteResponse:
-        self.authorize(context)
-        ids = self._ids(request.ids)
-        live = self.state.require_live()
+        tenant = self._tenant(context, request, write=True)
+        ids = self._ids(request.ids, tenant.catalog)
+        live = tenant.state.require_live()
         check_deadline(context)
         return search_pb2.DeleteResponse(deleted=live.delete(ids))
 
     @abort_on_error
     def Get(self, request: search_pb2.GetRequest, context: grpc.ServicerContext) -> search_pb2.GetResponse:
-        ids = self._ids(request.ids)
-        items = self.state.require_live().get(ids)
+        tenant = self._tenant(context, request)
+        ids = self._ids(request.ids, tenant.catalog)
+        items = tenant.state.require_live().get(ids)
         return search_pb2.GetResponse(items_json=[json.dumps(it.to_dict(), ensure_ascii=False) for it in items])
 
     @abort_on_error
     def Snapshot(self, request: search_pb2.SnapshotRequest, context: grpc.ServicerContext) -> search_pb2.SnapshotResponse:
-        self.authorize(context)
+        tenant = self._tenant(context, request, write=True)
         if not request.out_dir.strip():
             raise InvalidRequest("out_dir", "must name a directory on the server.")
-        live = self.state.require_live()
+        live = tenant.state.require_live()
         try:
             manifest = live.snapshot(request.out_dir)
         except FileExistsError as exc:
@@ -192,9 +195,9 @@ class CatalogServicer(search_pb2_grpc.CatalogServicer):
         return search_pb2.SnapshotResponse(path=request.out_dir, bundle_version=manifest["bundle_version"],
                                            items=manifest["counts"]["items"])
 
-    def _ids(self, raw: list[str]) -> list[str]:
+    def _ids(self, raw: list[str], config: CatalogConfig) -> list[str]:
         if not raw:
             raise InvalidRequest("ids", "must list at least one id.")
-        if len(raw) > self.config.max_ids:
-            raise InvalidRequest("ids", f"has {len(raw)} ids; the limit is {self.config.max_ids}.")
+        if len(raw) > config.max_ids:
+            raise InvalidRequest("ids", f"has {len(raw)} ids; the limit is {config.max_ids}.")
         return [_check_id(i, f"ids[{n}]") for n, i in enumerate(raw)]

@@ -15,7 +15,8 @@ from vitrine.indexer.catalog import Item
 from vitrine.proto import search_pb2, search_pb2_grpc
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-TOKEN_ENV = "VITRINE_AUTH_TOKEN"  # where the CLI finds the write token when --token is not given
+TOKEN_ENV = "VITRINE_AUTH_TOKEN"  # where the CLI finds the API key (or write token) when --token is not given
+TENANT_HEADER = "x-vitrine-tenant"  # the tenant every RPC acts on (server/tenants.py)
 
 FUSION = {"": search_pb2.FUSION_UNSPECIFIED, "rrf": search_pb2.FUSION_RRF, "weighted": search_pb2.FUSION_WEIGHTED,
           "weighted_max": search_pb2.FUSION_WEIGHTED_MAX}
@@ -45,13 +46,16 @@ class ClientResult:
 
 
 class _Client:
-    """The channel scaffold both clients share: one channel, a default deadline, the write token as metadata."""
+    """The channel scaffold both clients share: one channel, a default deadline, the key (or write token) and the
+    tenant as metadata on every call; TLS with `credentials` (server/auth.py channel_credentials)."""
 
-    def __init__(self, target: str, timeout_s: float, token: str | None = None) -> None:
-        self.channel = grpc.insecure_channel(target, options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                                                              ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)])
+    def __init__(self, target: str, timeout_s: float, token: str | None = None, tenant: str | None = None,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
+        options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES), ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+        self.channel = (grpc.secure_channel(target, credentials, options=options) if credentials is not None
+                        else grpc.insecure_channel(target, options=options))
         self.timeout_s = timeout_s
-        self.metadata: tuple[tuple[str, str], ...] = bearer(token)
+        self.metadata: tuple[tuple[str, str], ...] = bearer(token) + (((TENANT_HEADER, tenant),) if tenant else ())
 
     def close(self) -> None:
         self.channel.close()
@@ -73,8 +77,9 @@ def bearer(token: str | None) -> tuple[tuple[str, str], ...]:
 class VitrineClient(_Client):
     """Blocking client of the Search (and Admin) service; raises grpc.RpcError with the server's status and message."""
 
-    def __init__(self, target: str, timeout_s: float = 10.0, token: str | None = None) -> None:
-        super().__init__(target, timeout_s, token)
+    def __init__(self, target: str, timeout_s: float = 10.0, token: str | None = None, tenant: str | None = None,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
+        super().__init__(target, timeout_s, token, tenant, credentials)
         self.stub = search_pb2_grpc.SearchStub(self.channel)
 
     def search(
@@ -116,7 +121,7 @@ class VitrineClient(_Client):
             req.price.min = price_min
         if price_max is not None:
             req.price.max = price_max
-        resp = self.stub.Search(req, timeout=self.timeout_s)
+        resp = self.stub.Search(req, timeout=self.timeout_s, metadata=self.metadata)
         return ClientResult(
             hits=[ClientHit(id=h.id, score=h.score, sources={s.source: s.score for s in h.sources},
                             fields=json.loads(h.fields_json) if h.fields_json else {}, explanation=h.explanation,
@@ -134,19 +139,36 @@ class VitrineClient(_Client):
     def feedback(self, request_id: str, clicked: Sequence[str], dwell_ms: Mapping[str, int] | None = None) -> bool:
         """Reports clicks on a response; True when the server wrote them to its click log."""
         resp = self.stub.Feedback(search_pb2.FeedbackRequest(request_id=request_id, clicked=list(clicked),
-                                                             dwell_ms=dict(dwell_ms or {})), timeout=self.timeout_s)
+                                                             dwell_ms=dict(dwell_ms or {})), timeout=self.timeout_s,
+                                  metadata=self.metadata)
         return resp.logged
 
     def reload(self, bundle: str = "", reranker: str = "", ranker: str = "", token: str | None = None,
                timeout_s: float = 600.0) -> search_pb2.ReloadResponse:
         """Asks the server to hot-swap to another bundle (Admin service)."""
         stub = search_pb2_grpc.AdminStub(self.channel)
+        metadata = bearer(token) + tuple(m for m in self.metadata if m[0] != "authorization") if token else self.metadata
         return stub.Reload(search_pb2.ReloadRequest(bundle=bundle, reranker=reranker, ranker=ranker),
-                           metadata=bearer(token) if token else self.metadata, timeout=timeout_s)
+                           metadata=metadata, timeout=timeout_s)
 
     def info(self) -> dict:
-        resp = self.stub.Info(search_pb2.InfoRequest(), timeout=self.timeout_s)
+        resp = self.stub.Info(search_pb2.InfoRequest(), timeout=self.timeout_s, metadata=self.metadata)
         return {"bundle_version": resp.bundle_version, "manifest": json.loads(resp.manifest_json)}
+
+    # Tenant management (a platform admin key).
+    def create_tenant(self, name: str, bundle: str, reranker: str = "", ranker: str = "", read_only: bool = False,
+                      config_toml: str = "", timeout_s: float = 600.0) -> search_pb2.TenantInfo:
+        return search_pb2_grpc.AdminStub(self.channel).CreateTenant(search_pb2.CreateTenantRequest(
+            name=name, bundle=bundle, reranker=reranker, ranker=ranker, read_only=read_only, config_toml=config_toml),
+            metadata=self.metadata, timeout=timeout_s)
+
+    def list_tenants(self) -> search_pb2.ListTenantsResponse:
+        return search_pb2_grpc.AdminStub(self.channel).ListTenants(search_pb2.ListTenantsRequest(), metadata=self.metadata,
+                                                                   timeout=self.timeout_s)
+
+    def drop_tenant(self, name: str) -> str:
+        return search_pb2_grpc.AdminStub(self.channel).DropTenant(search_pb2.DropTenantRequest(name=name),
+                                                                  metadata=self.metadata, timeout=self.timeout_s).archived_to
 
 
 def item_to_proto(item: Item) -> search_pb2.Item:
@@ -160,8 +182,9 @@ def item_to_proto(item: Item) -> search_pb2.Item:
 class CatalogClient(_Client):
     """Blocking client of the Catalog service; raises grpc.RpcError with the server's status and message."""
 
-    def __init__(self, target: str, token: str | None = None, timeout_s: float = 30.0) -> None:
-        super().__init__(target, timeout_s, token)
+    def __init__(self, target: str, token: str | None = None, timeout_s: float = 30.0, tenant: str | None = None,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
+        super().__init__(target, timeout_s, token, tenant, credentials)
         self.stub = search_pb2_grpc.CatalogStub(self.channel)
 
     def upsert(self, requests: Iterable[search_pb2.UpsertRequest], timeout_s: float | None = None) -> Iterator[search_pb2.UpsertAck]:

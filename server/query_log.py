@@ -71,6 +71,21 @@ def feature_record(request_id: str, query: Mapping[str, Any], bundle_version: st
     }
 
 
+def experiment_line(entry: Mapping[str, Any], request_id: str, clicked: Sequence[str]) -> dict[str, Any]:
+    """One experiment-log line (ranking/experiments.py reads it): the arm and its clicks, or each team's clicks."""
+    from vitrine.ranking.experiments import credit, experiment_record
+
+    exp = entry["experiment"]
+    session = entry["session"] or request_id
+    shown = set(entry["shown"])
+    clicks = [c for c in clicked if c in shown]
+    if exp["kind"] == "ab":
+        return experiment_record(exp["experiment"], session, request_id, len(entry["shown"]),
+                                 arm=exp["arm"], clicks=len(clicks))
+    return experiment_record(exp["experiment"], session, request_id, len(entry["shown"]),
+                             credit=credit(exp["teams"], clicks))
+
+
 class QueryLog:
     """Feature sampling/logging and the memory of recent searches that Feedback turns into click-log lines."""
 
@@ -91,28 +106,37 @@ class QueryLog:
         return asked or (self.config.feature_sample_rate > 0 and self._rng.random() < self.config.feature_sample_rate)
 
     def remember(self, request_id: str, query: Mapping[str, Any], shown: Sequence[str], session: str,
-                 image: bytes = b"") -> None:
-        """Keeps a served search until its Feedback; an image query's photo is stored beside the click log."""
-        if self.clicks is None:
+                 image: bytes = b"", experiment: Mapping[str, Any] | None = None) -> None:
+        """Keeps a served search until its Feedback; an image query's photo is stored beside the click log. With an
+        `experiment` (the arm, or each shown item's team) the search is kept even without a click log."""
+        if self.clicks is None and experiment is None:
             return
         query = {"text": query.get("text", "")}
-        if image:
+        if image and self.clicks is not None:
             query["image"] = self.clicks.store_query_image(image)
         entry = {"query": query, "shown": list(shown), "session": session,
                  "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        if experiment is not None:
+            entry["experiment"] = dict(experiment)
         with self._lock:
             self._recent[request_id] = entry
             while len(self._recent) > self.config.pending_searches:
                 self._recent.popitem(last=False)
 
-    def feedback(self, request_id: str, clicked: Sequence[str], dwell_ms: Mapping[str, int]) -> bool:
-        """Appends a click-log line for a remembered search. KeyError when the id is unknown or forgotten."""
-        if self.clicks is None:
+    def feedback(self, request_id: str, clicked: Sequence[str], dwell_ms: Mapping[str, int],
+                 experiment_log: JsonlAppender | None = None) -> bool:
+        """Appends a click-log line for a remembered search (and, for an experiment's search, the clicks credited to
+        its arm or teams to `experiment_log`). KeyError when the id is unknown or forgotten."""
+        if self.clicks is None and experiment_log is None:
             return False
         with self._lock:
             entry = self._recent.get(request_id)
         if entry is None:
             raise KeyError(request_id)
+        if experiment_log is not None and "experiment" in entry:
+            experiment_log.write(experiment_line(entry, request_id, clicked))
+        if self.clicks is None:
+            return True
         line = {"query": entry["query"], "shown": entry["shown"], "clicked": list(clicked), "ts": entry["ts"],
                 "session": entry["session"] or request_id}
         if dwell_ms:

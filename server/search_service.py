@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any
 
 import grpc
@@ -12,9 +12,11 @@ from vitrine.proto import search_pb2, search_pb2_grpc
 from vitrine.ranking.features import FEATURES
 from vitrine.ranking.fusion import FusionMethod
 from vitrine.ranking.pipeline import InvalidRequest, Searcher, SearchRequest, SearchResult
-from vitrine.server.query_log import QueryLog, feature_record
-from vitrine.server.state import ServingState, model_versions
+from vitrine.server.experiment import run_experiment
+from vitrine.server.query_log import feature_record
+from vitrine.server.state import model_versions
 from vitrine.server.status import Metrics, StatusError, abort_on_error, check_deadline
+from vitrine.server.tenants import Tenant, Tenants
 
 STORED_FIELDS = ("id", "title", "description", "category", "attributes", "price", "image")
 _FUSION = {search_pb2.FUSION_RRF: FusionMethod.RRF, search_pb2.FUSION_WEIGHTED: FusionMethod.WEIGHTED,
@@ -75,32 +77,45 @@ def explain_hit(hit: Any, method: FusionMethod, weights: dict[str, float], contr
 
 
 class SearchServicer(search_pb2_grpc.SearchServicer):
-    """Thin: proto -> SearchRequest -> Searcher -> proto. The searcher can be swapped atomically."""
+    """Thin: proto -> SearchRequest -> the tenant's Searcher -> proto. Each tenant's searcher can be swapped atomically."""
 
-    def __init__(self, state: ServingState, metrics: Metrics | None = None, query_log: QueryLog | None = None) -> None:
-        self.state = state
+    def __init__(self, tenants: Tenants, metrics: Metrics | None = None) -> None:
+        self.tenants = tenants
         self.metrics = metrics
-        self.query_log = query_log or QueryLog()
 
     @abort_on_error
     def Search(self, request: search_pb2.SearchRequest, context: grpc.ServicerContext) -> search_pb2.SearchResponse:
-        searcher = self.state.searcher  # one bundle serves the whole request, even during a swap
+        tenant = self.tenants.route(context)
+        tenant.quota.admit(request.ByteSize())
+        with tenant.quota.slot():
+            return self._search(tenant, request, context)
+
+    def _search(self, tenant: Tenant, request: search_pb2.SearchRequest, context: grpc.ServicerContext) -> search_pb2.SearchResponse:
+        state, query_log = tenant.state, tenant.query_log
+        searcher = state.searcher  # one bundle serves the whole request, even during a swap
         req, fields = request_from_proto(request)
         check_deadline(context)
-        log_features = self.query_log.wants_features(req.log_features)
+        log_features = query_log.wants_features(req.log_features)
         if log_features != req.log_features:
             req = replace(req, log_features=log_features)
+        request_id = query_log.new_request_id()
+        arm = None
         with deadline(context.time_remaining()):
-            result = searcher.search(req, self.state.reading)
-        with self.state.reading():
+            if tenant.experiment is not None and getattr(searcher, "arm_b", None) is not None:
+                result, arm = run_experiment(tenant.experiment, searcher, req, state.reading, request.session or request_id,
+                                             request_id)
+            else:
+                result = searcher.search(req, state.reading)
+        with state.reading():
             response = self._response(searcher, req, result, fields)
-        response.request_id = self.query_log.new_request_id()
+        response.request_id = request_id
         query = {"text": req.text, "mode": result.mode, **({"filters": dict(req.filters)} if req.filters else {})}
         if log_features and result.features:
-            self.query_log.features.write(feature_record(response.request_id, query, result.bundle_version,
-                                                         dict(response.model_versions), [h.id for h in result.hits],
-                                                         result.features))
-        self.query_log.remember(response.request_id, query, [h.id for h in result.hits], request.session, req.image)
+            query_log.features.write(feature_record(response.request_id, query, result.bundle_version,
+                                                    dict(response.model_versions), [h.id for h in result.hits],
+                                                    result.features))
+        query_log.remember(response.request_id, query, [h.id for h in result.hits], request.session, req.image,
+                           experiment=arm)
         if self.metrics is not None:
             for stage, ms in result.timings_ms.items():
                 self.metrics.stages.labels(stage).observe(ms / 1e3)
@@ -108,21 +123,29 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
 
     @abort_on_error
     def Feedback(self, request: search_pb2.FeedbackRequest, context: grpc.ServicerContext) -> search_pb2.FeedbackResponse:
+        tenant = self.tenants.route(context)
+        tenant.quota.admit(request.ByteSize())
         if not request.request_id:
             raise InvalidRequest("request_id", "is empty; quote the request_id of the SearchResponse.")
         try:
-            logged = self.query_log.feedback(request.request_id, list(request.clicked), dict(request.dwell_ms))
+            logged = tenant.query_log.feedback(request.request_id, list(request.clicked), dict(request.dwell_ms),
+                                               tenant.experiment_log)
         except KeyError:
+            # Request ids are kept per tenant: another tenant's id is unknown here, exactly like a forgotten one.
             raise StatusError(grpc.StatusCode.NOT_FOUND, f"request_id {request.request_id!r} is unknown or too old to log.") from None
         return search_pb2.FeedbackResponse(logged=logged)
 
     @abort_on_error
     def Info(self, request: search_pb2.InfoRequest, context: grpc.ServicerContext) -> search_pb2.InfoResponse:
-        searcher = self.state.searcher
+        tenant = self.tenants.route(context)
+        tenant.quota.admit()
+        searcher = tenant.state.searcher
         # The served stages join the manifest so `vitrine eval --ablate` can measure each one.
         stages = searcher.available_stages()
         manifest = {**searcher.bundle.manifest, "served_models": model_versions(searcher),
-                    "served_backends": dict(searcher.backends),
+                    "served_backends": dict(searcher.backends), "tenant": tenant.name,
+                    "quota": asdict(tenant.quota.config),
+                    **({"experiment": asdict(tenant.experiment)} if tenant.experiment else {}),
                     **({"stages": {"stages": stages}} if len(stages) > 1 else {})}
         return search_pb2.InfoResponse(bundle_version=searcher.bundle.version, manifest_json=json.dumps(manifest))
 

@@ -75,6 +75,10 @@ class Metrics:
         self.requests.labels(rpc, code.name).inc()
         self.latency.labels(rpc).observe(seconds)
 
+    def refused(self, method: str, code: grpc.StatusCode) -> None:
+        """An RPC the key check refused before any servicer ran."""
+        self.requests.labels(method.rsplit("/", 1)[-1], code.name).inc()
+
     def serve_http(self, port: int, host: str = "127.0.0.1") -> None:
         start_http_server(port, addr=host, registry=self.registry)
 

@@ -111,3 +111,23 @@ def tiny_cross_encoder_dir(tmp_path_factory) -> str:
     BertForSequenceClassification(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_st(tmp_path_factory) -> str:
+    """A random 1-layer BERT with MiniLM's tokenizer and mean pooling, as a sentence-transformers directory."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from vitrine.encoders.text import resolve_text_model
+
+    root = tmp_path_factory.mktemp("tiny-st")
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_text_model("all-MiniLM-L6-v2"))
+    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(root / "hf")
+    tokenizer.save_pretrained(root / "hf")
+    SentenceTransformer(modules=[Transformer(str(root / "hf")), Pooling(32, "mean")], device="cpu").save(str(root / "model"))
+    return str(root / "model")

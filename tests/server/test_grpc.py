@@ -92,7 +92,7 @@ def test_internal_errors_become_internal_status_not_a_crash(served, monkeypatch)
     def boom(req):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(servicer.state.searcher, "search", boom)
+    monkeypatch.setattr(servicer.tenants.get("default").state.searcher, "search", boom)
     with VitrineClient(target) as client:
         with pytest.raises(grpc.RpcError) as err:
             client.search("red")

@@ -59,7 +59,7 @@ def served(tmp_path, small_bundle_path, keyword_encoder, second_stage):
     server, port = served.server, served.port
     yield f"127.0.0.1:{port}", served.search, tmp_path
     server.stop(0)
-    served.search.query_log.close()
+    served.default.query_log.close()
 
 
 def test_full_pipeline_over_grpc_reports_stages_versions_and_contributions(served):
@@ -158,4 +158,4 @@ def test_hot_swap_under_load_fails_no_query(served, small_bundle_path, tmp_path)
     assert resp.bundle_version == "v2-test" and resp.previous_bundle_version != "v2-test"
     assert versions[-1] == "v2-test" and versions[0] != "v2-test" and len(versions) > 20
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "bundle" in bad.value.details()
-    assert servicer.state.searcher.bundle.version == "v2-test"
+    assert servicer.tenants.get("default").state.searcher.bundle.version == "v2-test"

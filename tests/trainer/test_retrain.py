@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 from vitrine.cli.main import main
 from vitrine.indexer.bundle import Bundle
@@ -63,3 +64,46 @@ def test_retrain_stops_at_a_rejecting_gate_and_changes_nothing(toy_shop, base_cl
     assert rc == 1 and not report["ok"] and "gate rejected" in report["stopped"]
     assert [s["step"] for s in report["steps"]] == ["train", "gate"]
     assert current.resolve().name == "shop@v0" and "new_bundle" not in report
+
+
+def test_retrain_of_one_tenant_promotes_and_switches_that_tenant_only(toy_shop, base_clip, click_logs, tmp_path, capsys):
+    """`vitrine retrain --tenant a --tenants DIR`: a's clicks, registry and pointer; b's directory and served bundle
+    stay exactly as they were."""
+    from vitrine.encoders.clip import ClipEncoder
+    from vitrine.ranking.pipeline import SearchConfig
+    from vitrine.server.admin import Reloader
+    from vitrine.server.state import ServingState
+    from vitrine.server.tenants import Tenant, Tenants
+
+    root = tmp_path / "tenants"
+    for name in ("a", "b"):
+        assert main(["index", "--catalog", str(toy_shop["catalog"]), "--out", str(root / name / "bundle"), "--clip-model",
+                     str(base_clip), "--no-text-vectors", "--quiet"]) == 0
+    (root / "a" / "logs").mkdir()
+    os.symlink(click_logs["train"], root / "a" / "logs" / "clicks.jsonl")   # relative query images resolve beside the log
+
+    def loader(path, _r, _l):
+        b = Bundle(path)
+        return Searcher(b, None, SearchConfig(), clip_encoder=ClipEncoder(b.manifest["models"]["clip"]["name"], device="cpu"))
+
+    tenants = []
+    for name in ("a", "b"):
+        tenant = Tenant(name, ServingState(loader(str(root / name / "bundle"), None, None)))
+        tenant.reloader = Reloader(tenant.state, loader)
+        tenants.append(tenant)
+    served = create_server(None, "127.0.0.1:0", tenants=Tenants(tenants))
+    before_b = sorted((p.relative_to(root / "b"), p.stat().st_mtime_ns) for p in (root / "b").rglob("*"))
+    try:
+        versions = {n: VitrineClient(f"127.0.0.1:{served.port}", tenant=n).search("crimson box").bundle_version for n in "ab"}
+        rc = main(["retrain", "--tenant", "a", "--tenants", str(root), "--target", f"127.0.0.1:{served.port}",
+                   "--epochs", "6", "--lr", "3e-3", "--freeze-text", "none", "--heldout-fraction", "0.25", "--no-mlflow",
+                   "--train-arg=--holdout-fraction=0", "--train-arg=--general-holdout=0",
+                   "--config", _config(tmp_path / "v.toml", min_gain=0.05, max_general_drop=0.5)])
+        report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert rc == 0 and report["ok"], report
+        assert (root / "a" / "registry" / "v0001").is_dir() and (root / "a" / "current").resolve() == Path(report["new_bundle"])
+        after = {n: VitrineClient(f"127.0.0.1:{served.port}", tenant=n).search("crimson box").bundle_version for n in "ab"}
+        assert after["a"] != versions["a"] and after["b"] == versions["b"]
+        assert sorted((p.relative_to(root / "b"), p.stat().st_mtime_ns) for p in (root / "b").rglob("*")) == before_b
+    finally:
+        served.stop(0)

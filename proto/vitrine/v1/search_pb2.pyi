@@ -319,3 +319,77 @@ class SnapshotResponse(_message.Message):
     bundle_version: str
     items: int
     def __init__(self, path: _Optional[str] = ..., bundle_version: _Optional[str] = ..., items: _Optional[int] = ...) -> None: ...
+
+class CreateTenantRequest(_message.Message):
+    __slots__ = ("name", "bundle", "reranker", "ranker", "read_only", "config_toml")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    RERANKER_FIELD_NUMBER: _ClassVar[int]
+    RANKER_FIELD_NUMBER: _ClassVar[int]
+    READ_ONLY_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_TOML_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    bundle: str
+    reranker: str
+    ranker: str
+    read_only: bool
+    config_toml: str
+    def __init__(self, name: _Optional[str] = ..., bundle: _Optional[str] = ..., reranker: _Optional[str] = ..., ranker: _Optional[str] = ..., read_only: _Optional[bool] = ..., config_toml: _Optional[str] = ...) -> None: ...
+
+class TenantInfo(_message.Message):
+    __slots__ = ("name", "bundle_version", "items", "model_versions", "backends", "read_only", "quota_json", "experiment")
+    class ModelVersionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class BackendsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    BACKENDS_FIELD_NUMBER: _ClassVar[int]
+    READ_ONLY_FIELD_NUMBER: _ClassVar[int]
+    QUOTA_JSON_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    bundle_version: str
+    items: int
+    model_versions: _containers.ScalarMap[str, str]
+    backends: _containers.ScalarMap[str, str]
+    read_only: bool
+    quota_json: str
+    experiment: str
+    def __init__(self, name: _Optional[str] = ..., bundle_version: _Optional[str] = ..., items: _Optional[int] = ..., model_versions: _Optional[_Mapping[str, str]] = ..., backends: _Optional[_Mapping[str, str]] = ..., read_only: _Optional[bool] = ..., quota_json: _Optional[str] = ..., experiment: _Optional[str] = ...) -> None: ...
+
+class ListTenantsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListTenantsResponse(_message.Message):
+    __slots__ = ("tenants", "shared_models_json")
+    TENANTS_FIELD_NUMBER: _ClassVar[int]
+    SHARED_MODELS_JSON_FIELD_NUMBER: _ClassVar[int]
+    tenants: _containers.RepeatedCompositeFieldContainer[TenantInfo]
+    shared_models_json: str
+    def __init__(self, tenants: _Optional[_Iterable[_Union[TenantInfo, _Mapping]]] = ..., shared_models_json: _Optional[str] = ...) -> None: ...
+
+class DropTenantRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DropTenantResponse(_message.Message):
+    __slots__ = ("archived_to",)
+    ARCHIVED_TO_FIELD_NUMBER: _ClassVar[int]
+    archived_to: str
+    def __init__(self, archived_to: _Optional[str] = ...) -> None: ...

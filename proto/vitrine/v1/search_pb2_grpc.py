@@ -187,7 +187,10 @@ class Search:
 
 
 class AdminStub:
-    """Missing associated documentation comment in .proto file."""
+    """Every RPC of Search, Catalog and Admin.Reload acts on the tenant named by the metadata `x-vitrine-tenant`
+    (optional on a server with the single tenant "default"). With API keys, every RPC needs
+    `authorization: Bearer <key>` of that tenant with the RPC's scope (README "Tenants and API keys").
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -200,14 +203,53 @@ class AdminStub:
                 request_serializer=proto_dot_vitrine_dot_v1_dot_search__pb2.ReloadRequest.SerializeToString,
                 response_deserializer=proto_dot_vitrine_dot_v1_dot_search__pb2.ReloadResponse.FromString,
                 _registered_method=True)
+        self.CreateTenant = channel.unary_unary(
+                '/vitrine.v1.Admin/CreateTenant',
+                request_serializer=proto_dot_vitrine_dot_v1_dot_search__pb2.CreateTenantRequest.SerializeToString,
+                response_deserializer=proto_dot_vitrine_dot_v1_dot_search__pb2.TenantInfo.FromString,
+                _registered_method=True)
+        self.ListTenants = channel.unary_unary(
+                '/vitrine.v1.Admin/ListTenants',
+                request_serializer=proto_dot_vitrine_dot_v1_dot_search__pb2.ListTenantsRequest.SerializeToString,
+                response_deserializer=proto_dot_vitrine_dot_v1_dot_search__pb2.ListTenantsResponse.FromString,
+                _registered_method=True)
+        self.DropTenant = channel.unary_unary(
+                '/vitrine.v1.Admin/DropTenant',
+                request_serializer=proto_dot_vitrine_dot_v1_dot_search__pb2.DropTenantRequest.SerializeToString,
+                response_deserializer=proto_dot_vitrine_dot_v1_dot_search__pb2.DropTenantResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Every RPC of Search, Catalog and Admin.Reload acts on the tenant named by the metadata `x-vitrine-tenant`
+    (optional on a server with the single tenant "default"). With API keys, every RPC needs
+    `authorization: Bearer <key>` of that tenant with the RPC's scope (README "Tenants and API keys").
+    """
 
     def Reload(self, request, context):
-        """Loads another bundle (and optionally other second-stage models) beside the current one, then switches
-        to it atomically; searches in flight finish on the old one. Needs the write token when one is set.
+        """Loads another bundle (and optionally other second-stage models) beside the tenant's current one, then switches
+        to it atomically; searches in flight finish on the old one. Needs scope admin (or the legacy write token).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateTenant(self, request, context):
+        """Tenant management: a platform admin key (tenant "*", scope admin). The tenant is named in the request.
+        Creates a tenant from a bundle directory on the server and starts serving it, without a restart.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTenants(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DropTenant(self, request, context):
+        """Stops serving a tenant; its directory (bundle, WAL, logs) is moved aside under `.dropped/`, never deleted.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -221,6 +263,21 @@ def add_AdminServicer_to_server(servicer, server):
                     request_deserializer=proto_dot_vitrine_dot_v1_dot_search__pb2.ReloadRequest.FromString,
                     response_serializer=proto_dot_vitrine_dot_v1_dot_search__pb2.ReloadResponse.SerializeToString,
             ),
+            'CreateTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTenant,
+                    request_deserializer=proto_dot_vitrine_dot_v1_dot_search__pb2.CreateTenantRequest.FromString,
+                    response_serializer=proto_dot_vitrine_dot_v1_dot_search__pb2.TenantInfo.SerializeToString,
+            ),
+            'ListTenants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTenants,
+                    request_deserializer=proto_dot_vitrine_dot_v1_dot_search__pb2.ListTenantsRequest.FromString,
+                    response_serializer=proto_dot_vitrine_dot_v1_dot_search__pb2.ListTenantsResponse.SerializeToString,
+            ),
+            'DropTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.DropTenant,
+                    request_deserializer=proto_dot_vitrine_dot_v1_dot_search__pb2.DropTenantRequest.FromString,
+                    response_serializer=proto_dot_vitrine_dot_v1_dot_search__pb2.DropTenantResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'vitrine.v1.Admin', rpc_method_handlers)
@@ -230,7 +287,10 @@ def add_AdminServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Admin:
-    """Missing associated documentation comment in .proto file."""
+    """Every RPC of Search, Catalog and Admin.Reload acts on the tenant named by the metadata `x-vitrine-tenant`
+    (optional on a server with the single tenant "default"). With API keys, every RPC needs
+    `authorization: Bearer <key>` of that tenant with the RPC's scope (README "Tenants and API keys").
+    """
 
     @staticmethod
     def Reload(request,
@@ -249,6 +309,87 @@ class Admin:
             '/vitrine.v1.Admin/Reload',
             proto_dot_vitrine_dot_v1_dot_search__pb2.ReloadRequest.SerializeToString,
             proto_dot_vitrine_dot_v1_dot_search__pb2.ReloadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vitrine.v1.Admin/CreateTenant',
+            proto_dot_vitrine_dot_v1_dot_search__pb2.CreateTenantRequest.SerializeToString,
+            proto_dot_vitrine_dot_v1_dot_search__pb2.TenantInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTenants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vitrine.v1.Admin/ListTenants',
+            proto_dot_vitrine_dot_v1_dot_search__pb2.ListTenantsRequest.SerializeToString,
+            proto_dot_vitrine_dot_v1_dot_search__pb2.ListTenantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DropTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vitrine.v1.Admin/DropTenant',
+            proto_dot_vitrine_dot_v1_dot_search__pb2.DropTenantRequest.SerializeToString,
+            proto_dot_vitrine_dot_v1_dot_search__pb2.DropTenantResponse.FromString,
             options,
             channel_credentials,
             insecure,
