@@ -10,9 +10,9 @@ import sys
 
 import grpc
 
-from vitrine.cli import catalog, demo, evaluate, index, loop, retrain, search, serve, train
+from vitrine.cli import ab, catalog, demo, evaluate, index, keys, loop, retrain, search, serve, train
 
-COMMANDS = (index, serve, search, catalog, demo, train, loop, retrain, evaluate)
+COMMANDS = (index, serve, search, catalog, keys, demo, train, loop, retrain, evaluate, ab)
 
 
 def build_parser() -> argparse.ArgumentParser:
