@@ -10,6 +10,7 @@ import importlib.util
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -551,6 +552,57 @@ def render_speed(r: Results) -> str:
     return "\n".join(out)
 
 
+TENANTS, AB_SIM = "bench/results/tenants.json", "bench/results/ab_sim.json"
+
+
+def render_tenants(r: Results) -> str:
+    d = r[TENANTS]
+    out = []
+    if "memory" in d:
+        m = d["memory"]
+        rows = [("empty server (Python, gRPC, torch, ONNX Runtime imported)", num(m["empty_server_rss_mb"], 0, comma=True), "", "")]
+        for step in m["steps"]:
+            models = "; ".join(f"{x['model'].replace(str(ROOT.parent), '…')} ×{x['users']}" for x in step["pool"])
+            rows.append((f"+ tenant `{step['tenant']}` (bundle {step['bundle']})", num(step["rss_mb"], 0, comma=True),
+                         f"+{num(step['delta_mb'], 1)}", models))
+        out += table(["tenants created one by one (Admin CreateTenant)", "RSS MB", "Δ MB", "loaded models × tenants using them"], rows)
+        out += ["", f"The three shops in one process: {num(m['three_shops_rss_mb_share_true'], 0, comma=True)} MB with shared "
+                    f"models, {num(m['three_shops_rss_mb_share_false'], 0, comma=True)} MB with `share_models = false`: "
+                    f"sharing saves **{num(m['saved_by_sharing_mb'], 0)} MB**.", ""]
+    load = d["load"]
+    tenants = list(load["normal"][0])
+    med = lambda phase, t, key: statistics.median(rows[t][key] for rows in load[phase])  # noqa: E731
+    rows = []
+    for t in tenants:
+        flood_rate = load["flood"][0][t]["rate_qps"]
+        refused = sum(rows[t]["errors"].get("RESOURCE_EXHAUSTED", 0) for rows in load["flood"])
+        sent = sum(rows[t]["sent"] for rows in load["flood"])
+        rows.append((f"`{t}`", f"{load['rates_qps'][t]:g} / {flood_rate:g}", f"{med('normal', t, 'p50_ms'):.1f} / {med('normal', t, 'p99_ms'):.1f}",
+                     f"{med('flood', t, 'p50_ms'):.1f} / {med('flood', t, 'p99_ms'):.1f}",
+                     f"{load['p99_rise_pct'][t]:+.1f}%" if t in load["p99_rise_pct"] else f"{refused:,} of {sent:,} refused (quota)"))
+    out += table(["tenant", "QPS normal / flood", "normal p50 / p99 ms", f"`{load['flooded']}` flooded: p50 / p99 ms", "p99 rise (goal ≤ +25%)"], rows)
+    return "\n".join(out)
+
+
+def render_ab_sim(r: Results) -> str:
+    d = r[AB_SIM]
+    f, c = d["figures"], d["config"]
+    nd = f["ndcg@10"]
+    rows = []
+    for label, key in (("A/B (sticky arms, CTR)", "ab"), ("team-draft interleaving", "interleave")):
+        x = f[key]
+        rows.append((label, num(x["fixed_n_80pct_significant_for_b"], 0, comma=True), num(x["first_significant_median"], 0, comma=True),
+                     f"{x['first_significant_picked_better_share'] * 100:.0f}%", num(x["needed"], 0, comma=True),
+                     f"{x['share_significant_b_at_needed'] * 100:.0f}%"))
+    out = table(["method", "impressions for 80% of runs significant for the better ranker", "median first significant check",
+                 "picked the better at that check", f"`needed` from a {num(f['ab']['pilot'], 0, comma=True)}-impression pilot",
+                 "fresh runs of `needed` significant for the better"], rows)
+    out += ["", f"Two rankers of nDCG@10 {num(nd['better (b)'], 4)} and {num(nd['worse (a)'], 4)} on fashion `text-literal` "
+                f"({c['seeds']} seeds, {c['click_model']} clicks, depth {c['depth']}): A/B needs "
+                f"**{f['ab_over_interleave']['fixed_n_80pct_significant_for_b']:g}×** the impressions interleaving needs."]
+    return "\n".join(out)
+
+
 CRASH, FUZZ, MIXED = "bench/results/crash_cycles.json", "bench/results/fuzz.json", "bench/results/load_mixed.json"
 
 
@@ -709,6 +761,8 @@ REGISTRY: tuple[Figure, ...] = (
     Figure("e2e_load", (bench("e2e_load.py", "--rates", "5,10,20,30,40"),), ((E2E, "`bench/e2e_load.py`"),),
            render_e2e_load),
     Figure("speed", (bench("speed.py"),), ((SPEED, "`bench/speed.py`"),), render_speed),
+    Figure("tenants", (bench("tenants.py"),), ((TENANTS, "`bench/tenants.py`"),), render_tenants),
+    Figure("ab_sim", (bench("ab_sim.py"),), ((AB_SIM, "`bench/ab_sim.py`"),), render_ab_sim),
     Figure("crash_cycles", (bench("crash_cycles.py", "--cycles", "55", capture=CRASH),),
            ((CRASH, "`bench/crash_cycles.py`"),), render_crash_cycles),
     Figure("fuzz", (bench("fuzz.py", "--requests", "20000", capture=FUZZ),), ((FUZZ, "`bench/fuzz.py`"),), render_fuzz),

@@ -301,16 +301,23 @@ def write_clip_variants(clip: ClipEncoder, out: Path, xb: np.ndarray, items: Seq
             continue
     encoders = {"torch": clip, **{name: ClipEncoder(clip.name, device="cpu", variants=out, backend=name)
                                   for name in record["variants"]}}
-    text_ndcg = {n: self_retrieval_ndcg(e.encode_texts(texts), xb, targets) for n, e in encoders.items()}
-    image_ndcg = {n: self_retrieval_ndcg(e.encode_images(pictures), xb, picture_rows) for n, e in encoders.items()}
+    # A catalog without titles (photos only) or without photos cannot check that tower: its nDCG is None, and so
+    # is every variant's loss, which keeps "auto" on torch (a tenant may still name a backend in its config).
+    text_ndcg = {n: self_retrieval_ndcg(e.encode_texts(texts), xb, targets) if texts else None for n, e in encoders.items()}
+    image_ndcg = {n: self_retrieval_ndcg(e.encode_images(pictures), xb, picture_rows) if pictures else None
+                  for n, e in encoders.items()}
     cpu = getattr(clip, "device", "cpu") == "cpu"
-    ms = {n: onnx.timed_ms(e.encode_texts, texts[:30]) + onnx.timed_ms(lambda b, e=e: e.encode_images(b), pictures[:30])
+    probe = texts[:30] or ["a photo"]
+    ms = {n: onnx.timed_ms(e.encode_texts, probe) + (onnx.timed_ms(lambda b, e=e: e.encode_images(b), pictures[:30])
+                                                      if pictures else 0.0)
           for n, e in encoders.items()} if cpu else None
-    record["torch"] = {"text_ndcg@10": round(text_ndcg["torch"], 4), "image_ndcg@10": round(image_ndcg["torch"], 4),
+    r4 = lambda x: None if x is None else round(x, 4)  # noqa: E731
+    record["torch"] = {"text_ndcg@10": r4(text_ndcg["torch"]), "image_ndcg@10": r4(image_ndcg["torch"]),
                        **({"ms_per_query": round(ms["torch"], 3)} if ms else {})}
     for name, v in record["variants"].items():
-        v.update(text_ndcg=round(text_ndcg[name], 4), image_ndcg=round(image_ndcg[name], 4),
-                 loss=round(max(text_ndcg["torch"] - text_ndcg[name], image_ndcg["torch"] - image_ndcg[name]), 4),
+        checked = text_ndcg["torch"] is not None and image_ndcg["torch"] is not None
+        loss = max(text_ndcg["torch"] - text_ndcg[name], image_ndcg["torch"] - image_ndcg[name]) if checked else None
+        v.update(text_ndcg=r4(text_ndcg[name]), image_ndcg=r4(image_ndcg[name]), loss=r4(loss),
                  **({"ms_per_query": round(ms[name], 3)} if ms else {}))
     record["checked_on"] = (f"catalog self-retrieval over the bundle's CLIP vectors: {len(texts)} queries of 3 title "
                             f"words (text tower), {len(pictures)} mirrored photos (image tower); nDCG@10; ms = one text + one photo")
