@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -c constraints.txt --upgrade pip setuptools wheel
 	# torch 2.14.1 / torchvision 0.29.1 are pinned in pyproject.toml (served from local disk here).
-	$(PIP) install -q -c constraints.txt -e '.[test,plot]'
+	$(PIP) install -q -c constraints.txt -e '.[test,plot,ray]'
 	touch $(STAMP)
 
 setup: $(STAMP)
