@@ -115,6 +115,11 @@ def tenant_defaults(args: argparse.Namespace) -> None:
     if not args.tenants:
         raise ValueError("--tenant needs --tenants DIR (the directory `vitrine serve --tenants` serves).")
     spec = TenantSpec.read(tenant_dir(args.tenants, args.tenant))
+    if not spec.read_only:
+        # Its acknowledged writes live in the serving bundle's WAL; a bundle re-indexed from the catalog file
+        # would drop them (and a tenant taking writes cannot hot-swap).
+        raise ValueError(f"tenant {args.tenant} takes live writes; retrain serves read-only tenants (read_only = true "
+                         "in its tenant.toml), whose catalog is the file they are indexed from.")
     args.clicks = args.clicks or str(spec.click_log)
     args.bundle = args.bundle or str(spec.bundle)
     args.registry = args.registry or str(spec.registry)
@@ -179,16 +184,17 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     if _step(report, "index", argv) != 0:
         return finish(False, "indexing failed; the serving bundle is unchanged")
     report["new_bundle"] = str(new_bundle)
-    if getattr(args, "pointer", None) and not link.is_symlink():
-        link = Path(args.pointer)   # a tenant that served bundle/ from now on follows its `current` pointer
-    if link.is_symlink() or getattr(args, "pointer", None):
-        point_current(link, new_bundle)
-        report["pointer"] = f"{link} -> {new_bundle.name}"
     if args.target:
+        # The server switches first: a pointer is re-pointed only to a bundle the server could load.
         from vitrine.server.client import VitrineClient
 
         with VitrineClient(args.target, tenant=args.tenant) as client:
             resp = client.reload(str(new_bundle), token=args.token or os.environ.get(TOKEN_ENV))
         report["reload"] = {"bundle_version": resp.bundle_version, "previous": resp.previous_bundle_version,
                             "load_ms": round(resp.load_ms, 1)}
+    if getattr(args, "pointer", None) and not link.is_symlink():
+        link = Path(args.pointer)   # a tenant that served bundle/ from now on follows its `current` pointer
+    if link.is_symlink() or getattr(args, "pointer", None):
+        point_current(link, new_bundle)
+        report["pointer"] = f"{link} -> {new_bundle.name}"
     return finish(True)

@@ -32,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--auth-token", default=None, help=f"shared secret for write RPCs (default: ${TOKEN_ENV} or [catalog])")
     p.add_argument("--keys", metavar="FILE", help=f"API keys file from `vitrine keys create` (default: ${KEYS_ENV}); "
                                                   "every RPC then needs a key of its tenant")
+    p.add_argument("--insecure", action="store_true", help="--tenants without --keys: every caller may use every tenant")
     p.add_argument("--tls-cert", help="PEM certificate chain: serve TLS on the port")
     p.add_argument("--tls-key", help="PEM private key of --tls-cert")
     p.add_argument("--tls-client-ca", help="PEM CA: require client certificates it signed (mTLS)")
@@ -57,7 +58,7 @@ def tenant_opener(raw: dict, pool: object, read_only: bool):  # noqa: ANN201 - C
     live index (WAL), logs, quota, reloader and experiment."""
     from vitrine.cli.config import VitrineConfig, searcher_for
     from vitrine.indexer.live import LiveIndex
-    from vitrine.ranking.assemble import with_second_stage
+    from vitrine.ranking.assemble import retire, with_second_stage
     from vitrine.ranking.tenancy import TenantSpec, merge_config
     from vitrine.server.admin import Reloader
     from vitrine.server.query_log import JsonlAppender, QueryLog
@@ -68,11 +69,16 @@ def tenant_opener(raw: dict, pool: object, read_only: bool):  # noqa: ANN201 - C
         if not (spec.bundle / "manifest.json").is_file():
             raise FileNotFoundError(f"tenant {spec.name}: {spec.bundle} is not a Vitrine bundle (no manifest.json).")
         merged = merge_config(raw, spec.overrides)
-        logs = merged.setdefault("logs", {})
-        logs.setdefault("click_log", str(spec.click_log))  # a tenant's Feedback goes to its own click log
+        # A tenant's logs are its own, in its directory: the server-wide [logs] paths would mix tenants' data.
+        logs = merged["logs"] = {**{k: v for k, v in raw.get("logs", {}).items() if k not in ("click_log", "feature_log")},
+                                 **spec.overrides.get("logs", {})}
+        logs["click_log"] = logs.get("click_log") or str(spec.click_log)
         for key in ("click_log", "feature_log"):
-            if logs.get(key) and not Path(logs[key]).is_absolute():
-                logs[key] = str(spec.dir / logs[key])
+            if logs.get(key):
+                path = (spec.dir / logs[key]).resolve()
+                if spec.dir.resolve() not in path.parents:
+                    raise ValueError(f"tenant {spec.name}: [logs] {key} {logs[key]!r} is outside its directory.")
+                logs[key] = str(path)
         config = VitrineConfig.from_dict(merged)
         experiment = ExperimentConfig.from_dict(spec.experiment) if spec.experiment else None
         models = {"reranker": spec.reranker, "ranker": spec.ranker}
@@ -88,8 +94,13 @@ def tenant_opener(raw: dict, pool: object, read_only: bool):  # noqa: ANN201 - C
         searcher = loader(str(spec.bundle.resolve()), None, None)
         live = None
         if not (read_only or spec.read_only):
-            live = LiveIndex(searcher.bundle, getattr(searcher.text_encoder, "encoder", searcher.text_encoder), config.live)
-            live.start()
+            try:
+                live = LiveIndex(searcher.bundle, getattr(searcher.text_encoder, "encoder", searcher.text_encoder),
+                                 config.live)
+                live.start()
+            except BaseException:
+                retire(searcher)   # its models go back to the pool
+                raise
         state = ServingState(searcher, live)
         quota = QuotaConfig.from_dict({**raw.get("quota", {}), **spec.quota})
         pointer = str(spec.bundle) if spec.bundle.is_symlink() else None
@@ -116,8 +127,11 @@ def serve_tenants(args: argparse.Namespace) -> int:
     if args.auth_token or config.catalog.auth_token:
         raise ValueError("--tenants uses API keys per tenant (--keys FILE), not one shared --auth-token.")
     keys = KeyStore.from_env(args.keys)
+    if keys is None and not args.insecure:
+        raise ValueError(f"--tenants needs API keys (--keys FILE or ${KEYS_ENV}; `vitrine keys create`), or --insecure "
+                         "to serve every tenant to every caller (tests, a private network).")
     if keys is None:
-        log.warning("no API keys (--keys or $%s): every tenant is open to every caller", KEYS_ENV)
+        log.warning("--insecure: no API keys; every tenant is open to every caller")
     pool = ModelPool(share=config.encoders.share_models)
     tenants = Tenants()
     manager = TenantManager(args.tenants, tenants, tenant_opener(raw, pool, args.read_only))

@@ -47,6 +47,24 @@ def deadline(seconds: float | None) -> Iterator[None]:
         _DEADLINE.reset(token)
 
 
+_SCOPE: contextvars.ContextVar[str] = contextvars.ContextVar("vitrine_cache_scope", default="")
+
+
+@contextlib.contextmanager
+def cache_scope(scope: str) -> Iterator[None]:
+    """Caches of shared models (query embeddings, cross-encoder scores) are kept apart per scope (the tenant), so
+    no tenant can time a query to learn whether another tenant searched the same text."""
+    token = _SCOPE.set(scope)
+    try:
+        yield
+    finally:
+        _SCOPE.reset(token)
+
+
+def current_scope() -> str:
+    return _SCOPE.get()
+
+
 @dataclass
 class _Request:
     item: Any
@@ -200,10 +218,11 @@ class BatchingEncoder:
         if len(texts) != 1:
             return self.encoder.encode_texts(list(texts), batch_size=batch_size, progress=progress)
         text = texts[0]
-        row = self.cache.get(text)
+        key = (_SCOPE.get(), text)
+        row = self.cache.get(key)
         if row is None:
             row = self.text_batcher.submit(text)
-            self.cache.put(text, row)
+            self.cache.put(key, row)
         return row[None, :].copy()  # (1, D); callers may modify it
 
     def encode_images(self, images: list, batch_size: int = 64, progress: bool = False) -> np.ndarray:

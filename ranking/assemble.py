@@ -39,22 +39,43 @@ class ModelPool:
     share: bool = True
     _entries: dict[Hashable, _Entry] = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock)
+    _loading: dict[Hashable, threading.Event] = field(default_factory=dict)
     _private: int = 0
 
     def acquire(self, key: Hashable, load: Callable[[], Any], label: str = "", needs: list | None = None) -> tuple[Hashable, Any]:
         """The model for `key`, loaded once by `load()`; returns (the key to release, the model). Keys `load` appends
-        to `needs` (models it acquired itself, e.g. an adapter's base) are released when this entry is."""
+        to `needs` (models it acquired itself, e.g. an adapter's base) are released when this entry is.
+
+        A load runs outside the pool's lock (it can take minutes): other tenants acquire and release meanwhile, and
+        a second caller of the same key waits for the first one's load instead of loading a copy."""
+        while True:
+            with self._lock:
+                if not self.share:
+                    self._private += 1
+                    key = (key, self._private)
+                entry = self._entries.get(key)
+                if entry is not None:
+                    entry.users += 1
+                    return key, entry.model
+                pending = self._loading.get(key)
+                if pending is None:
+                    pending = self._loading[key] = threading.Event()
+                    break
+            pending.wait()   # another caller is loading this key: take its model once it is in
+        try:
+            model = load()
+        except BaseException:
+            with self._lock:
+                del self._loading[key]
+            pending.set()
+            self.release(list(needs or ()))   # what `load` acquired before failing
+            raise
         with self._lock:
-            if not self.share:
-                self._private += 1
-                key = (key, self._private)
-            entry = self._entries.get(key)
-            if entry is None:
-                model = load()
-                entry = self._entries[key] = _Entry(model, 0, model_bytes(model), tuple(needs or ()), label or str(key))
-                log.info("loaded %s (%.1f MB)", entry.label, entry.bytes / 1e6)
-            entry.users += 1
-            return key, entry.model
+            entry = self._entries[key] = _Entry(model, 1, model_bytes(model), tuple(needs or ()), label or str(key))
+            del self._loading[key]
+        pending.set()
+        log.info("loaded %s (%.1f MB)", entry.label, entry.bytes / 1e6)
+        return key, model
 
     def loaded(self, key: Hashable) -> bool:
         return self.share and key in self._entries
@@ -113,15 +134,26 @@ def open_searcher(bundle_path: str, *, ann: AnnConfig = AnnConfig(), encoders: E
     encodings of concurrent requests are micro-batched and cached (encoders/batching.py). Models come from `pool`
     (shared with other searchers of that pool); `retire(searcher)` gives them back.
     """
+    pool = pool if pool is not None else ModelPool()
+    bundle = Bundle(bundle_path, ann=ann)
+    backends: dict[str, str] = {}
+    keys: list[Hashable] = []
+    try:
+        return _assemble(bundle, pool, keys, backends, encoders, search, rerank, reranker, ranker, batching)
+    except BaseException:
+        pool.release(keys)   # a failed open gives back every model it took
+        bundle.close()
+        raise
+
+
+def _assemble(bundle: Bundle, pool: ModelPool, keys: list[Hashable], backends: dict[str, str], encoders: EncoderConfig,
+              search: SearchConfig, rerank: RerankConfig, reranker: str | None, ranker: str | None,
+              batching: bool) -> Searcher:
     from vitrine.encoders import onnx
     from vitrine.encoders.base import pick_device
     from vitrine.encoders.text import ADAPTER_FILE, resolve_text_model
     from vitrine.indexer.bundle import CLIP_VARIANTS, TEXT_VARIANTS
 
-    pool = pool if pool is not None else ModelPool()
-    bundle = Bundle(bundle_path, ann=ann)
-    backends: dict[str, str] = {}
-    keys: list[Hashable] = []
     # The ONNX variants run on the CPU: with a GPU, "auto" keeps the torch models on it.
     requested = encoders.backend if encoders.backend != onnx.AUTO or pick_device(encoders.device) == "cpu" else "torch"
     models = bundle.manifest.get("models", {})
@@ -245,12 +277,18 @@ def with_second_stage(searcher: Searcher, reranker: str | None, ranker: str | No
 def retire(searcher: Searcher) -> None:
     """Closes a swapped-out or dropped searcher's bundle and gives its models back to their pool (a model no other
     searcher uses is closed: its batching thread stops and its weights can be freed)."""
+    if getattr(searcher, "retired", False):   # idempotent: a drop racing a swap must not release twice
+        return
+    searcher.retired = True
     searcher.bundle.close()
     pool = getattr(searcher, "pool", None)
     if pool is not None:
         arm = getattr(searcher, "arm_b", None)
-        pool.release(searcher.pool_keys + (arm.pool_keys if arm is not None else []))
+        keys = searcher.pool_keys + (arm.pool_keys if arm is not None else [])
         searcher.pool_keys = []
+        if arm is not None:
+            arm.pool_keys = []
+        pool.release(keys)
         return
     for encoder in (searcher.text_encoder, searcher.clip_encoder):
         close = getattr(encoder, "close", None)
@@ -297,7 +335,7 @@ def _adapter_encoder(pool: ModelPool, path: str, encoders: EncoderConfig, needs:
 
     held, base = pool.acquire(("text", "torch", str(resolve_text_model(base_name)), "base", encoders.device), load_base,
                               f"text base {base_name} (torch)")
-    needs.append(held)
+    needs.append(held)   # released by the pool if what follows fails (acquire's `needs`)
     encoder = adapter_encoder(base, path)
     encoder.encode_texts(["warm up"])
     return encoder

@@ -1,11 +1,14 @@
 """Online comparison of two ranker versions for one tenant: sticky A/B arms, team-draft interleaving, and their reports.
 
-The server appends one JSON line per Feedback to the tenant's experiment log (`<tenant>/logs/experiment.jsonl`):
+The server appends to the tenant's experiment log (`<tenant>/logs/experiment.jsonl`) one line per search served by
+the experiment ("event": "impression", no clicks yet) and one per Feedback on it ("event": "click"):
     A/B:          {"experiment": str, "kind": "ab", "arm": "a"|"b", "session": str, "request_id": str,
-                   "shown": int, "clicks": int, "ts": ISO-8601}
+                   "shown": int, "clicks": int, "ts": ISO-8601, "event"?, "clicked"?: [id]}
     interleaving: {"experiment": str, "kind": "interleave", "session": str, "request_id": str,
-                   "shown": int, "credit": {"a": int, "b": int}, "ts": ISO-8601}
+                   "shown": int, "credit": {"a": int, "b": int}, "ts": ISO-8601, "event"?, "clicked"?, "teams"?}
 `clicks` counts distinct shown ids clicked; `credit` is credit() over the team-draft teams. Unknown keys are kept.
+`read_experiment_log` joins a search's lines by request_id into one impression (the union of its clicks), so a
+search without Feedback counts as an impression without a click, and repeated Feedback counts once.
 
 The unit of analysis is the impression (one search = one line), not the session: a session that searches often
 weighs more, and its impressions are not independent, so intervals are slightly too narrow when sessions repeat.
@@ -135,8 +138,9 @@ def parse_record(obj: Any) -> dict[str, Any]:
 
 def experiment_record(experiment: str, session: str, request_id: str, shown: int, *, arm: str | None = None,
                       clicks: int | None = None, credit: Mapping[str, int] | None = None,
-                      ts: str | None = None) -> dict[str, Any]:
-    """One log line: pass `arm` and `clicks` for an A/B impression, or `credit` for an interleaved one."""
+                      ts: str | None = None, **extra: Any) -> dict[str, Any]:
+    """One log line: pass `arm` and `clicks` for an A/B impression, or `credit` for an interleaved one; `extra` adds
+    keys (event, clicked, teams)."""
     head = {"experiment": experiment}
     tail = {"session": session, "request_id": request_id, "shown": shown}
     if credit is not None and arm is None and clicks is None:
@@ -146,6 +150,7 @@ def experiment_record(experiment: str, session: str, request_id: str, shown: int
     else:
         raise ValueError("An experiment record takes either `arm` and `clicks` (A/B) or `credit` (interleaving).")
     record["ts"] = ts or utc_now_iso()
+    record.update(extra)
     try:
         return parse_record(record)
     except ValueError as exc:
@@ -153,13 +158,42 @@ def experiment_record(experiment: str, session: str, request_id: str, shown: int
 
 
 def read_experiment_log(path: str | Path) -> list[dict[str, Any]]:
-    """Every line of an experiment log; the first bad line raises ValueError("PATH: line N: reason")."""
+    """One row per impression of an experiment log (join_events); the first bad line raises
+    ValueError("PATH: line N: reason")."""
     rows = []
     for _, value in iter_jsonl(path, parse_record):
         if isinstance(value, LineError):
             raise ValueError(f"{path}: {value}")  # noqa: TRY004 - a bad line is a bad value, whatever its reason
         rows.append(value)
-    return rows
+    return join_events(rows)
+
+
+def join_events(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Lines of one search (same request_id: its impression and each Feedback) as one row: clicks are the union of
+    the ids its lines name, credited again to the impression's teams. Lines without ids add their counts."""
+    by_request: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        key = f"{row['experiment']}\x00{row['kind']}\x00{row['request_id']}"
+        merged = by_request.get(key)
+        if merged is None:
+            by_request[key] = {**row, **({"clicked": list(row["clicked"])} if "clicked" in row else {})}
+            continue
+        if "teams" in row and "teams" not in merged:
+            merged["teams"] = row["teams"]
+        if "clicked" in row:
+            union = merged.setdefault("clicked", [])
+            union += [c for c in row["clicked"] if c not in union]
+        elif merged["kind"] == ExperimentKind.AB:
+            merged["clicks"] += row["clicks"]
+        else:
+            merged["credit"] = {t: merged["credit"][t] + row["credit"][t] for t in ARMS}
+    for merged in by_request.values():
+        if merged.get("clicked"):
+            if merged["kind"] == ExperimentKind.AB:
+                merged["clicks"] = len(merged["clicked"])
+            elif "teams" in merged:
+                merged["credit"] = {**dict.fromkeys(ARMS, 0), **credit(merged["teams"], merged["clicked"])}
+    return list(by_request.values())
 
 
 def select_experiment(rows: Sequence[Mapping[str, Any]], experiment: str | None = None) -> tuple[str, list[dict]]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vitrine.encoders.batching import current_scope
 from vitrine.encoders.base import pick_device
 from vitrine.encoders.config import check, check_positive_ints, config_from_dict
 from vitrine.ranking.types import Hit, SourceHit
@@ -131,7 +132,7 @@ class CrossEncoderReranker:
         self.tokenizer = self.model.tokenizer
         self.net = self.model.transformers_model   # an HF *ForSequenceClassification
         self.net.eval()
-        self._cache: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, str, str], float] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._net_lock = threading.Lock()   # torch inference on CPU already uses every core; queue, don't thrash
         self.backend = backend
@@ -166,7 +167,8 @@ class CrossEncoderReranker:
         """Relevance scores (logits) of `docs` for `query`, from the cache where possible. (N,)"""
         import torch
 
-        keys = [(query, hashlib.blake2b(d.encode("utf-8"), digest_size=12).hexdigest()) for d in docs]
+        scope = current_scope()   # kept apart per tenant when the model is shared (encoders/batching.py)
+        keys = [(scope, query, hashlib.blake2b(d.encode("utf-8"), digest_size=12).hexdigest()) for d in docs]
         out = np.empty(len(docs), dtype=np.float32)
         todo = []
         with self._cache_lock:

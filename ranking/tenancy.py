@@ -131,14 +131,18 @@ def merge_config(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, A
 def write_spec(tenant_dir: Path, *, bundle: str = "", reranker: str = "", ranker: str = "", read_only: bool = False,
                extra_toml: str = "") -> Path:
     """Writes tenant.toml for a tenant created over the Admin API; `extra_toml` holds sections ([quota], [search], ...)."""
+    try:
+        extra = tomllib.loads(extra_toml)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"config_toml: not valid TOML: {exc}") from None
+    stray = set(extra) - set(OVERRIDABLE) - set(TENANT_SECTIONS)
+    if stray:  # paths (bundle, models) are the request's fields, checked there; here only sections
+        raise ValueError(f"config_toml: {', '.join(sorted(stray))} not allowed; it holds the sections "
+                         f"{', '.join(OVERRIDABLE + TENANT_SECTIONS)}.")
     lines = [f"{k} = {_toml_str(v)}" for k, v in (("bundle", bundle), ("reranker", reranker), ("ranker", ranker)) if v]
     if read_only:
         lines.append("read_only = true")
     text = "\n".join(lines) + "\n" + (extra_toml.strip() + "\n" if extra_toml.strip() else "")
-    try:
-        tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"config_toml: not valid TOML: {exc}") from None
     tenant_dir.mkdir(parents=True, exist_ok=True)
     path = tenant_dir / SPEC_FILE
     tmp = path.with_suffix(".tmp")

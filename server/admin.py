@@ -6,12 +6,14 @@ or from a watcher that follows a `current` pointer (a symlink, as the registry w
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -154,6 +156,10 @@ class TenantManager:
         src = Path(bundle)
         if not (src / "manifest.json").is_file():
             raise InvalidRequest("bundle", f"{bundle!r} is not a Vitrine bundle on this server (no manifest.json).")
+        wal = src / "wal.log"
+        if wal.is_file() and wal.stat().st_size > 0:
+            # A served bundle's acknowledged writes may still be only in its WAL: a copy would miss them.
+            raise InvalidRequest("bundle", f"{bundle!r} has writes in its WAL (a live bundle); copy a Snapshot of it.")
         for field_name, path in (("reranker", reranker), ("ranker", ranker)):
             if path and not Path(path).is_dir():
                 raise InvalidRequest(field_name, f"{path!r} is not a directory on this server.")
@@ -181,18 +187,32 @@ class TenantManager:
         """Stops serving `name`; its directory moves to DIR/.dropped/<name>-<time> (nothing acknowledged is deleted)."""
         with self._lock:
             tenant = self.tenants.remove(name)   # no new request reaches it from here on
-            deadline = time.monotonic() + self.close_after_s
-            while tenant.quota.in_flight and time.monotonic() < deadline:  # let searches and streams in flight finish
-                time.sleep(0.05)
-            tenant.close()                       # the live index checkpoints: every acknowledged write is in the bundle
-            if tenant.state.loaded:
-                retire(tenant.state.searcher)
-            archived = self.root / ".dropped" / f"{name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+            if not tenant.wait_idle(self.close_after_s):   # every RPC in flight (searches, writes, streams) ends
+                log.warning("dropping tenant %s with %d RPCs still running after %.0f s", name, tenant.active,
+                            self.close_after_s)
+            reloading = tenant.reloader._lock if tenant.reloader is not None else contextlib.nullcontext()
+            with reloading:                      # no hot swap of this tenant is half done
+                tenant.close()                   # the live index checkpoints: every acknowledged write is in the bundle
+                if tenant.state.loaded:
+                    retire(tenant.state.searcher)
+            stamp = time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())
+            archived = self.root / ".dropped" / f"{name}-{stamp}-{uuid.uuid4().hex[:6]}"
             if tenant.dir is not None and tenant.dir.exists():
                 archived.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(tenant.dir, archived)
         log.info("dropped tenant %s (archived to %s)", name, archived)
         return archived
+
+
+def confine(tenant: Tenant, field_name: str, path: str) -> None:
+    """A tenant of a `--tenants` server reloads only from its own directory (its bundles, registry, models), so no
+    tenant key can serve another tenant's files; a single-bundle server (no tenant directory) is not confined."""
+    if not path or tenant.dir is None:
+        return
+    resolved, home = Path(path).resolve(), tenant.dir.resolve()
+    if resolved != home and home not in resolved.parents:
+        raise StatusError(grpc.StatusCode.PERMISSION_DENIED,
+                          f"{field_name}: {path!r} is outside tenant {tenant.name!r}'s directory.")
 
 
 def tenant_info(tenant: Tenant) -> search_pb2.TenantInfo:
@@ -214,16 +234,19 @@ class AdminServicer(search_pb2_grpc.AdminServicer):
 
     @abort_on_error
     def Reload(self, request: search_pb2.ReloadRequest, context: grpc.ServicerContext) -> search_pb2.ReloadResponse:
-        tenant = self.tenants.route(context)
-        check_token(context, tenant.catalog.auth_token if tenant.catalog else None)
-        if tenant.reloader is None:
-            raise StatusError(grpc.StatusCode.FAILED_PRECONDITION, f"tenant {tenant.name!r} cannot hot-swap bundles.")
-        try:
-            new, old, seconds = tenant.reloader.reload(request.bundle, request.reranker, request.ranker)
-        except FileNotFoundError as exc:
-            raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
-        except ValueError as exc:
-            raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        with self.tenants.lease(context) as tenant:
+            check_token(context, tenant.catalog.auth_token if tenant.catalog else None)
+            if tenant.reloader is None:
+                raise StatusError(grpc.StatusCode.FAILED_PRECONDITION, f"tenant {tenant.name!r} cannot hot-swap bundles "
+                                                                       "(it accepts live writes; see README).")
+            for field_name in ("bundle", "reranker", "ranker"):
+                confine(tenant, field_name, getattr(request, field_name))
+            try:
+                new, old, seconds = tenant.reloader.reload(request.bundle, request.reranker, request.ranker)
+            except FileNotFoundError as exc:
+                raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+            except ValueError as exc:
+                raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         return search_pb2.ReloadResponse(bundle_version=new.bundle.version,
                                          previous_bundle_version=old.bundle.version if old is not None else "",
                                          model_versions=model_versions(new), load_ms=seconds * 1e3)
@@ -241,10 +264,10 @@ class AdminServicer(search_pb2_grpc.AdminServicer):
                                             request.read_only, request.config_toml)
         except FileExistsError as exc:
             raise StatusError(grpc.StatusCode.ALREADY_EXISTS, str(exc)) from None
-        except ValueError as exc:
-            if isinstance(exc, InvalidRequest):
-                raise
-            raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, f"config_toml: {exc}") from None
+        except InvalidRequest:
+            raise
+        except (ValueError, FileNotFoundError) as exc:
+            raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, f"could not open tenant {request.name!r}: {exc}") from None
         return tenant_info(tenant)
 
     @abort_on_error

@@ -17,7 +17,7 @@ import hmac
 import json
 import os
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,13 +150,17 @@ def _write(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def check_access(keys: KeyStore, method: str, metadata: Mapping[str, str]) -> tuple[grpc.StatusCode, str] | None:
+def check_access(keys: KeyStore, method: str, metadata: Sequence[tuple[str, str]]) -> tuple[grpc.StatusCode, str] | None:
     """None when the caller may make this call; else the status and message to answer with."""
-    from vitrine.server.tenants import DEFAULT_TENANT, TENANT_HEADER
+    from vitrine.server.status import StatusError
+    from vitrine.server.tenants import DEFAULT_TENANT, TENANT_HEADER, single_value
 
     if method.startswith(OPEN_PREFIXES):
         return None
-    sent = metadata.get("authorization", "")
+    try:  # the same one value the router will read; a header sent twice is refused here already
+        sent, tenant = single_value(metadata, "authorization"), single_value(metadata, TENANT_HEADER)
+    except StatusError as exc:
+        return exc.code, str(exc)
     if not sent.startswith("Bearer ") or not sent[7:].strip():
         return grpc.StatusCode.UNAUTHENTICATED, "this server needs an API key: metadata 'authorization: Bearer <key>'."
     key = keys.authenticate(sent[7:].strip())
@@ -169,7 +173,7 @@ def check_access(keys: KeyStore, method: str, metadata: Mapping[str, str]) -> tu
     scope = METHOD_SCOPES.get(method)
     if scope is None:  # a method this table does not know: refuse rather than serve it unchecked
         return grpc.StatusCode.PERMISSION_DENIED, f"{method} is not open to API keys."
-    tenant = metadata.get(TENANT_HEADER, "") or DEFAULT_TENANT
+    tenant = tenant or DEFAULT_TENANT
     if key.tenant != ALL_TENANTS and key.tenant != tenant:
         return grpc.StatusCode.PERMISSION_DENIED, f"this key is not valid for tenant {tenant!r}."
     if scope not in key.scopes and not (key.tenant == ALL_TENANTS and "admin" in key.scopes):
@@ -185,7 +189,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         self.on_refuse = on_refuse
 
     def intercept_service(self, continuation, handler_call_details):  # noqa: ANN001, ANN201 - grpc's protocol
-        metadata = dict(handler_call_details.invocation_metadata or ())
+        metadata = tuple(handler_call_details.invocation_metadata or ())
         refused = check_access(self.keys, handler_call_details.method, metadata)
         handler = continuation(handler_call_details)
         if refused is None or handler is None:
@@ -206,10 +210,11 @@ class AuthInterceptor(grpc.ServerInterceptor):
 def check_token(context: grpc.ServicerContext, token: str | None) -> None:
     """The shared write token of a server without API keys (`[catalog] auth_token`); nothing to check when unset."""
     from vitrine.server.status import StatusError
+    from vitrine.server.tenants import single_value
 
     if token is None:
         return
-    sent = dict(context.invocation_metadata()).get("authorization", "")
+    sent = single_value(context.invocation_metadata(), "authorization")
     if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
         raise StatusError(grpc.StatusCode.UNAUTHENTICATED, "write RPCs need metadata 'authorization: Bearer <token>'.")
 

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
@@ -88,6 +90,22 @@ def item_from_proto(msg: search_pb2.Item, cfg: CatalogConfig) -> Item:
                 attributes=attributes, price=price, image=msg.image_uri or None)
 
 
+def snapshot_dir(tenant: Tenant, out_dir: str) -> Path:
+    """Where a snapshot goes. A tenant of a `--tenants` server names a snapshot, written under its own directory
+    (`DIR/<tenant>/snapshots/<name>`), so no key can write into another tenant's files; a single-bundle server
+    takes a directory path, as before."""
+    name = out_dir.strip()
+    if not name:
+        raise InvalidRequest("out_dir", "must name a directory on the server." if tenant.dir is None else
+                             "must name the snapshot (a-z, 0-9, '_', '-', '.').")
+    if tenant.dir is None:
+        return Path(name)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", name) or name in (".", ".."):
+        raise InvalidRequest("out_dir", f"{name!r}: a tenant's snapshot is a name (a-z, 0-9, '_', '-', '.'), written "
+                                        f"under its own snapshots/ directory.")
+    return tenant.dir / "snapshots" / name
+
+
 class CatalogServicer(search_pb2_grpc.CatalogServicer):
     """Thin: proto -> Item -> the tenant's LiveIndex -> ack. Callers are checked by the key interceptor (server/auth.py)
     or, on a server without API keys, by the tenant's shared write token when one is configured."""
@@ -96,40 +114,43 @@ class CatalogServicer(search_pb2_grpc.CatalogServicer):
         self.tenants = tenants
         self.metrics = metrics
         self.max_streams = max_streams
-        self._streams = 0
         self._streams_lock = threading.Lock()
 
-    def _tenant(self, context: grpc.ServicerContext, request: object | None = None, write: bool = False) -> Tenant:
-        tenant = self.tenants.route(context)
-        if write:
-            check_token(context, tenant.catalog.auth_token)
-        tenant.quota.admit(request.ByteSize() if request is not None else 0)
-        return tenant
+    @contextmanager
+    def _tenant(self, context: grpc.ServicerContext, request: object | None = None, write: bool = False) -> Iterator[Tenant]:
+        """The RPC's tenant, leased for the whole call, after its write token (legacy) and quota checks (a stream,
+        `request` None, pays per item instead)."""
+        with self.tenants.lease(context) as tenant:
+            if write:
+                check_token(context, tenant.catalog.auth_token)
+            if request is not None:
+                tenant.quota.admit(request.ByteSize())
+            yield tenant
 
     @contextmanager
-    def _stream_slot(self) -> Iterator[None]:
+    def _stream_slot(self, tenant: Tenant) -> Iterator[None]:
+        """At most max_streams Upsert streams per tenant: one shop cannot hold every stream of the server."""
         with self._streams_lock:
-            if self._streams >= self.max_streams:
-                raise StatusError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{self._streams} upsert streams are open; retry later.")
-            self._streams += 1
+            if tenant.streams >= self.max_streams:
+                raise StatusError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                  f"tenant {tenant.name!r} has {tenant.streams} upsert streams open; retry later.")
+            tenant.streams += 1
         try:
             yield
         finally:
             with self._streams_lock:
-                self._streams -= 1
+                tenant.streams -= 1
 
     def Upsert(self, request_iterator: Iterator[search_pb2.UpsertRequest], context: grpc.ServicerContext
                ) -> Iterator[search_pb2.UpsertAck]:
         """Acks each item after its WAL record is fsync'd and applied; the first bad item ends the stream."""
         t0, code, message = time.perf_counter(), grpc.StatusCode.OK, ""
         try:
-            tenant = self._tenant(context, write=True)
-            live = tenant.state.require_live()
-            with self._stream_slot(), tenant.quota.slot():
+            with self._tenant(context, write=True) as tenant, self._stream_slot(tenant), tenant.quota.slot():
+                live = tenant.state.require_live()
                 for n, req in enumerate(request_iterator):
                     check_deadline(context)
-                    if n:  # the stream's first item was paid for when it opened
-                        tenant.quota.admit(req.ByteSize())
+                    tenant.quota.admit(req.ByteSize())   # every item is a request for the quota
                     yield self._upsert_one(tenant, live, req, n)
         except grpc.RpcError:  # the client cancelled or went away mid-stream; every acked item is durable
             code = grpc.StatusCode.CANCELLED
@@ -167,33 +188,32 @@ class CatalogServicer(search_pb2_grpc.CatalogServicer):
 
     @abort_on_error
     def Delete(self, request: search_pb2.DeleteRequest, context: grpc.ServicerContext) -> search_pb2.DeleteResponse:
-        tenant = self._tenant(context, request, write=True)
-        ids = self._ids(request.ids, tenant.catalog)
-        live = tenant.state.require_live()
-        check_deadline(context)
-        return search_pb2.DeleteResponse(deleted=live.delete(ids))
+        with self._tenant(context, request, write=True) as tenant:
+            ids = self._ids(request.ids, tenant.catalog)
+            live = tenant.state.require_live()
+            check_deadline(context)
+            return search_pb2.DeleteResponse(deleted=live.delete(ids))
 
     @abort_on_error
     def Get(self, request: search_pb2.GetRequest, context: grpc.ServicerContext) -> search_pb2.GetResponse:
-        tenant = self._tenant(context, request)
-        ids = self._ids(request.ids, tenant.catalog)
-        items = tenant.state.require_live().get(ids)
-        return search_pb2.GetResponse(items_json=[json.dumps(it.to_dict(), ensure_ascii=False) for it in items])
+        with self._tenant(context, request) as tenant:
+            ids = self._ids(request.ids, tenant.catalog)
+            items = tenant.state.require_live().get(ids)
+            return search_pb2.GetResponse(items_json=[json.dumps(it.to_dict(), ensure_ascii=False) for it in items])
 
     @abort_on_error
     def Snapshot(self, request: search_pb2.SnapshotRequest, context: grpc.ServicerContext) -> search_pb2.SnapshotResponse:
-        tenant = self._tenant(context, request, write=True)
-        if not request.out_dir.strip():
-            raise InvalidRequest("out_dir", "must name a directory on the server.")
-        live = tenant.state.require_live()
-        try:
-            manifest = live.snapshot(request.out_dir)
-        except FileExistsError as exc:
-            raise StatusError(grpc.StatusCode.ALREADY_EXISTS, f"out_dir: {exc}") from None
-        except OSError as exc:
-            raise StatusError(grpc.StatusCode.FAILED_PRECONDITION, f"out_dir: {exc.strerror or exc}") from None
-        return search_pb2.SnapshotResponse(path=request.out_dir, bundle_version=manifest["bundle_version"],
-                                           items=manifest["counts"]["items"])
+        with self._tenant(context, request, write=True) as tenant:
+            out_dir = snapshot_dir(tenant, request.out_dir)
+            live = tenant.state.require_live()
+            try:
+                manifest = live.snapshot(str(out_dir))
+            except FileExistsError as exc:
+                raise StatusError(grpc.StatusCode.ALREADY_EXISTS, f"out_dir: {exc}") from None
+            except OSError as exc:
+                raise StatusError(grpc.StatusCode.FAILED_PRECONDITION, f"out_dir: {exc.strerror or exc}") from None
+            return search_pb2.SnapshotResponse(path=str(out_dir), bundle_version=manifest["bundle_version"],
+                                               items=manifest["counts"]["items"])
 
     def _ids(self, raw: list[str], config: CatalogConfig) -> list[str]:
         if not raw:

@@ -71,19 +71,22 @@ def feature_record(request_id: str, query: Mapping[str, Any], bundle_version: st
     }
 
 
-def experiment_line(entry: Mapping[str, Any], request_id: str, clicked: Sequence[str]) -> dict[str, Any]:
-    """One experiment-log line (ranking/experiments.py reads it): the arm and its clicks, or each team's clicks."""
+def experiment_line(experiment: Mapping[str, Any], session: str, request_id: str, shown: Sequence[str],
+                    clicked: Sequence[str] | None = None) -> dict[str, Any]:
+    """One experiment-log line (ranking/experiments.py reads and joins them): the search's impression when `clicked`
+    is None, else one Feedback's clicks on it, credited to the arm or to the teams that contributed the items."""
     from vitrine.ranking.experiments import credit, experiment_record
 
-    exp = entry["experiment"]
-    session = entry["session"] or request_id
-    shown = set(entry["shown"])
-    clicks = [c for c in clicked if c in shown]
-    if exp["kind"] == "ab":
-        return experiment_record(exp["experiment"], session, request_id, len(entry["shown"]),
-                                 arm=exp["arm"], clicks=len(clicks))
-    return experiment_record(exp["experiment"], session, request_id, len(entry["shown"]),
-                             credit=credit(exp["teams"], clicks))
+    shown_set = set(shown)
+    clicks = [] if clicked is None else list(dict.fromkeys(c for c in clicked if c in shown_set))
+    extra = {"event": "impression" if clicked is None else "click", "clicked": clicks}
+    if experiment["kind"] == "ab":
+        return experiment_record(experiment["experiment"], session, request_id, len(shown), arm=experiment["arm"],
+                                 clicks=len(clicks), **extra)
+    if clicked is None:
+        extra["teams"] = dict(experiment["teams"])
+    return experiment_record(experiment["experiment"], session, request_id, len(shown),
+                             credit={"a": 0, "b": 0, **credit(experiment["teams"], clicks)}, **extra)
 
 
 class QueryLog:
@@ -134,7 +137,8 @@ class QueryLog:
         if entry is None:
             raise KeyError(request_id)
         if experiment_log is not None and "experiment" in entry:
-            experiment_log.write(experiment_line(entry, request_id, clicked))
+            experiment_log.write(experiment_line(entry["experiment"], entry["session"] or request_id, request_id,
+                                                 entry["shown"], clicked))
         if self.clicks is None:
             return True
         line = {"query": entry["query"], "shown": entry["shown"], "clicked": list(clicked), "ts": entry["ts"],

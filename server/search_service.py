@@ -7,13 +7,13 @@ from typing import Any
 
 import grpc
 
-from vitrine.encoders.batching import deadline
+from vitrine.encoders.batching import cache_scope, deadline
 from vitrine.proto import search_pb2, search_pb2_grpc
 from vitrine.ranking.features import FEATURES
 from vitrine.ranking.fusion import FusionMethod
 from vitrine.ranking.pipeline import InvalidRequest, Searcher, SearchRequest, SearchResult
 from vitrine.server.experiment import run_experiment
-from vitrine.server.query_log import feature_record
+from vitrine.server.query_log import experiment_line, feature_record
 from vitrine.server.state import model_versions
 from vitrine.server.status import Metrics, StatusError, abort_on_error, check_deadline
 from vitrine.server.tenants import Tenant, Tenants
@@ -85,10 +85,10 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
 
     @abort_on_error
     def Search(self, request: search_pb2.SearchRequest, context: grpc.ServicerContext) -> search_pb2.SearchResponse:
-        tenant = self.tenants.route(context)
-        tenant.quota.admit(request.ByteSize())
-        with tenant.quota.slot():
-            return self._search(tenant, request, context)
+        with self.tenants.lease(context) as tenant:
+            tenant.quota.admit(request.ByteSize())
+            with tenant.quota.slot():
+                return self._search(tenant, request, context)
 
     def _search(self, tenant: Tenant, request: search_pb2.SearchRequest, context: grpc.ServicerContext) -> search_pb2.SearchResponse:
         state, query_log = tenant.state, tenant.query_log
@@ -100,7 +100,7 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
             req = replace(req, log_features=log_features)
         request_id = query_log.new_request_id()
         arm = None
-        with deadline(context.time_remaining()):
+        with deadline(context.time_remaining()), cache_scope(tenant.name):
             if tenant.experiment is not None and getattr(searcher, "arm_b", None) is not None:
                 result, arm = run_experiment(tenant.experiment, searcher, req, state.reading, request.session or request_id,
                                              request_id)
@@ -114,8 +114,10 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
             query_log.features.write(feature_record(response.request_id, query, result.bundle_version,
                                                     dict(response.model_versions), [h.id for h in result.hits],
                                                     result.features))
-        query_log.remember(response.request_id, query, [h.id for h in result.hits], request.session, req.image,
-                           experiment=arm)
+        shown = [h.id for h in result.hits]
+        query_log.remember(response.request_id, query, shown, request.session, req.image, experiment=arm)
+        if arm is not None and tenant.experiment_log is not None:   # every impression, clicked or not
+            tenant.experiment_log.write(experiment_line(arm, request.session or request_id, request_id, shown))
         if self.metrics is not None:
             for stage, ms in result.timings_ms.items():
                 self.metrics.stages.labels(stage).observe(ms / 1e3)
@@ -123,22 +125,26 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
 
     @abort_on_error
     def Feedback(self, request: search_pb2.FeedbackRequest, context: grpc.ServicerContext) -> search_pb2.FeedbackResponse:
-        tenant = self.tenants.route(context)
-        tenant.quota.admit(request.ByteSize())
-        if not request.request_id:
-            raise InvalidRequest("request_id", "is empty; quote the request_id of the SearchResponse.")
-        try:
-            logged = tenant.query_log.feedback(request.request_id, list(request.clicked), dict(request.dwell_ms),
-                                               tenant.experiment_log)
-        except KeyError:
-            # Request ids are kept per tenant: another tenant's id is unknown here, exactly like a forgotten one.
-            raise StatusError(grpc.StatusCode.NOT_FOUND, f"request_id {request.request_id!r} is unknown or too old to log.") from None
-        return search_pb2.FeedbackResponse(logged=logged)
+        with self.tenants.lease(context) as tenant:
+            tenant.quota.admit(request.ByteSize())
+            if not request.request_id:
+                raise InvalidRequest("request_id", "is empty; quote the request_id of the SearchResponse.")
+            try:
+                logged = tenant.query_log.feedback(request.request_id, list(request.clicked), dict(request.dwell_ms),
+                                                   tenant.experiment_log)
+            except KeyError:
+                # Request ids are kept per tenant: another tenant's id is unknown here, exactly like a forgotten one.
+                raise StatusError(grpc.StatusCode.NOT_FOUND,
+                                  f"request_id {request.request_id!r} is unknown or too old to log.") from None
+            return search_pb2.FeedbackResponse(logged=logged)
 
     @abort_on_error
     def Info(self, request: search_pb2.InfoRequest, context: grpc.ServicerContext) -> search_pb2.InfoResponse:
-        tenant = self.tenants.route(context)
-        tenant.quota.admit()
+        with self.tenants.lease(context) as tenant:
+            tenant.quota.admit()
+            return self._info(tenant)
+
+    def _info(self, tenant: Tenant) -> search_pb2.InfoResponse:
         searcher = tenant.state.searcher
         # The served stages join the manifest so `vitrine eval --ablate` can measure each one.
         stages = searcher.available_stages()

@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 
 from vitrine.encoders.config import check, config_from_dict
+from vitrine.ranking.experiments import ExperimentKind
 from vitrine.ranking.pipeline import Searcher
 from vitrine.server.client import TENANT_HEADER
 from vitrine.server.query_log import QueryLog
@@ -71,7 +72,8 @@ class Quota:
     def __init__(self, tenant: str, config: QuotaConfig = QuotaConfig()) -> None:
         self.tenant, self.config = tenant, config
         self.requests = TokenBucket(config.qps, config.burst or max(1.0, config.qps)) if config.qps else None
-        self.bytes = TokenBucket(config.bytes_per_s, max(config.bytes_per_s, 1 << 20)) if config.bytes_per_s else None
+        # The bytes bucket holds at least one largest message, so no single request is refused forever.
+        self.bytes = TokenBucket(config.bytes_per_s, max(config.bytes_per_s, 64 << 20)) if config.bytes_per_s else None
         self.in_flight = 0
         self.rejected = 0
         self._lock = threading.Lock()
@@ -116,7 +118,7 @@ class ExperimentConfig:
     arms' rankings. Feedback clicks are credited to the arm or team that produced the clicked item."""
 
     name: str = ""
-    kind: str = "interleave"
+    kind: ExperimentKind = ExperimentKind.INTERLEAVE
     split: float = 0.5            # A/B: share of sessions in arm b
     reranker: str = ""            # arm b's cross-encoder directory (empty = arm a's)
     ranker: str = ""              # arm b's LightGBM ranker directory (empty = arm a's)
@@ -125,7 +127,6 @@ class ExperimentConfig:
     def from_dict(cls, d: dict) -> ExperimentConfig:
         cfg = config_from_dict(cls, d, "experiment")
         check(bool(cfg.name.strip()), "experiment.name", "a non-empty name", cfg.name)
-        check(cfg.kind in ("ab", "interleave"), "experiment.kind", "'ab' or 'interleave'", cfg.kind)
         check(0.0 < cfg.split < 1.0, "experiment.split", "between 0 and 1", cfg.split)
         check(bool(cfg.reranker or cfg.ranker), "experiment", "arm b's reranker or ranker", "neither")
         return cfg
@@ -148,6 +149,25 @@ class Tenant:
     def __post_init__(self) -> None:
         if self.quota is None:
             self.quota = Quota(self.name)
+        self.active = 0                    # RPCs holding a lease on this tenant (drop waits for them)
+        self.streams = 0                   # open Upsert streams of this tenant
+        self._idle = threading.Condition()
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[Tenant]:
+        with self._idle:
+            self.active += 1
+        try:
+            yield self
+        finally:
+            with self._idle:
+                self.active -= 1
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Waits until no RPC holds a lease (True) or `timeout_s` passes (False)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self.active == 0, timeout_s)
 
     def close(self) -> None:
         """Stops the live index (its WAL is already durable) and closes logs; the searcher is retired by the caller."""
@@ -190,6 +210,12 @@ class Tenants:
     def __len__(self) -> int:
         return len(self._by_name)
 
+    @contextlib.contextmanager
+    def lease(self, context: grpc.ServicerContext) -> Iterator[Tenant]:
+        """The tenant an RPC names, held for the whole RPC: a DropTenant waits for every lease to end."""
+        with self.route(context).lease() as tenant:
+            yield tenant
+
     def route(self, context: grpc.ServicerContext) -> Tenant:
         """The tenant an RPC names (authentication already checked the caller may use it); NOT_FOUND if unknown."""
         name = requested_tenant(context)
@@ -204,11 +230,17 @@ class Tenants:
         return tenant
 
 
+def single_value(metadata: object, key: str) -> str:
+    """The one value of metadata `key` ("" when absent). Sent twice is refused: a key check and the routing must
+    never read different copies of the same header."""
+    values = [v for k, v in (metadata or ()) if k == key]
+    if len(values) > 1:
+        raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, f"metadata {key}: sent {len(values)} times; send it once.")
+    return values[0] if values else ""
+
+
 def requested_tenant(context: grpc.ServicerContext) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == TENANT_HEADER:
-            return value
-    return ""
+    return single_value(context.invocation_metadata(), TENANT_HEADER)
 
 
 def single(searcher: Searcher | None, live: Any = None, query_log: QueryLog | None = None, catalog: Any = None,

@@ -209,7 +209,11 @@ def test_a_tenant_is_created_written_searched_and_dropped_while_others_serve(pla
             assert all(h.id not in ("p1", "p2") for h in c.search("zebra umbrella quokka", k=10).hits)
         with VitrineClient(platform["target"], token=platform["keys"]["*"]["admin"]) as admin:
             archived = Path(admin.drop_tenant("popup"))
-        assert (archived / "bundle" / "wal.log").is_file() or (archived / "bundle" / "manifest.json").is_file()
+        from vitrine.indexer.bundle import Bundle
+
+        kept = Bundle(archived / "bundle")   # the archive holds every acknowledged write, checkpointed
+        assert kept.docstore.get("p1") is not None and kept.docstore.get("p2") is not None
+        kept.close()
         with VitrineClient(platform["target"], token=platform["keys"]["*"]["admin"], tenant="popup") as c, \
                 pytest.raises(grpc.RpcError) as err:
             c.search("zebra")
@@ -223,7 +227,7 @@ def test_a_tenant_is_created_written_searched_and_dropped_while_others_serve(pla
 
 def test_quotas_refuse_one_tenant_without_touching_another(platform, shop_bundles):
     with VitrineClient(platform["target"], token=platform["keys"]["*"]["admin"], timeout_s=120) as admin:
-        admin.create_tenant("tiny", str(shop_bundles["scifact"]), config_toml="[quota]\nqps = 5\nburst = 5\nmax_items = 31\n")
+        admin.create_tenant("tiny", str(shop_bundles["scifact"]), config_toml="[quota]\nqps = 1\nburst = 2\nmax_items = 31\n")
     import time
 
     codes = []
@@ -237,12 +241,12 @@ def test_quotas_refuse_one_tenant_without_touching_another(platform, shop_bundle
                 codes.append(exc.code().name)
                 assert "quota" in exc.details() and "'tiny'" in exc.details()
         elapsed = time.monotonic() - t0
-    # A bucket of 5 refilled at 5/s: at most 5 + 5 x elapsed requests pass, whatever the machine's speed.
-    assert codes.count("ok") <= 5 + 5 * elapsed + 1 and codes.count("RESOURCE_EXHAUSTED") == 20 - codes.count("ok")
+    # A bucket of 2 refilled at 1/s: at most 2 + elapsed requests pass, whatever the machine's speed.
+    assert codes.count("ok") <= 2 + elapsed + 1 and codes.count("RESOURCE_EXHAUSTED") == 20 - codes.count("ok")
     assert codes.count("RESOURCE_EXHAUSTED") >= 1
     with client(platform, "scifact") as c:     # the same catalog in another tenant: unaffected
         assert all(c.search("cells").hits for _ in range(20))
-    time.sleep(1.2)  # refill
+    time.sleep(2.2)  # refill
     with CatalogClient(platform["target"], token=platform["keys"]["*"]["admin"], tenant="tiny") as cat:
         assert [a.id for a in cat.upsert_items([Item(id="n1", title="one more")])] == ["n1"]
         with pytest.raises(grpc.RpcError) as err:
@@ -312,16 +316,77 @@ def test_interleaving_experiment_credits_clicks_to_teams(tmp_path, shop_bundles,
                 for _ in range(2):  # sticky: a session sees one arm
                     result = c.search("shirt", k=5, session=f"u{n}")
                     c.feedback(result.request_id, [result.hits[0].id])
+                    c.feedback(result.request_id, [result.hits[0].id])   # the same click reported again counts once
+            c.search("shirt", k=5, session="u0")   # an impression nobody clicked
     finally:
         served.stop(0)
         for t in list(tenants):
             t.close()
-    lines = [json.loads(x) for x in (root / "fashion" / "logs" / "experiment.jsonl").read_text().splitlines()]
-    assert len(lines) == 6 and all(x["kind"] == "interleave" and x["experiment"] == "ce-vs-none" for x in lines)
-    assert all(sum(x["credit"].values()) == 2 for x in lines)   # both clicks credited to a team
-    ab = [json.loads(x) for x in (root / "shop2" / "logs" / "experiment.jsonl").read_text().splitlines()]
-    assert len(ab) == 16 and all(x["clicks"] == 1 for x in ab)
+    raw = [json.loads(x) for x in (root / "fashion" / "logs" / "experiment.jsonl").read_text().splitlines()]
+    assert len(raw) == 12 and all(x["kind"] == "interleave" and x["experiment"] == "ce-vs-none" for x in raw)
+    from vitrine.ranking.experiments import read_experiment_log
+
+    lines = read_experiment_log(root / "fashion" / "logs" / "experiment.jsonl")   # joined: one row per search
+    assert len(lines) == 6 and all(sum(x["credit"].values()) == 2 for x in lines)
+    ab = read_experiment_log(root / "shop2" / "logs" / "experiment.jsonl")
+    # 16 searches with a click, and the unclicked impression: searches without Feedback count too
+    assert len(ab) == 17 and sum(x["clicks"] for x in ab) == 16
     for row in ab:
         arms.setdefault(row["session"], set()).add(row["arm"])
     assert all(len(a) == 1 for a in arms.values()) and len(set().union(*arms.values())) == 2
     assert (root / "shop2" / "logs" / "clicks.jsonl").is_file()   # the tenant's own click log
+
+
+def test_a_header_sent_twice_is_refused_not_read_two_ways(platform):
+    """The key check and the routing read the same single header: a second copy naming another tenant is refused."""
+    channel = grpc.insecure_channel(platform["target"])
+    key = platform["keys"]["fashion"]["search"]
+    for md in ((("authorization", f"Bearer {key}"), (TENANT_HEADER, "scifact"), (TENANT_HEADER, "fashion")),
+               (("authorization", f"Bearer {key}"), (TENANT_HEADER, "fashion"), (TENANT_HEADER, "scifact")),
+               (("authorization", f"Bearer {key}"), ("authorization", "Bearer x"), (TENANT_HEADER, "fashion"))):
+        for rpc in ("Search", "Get", "Upsert", "Snapshot", "Reload"):
+            assert call(channel, rpc, md) == grpc.StatusCode.INVALID_ARGUMENT, (rpc, md)
+    channel.close()
+
+
+def test_tenant_keys_cannot_reach_outside_their_directory(platform, shop_bundles):
+    """Snapshot takes a name under the tenant's own directory; Reload loads only from it."""
+    channel = grpc.insecure_channel(platform["target"])
+    admin = (("authorization", f"Bearer {platform['keys']['fashion']['admin']}"), (TENANT_HEADER, "fashion"))
+    stub = search_pb2_grpc.CatalogStub(channel)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Snapshot(search_pb2.SnapshotRequest(out_dir=str(platform["root"] / "scifact" / "current")), metadata=admin)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "out_dir" in err.value.details()
+    resp = stub.Snapshot(search_pb2.SnapshotRequest(out_dir="nightly"), metadata=admin)
+    assert Path(resp.path) == platform["root"] / "fashion" / "snapshots" / "nightly" and resp.items >= N_ITEMS
+    assert not (platform["root"] / "scifact" / "current").exists()
+    platform_key = ("authorization", f"Bearer {platform['keys']['*']['admin']}")
+    with VitrineClient(platform["target"], token=platform_key[1][7:], timeout_s=120) as c:
+        c.create_tenant("ro", str(shop_bundles["scifact"]), read_only=True)   # read-only: it can hot-swap
+    reload = search_pb2_grpc.AdminStub(channel).Reload
+    with pytest.raises(grpc.RpcError) as err:
+        reload(search_pb2.ReloadRequest(bundle=str(platform["root"] / "fashion" / "bundle")),
+               metadata=(platform_key, (TENANT_HEADER, "ro")))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and "outside" in err.value.details()
+    resp = reload(search_pb2.ReloadRequest(bundle=str(platform["root"] / "ro" / "bundle")), metadata=(platform_key, (TENANT_HEADER, "ro")))
+    assert resp.bundle_version
+    channel.close()
+
+
+def test_a_failed_tenant_load_gives_its_models_back(tmp_path, shop_bundles):
+    import shutil
+
+    root = tmp_path / "tenants"
+    shutil.copytree(shop_bundles["scifact"], root / "ok" / "bundle")
+    shutil.copytree(shop_bundles["fashion"], root / "broken" / "bundle")
+    (root / "broken" / "tenant.toml").write_text(f'reranker = "{tmp_path / "no-such-model"}"\n')
+    pool = ModelPool()
+    tenants = Tenants()
+    opener = tenant_opener({}, pool, read_only=True)
+    tenants.add(opener(__import__("vitrine.ranking.tenancy", fromlist=["TenantSpec"]).TenantSpec.read(root / "ok")))
+    before = pool.stats()
+    with pytest.raises(Exception):
+        opener(__import__("vitrine.ranking.tenancy", fromlist=["TenantSpec"]).TenantSpec.read(root / "broken"))
+    assert pool.stats() == before     # the text model it took for a moment is given back
+    for t in list(tenants):
+        t.close()

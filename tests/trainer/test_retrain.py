@@ -79,6 +79,7 @@ def test_retrain_of_one_tenant_promotes_and_switches_that_tenant_only(toy_shop, 
     for name in ("a", "b"):
         assert main(["index", "--catalog", str(toy_shop["catalog"]), "--out", str(root / name / "bundle"), "--clip-model",
                      str(base_clip), "--no-text-vectors", "--quiet"]) == 0
+    (root / "a" / "tenant.toml").write_text("read_only = true\n")
     (root / "a" / "logs").mkdir()
     os.symlink(click_logs["train"], root / "a" / "logs" / "clicks.jsonl")   # relative query images resolve beside the log
 
