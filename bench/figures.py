@@ -584,6 +584,23 @@ def render_tenants(r: Results) -> str:
     return "\n".join(out)
 
 
+RAY_INDEX = "bench/results/ray_index.json"
+
+
+def render_ray_index(r: Results) -> str:
+    d = r[RAY_INDEX]
+    rows = []
+    for label, x in d["runs"].items():
+        devices = ", ".join(sorted(set((x.get("built_by") or {}).get("devices", ["cpu"]))))
+        rows.append((label, f"{x['items']:,}", f"{x['wall_s']:.0f}", f"{x['items_per_s']:.1f}",
+                     f"{x['encode_items_per_s']:.1f}" if x.get("encode_items_per_s") else "–", devices))
+    out = table(["`vitrine index` of fashion (text + photos)", "items", "wall s", "items/s", "encoding items/s", "devices"], rows)
+    out += ["", f"Ray with 2 workers indexes at **{d['ray2_over_single'] * 100:.0f}%** of the single-process indexer's items/s "
+                f"(goal ≥ 90%); 1 worker at {d['ray1_over_single'] * 100:.0f}%. "
+                + ("GPU: " + f"{d['gpu']['items_per_s']:.1f} items/s." if d.get("gpu") else "No GPU was lent for this run.")]
+    return "\n".join(out)
+
+
 def render_ab_sim(r: Results) -> str:
     d = r[AB_SIM]
     f, c = d["figures"], d["config"]
@@ -763,6 +780,7 @@ REGISTRY: tuple[Figure, ...] = (
     Figure("speed", (bench("speed.py"),), ((SPEED, "`bench/speed.py`"),), render_speed),
     Figure("tenants", (bench("tenants.py"),), ((TENANTS, "`bench/tenants.py`"),), render_tenants),
     Figure("ab_sim", (bench("ab_sim.py"),), ((AB_SIM, "`bench/ab_sim.py`"),), render_ab_sim),
+    Figure("ray_index", (bench("ray_index.py"),), ((RAY_INDEX, "`bench/ray_index.py`"),), render_ray_index),
     Figure("crash_cycles", (bench("crash_cycles.py", "--cycles", "55", capture=CRASH),),
            ((CRASH, "`bench/crash_cycles.py`"),), render_crash_cycles),
     Figure("fuzz", (bench("fuzz.py", "--requests", "20000", capture=FUZZ),), ((FUZZ, "`bench/fuzz.py`"),), render_fuzz),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("index", help="index a catalog into a new bundle")
-    p.add_argument("--catalog", required=True, help="catalog JSONL (or .csv with --columns)")
+    p.add_argument("--catalog", required=True, help="catalog JSONL, .parquet, or .csv with --columns")
     p.add_argument("--out", required=True, help="bundle directory to write")
     p.add_argument("--config", help="vitrine.toml (see README, Configuration)")
     p.add_argument("--text-model", help="sentence-transformers name or local dir (default all-MiniLM-L6-v2, offline)")
@@ -21,6 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-invalid", action="store_true", help="skip bad lines (reported) instead of failing")
     p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--ray", nargs="?", const="auto", default=None, metavar="auto|ADDRESS",
+                   help="read and encode on a Ray cluster: 'auto' (a local one, or $RAY_ADDRESS's) or HOST:PORT / "
+                        "ray://HOST:PORT; the bundle is the same (needs the [ray] extra)")
+    p.add_argument("--workers", type=int, default=0, help="--ray: encoding actors per model (default: one per GPU, "
+                                                          "else one per CPU)")
 
     p.set_defaults(handler=cmd_index)
 
@@ -32,7 +37,19 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     t0 = time.perf_counter()
-    items, errors = read_catalog(args.catalog, skip_invalid=args.skip_invalid, column_map=parse_column_map(args.columns))
+    runner = None
+    if args.workers < 0 or (args.workers and args.ray is None):
+        raise ValueError("--workers takes a positive number, with --ray.")
+    if args.ray is not None:
+        from vitrine.indexer.distributed import RayRunner, read_catalog_ray
+
+        runner = RayRunner(args.ray, args.workers)
+        print(f"indexing on Ray ({args.ray}): {runner.workers} workers on {', '.join(sorted(set(runner.describe()['devices'])))}",
+              file=sys.stderr, flush=True)
+        read = read_catalog_ray
+    else:
+        read = read_catalog
+    items, errors = read(args.catalog, skip_invalid=args.skip_invalid, column_map=parse_column_map(args.columns))
     if errors:
         print(f"skipped {len(errors)} invalid line(s):", file=sys.stderr)
         for e in errors[:50]:
@@ -56,7 +73,7 @@ def cmd_index(args: argparse.Namespace) -> int:
                       onnx=config.encoders.export_onnx),
         clip_encoder=clip, catalog_dir=Path(args.catalog).resolve().parent,
         catalog_path=str(Path(args.catalog).resolve()), config_dict=config.to_dict(), force=args.force,
-        progress=not args.quiet,
+        progress=not args.quiet, runner=runner,
     )
     if manifest["counts"].get("broken_images"):
         print(f"{manifest['counts']['broken_images']} image(s) could not be read (listed in manifest.json), e.g.:",
@@ -65,6 +82,8 @@ def cmd_index(args: argparse.Namespace) -> int:
             print(f"  item {b['id']}: {b['reason']}", file=sys.stderr)
     summary = {"bundle": str(args.out), "bundle_version": manifest["bundle_version"], "items": manifest["counts"]["items"],
                "skipped_lines": len(errors), "broken_images": manifest["counts"].get("broken_images", 0), "vectors": {k: {"factory": v["factory"], "count": v["count"]} for k, v in manifest["vectors"].items()},
-               "seconds": round(time.perf_counter() - t0, 1)}
+               "seconds": round(time.perf_counter() - t0, 1),
+               "items_per_s": round(manifest["counts"]["items"] / max(time.perf_counter() - t0, 1e-9), 1),
+               **manifest["built_by"]}
     print(json.dumps(summary))
     return 0

@@ -100,8 +100,15 @@ class VectorIndex:
     @classmethod
     def build(cls, xb: np.ndarray, ids: np.ndarray, config: AnnConfig = AnnConfig()) -> VectorIndex:
         """Trains (if needed) and fills an index; xb is (N, D) float32 unit vectors."""
+        out = cls.trained(xb, config)
+        out.add(xb, ids)
+        return out
+
+    @classmethod
+    def trained(cls, xb: np.ndarray, config: AnnConfig = AnnConfig()) -> VectorIndex:
+        """An empty index of the factory for len(xb) vectors, trained on (a sample of) xb: every shard of a
+        distributed build is added to a copy of it, so all shards share one quantiser and can be merged."""
         xb = np.ascontiguousarray(xb, dtype=np.float32)
-        ids = np.ascontiguousarray(ids, dtype=np.int64)
         n, d = xb.shape
         factory = choose_factory(n, d) if config.factory == AUTO else config.factory
         base_factory, refine_factory = split_refine(factory)
@@ -112,9 +119,40 @@ class VectorIndex:
         for idx in (index, refine):
             if idx is not None and not idx.is_trained:
                 _train(idx, xb, config)
-            if idx is not None:
-                idx.add_with_ids(xb, ids)
         return cls(index, factory, config, refine)
+
+    def to_bytes(self) -> tuple[bytes, bytes | None]:
+        """The index (and refine store) serialised by FAISS, to ship to another process."""
+        return (faiss.serialize_index(self.index).tobytes(),
+                faiss.serialize_index(self.refine).tobytes() if self.refine is not None else None)
+
+    @classmethod
+    def from_bytes(cls, blobs: tuple[bytes, bytes | None], factory: str, config: AnnConfig = AnnConfig()) -> VectorIndex:
+        index, refine = (faiss.deserialize_index(np.frombuffer(b, dtype=np.uint8)) if b is not None else None for b in blobs)
+        return cls(index, factory, config, refine)
+
+    @property
+    def mergeable(self) -> bool:
+        """Whether FAISS can merge shards of this index (IVF and flat stores can; graphs such as HNSW cannot)."""
+        def ok(idx: faiss.Index | None) -> bool:
+            if idx is None or _try_extract_ivf(idx) is not None:
+                return True
+            inner = faiss.downcast_index(idx.index) if isinstance(idx, faiss.IndexIDMap2) else idx
+            return isinstance(inner, faiss.IndexFlatCodes)
+        return ok(self.index) and ok(self.refine)
+
+    def merge(self, shards: list[VectorIndex]) -> None:
+        """Appends shards built from copies of this (trained) index, in order, with FAISS's own merge_from: the
+        result equals adding every shard's vectors here in that order."""
+        # A deserialised flat index is IndexFlatIP where the factory made IndexFlat(metric=IP); merge_from wants
+        # one type, so this index takes the same round trip first (same bytes on disk either way).
+        self.index, self.refine = VectorIndex.from_bytes(self.to_bytes(), self.factory).index, (
+            VectorIndex.from_bytes(self.to_bytes(), self.factory).refine)
+        for shard in shards:
+            self.index.merge_from(shard.index, 0)
+            if self.refine is not None:
+                self.refine.merge_from(shard.refine, 0)
+        self._apply_search_params()
 
     @classmethod
     def load(cls, path: str | Path, factory: str, config: AnnConfig = AnnConfig()) -> VectorIndex:

@@ -108,6 +108,31 @@ def encode_in_batches(encode: Callable[[list], np.ndarray], inputs: Sequence, ba
     return out
 
 
+class LocalRunner:
+    """Where a bundle's encoding and vector-index building run: this process (GPU when present). The Ray runner
+    (indexer/distributed.py) has the same three methods and runs them on a cluster; the bundle is the same."""
+
+    workers = 1
+
+    def encode_texts(self, encoder: TextEncoder, texts: Sequence[str], batch_size: int, desc: str,
+                     progress: bool) -> np.ndarray:
+        return encode_in_batches(encoder.encode_texts, texts, batch_size, desc, encoder.dim, progress)
+
+    def encode_images(self, encoder: ClipEncoder, rows: Sequence[tuple[int, Item]], catalog_dir: Path, batch_size: int,
+                      progress: bool) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+        from vitrine.indexer.images import encode_catalog_images
+
+        return encode_catalog_images(rows, catalog_dir, encoder, batch_size, progress=progress)
+
+    def build_vectors(self, xb: np.ndarray, ids: np.ndarray, config: AnnConfig) -> VectorIndex:
+        return VectorIndex.build(xb, ids, config)
+
+    def describe(self) -> dict:
+        import torch
+
+        return {"workers": 1, "devices": ["cuda" if torch.cuda.is_available() else "cpu"]}
+
+
 def build_bundle(
     items: Sequence[Item],
     out: str | Path,
@@ -120,11 +145,14 @@ def build_bundle(
     config_dict: dict | None = None,
     force: bool = False,
     progress: bool = True,
+    runner: LocalRunner | None = None,
 ) -> dict:
     """Indexes items into a new bundle at `out`, written in a temporary directory and renamed into place.
 
-    Returns the manifest. With `force`, an existing bundle at `out` is replaced; otherwise it is an error.
+    Returns the manifest. With `force`, an existing bundle at `out` is replaced; otherwise it is an error. `runner`
+    says where encoding and the vector indexes run (default: this process; indexer/distributed.py: a Ray cluster).
     """
+    runner = runner or LocalRunner()
     out = Path(out)
     if out.exists() and not force:
         raise FileExistsError(f"{out} already exists; pass --force to replace it")
@@ -151,12 +179,12 @@ def build_bundle(
         if text_encoder is not None:
             text_rows = [(docno, item) for docno, item in rows if item.has_text()]
             t0 = time.perf_counter()
-            xb = encode_in_batches(text_encoder.encode_texts, [item_text(it) for _, it in text_rows],
-                                   config.batch_size, "encode text", text_encoder.dim, progress)
+            xb = runner.encode_texts(text_encoder, [item_text(it) for _, it in text_rows], config.batch_size,
+                                     "encode text", progress)
             timings["text_encode_s"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             ids = np.array([d for d, _ in text_rows], dtype=np.int64)
-            index = VectorIndex.build(xb, ids, config.ann) if len(ids) else VectorIndex.build(
+            index = runner.build_vectors(xb, ids, config.ann) if len(ids) else VectorIndex.build(
                 np.zeros((0, text_encoder.dim), np.float32), ids, AnnConfig(factory="Flat"))
             index.save(tmp / "vectors" / "text.faiss")
             timings["text_ann_build_s"] = time.perf_counter() - t0
@@ -174,7 +202,8 @@ def build_bundle(
         broken: list[tuple[str, str]] = []
         if clip_encoder is not None:
             t0 = time.perf_counter()
-            meta, broken, clip_ids, clip_xb = _build_clip_index(rows, Path(catalog_dir or "."), clip_encoder, config, tmp, progress)
+            meta, broken, clip_ids, clip_xb = _build_clip_index(rows, Path(catalog_dir or "."), clip_encoder, config, tmp,
+                                                                progress, runner)
             timings["clip_s"] = time.perf_counter() - t0
             vectors["clip_image"] = meta
             models["clip"] = {"name": clip_encoder.name, "dim": clip_encoder.dim, "kind": "open_clip",
@@ -205,6 +234,7 @@ def build_bundle(
             "bm25": {"dir": "bm25", "tokenizer": config.bm25.tokenizer, "boosts": dict(config.bm25.boosts)},
             "config": config_dict or {},
             "timings": {k: round(v, 3) for k, v in timings.items()},
+            "built_by": runner.describe(),
         }
         write_json_atomic(tmp / MANIFEST, manifest)
         publish_dir(tmp, out)
@@ -325,24 +355,22 @@ def write_clip_variants(clip: ClipEncoder, out: Path, xb: np.ndarray, items: Seq
 
 
 def _build_clip_index(rows: Sequence[tuple[int, Item]], catalog_dir: Path, clip: ClipEncoder, config: IndexerConfig,
-                      tmp: Path, progress: bool) -> tuple[dict, list[tuple[str, str]]]:
+                      tmp: Path, progress: bool, runner: LocalRunner) -> tuple[dict, list[tuple[str, str]]]:
     """CLIP image vectors for items with an image; for text-only items (or broken images) their CLIP text vector,
     so that photo queries can still reach them."""
-    from vitrine.indexer.images import encode_catalog_images
-
     t0 = time.perf_counter()
-    img_ids, xb_img, broken = encode_catalog_images(rows, catalog_dir, clip, config.batch_size, progress=progress)
+    img_ids, xb_img, broken = runner.encode_images(clip, rows, catalog_dir, config.batch_size, progress)
     images_per_s = len(img_ids) / max(time.perf_counter() - t0, 1e-9)
     have = set(img_ids.tolist())
     text_rows = [(d, it) for d, it in rows if d not in have and it.has_text()]
-    xb_txt = encode_in_batches(clip.encode_texts, [clip_item_text(it) for _, it in text_rows], config.batch_size,
-                               "encode clip text", clip.dim, progress) if text_rows else np.zeros((0, clip.dim), np.float32)
+    xb_txt = runner.encode_texts(clip, [clip_item_text(it) for _, it in text_rows], config.batch_size,
+                                 "encode clip text", progress) if text_rows else np.zeros((0, clip.dim), np.float32)
     ids = np.concatenate([img_ids, np.array([d for d, _ in text_rows], dtype=np.int64)])
     xb = np.concatenate([xb_img, xb_txt])
     if len(ids) == 0:
         index = VectorIndex.build(np.zeros((0, clip.dim), np.float32), ids, AnnConfig(factory="Flat"))
     else:
-        index = VectorIndex.build(xb, ids, config.ann)
+        index = runner.build_vectors(xb, ids, config.ann)
     index.save(tmp / "vectors" / "clip_image.faiss")
     return {"file": "vectors/clip_image.faiss", "factory": index.factory, "dim": index.dim, "count": index.ntotal,
             "images": int(len(img_ids)), "text_only": len(text_rows), "images_per_s": round(images_per_s, 1),

@@ -1,9 +1,9 @@
-"""Catalog items and the readers that validate JSONL and CSV catalogs line by line."""
+"""Catalog items and the readers that validate JSONL, CSV and Parquet catalogs line (row) by line."""
 from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,7 +161,15 @@ def read_catalog(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"catalog {path} does not exist")
-    rows = iter_csv(path, column_map or {}) if path.suffix.lower() == ".csv" else iter_catalog_jsonl(path)
+    suffix = path.suffix.lower()
+    rows = (iter_csv(path, column_map or {}) if suffix == ".csv" else iter_parquet(path) if suffix == ".parquet"
+            else iter_catalog_jsonl(path))
+    return collect_items(rows, path, skip_invalid)
+
+
+def collect_items(rows: Iterable[tuple[int, Item | LineError]], path: Path, skip_invalid: bool
+                  ) -> tuple[list[Item], list[LineError]]:
+    """Validated rows in catalog order: duplicate ids are errors (the first wins); CatalogError unless skip_invalid."""
     items: list[Item] = []
     errors: list[LineError] = []
     seen: dict[str, int] = {}
@@ -176,6 +184,32 @@ def read_catalog(
     if errors and not skip_invalid:
         raise CatalogError(path, errors)
     return items, errors
+
+
+def parquet_rows(records: Iterable[Mapping[str, Any]]) -> Iterator[tuple[int, Item | LineError]]:
+    """Catalog records read from Parquet (one per row, row numbers from 1 as "line" numbers), validated like JSONL.
+    Nested attributes arrive as a dict (struct) or a list of (key, value) pairs (map); nulls are absent fields."""
+    for n, rec in enumerate(records, start=1):
+        obj = {k: v for k, v in rec.items() if v is not None}
+        attrs = obj.get("attributes")
+        if isinstance(attrs, list):
+            obj["attributes"] = dict(attrs)
+        elif isinstance(attrs, dict):
+            obj["attributes"] = {k: v for k, v in attrs.items() if v is not None}
+        try:
+            yield n, item_from_dict(obj)
+        except ValueError as exc:
+            yield n, LineError(n, str(exc))
+
+
+def iter_parquet(path: Path) -> Iterator[tuple[int, Item | LineError]]:
+    """Streams a Parquet catalog (the columns of the JSONL schema) by record batch."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ImportError("reading a Parquet catalog needs pyarrow: pip install 'vitrine-search[ray]' (or pyarrow)") from None
+    records = (rec for batch in pq.ParquetFile(path).iter_batches(batch_size=4096) for rec in batch.to_pylist())
+    return parquet_rows(records)
 
 
 def resolve_image(item: Item, catalog_dir: Path) -> str | None:

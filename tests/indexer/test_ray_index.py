@@ -1,0 +1,131 @@
+"""`vitrine index --ray` on a local 2-worker Ray cluster: the same bundle as the single-process indexer (exact
+vectors, same answers), a worker killed mid-job loses and duplicates nothing, and bad lines are reported alike."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.trainer.conftest import base_clip, toy_shop  # noqa: F401 - fixtures: a toy catalog with photos, a tiny CLIP
+from vitrine.indexer.ann import AnnConfig
+from vitrine.indexer.bundle import Bundle, IndexerConfig, build_bundle
+from vitrine.indexer.catalog import read_catalog
+
+ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def encoders(tiny_st, base_clip):  # noqa: F811
+    from vitrine.encoders.clip import ClipEncoder
+    from vitrine.encoders.text import SentenceTransformerEncoder
+
+    return SentenceTransformerEncoder(tiny_st, device="cpu"), ClipEncoder(str(base_clip), device="cpu")
+
+
+def build(toy_shop, encoders, out, runner=None):  # noqa: F811
+    items, _ = read_catalog(toy_shop["catalog"])
+    text, clip = encoders
+    # Small batches: many tasks, so the work really spreads over both workers.
+    return build_bundle(items, out, text, IndexerConfig(batch_size=8, ann=AnnConfig(factory="Flat"), onnx=False),
+                        clip_encoder=clip, catalog_dir=toy_shop["root"], progress=False, runner=runner)
+
+
+def toy_ids(toy_shop) -> list[str]:  # noqa: F811
+    return [it.id for it in read_catalog(toy_shop["catalog"])[0]]
+
+
+@pytest.fixture(scope="module")
+def local_bundle(toy_shop, encoders, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("local") / "bundle"
+    build(toy_shop, encoders, out)
+    return out
+
+
+def same_bundle(a, b, queries, item_ids) -> None:
+    """Every stored vector equal, every item stored alike, and the same ids in the same order for each query."""
+    from vitrine.ranking.pipeline import Searcher, SearchRequest
+
+    ba, bb = Bundle(a), Bundle(b)
+    try:
+        assert set(ba.vectors) == set(bb.vectors) == {"text", "clip_image"}
+        for source in ba.vectors:
+            ids = np.arange(ba.manifest["next_docno"], dtype=np.int64)
+            va, vb = ba.vectors[source], bb.vectors[source]
+            assert va.ntotal == vb.ntotal
+            assert va.ntotal == len(ids)   # every toy item has text and a photo
+            np.testing.assert_array_equal(va.reconstruct(ids), vb.reconstruct(ids))
+        assert [ba.docstore.get(i) for i in item_ids] == [bb.docstore.get(i) for i in item_ids]
+        enc = Searcher(ba, None), Searcher(bb, None)
+        for q in queries:
+            ha = enc[0].search(SearchRequest(text=q, k=10, sources=["bm25"])).hits
+            hb = enc[1].search(SearchRequest(text=q, k=10, sources=["bm25"])).hits
+            assert [h.id for h in ha] == [h.id for h in hb]
+            for source in ("text", "clip_image"):
+                xq = ba.vectors[source].reconstruct(np.array([0]))
+                Da, Ia = ba.vectors[source].search(xq, 10)
+                Db, Ib = bb.vectors[source].search(xq, 10)
+                np.testing.assert_array_equal(Ia, Ib)
+                np.testing.assert_array_equal(Da, Db)
+    finally:
+        ba.close()
+        bb.close()
+
+
+def test_ray_bundle_equals_the_single_process_one(cluster, toy_shop, encoders, local_bundle, tmp_path):  # noqa: F811
+    from vitrine.indexer.distributed import RayRunner
+
+    runner = RayRunner("auto", workers=2)
+    manifest = build(toy_shop, encoders, tmp_path / "ray", runner)
+    assert manifest["built_by"] == {"ray": "auto", "workers": 2, "devices": ["cpu"]}
+    local = json.loads((local_bundle / "manifest.json").read_text())
+    assert manifest["counts"] == local["counts"] and manifest["format_version"] == local["format_version"]
+    same_bundle(local_bundle, tmp_path / "ray", ["red box", "blue ball", "green"], toy_ids(toy_shop))
+
+
+def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(cluster, toy_shop, encoders, local_bundle, tmp_path):  # noqa: F811
+    from vitrine.indexer.distributed import RayRunner
+
+    marker = tmp_path / "killed"
+    manifest = build(toy_shop, encoders, tmp_path / "ray", RayRunner("auto", workers=2, kill_once=(str(marker), 2)))
+    assert marker.exists()   # a worker did die (SIGKILL) holding batch 2, and Ray retried it elsewhere
+    assert manifest["counts"]["items"] == json.loads((local_bundle / "manifest.json").read_text())["counts"]["items"]
+    same_bundle(local_bundle, tmp_path / "ray", ["red box"], toy_ids(toy_shop))
+
+
+def test_ray_reads_jsonl_and_parquet_and_reports_bad_lines_alike(cluster, tmp_path, tiny_st, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from vitrine.cli.main import main
+    from vitrine.indexer.distributed import read_catalog_ray
+
+    rows = [{"id": f"i{n}", "title": f"item {n} red shirt"} for n in range(12)]
+    lines = [json.dumps(r) for r in rows]
+    lines[4] = '{"id": "i4", "price": "cheap"}'
+    lines.insert(7, "")          # a blank line still counts for the numbers after it
+    lines[9] = "{not json"
+    jsonl = tmp_path / "c.jsonl"
+    jsonl.write_text("\n".join(lines) + "\n")
+    local = read_catalog(jsonl, skip_invalid=True)
+    distributed = read_catalog_ray(jsonl, skip_invalid=True)
+    assert [str(e) for e in distributed[1]] == [str(e) for e in local[1]] == [
+        "line 5: field 'price' must be a finite number, got 'cheap'", "line 10: invalid JSON (Expecting property name "
+        "enclosed in double quotes at column 2)"]
+    assert [it.id for it in distributed[0]] == [it.id for it in local[0]]
+    table = pa.Table.from_pylist([{**r, "price": 5.0} for r in rows])
+    pq.write_table(table, tmp_path / "c.parquet")
+    items, errors = read_catalog_ray(tmp_path / "c.parquet")
+    assert [it.id for it in items] == [r["id"] for r in rows] and errors == [] and items[0].price == 5.0
+    rc = main(["index", "--catalog", str(tmp_path / "c.parquet"), "--out", str(tmp_path / "b"), "--ray", "--workers", "2",
+               "--text-model", tiny_st, "--quiet"])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rc == 0 and summary["items"] == 12 and summary["workers"] == 2 and summary["devices"] == ["cpu"]
+    assert summary["items_per_s"] > 0
