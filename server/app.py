@@ -31,6 +31,9 @@ class ServerConfig:
     max_concurrent_rpcs: int = 64
     max_message_bytes: int = 12 * 1024 * 1024
     grace_s: float = 5.0
+    # Clients re-resolve DNS only when a connection ends: closing each connection after this long (gracefully)
+    # lets round-robin clients of a headless Service find replicas a scale-up added. 0 = never.
+    max_connection_age_s: float = 0.0
 
     @classmethod
     def from_dict(cls, d: dict) -> ServerConfig:
@@ -112,6 +115,8 @@ def create_server(searcher: Searcher | None, address: str = "127.0.0.1:0", confi
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.so_reuseport", 0),
+            *([("grpc.max_connection_age_ms", int(config.max_connection_age_s * 1000)),
+               ("grpc.max_connection_age_grace_ms", int(config.grace_s * 1000))] if config.max_connection_age_s > 0 else []),
         ],
     )
     if metrics is not None and live is not None:

@@ -1,6 +1,6 @@
 """Python clients for shop backends: `VitrineClient("host:port").search(text="red dress")`, and `CatalogClient`.
 
-Needs only grpcio and protobuf (the base install), never torch.
+Needs only grpcio and protobuf (the base install), never torch. `options=ROUND_ROBIN` spreads calls over replicas.
 """
 from __future__ import annotations
 
@@ -17,6 +17,24 @@ from vitrine.proto import search_pb2, search_pb2_grpc
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 TOKEN_ENV = "VITRINE_AUTH_TOKEN"  # where the CLI finds the API key (or write token) when --token is not given
 TENANT_HEADER = "x-vitrine-tenant"  # the tenant every RPC acts on (server/tenants.py)
+
+# Client-side load balancing over every address a target names or resolves to (`ipv4:10.0.0.1:50051,10.0.0.2:50051`,
+# or `dns:///vitrine-headless.shop.svc.cluster.local:50051` for a Kubernetes headless Service): calls take turns, and
+# a replica whose health service says NOT_SERVING (loading, draining on SIGTERM) gets none until it serves again.
+# Search and Info, which change nothing, are retried on UNAVAILABLE (a replica that died with the call in flight) on
+# the next replica; Feedback is not (it appends to a click log). For read traffic: replicas are `--read-only`, and
+# each writable server has its own WAL.
+ROUND_ROBIN: tuple[tuple[str, str], ...] = (
+    ("grpc.service_config", json.dumps({
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "healthCheckConfig": {"serviceName": ""},
+        "methodConfig": [{
+            "name": [{"service": "vitrine.v1.Search", "method": "Search"}, {"service": "vitrine.v1.Search", "method": "Info"}],
+            "retryPolicy": {"maxAttempts": 3, "initialBackoff": "0.05s", "maxBackoff": "0.5s", "backoffMultiplier": 2,
+                            "retryableStatusCodes": ["UNAVAILABLE"]},
+        }],
+    })),
+)
 
 FUSION = {"": search_pb2.FUSION_UNSPECIFIED, "rrf": search_pb2.FUSION_RRF, "weighted": search_pb2.FUSION_WEIGHTED,
           "weighted_max": search_pb2.FUSION_WEIGHTED_MAX}
@@ -47,11 +65,13 @@ class ClientResult:
 
 class _Client:
     """The channel scaffold both clients share: one channel, a default deadline, the key (or write token) and the
-    tenant as metadata on every call; TLS with `credentials` (server/auth.py channel_credentials)."""
+    tenant as metadata on every call; TLS with `credentials` (server/auth.py channel_credentials); further channel
+    `options` (e.g. ROUND_ROBIN) after the defaults, so they win."""
 
     def __init__(self, target: str, timeout_s: float, token: str | None = None, tenant: str | None = None,
-                 credentials: grpc.ChannelCredentials | None = None) -> None:
-        options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES), ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+                 credentials: grpc.ChannelCredentials | None = None, options: Sequence[tuple[str, Any]] = ()) -> None:
+        options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES), ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                   *options]
         self.channel = (grpc.secure_channel(target, credentials, options=options) if credentials is not None
                         else grpc.insecure_channel(target, options=options))
         self.timeout_s = timeout_s
@@ -78,8 +98,8 @@ class VitrineClient(_Client):
     """Blocking client of the Search (and Admin) service; raises grpc.RpcError with the server's status and message."""
 
     def __init__(self, target: str, timeout_s: float = 10.0, token: str | None = None, tenant: str | None = None,
-                 credentials: grpc.ChannelCredentials | None = None) -> None:
-        super().__init__(target, timeout_s, token, tenant, credentials)
+                 credentials: grpc.ChannelCredentials | None = None, options: Sequence[tuple[str, Any]] = ()) -> None:
+        super().__init__(target, timeout_s, token, tenant, credentials, options)
         self.stub = search_pb2_grpc.SearchStub(self.channel)
 
     def search(
@@ -183,8 +203,8 @@ class CatalogClient(_Client):
     """Blocking client of the Catalog service; raises grpc.RpcError with the server's status and message."""
 
     def __init__(self, target: str, token: str | None = None, timeout_s: float = 30.0, tenant: str | None = None,
-                 credentials: grpc.ChannelCredentials | None = None) -> None:
-        super().__init__(target, timeout_s, token, tenant, credentials)
+                 credentials: grpc.ChannelCredentials | None = None, options: Sequence[tuple[str, Any]] = ()) -> None:
+        super().__init__(target, timeout_s, token, tenant, credentials, options)
         self.stub = search_pb2_grpc.CatalogStub(self.channel)
 
     def upsert(self, requests: Iterable[search_pb2.UpsertRequest], timeout_s: float | None = None) -> Iterator[search_pb2.UpsertAck]:
