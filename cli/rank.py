@@ -7,6 +7,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from vitrine.cli import ray_train
+
 
 def register(tsub: argparse._SubParsersAction) -> None:
     """Adds `reranker` and `ranker` to the `vitrine train` group (cli/train.py)."""
@@ -37,6 +39,7 @@ def register(tsub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--config", help="vitrine.toml (first-stage settings for mining)")
     p.add_argument("--quiet", action="store_true")
+    ray_train.add_ray_arguments(p)
     p.set_defaults(handler=cmd_train_reranker)
 
     p = tsub.add_parser("ranker", help="train the LightGBM LambdaRank model on second-stage features")
@@ -111,11 +114,16 @@ def cmd_train_reranker(args: argparse.Namespace) -> int:
     from vitrine.ranking.pipeline import SearchRequest
     from vitrine.trainer.reranker import RerankerTrainConfig, check_disjoint, train_reranker
 
+    ray = ray_train.ray_options(args, "train reranker")
     overrides = {k: v for k, v in {
         "epochs": args.epochs, "lr": args.lr, "negatives": args.negatives, "mine_depth": args.mine_depth,
         "max_length": args.max_length, "batch_queries": args.batch_queries, "holdout": args.holdout,
         "reserve_for_ranker": args.reserve_for_ranker, "seed": args.seed}.items() if v is not None}
     tconfig = RerankerTrainConfig(**overrides)
+    if ray is not None:
+        from vitrine.trainer.distributed import check_batch
+
+        check_batch(tconfig.batch_queries, ray.workers, "--batch-queries")
     config = load_config(args.config)
     qrels = load_qrels(args.qrels)
     all_queries = load_queries(args.queries)
@@ -145,12 +153,18 @@ def cmd_train_reranker(args: argparse.Namespace) -> int:
     recall = sum(any(d in qrels[q] for d in candidates[q]) for q in train_qids) / max(len(train_qids), 1)
     print(f"mined {tconfig.mine_depth} first-stage candidates for {len(train_qids)} queries "
           f"(a relevant one among them for {recall:.1%})", file=sys.stderr)
-    summary = train_reranker(args.base, Path(args.out), {q: texts[q] for q in train_qids}, qrels, docs, candidates, tconfig,
-                             device=args.device, progress=not args.quiet, log=lambda m: print(m, file=sys.stderr),
-                             extra_meta={"catalog": str(Path(args.catalog).resolve()), "qrels": str(Path(args.qrels).resolve())},
-                             first_scores=first_scores, always_train=list(generated))
+    log = lambda m: print(m, file=sys.stderr)  # pickled by value for the Ray workers
+    train = {"queries": {q: texts[q] for q in train_qids}, "qrels": qrels, "docs": docs, "candidates": candidates,
+             "config": tconfig, "progress": not args.quiet, "log": log, "first_scores": first_scores,
+             "always_train": list(generated),
+             "extra_meta": {"catalog": str(Path(args.catalog).resolve()), "qrels": str(Path(args.qrels).resolve())}}
+    if ray is None:
+        summary = train_reranker(args.base, Path(args.out), device=args.device, **train)
+    else:  # the mined candidates and the texts travel to the workers through Ray's object store
+        summary = ray_train.run(train_reranker, {"base": ray_train.absolute(args.base), "out_dir": Path(args.out).resolve(),
+                                                 **train}, ray, Path(args.out), log=log)
     print(json.dumps({"out": args.out, "best_epoch": summary["best_epoch"], "heldout": summary["heldout"],
-                      "seconds": summary["seconds"]}))
+                      "seconds": summary["seconds"]} | ray_train.summary_fields(ray)))
     return 0
 
 

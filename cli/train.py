@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vitrine.cli import rank, train_text
+from vitrine.cli import rank, ray_train, train_text
 
 if TYPE_CHECKING:
     from vitrine.trainer.tracking import MlflowTracker
@@ -69,6 +69,7 @@ def add_clip_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--mlflow-dir", default="runs/mlruns", help="MLflow store: a directory or a tracking URI (default runs/mlruns)")
     t.add_argument("--experiment", default="vitrine-clip", help="MLflow experiment name")
     t.add_argument("--no-mlflow", action="store_true", help="train without tracking (mlflow-skinny is an optional extra)")
+    ray_train.add_ray_arguments(p)
     p.set_defaults(handler=cmd_train_clip)
 
 
@@ -98,7 +99,9 @@ def cmd_train_clip(args: argparse.Namespace) -> int:
     if args.clicks:
         return cmd_train_clip_clicks(args)
     from vitrine.indexer.catalog import read_catalog
-    from vitrine.trainer.clip import ClipTrainConfig, ClipTrainer, load_general, load_pairs
+    from vitrine.trainer.clip import ClipTrainConfig, ClipTrainer, load_general, load_pairs, train_clip
+
+    ray = ray_train.ray_options(args, "train clip")
 
     overrides = {k: v for k, v in {
         "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "image_size": args.image_size,
@@ -112,11 +115,16 @@ def cmd_train_clip(args: argparse.Namespace) -> int:
         config = ClipTrainConfig(**overrides)
     except ValueError as exc:
         raise SystemExit(f"train clip: {exc}") from None
+    if ray is not None:
+        from vitrine.trainer.distributed import check_batch
+
+        check_batch(config.batch_size, ray.workers)
     general_dir = general_folder(args.general, Path(args.catalog))
     tracker = _tracker(args, f"clip {Path(args.out).name}")
     with tracker or contextlib.nullcontext():  # a crash marks the MLflow run FAILED
         items, _ = read_catalog(args.catalog, skip_invalid=True)
-        trainer = ClipTrainer(config, Path(args.out), base=args.base, device=args.device)
+        # Under --ray this one only checks the arguments and names the image size; each worker builds its own.
+        trainer = ClipTrainer(config, Path(args.out), base=args.base, device="cpu" if ray else args.device)
         size = trainer.preprocess["image_size"]
         pairs = load_pairs(items, Path(args.catalog).resolve().parent, size, progress=not args.quiet)
         if pairs.broken:
@@ -128,11 +136,18 @@ def cmd_train_clip(args: argparse.Namespace) -> int:
                                         part="heldout")
             print(f"general pairs: {len(general.photos)} photos of {general_dir} train, "
                   f"{len(general_eval.photos)} held out (never trained on)")
-        result = trainer.fit(pairs, resume=args.resume, progress=not args.quiet, general=general, general_eval=general_eval)
+        fit = {"resume": args.resume, "progress": not args.quiet, "general": general, "general_eval": general_eval}
+        if ray is None:
+            result = trainer.fit(pairs, **fit)
+        else:  # the decoded pairs travel to the workers through Ray's object store
+            del trainer
+            result = ray_train.run(train_clip, {"config": config, "out_dir": Path(args.out).resolve(), "pairs": pairs,
+                                                "base": ray_train.absolute(args.base), **fit}, ray, Path(args.out))
         _track(tracker, {"mode": "catalog", "base": args.base, "catalog": args.catalog, "general": str(general_dir),
                          **result["config"]}, result, args.out)
     print(json.dumps({"out": args.out, "best_epoch": result["best_epoch"], "seconds": result["seconds"],
-                      "heldout": next(c for c in result["curve"] if c["epoch"] == result["best_epoch"])}))
+                      "heldout": next(c for c in result["curve"] if c["epoch"] == result["best_epoch"])}
+                     | ray_train.summary_fields(ray)))
     return 0
 
 
@@ -160,6 +175,8 @@ def cmd_train_clip_clicks(args: argparse.Namespace) -> int:
 
     if not args.base:
         raise SystemExit("train clip --clicks fine-tunes an existing model: give --base MODEL_DIR.")
+    if args.ray is not None or args.workers is not None:
+        raise ValueError("train clip: --ray trains on catalog pairs; fine-tuning from clicks (--clicks) runs in one process.")
     if args.resume or args.max_pairs or args.image_size or args.vision or args.holdout:
         raise SystemExit("--resume, --max-pairs, --image-size, --vision and --holdout apply to catalog training, not --clicks.")
     overrides = {k: v for k, v in {

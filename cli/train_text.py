@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from vitrine.cli import rank
+from vitrine.cli import rank, ray_train
 
 
 def register(tsub: argparse._SubParsersAction) -> None:
@@ -43,6 +43,7 @@ def register(tsub: argparse._SubParsersAction) -> None:
     t.add_argument("--mlflow-dir", default="runs/mlruns")
     t.add_argument("--experiment", default="vitrine-text")
     t.add_argument("--no-mlflow", action="store_true")
+    ray_train.add_ray_arguments(p)
     p.set_defaults(handler=cmd_train_text)
 
 
@@ -115,7 +116,12 @@ def cmd_train_text(args: argparse.Namespace) -> int:
     from vitrine.indexer.catalog import read_catalog
     from vitrine.trainer import text, text_pairs
 
+    ray = ray_train.ray_options(args, "train text")
     tconfig, config = _config(args), load_config(args.config)
+    if ray is not None:
+        from vitrine.trainer.distributed import check_batch
+
+        check_batch(tconfig.batch_size, ray.workers)
     base = args.base or config.encoders.text_model
     out = Path(args.out)
     items, _ = read_catalog(args.catalog, skip_invalid=True)
@@ -158,14 +164,20 @@ def cmd_train_text(args: argparse.Namespace) -> int:
             "general_heldout_photos": len(general_photos), "mining_bundle": args.bundle or "temporary (base model, Flat)"}
     tracker = None if args.no_mlflow else _tracker(args, out)
     with tracker or contextlib.nullcontext():
-        result = text.train_text(base, out, triplets, evaluators, tconfig, meta, device=args.device,
-                                 progress=not args.quiet, log=lambda m: print(m, file=sys.stderr))
+        log = lambda m: print(m, file=sys.stderr)  # pickled by value for the Ray workers
+        if ray is None:
+            result = text.train_text(base, out, triplets, evaluators, tconfig, meta, device=args.device,
+                                     progress=not args.quiet, log=log)
+        else:  # the mined triplets and the evaluators travel to the workers through Ray's object store
+            result = ray_train.run(text.train_text, {
+                "base": ray_train.absolute(base), "out": out.resolve(), "triplets": triplets, "evaluators": evaluators,
+                "config": tconfig, "meta": meta, "progress": not args.quiet, "log": log}, ray, out, log=log)
         if tracker is not None:
             tracker.log_params({"base": base, **result["training"]["config"], "generators": ",".join(tconfig.generators)})
             tracker.log_metrics({f"base.{k}": v for k, v in result["metrics"]["base"].items()})
             tracker.log_metrics({f"tuned.{k}": v for k, v in result["metrics"]["tuned"].items()})
             tracker.log_model_dir(out)
-    print(json.dumps(summary(result, out)))
+    print(json.dumps(summary(result, out) | ray_train.summary_fields(ray)))
     return 0
 
 

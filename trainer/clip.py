@@ -40,6 +40,7 @@ from vitrine.encoders.text import resolve_text_model
 from vitrine.encoders.towers import OPENAI_MEAN, OPENAI_STD, TowerPreset, load_pretrained_trunk, tower_preset
 from vitrine.indexer.bundle import clip_item_text
 from vitrine.indexer.catalog import Item, resolve_image
+from vitrine.trainer.distributed import broadcast, gather_rows, shard, world, wrap_ddp
 
 
 def default_model_cfg(image_size: int = 96, vision: str = "efficientnet-lite0", embed_dim: int = 256) -> dict[str, Any]:
@@ -313,7 +314,7 @@ class ClipTrainer:
         self.config = config
         self.out_dir = Path(out_dir)
         self.device = pick_device(device)
-        self.log = log
+        self.log = log if world()[0] == 0 else _quiet  # in a process group, rank 0 speaks for all
         torch.manual_seed(config.seed)
         random.seed(config.seed)
         np.random.seed(config.seed)
@@ -482,11 +483,24 @@ class ClipTrainer:
 
     def fit(self, pairs: Pairs, resume: bool = False, progress: bool = True, general: GeneralPairs | None = None,
             general_eval: GeneralPairs | None = None) -> dict[str, Any]:
+        """Trains and keeps the best held-out epoch in out_dir; returns what training.json records.
+
+        Inside a torch process group (`vitrine train clip --ray`) every rank runs this with the same seed, so all
+        draw the same batches; each encodes its share of a batch, InfoNCE runs over every rank's rows (gathered)
+        and DDP averages the gradients, so a step equals the single-process one. Rank 0 alone evaluates, decides
+        the early stop (broadcast to the others) and writes out_dir.
+        """
         cfg = self.config
         t_start = time.perf_counter()
+        rank, size = world()
+        main = rank == 0
+        progress = progress and main
         n = len(pairs.ids)
         if n < 4:
             raise ValueError(f"need at least 4 (image, text) pairs to train, got {n}.")
+        if cfg.batch_size % size:
+            raise ValueError(f"batch_size {cfg.batch_size} is not a multiple of the {size} workers; each worker takes "
+                             f"an equal share of every batch.")
         order = np.random.default_rng(cfg.seed).permutation(n)
         if cfg.max_pairs:
             order = order[:cfg.max_pairs]
@@ -515,8 +529,9 @@ class ClipTrainer:
             self.log("attribute heads: " + ", ".join(f"{f} ({len(v)} values)" for f, v in self.vocab.items()))
         views = self._image_inputs(pairs.pixels, progress)
         g_views = self._image_inputs(general.pixels, progress) if n_general else []
-        ge_views = self._image_inputs(general_eval.pixels, progress, train=False) if general_eval is not None else []
-        ge_text = self._text_inputs([c[0] for c in general_eval.captions]) if general_eval is not None else None
+        evaluates = main and general_eval is not None  # only rank 0 evaluates
+        ge_views = self._image_inputs(general_eval.pixels, progress, train=False) if evaluates else []
+        ge_text = self._text_inputs([c[0] for c in general_eval.captions]) if evaluates else None
         opt = self._optimizer()
         steps_per_epoch = max(1, (len(train_idx) + n_general) // cfg.batch_size)
         sched = warmup_cosine(opt, cfg.warmup_steps, steps_per_epoch * cfg.epochs)
@@ -532,8 +547,10 @@ class ClipTrainer:
             state = ckpt["state"]
             torch.set_rng_state(ckpt["rng"])
             self.log(f"resumed from {ckpt_path} after epoch {state['epoch']}")
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
         best_dir = self.out_dir / ".best"
+        batch_loss = wrap_ddp(_BatchLoss(self), self.device)  # the module itself in one process
         rng = np.random.default_rng(cfg.seed + state["epoch"])
         # Rows >= n are general photos (row - n); both kinds share every batch's in-batch negatives.
         rows = np.concatenate([train_idx, n + np.arange(n_general)])
@@ -547,7 +564,7 @@ class ClipTrainer:
             losses = []
             bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, mininterval=2.0)
             for step in bar:
-                batch = perm[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+                batch = shard(perm[step * cfg.batch_size:(step + 1) * cfg.batch_size])  # this rank's share
                 shop, gen = batch[batch < n], batch[batch >= n] - n
                 parts_img = [self._batch_images(views, shop, cfg.hflip)]
                 parts_txt = [text_all[shop]]
@@ -555,42 +572,49 @@ class ClipTrainer:
                     parts_img.append(self._batch_images(g_views, gen, cfg.hflip))
                     pick = g_first[gen] + caption_pick[gen] % np.array([len(general.captions[g]) for g in gen])
                     parts_txt.append(g_text[pick])
-                emb = self._encode_image(torch.cat(parts_img))  # (B, D)
-                img = F.normalize(emb, dim=-1)
-                txt = F.normalize(self._encode_text(torch.cat(parts_txt)), dim=-1)  # (B, D)
-                loss = info_nce(img, txt, self.model.logit_scale.exp())
-                if self.heads is not None and len(shop):
-                    loss = loss + cfg.attribute_weight * attribute_loss(self.heads, img[:len(shop)],
-                                                                        {f: y[shop] for f, y in labels.items()})
+                loss = batch_loss(torch.cat(parts_img), torch.cat(parts_txt), len(shop),
+                                  {f: y[shop] for f, y in labels.items()})
                 losses.append(self._step(opt, sched, loss))
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", T=f"{1 / self.model.logit_scale.exp().item():.3f}")
-            metrics = self.evaluate(views, val_idx, text_all[val_idx], labels)
-            if ge_text is not None:
-                g = self.evaluate(ge_views, np.arange(len(ge_text)), ge_text)
-                metrics.update({f"general_{k}": v for k, v in g.items() if k.startswith("t2i_r@10")})
-            state["curve"].append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), **metrics,
-                                   "elapsed_s": round(time.perf_counter() - t_start, 1)})
-            self.log(f"epoch {epoch + 1}: loss {np.mean(losses):.3f}, held-out mean R@10 {metrics['mean_r@10']:.3f}"
-                     + "".join(f", {k} {v:.3f}" for k, v in metrics.items() if k.startswith(("acc_", "general_"))))
-            state["epoch"] = epoch + 1
-            # R@10 saturates on small held-out sets; adding R@1 keeps the selection sensitive.
-            score = metrics["mean_r@10"] + metrics["mean_r@1"]
-            if score > state["best"]:
-                state.update(best=score, best_epoch=epoch + 1, bad_epochs=0)
-                self._save(best_dir)
-            else:
-                state["bad_epochs"] += 1
-            torch.save({"model": self.model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                        "heads": self.heads.state_dict() if self.heads is not None else None,
-                        "state": state, "rng": torch.get_rng_state()}, ckpt_path.with_suffix(".tmp"))
-            ckpt_path.with_suffix(".tmp").replace(ckpt_path)
+            if main:
+                self._end_epoch(state, epoch, float(np.mean(losses)), t_start, best_dir, views, val_idx, text_all, labels,
+                                ge_views, ge_text)
+                torch.save({"model": self.model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                            "heads": self.heads.state_dict() if self.heads is not None else None,
+                            "state": state, "rng": torch.get_rng_state()}, ckpt_path.with_suffix(".tmp"))
+                ckpt_path.with_suffix(".tmp").replace(ckpt_path)
+            state = broadcast(state)  # rank 0 evaluated and decided; every rank follows
             if state["bad_epochs"] >= cfg.patience:
                 self.log(f"early stop: no held-out gain for {cfg.patience} epochs")
                 break
         extra = {"general_photos": n_general, "tower": self.tower,
                  "trainable_stages": None if self.split is None else len(self.split.trunk.blocks) - self.split.cut,
-                 "attributes": {f: len(v) for f, v in self.vocab.items()}}
-        return self._finish(best_dir, state, pairs, len(train_idx), len(val_idx), time.perf_counter() - t_start, extra)
+                 "attributes": {f: len(v) for f, v in self.vocab.items()}, "workers": size}
+        training = None
+        if main:
+            training = self._finish(best_dir, state, pairs, len(train_idx), len(val_idx), time.perf_counter() - t_start, extra)
+        return broadcast(training)
+
+    def _end_epoch(self, state: dict, epoch: int, train_loss: float, t_start: float, best_dir: Path,
+                   views: list[torch.Tensor], val_idx: np.ndarray, text_all: torch.Tensor,
+                   labels: Mapping[str, torch.Tensor], ge_views: list[torch.Tensor], ge_text: torch.Tensor | None) -> None:
+        """Held-out metrics into the curve; the best epoch so far is saved to best_dir (updates `state`)."""
+        metrics = self.evaluate(views, val_idx, text_all[val_idx], labels)
+        if ge_text is not None:
+            g = self.evaluate(ge_views, np.arange(len(ge_text)), ge_text)
+            metrics.update({f"general_{k}": v for k, v in g.items() if k.startswith("t2i_r@10")})
+        state["curve"].append({"epoch": epoch + 1, "train_loss": train_loss, **metrics,
+                               "elapsed_s": round(time.perf_counter() - t_start, 1)})
+        self.log(f"epoch {epoch + 1}: loss {train_loss:.3f}, held-out mean R@10 {metrics['mean_r@10']:.3f}"
+                 + "".join(f", {k} {v:.3f}" for k, v in metrics.items() if k.startswith(("acc_", "general_"))))
+        state["epoch"] = epoch + 1
+        # R@10 saturates on small held-out sets; adding R@1 keeps the selection sensitive.
+        score = metrics["mean_r@10"] + metrics["mean_r@1"]
+        if score > state["best"]:
+            state.update(best=score, best_epoch=epoch + 1, bad_epochs=0)
+            self._save(best_dir)
+        else:
+            state["bad_epochs"] += 1
 
     def _save(self, out: Path) -> None:
         save_checkpoint_dir(self.model, self.model_cfg, self.preprocess, out)
@@ -617,6 +641,40 @@ class ClipTrainer:
         (self.out_dir / "metrics.json").write_text(json.dumps({"heldout": best}, indent=2))
         (self.out_dir / "data_fingerprint.txt").write_text(fingerprint(pairs) + "\n")
         return training
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+class _BatchLoss(torch.nn.Module):
+    """A training batch's loss as one module call, so that DDP sees every trainable weight in one forward.
+
+    InfoNCE runs over every rank's rows (gathered; this rank's own rows alone in one process), the attribute heads
+    over this rank's shop rows (the first `n_shop` of the batch)."""
+
+    def __init__(self, trainer: ClipTrainer) -> None:
+        super().__init__()
+        self.model, self.heads = trainer.model, trainer.heads
+        self.encode_image, self.encode_text = trainer._encode_image, trainer._encode_text
+        self.attribute_weight = trainer.config.attribute_weight
+
+    def forward(self, images: torch.Tensor, texts: torch.Tensor, n_shop: int,
+                labels: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        img = F.normalize(self.encode_image(images), dim=-1)  # (b, D)
+        txt = F.normalize(self.encode_text(texts), dim=-1)  # (b, D)
+        loss = info_nce(gather_rows(img), gather_rows(txt), self.model.logit_scale.exp())
+        if self.heads is not None and n_shop:
+            loss = loss + self.attribute_weight * attribute_loss(self.heads, img[:n_shop], labels)
+        return loss
+
+
+def train_clip(config: ClipTrainConfig, out_dir: Path, pairs: Pairs, base: str | None = None,
+               general: GeneralPairs | None = None, general_eval: GeneralPairs | None = None, resume: bool = False,
+               progress: bool = True, device: str | None = None, model_cfg: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A ClipTrainer built and fitted in one call: what each Ray worker runs (trainer/distributed.py)."""
+    trainer = ClipTrainer(config, out_dir, base=base, device=device, model_cfg=model_cfg)
+    return trainer.fit(pairs, resume=resume, progress=progress, general=general, general_eval=general_eval)
 
 
 def batch_order(rows: np.ndarray, n_shop: int, types: torch.Tensor | None, run: int, rng: np.random.Generator) -> np.ndarray:

@@ -21,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vitrine.ranking.metrics import ndcg_at_k
+from vitrine.trainer.distributed import broadcast, shard, world, wrap_ddp
 
 Qrels = Mapping[str, Mapping[str, int]]
 
@@ -179,11 +180,19 @@ def train_reranker(base: str, out_dir: Path, queries: Mapping[str, str], qrels: 
             first stage is chosen on the held-out queries and saved as "blend" (else 1: the cross-encoder alone).
         always_train: query ids that only ever train (pseudo-queries generated from the catalog), so that the
             held-out split, early stopping and the blend are decided on real queries alone.
+
+    Inside a torch process group (`vitrine train reranker --ray`) every rank draws the same batches and scores its
+    share of each through DDP, which averages the gradients (a batch with fewer queries than ranks is skipped).
+    Rank 0 alone evaluates, decides the early stop (broadcast to the others) and writes out_dir; every rank
+    returns the summary.
     """
     import torch
 
     from vitrine.ranking.rerank import CrossEncoderReranker, RerankConfig
 
+    rank, workers = world()
+    if rank:
+        progress, log = False, _quiet
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     extra = set(always_train)
@@ -195,14 +204,16 @@ def train_reranker(base: str, out_dir: Path, queries: Mapping[str, str], qrels: 
         raise ValueError("no training queries: give judged queries or pair generators.")
     model = CrossEncoderReranker(base, RerankConfig(max_length=config.max_length, cache_size=0), device=device)
     net = model.net
+    train_net = wrap_ddp(net, model.device)  # the training forward; evaluation (rank 0 alone) uses net itself
     baseline = {"first_stage": rerank_ndcg(lambda q, d: -np.arange(len(d), dtype=np.float32), held_q, queries,
                                            candidates, docs, qrels)}
-    if config.eval_base:
+    if config.eval_base and rank == 0:
         baseline["base_model"] = rerank_ndcg(model.score, held_q, queries, candidates, docs, qrels)
     log(f"reranker: {len(train_q)} train / {len(held_q)} held-out / {len(reserved_q)} reserved queries; held-out nDCG@10 "
         + ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in baseline.items()))
-    steps_per_epoch = len(listwise_batches(train_q, qrels, candidates, config.negatives, config.batch_queries, random.Random(0),
-                                           config.max_positives))
+    steps_per_epoch = sum(len(b) >= workers for b in listwise_batches(train_q, qrels, candidates, config.negatives,
+                                                                      config.batch_queries, random.Random(0),
+                                                                      config.max_positives))
     if steps_per_epoch == 0:
         raise ValueError("no training query has both a relevant document and enough first-stage negatives.")
     total = steps_per_epoch * config.epochs
@@ -213,9 +224,12 @@ def train_reranker(base: str, out_dir: Path, queries: Mapping[str, str], qrels: 
     tmp_best = Path(out_dir).with_name(Path(out_dir).name + ".best-tmp")
     for epoch in range(1, config.epochs + 1):
         net.train()
+        model.net = train_net
         losses = []
         batches = listwise_batches(train_q, qrels, candidates, config.negatives, config.batch_queries, rng, config.max_positives)
-        for batch in tqdm(batches, desc=f"reranker epoch {epoch}", disable=not progress, unit="step"):
+        for batch in tqdm([b for b in batches if len(b) >= workers], desc=f"reranker epoch {epoch}", disable=not progress,
+                          unit="step"):
+            batch = shard(batch)  # this rank's share
             q_texts, d_texts = [], []
             for qid, pos, negs in batch:
                 for d in (pos, *negs):
@@ -230,19 +244,24 @@ def train_reranker(base: str, out_dir: Path, queries: Mapping[str, str], qrels: 
             sched.step()
             losses.append(loss.item())
         net.eval()
+        model.net = net
         model._cache.clear()
-        score = rerank_ndcg(model.score, held_q, queries, candidates, docs, qrels)
-        curve.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "heldout_ndcg@10": score})
-        log(f"reranker epoch {epoch}: loss {np.mean(losses):.4f}, held-out nDCG@10 {score:.4f}")
-        if score > best:
-            best, best_epoch, bad = score, epoch, 0
-            shutil.rmtree(tmp_best, ignore_errors=True)
-            model.model.save(str(tmp_best))
-        else:
-            bad += 1
-            if bad > config.patience:
-                log(f"reranker: early stop after epoch {epoch} (best {best_epoch})")
-                break
+        if rank == 0:
+            score = rerank_ndcg(model.score, held_q, queries, candidates, docs, qrels)
+            curve.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "heldout_ndcg@10": score})
+            log(f"reranker epoch {epoch}: loss {np.mean(losses):.4f}, held-out nDCG@10 {score:.4f}")
+            if score > best:
+                best, best_epoch, bad = score, epoch, 0
+                shutil.rmtree(tmp_best, ignore_errors=True)
+                model.model.save(str(tmp_best))
+            else:
+                bad += 1
+        best, best_epoch, bad, curve = broadcast((best, best_epoch, bad, curve))  # rank 0 decides, every rank follows
+        if bad > config.patience:
+            log(f"reranker: early stop after epoch {epoch} (best {best_epoch})")
+            break
+    if rank:
+        return broadcast(None)
     out_dir = Path(out_dir)
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -251,7 +270,8 @@ def train_reranker(base: str, out_dir: Path, queries: Mapping[str, str], qrels: 
         "version": f"ce-{time.strftime('%Y%m%d-%H%M%S')}", "base": base, "config": asdict(config),
         "best_epoch": best_epoch, "heldout": {"ndcg@10": best, **{f"{k}_ndcg@10": v for k, v in baseline.items()}},
         "curve": curve, "seconds": round(time.perf_counter() - t0, 1),
-        "train_qids": train_q, "heldout_qids": held_q, "reserved_qids": reserved_q, **(extra_meta or {}),
+        "train_qids": train_q, "heldout_qids": held_q, "reserved_qids": reserved_q, "workers": workers,
+        **(extra_meta or {}),
     }
     if first_scores is not None and held_q:
         best_model = CrossEncoderReranker(str(out_dir), RerankConfig(max_length=config.max_length, cache_size=0), device=device)
@@ -263,4 +283,8 @@ def train_reranker(base: str, out_dir: Path, queries: Mapping[str, str], qrels: 
         log("reranker: ONNX variants " + ", ".join(f"{n} loss {v['loss']:+.4f}" for n, v in summary["onnx"].items()))
     (out_dir / "training.json").write_text(json.dumps(summary, indent=2))
     (out_dir / "metrics.json").write_text(json.dumps({"heldout": summary["heldout"], "curve": curve}, indent=2))
-    return summary
+    return broadcast(summary)
+
+
+def _quiet(message: str) -> None:
+    pass

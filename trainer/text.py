@@ -26,6 +26,7 @@ from vitrine.encoders.text import ADAPTER_FILE, resolve_text_model
 from vitrine.indexer.bundle import item_text
 from vitrine.indexer.catalog import Item
 from vitrine.ranking.pipeline import Searcher, SearchRequest
+from vitrine.trainer.distributed import barrier, broadcast, world
 from vitrine.trainer.text_pairs import Pair
 
 LOSSES = ("mnrl", "cached_mnrl")
@@ -193,12 +194,16 @@ def heldout_task(pairs: Sequence[Pair], items: Mapping[str, Item], corpus_size: 
     return queries, corpus, relevant
 
 
-def _loss(model: Any, name: str, batch_size: int) -> Any:
+def _loss(model: Any, name: str, batch_size: int, workers: int = 1) -> Any:
+    """The contrastive loss; with several workers each embeds its share of a batch and the embeddings are
+    gathered, so every anchor still sees the whole batch's in-batch negatives."""
     from sentence_transformers.sentence_transformer import losses
 
+    gather = workers > 1
     if name == "cached_mnrl":
-        return losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=max(8, batch_size // 4))
-    return losses.MultipleNegativesRankingLoss(model)
+        return losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=max(8, batch_size // workers // 4),
+                                                         gather_across_devices=gather)
+    return losses.MultipleNegativesRankingLoss(model, gather_across_devices=gather)
 
 
 def add_lora(model: Any, rank: int) -> None:
@@ -235,6 +240,11 @@ def train_text(base: str, out: Path, triplets: Sequence[Triplet], evaluators: Ma
 
     Each evaluator (name -> InformationRetrievalEvaluator) scores the base before training and the model after
     every epoch; the best epoch by the first evaluator's nDCG@10 is kept (early stopping with `patience`).
+
+    Inside a torch process group (`vitrine train text --ray`) the trainer runs DDP: each rank takes an equal share
+    of every batch of `batch_size`, the loss gathers the embeddings across ranks, and the per-epoch evaluation is
+    shared as sentence-transformers does it. Rank 0 alone scores base and tuned, saves and logs; every rank
+    returns its result.
     """
     import torch
     from datasets import Dataset
@@ -244,6 +254,12 @@ def train_text(base: str, out: Path, triplets: Sequence[Triplet], evaluators: Ma
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
     from transformers import EarlyStoppingCallback, set_seed
 
+    rank, workers = world()
+    if config.batch_size % workers:
+        raise ValueError(f"batch_size {config.batch_size} is not a multiple of the {workers} workers; each worker takes "
+                         f"an equal share of every batch.")
+    if rank:
+        progress, log = False, _quiet
     set_seed(config.seed)
     device = pick_device(device)
     t0 = time.perf_counter()
@@ -252,9 +268,10 @@ def train_text(base: str, out: Path, triplets: Sequence[Triplet], evaluators: Ma
     if config.adapter == "lora":
         add_lora(model, config.lora_rank)
     evaluator = SequentialEvaluator(list(evaluators.values()))
-    base_metrics = evaluator(model)
     key = f"eval_{next(iter(evaluators))}_cosine_ndcg@10"
-    log(f"base {key.removeprefix('eval_')}: {base_metrics[key.removeprefix('eval_')]:.4f}")
+    base_metrics = evaluator(model) if rank == 0 else {}
+    if rank == 0:
+        log(f"base {key.removeprefix('eval_')}: {base_metrics[key.removeprefix('eval_')]:.4f}")
     rows = list(triplets)
     random.Random(config.seed).shuffle(rows)
     data = Dataset.from_dict({"anchor": [t.anchor for t in rows], "positive": [t.positive for t in rows],
@@ -262,7 +279,7 @@ def train_text(base: str, out: Path, triplets: Sequence[Triplet], evaluators: Ma
     work = out.parent / f".{out.name}.work"
     full = config.adapter == "none"
     args = SentenceTransformerTrainingArguments(
-        output_dir=str(work), num_train_epochs=config.epochs, per_device_train_batch_size=config.batch_size,
+        output_dir=str(work), num_train_epochs=config.epochs, per_device_train_batch_size=config.batch_size // workers,
         learning_rate=config.lr, warmup_steps=config.warmup_ratio, batch_sampler=BatchSamplers.NO_DUPLICATES,
         # An adapter checkpoint cannot be reloaded by the trainer (peft 0.21 with transformers 5), so adapters keep
         # the last epoch; a full model keeps the best one.
@@ -271,9 +288,13 @@ def train_text(base: str, out: Path, triplets: Sequence[Triplet], evaluators: Ma
         logging_steps=max(1, len(rows) // config.batch_size // 10), report_to=[], disable_tqdm=not progress,
         use_cpu=device == "cpu", dataloader_num_workers=0, save_only_model=True,
     )
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data, loss=_loss(model, config.loss, config.batch_size),
-                                         evaluator=evaluator, callbacks=[EarlyStoppingCallback(config.patience)] if full else [])
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data,
+                                         loss=_loss(model, config.loss, config.batch_size, workers), evaluator=evaluator,
+                                         callbacks=[EarlyStoppingCallback(config.patience)] if full else [])
     trainer.train()
+    barrier()  # every rank has loaded the best checkpoint from `work` before rank 0 removes it
+    if rank:
+        return broadcast(None)
     tuned_metrics = evaluator(model)
     seconds = time.perf_counter() - t0
     out.mkdir(parents=True, exist_ok=True)
@@ -284,7 +305,12 @@ def train_text(base: str, out: Path, triplets: Sequence[Triplet], evaluators: Ma
     for t in rows:
         counts[t.source] = counts.get(t.source, 0) + 1
     training = {"base": base, "config": asdict(config), "triplets": counts, "seconds": round(seconds, 1),
-                "weights_bytes": model_size(out), "device": device, "torch_threads": torch.get_num_threads(), **meta}
+                "weights_bytes": model_size(out), "device": device, "torch_threads": torch.get_num_threads(),
+                "workers": workers, **meta}
     (out / "training.json").write_text(json.dumps(training, indent=2))
     shutil.rmtree(work, ignore_errors=True)  # the trainer's checkpoints; the best one is already in `out`
-    return {"metrics": metrics, "training": training, "key": key.removeprefix("eval_")}
+    return broadcast({"metrics": metrics, "training": training, "key": key.removeprefix("eval_")})
+
+
+def _quiet(message: str) -> None:
+    pass
