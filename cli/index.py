@@ -44,8 +44,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         from vitrine.indexer.distributed import RayRunner, read_catalog_ray
 
         runner = RayRunner(args.ray, args.workers)
-        print(f"indexing on Ray ({args.ray}): {runner.workers} workers on {', '.join(sorted(set(runner.describe()['devices'])))}",
-              file=sys.stderr, flush=True)
+        devices = ", ".join(runner.describe()["devices"])
+        print(f"indexing on Ray ({args.ray}): {runner.workers} workers on {devices}", file=sys.stderr, flush=True)
         read = read_catalog_ray
     else:
         read = read_catalog

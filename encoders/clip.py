@@ -155,6 +155,7 @@ class ClipEncoder:
 
         self.device = pick_device(device)
         self.name = name_or_dir
+        self.pretrained = pretrained   # with the name, what a Ray worker needs to build the same model
         if is_checkpoint_dir(name_or_dir):
             self.model, cfg, preprocess = load_checkpoint_dir(name_or_dir, self.device)
             self.tokenizer = make_tokenizer(cfg)

@@ -34,7 +34,7 @@ def _input_side(encoder: ClipEncoder) -> int | None:
     return max(size) if isinstance(size, (tuple, list)) else size
 
 
-def _load_batch(encoder: ClipEncoder, batch: Sequence[tuple[int, Item, str]]):
+def load_batch(encoder: ClipEncoder, batch: Sequence[tuple[int, Item, str]]):
     ok, pixels, broken = [], [], []
     for docno, item, location in batch:
         try:
@@ -63,12 +63,12 @@ def encode_catalog_images(
     broken: list[tuple[str, str]] = []
     with ThreadPoolExecutor(workers) as pool, tqdm(total=len(todo), desc="encode images", unit="img",
                                                    disable=not progress, mininterval=1.0) as bar:
-        pending: list[Future] = [pool.submit(_load_batch, encoder, b) for b in batches[:workers + 1]]
+        pending: list[Future] = [pool.submit(load_batch, encoder, b) for b in batches[:workers + 1]]
         next_batch = len(pending)
         while pending:
             ok, pixels, bad = pending.pop(0).result()
             if next_batch < len(batches):  # keep decoding ahead while this batch encodes
-                pending.append(pool.submit(_load_batch, encoder, batches[next_batch]))
+                pending.append(pool.submit(load_batch, encoder, batches[next_batch]))
                 next_batch += 1
             broken.extend(bad)
             if pixels:

@@ -17,7 +17,7 @@ ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False)   # CPU actors even on a GPU host
     yield
     ray.shutdown()
 
@@ -30,8 +30,16 @@ def encoders(tiny_st, base_clip):  # noqa: F811
     return SentenceTransformerEncoder(tiny_st, device="cpu"), ClipEncoder(str(base_clip), device="cpu")
 
 
-def build(toy_shop, encoders, out, runner=None):  # noqa: F811
+def shop_items(toy_shop) -> list:  # noqa: F811
+    """The toy catalog plus a text-only item (its CLIP vector comes from CLIP's text tower) and a missing photo."""
+    from vitrine.indexer.catalog import Item
+
     items, _ = read_catalog(toy_shop["catalog"])
+    return [*items, Item(id="text-only", title="red box without a photo"), Item(id="lost", title="blue ball", image="gone.jpg")]
+
+
+def build(toy_shop, encoders, out, runner=None):  # noqa: F811
+    items = shop_items(toy_shop)
     text, clip = encoders
     # Small batches: many tasks, so the work really spreads over both workers.
     return build_bundle(items, out, text, IndexerConfig(batch_size=8, ann=AnnConfig(factory="Flat"), onnx=False),
@@ -39,7 +47,7 @@ def build(toy_shop, encoders, out, runner=None):  # noqa: F811
 
 
 def toy_ids(toy_shop) -> list[str]:  # noqa: F811
-    return [it.id for it in read_catalog(toy_shop["catalog"])[0]]
+    return [it.id for it in shop_items(toy_shop)]
 
 
 @pytest.fixture(scope="module")
@@ -57,19 +65,19 @@ def same_bundle(a, b, queries, item_ids) -> None:
     try:
         assert set(ba.vectors) == set(bb.vectors) == {"text", "clip_image"}
         for source in ba.vectors:
-            ids = np.arange(ba.manifest["next_docno"], dtype=np.int64)
             va, vb = ba.vectors[source], bb.vectors[source]
-            assert va.ntotal == vb.ntotal
-            assert va.ntotal == len(ids)   # every toy item has text and a photo
+            # Every item has a vector in both: text-only and photo-less items get CLIP's text vector.
+            ids = np.arange(ba.manifest["next_docno"], dtype=np.int64)
+            assert va.ntotal == vb.ntotal == len(ids)
             np.testing.assert_array_equal(va.reconstruct(ids), vb.reconstruct(ids))
         assert [ba.docstore.get(i) for i in item_ids] == [bb.docstore.get(i) for i in item_ids]
         enc = Searcher(ba, None), Searcher(bb, None)
-        for q in queries:
+        for n, q in enumerate(queries):
             ha = enc[0].search(SearchRequest(text=q, k=10, sources=["bm25"])).hits
             hb = enc[1].search(SearchRequest(text=q, k=10, sources=["bm25"])).hits
             assert [h.id for h in ha] == [h.id for h in hb]
-            for source in ("text", "clip_image"):
-                xq = ba.vectors[source].reconstruct(np.array([0]))
+            for source in ("text", "clip_image"):   # a different stored vector as the query each time
+                xq = ba.vectors[source].reconstruct(np.array([3 * n + 1]))
                 Da, Ia = ba.vectors[source].search(xq, 10)
                 Db, Ib = bb.vectors[source].search(xq, 10)
                 np.testing.assert_array_equal(Ia, Ib)
@@ -87,6 +95,7 @@ def test_ray_bundle_equals_the_single_process_one(cluster, toy_shop, encoders, l
     assert manifest["built_by"] == {"ray": "auto", "workers": 2, "devices": ["cpu"]}
     local = json.loads((local_bundle / "manifest.json").read_text())
     assert manifest["counts"] == local["counts"] and manifest["format_version"] == local["format_version"]
+    assert local["counts"]["broken_images"] == 1 and manifest["broken_images"] == local["broken_images"]
     same_bundle(local_bundle, tmp_path / "ray", ["red box", "blue ball", "green"], toy_ids(toy_shop))
 
 
@@ -94,8 +103,9 @@ def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(cluster, toy_shop,
     from vitrine.indexer.distributed import RayRunner
 
     marker = tmp_path / "killed"
-    manifest = build(toy_shop, encoders, tmp_path / "ray", RayRunner("auto", workers=2, kill_once=(str(marker), 2)))
-    assert marker.exists()   # a worker did die (SIGKILL) holding batch 2, and Ray retried it elsewhere
+    # Killed in the photo phase, where results are appended as they arrive: a duplicate or a loss would show.
+    manifest = build(toy_shop, encoders, tmp_path / "ray", RayRunner("auto", workers=2, kill_once=(str(marker), "image", 2)))
+    assert marker.exists()   # a worker did die (SIGKILL) holding photo batch 2, and Ray retried it
     assert manifest["counts"]["items"] == json.loads((local_bundle / "manifest.json").read_text())["counts"]["items"]
     same_bundle(local_bundle, tmp_path / "ray", ["red box"], toy_ids(toy_shop))
 
@@ -112,13 +122,14 @@ def test_ray_reads_jsonl_and_parquet_and_reports_bad_lines_alike(cluster, tmp_pa
     lines[4] = '{"id": "i4", "price": "cheap"}'
     lines.insert(7, "")          # a blank line still counts for the numbers after it
     lines[9] = "{not json"
+    lines[2] = json.dumps({"id": "i2", "title": "line\u2028separator \u0085 inside"}, ensure_ascii=False)  # one line
     jsonl = tmp_path / "c.jsonl"
     jsonl.write_text("\n".join(lines) + "\n")
     local = read_catalog(jsonl, skip_invalid=True)
     distributed = read_catalog_ray(jsonl, skip_invalid=True)
     assert [str(e) for e in distributed[1]] == [str(e) for e in local[1]] == [
-        "line 5: field 'price' must be a finite number, got 'cheap'", "line 10: invalid JSON (Expecting property name "
-        "enclosed in double quotes at column 2)"]
+        "line 5: field 'price' must be a finite number, got 'cheap'",
+        ("line 10: invalid JSON (Expecting property name enclosed in double quotes at column 2)")]
     assert [it.id for it in distributed[0]] == [it.id for it in local[0]]
     table = pa.Table.from_pylist([{**r, "price": 5.0} for r in rows])
     pq.write_table(table, tmp_path / "c.parquet")
