@@ -30,6 +30,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_index)
 
 
+def _clip_name(clip_model: str) -> str:
+    from vitrine.encoders.clip import is_checkpoint_dir
+
+    return str(Path(clip_model).resolve()) if is_checkpoint_dir(clip_model) else clip_model
+
+
 def cmd_index(args: argparse.Namespace) -> int:
     from vitrine.cli.config import load_config
     from vitrine.indexer.bundle import IndexerConfig, build_bundle
@@ -41,9 +47,12 @@ def cmd_index(args: argparse.Namespace) -> int:
     if args.workers < 0 or (args.workers and args.ray is None):
         raise ValueError("--workers takes a positive number, with --ray.")
     if args.ray is not None:
-        from vitrine.indexer.distributed import RayRunner, read_catalog_ray
+        from vitrine.indexer.distributed import RayRunner, clip_factory, read_catalog_ray, text_factory
 
         runner = RayRunner(args.ray, args.workers)
+        # The workers load their models while this process reads the catalog and loads its own copies.
+        runner.preload([*([] if args.no_text_vectors else [text_factory(args.text_model or config.encoders.text_model)]),
+                        *([clip_factory(_clip_name(args.clip_model), args.clip_pretrained)] if args.clip_model else [])])
         devices = ", ".join(runner.describe()["devices"])
         print(f"indexing on Ray ({args.ray}): {runner.workers} workers on {devices}", file=sys.stderr, flush=True)
         read = read_catalog_ray
@@ -63,18 +72,21 @@ def cmd_index(args: argparse.Namespace) -> int:
         encoder = SentenceTransformerEncoder(args.text_model or config.encoders.text_model, device=config.encoders.device)
     clip = None
     if args.clip_model:
-        from vitrine.encoders.clip import ClipEncoder, is_checkpoint_dir
+        from vitrine.encoders.clip import ClipEncoder
 
-        name = str(Path(args.clip_model).resolve()) if is_checkpoint_dir(args.clip_model) else args.clip_model
-        clip = ClipEncoder(name, pretrained=args.clip_pretrained, device=config.encoders.device)
-    manifest = build_bundle(
-        items, args.out, encoder,
-        IndexerConfig(batch_size=config.encoders.batch_size, ann=config.index, bm25=config.bm25,
-                      onnx=config.encoders.export_onnx),
-        clip_encoder=clip, catalog_dir=Path(args.catalog).resolve().parent,
-        catalog_path=str(Path(args.catalog).resolve()), config_dict=config.to_dict(), force=args.force,
-        progress=not args.quiet, runner=runner,
-    )
+        clip = ClipEncoder(_clip_name(args.clip_model), pretrained=args.clip_pretrained, device=config.encoders.device)
+    try:
+        manifest = build_bundle(
+            items, args.out, encoder,
+            IndexerConfig(batch_size=config.encoders.batch_size, ann=config.index, bm25=config.bm25,
+                          onnx=config.encoders.export_onnx),
+            clip_encoder=clip, catalog_dir=Path(args.catalog).resolve().parent,
+            catalog_path=str(Path(args.catalog).resolve()), config_dict=config.to_dict(), force=args.force,
+            progress=not args.quiet, runner=runner,
+        )
+    finally:
+        if runner is not None:
+            runner.close()
     if manifest["counts"].get("broken_images"):
         print(f"{manifest['counts']['broken_images']} image(s) could not be read (listed in manifest.json), e.g.:",
               file=sys.stderr)

@@ -1,13 +1,8 @@
 """Batch indexing on a Ray cluster (`vitrine index --ray`): the same bundle as the single-process indexer.
 
-Ray Data reads the catalog (JSONL and Parquet in parallel read tasks; rows come back in catalog order so every bad
-line is reported with its number by the same validator). Encoding runs in `map_batches` actor pools, one model copy
-per actor, one GPU per actor when the cluster has GPUs. Each task is one batch of exactly the rows the
-single-process indexer would batch together, keyed by its batch number, so a retried task (a worker that died)
-can neither duplicate nor drop an item, and the vectors equal the single-process ones. FAISS is trained once on a
-sample in the driver; Ray tasks add one shard each to a copy of the trained index and FAISS's merge_from joins them
-in order. The docstore (doc numbers in catalog order) and Tantivy (its writer builds segments on its own threads,
-then merges them) are written by the driver: encoding is the cost that needs a cluster.
+Ray Data reads the catalog; a pool of long-lived Ray actors (one model copy each, a GPU each when there are GPUs)
+encodes exactly the batches the single-process indexer makes, keyed by number, so a retried batch can neither be
+lost nor counted twice; FAISS shards are added to copies of one trained index in Ray tasks and merged in order.
 """
 from __future__ import annotations
 
@@ -19,7 +14,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -79,45 +74,57 @@ def read_catalog_ray(path: str | Path, *, skip_invalid: bool = False, column_map
 
 # ---- encoding actors ----
 
-class _Encode:
-    """A Ray Data actor holding one model copy; each call encodes one batch (one row of the dataset)."""
+class _Worker:
+    """A Ray actor holding one copy of each model it is given (loaded once, then used by every phase of the job)."""
 
-    def __init__(self, factory: Callable[[], Any], kind: str, threads: int, kill_once: tuple[str, str, int] | None) -> None:
+    def __init__(self, threads: int, kill_once: tuple[str, str, int] | None) -> None:
         import torch
 
         if threads:
             torch.set_num_threads(threads)
-        self.encoder = factory()
-        self.kind = kind
+        self.models: dict[str, Any] = {}
         self.kill_once = kill_once
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """One batch in (its number and a JSON payload), its vectors out as raw float32 bytes."""
-        (number,) = batch["batch"]
-        self._maybe_die(int(number))
-        payload = json.loads(batch["payload"][0])
+    def load(self, key: str, factory: Callable[[], Any]) -> str:
+        if key not in self.models:
+            self.models[key] = factory()
+        return str(getattr(self.models[key], "device", "cpu"))
+
+    def encode(self, key: str, factory: Callable[[], Any], kind: str, number: int, payload: str
+               ) -> tuple[int, bytes, bytes, str]:
+        """One batch: (its number, float32 vectors, the doc numbers of the photos that decoded, broken photos)."""
+        self.load(key, factory)
+        encoder = self.models[key]
+        self._maybe_die(kind, number)
+        batch = json.loads(payload)
         ok: list[int] = []
         broken: list[tuple[str, str]] = []
-        if self.kind == "text":
-            xb = self.encoder.encode_texts(payload)  # (B, D)
+        if kind == "text":
+            xb = encoder.encode_texts(batch)  # (B, D)
         else:
             import torch
 
             from vitrine.indexer.images import load_batch
 
-            rows = [(int(d), Item(id=item_id), location) for d, item_id, location in payload]
-            ok, pixels, broken = load_batch(self.encoder, rows)
-            xb = self.encoder.encode_pixels(torch.stack(pixels)) if pixels else np.zeros((0, self.encoder.dim))
+            rows = [(int(d), Item(id=item_id), location) for d, item_id, location in batch]
+            ok, pixels, broken = load_batch(encoder, rows)
+            xb = encoder.encode_pixels(torch.stack(pixels)) if pixels else np.zeros((0, encoder.dim))
         xb = np.ascontiguousarray(xb, dtype=np.float32)
-        return {"batch": np.array([number]), "xb": np.array([xb.tobytes()], dtype=object),
-                "docnos": np.array([np.asarray(ok, np.int64).tobytes()], dtype=object),
-                "broken": np.array([json.dumps(broken)])}
+        return number, xb.tobytes(), np.asarray(ok, np.int64).tobytes(), json.dumps(broken)
 
-    def _maybe_die(self, number: int) -> None:
+    def add_shard(self, blob: tuple[bytes, bytes | None], factory: str, xb: np.ndarray, ids: np.ndarray
+                  ) -> tuple[bytes, bytes | None]:
+        """One shard added to a copy of the trained index, shipped back serialised (on the workers, which hold the
+        cluster's CPUs for the job)."""
+        shard = VectorIndex.from_bytes(blob, factory, AnnConfig(use_gpu=False))
+        shard.add(xb, ids)
+        return shard.to_bytes()
+
+    def _maybe_die(self, kind: str, number: int) -> None:
         """Fault injection for tests and drills, `kill_once = (marker file, "text" | "image", N)`: the first worker to
         reach batch N of that phase kills its own process (SIGKILL, as the OOM killer or a lost node would); Ray
         restarts the actor and retries the batch."""
-        if self.kill_once is None or (self.kind, number) != tuple(self.kill_once[1:]):
+        if self.kill_once is None or (kind, number) != tuple(self.kill_once[1:]):
             return
         marker = Path(self.kill_once[0])
         try:
@@ -128,20 +135,40 @@ class _Encode:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def factory_key(factory: Callable[[], Any]) -> str:
+    """One name per model build (function and arguments), so a worker loads each model once."""
+    if isinstance(factory, functools.partial):
+        return repr((factory.func.__qualname__, factory.args, sorted(factory.keywords.items())))
+    return repr(factory)
+
+
+def _where(name: str) -> str:
+    """A local model by its absolute path (workers may start in another directory), a hub name as it is."""
+    return str(Path(name).resolve()) if Path(name).exists() else name
+
+
+def text_factory(name: str) -> Callable[[], Any]:
+    from vitrine.encoders.text import SentenceTransformerEncoder
+
+    return functools.partial(SentenceTransformerEncoder, _where(name), device=None)
+
+
+def clip_factory(name: str, pretrained: str | None = None) -> Callable[[], Any]:
+    from vitrine.encoders.clip import ClipEncoder
+
+    return functools.partial(ClipEncoder, _where(name), pretrained=pretrained, device=None)
+
+
 def encoder_factory(encoder: Any) -> Callable[[], Any]:
     """A picklable factory that rebuilds `encoder` (a SentenceTransformerEncoder or a ClipEncoder) in a worker:
     the factory is shipped, never the loaded weights."""
     from vitrine.encoders.clip import ClipEncoder
     from vitrine.encoders.text import SentenceTransformerEncoder
 
-    def where(name: str) -> str:   # a local model by its absolute path: workers may start in another directory
-        return str(Path(name).resolve()) if Path(name).exists() else name
-
     if isinstance(encoder, ClipEncoder):
-        return functools.partial(ClipEncoder, where(encoder.name), pretrained=encoder.pretrained, device=None)
+        return clip_factory(encoder.name, encoder.pretrained)
     if isinstance(encoder, SentenceTransformerEncoder):
-        return functools.partial(SentenceTransformerEncoder, where(encoder.name), device=None,
-                                 max_seq_length=encoder.model.max_seq_length)
+        return text_factory(encoder.name)
     factory = getattr(encoder, "ray_factory", None)
     if factory is None:
         raise TypeError(f"{type(encoder).__name__} cannot be rebuilt in a Ray worker (give it a `ray_factory`).")
@@ -164,56 +191,68 @@ class RayRunner:
         # GPU actors share the GPUs evenly; CPU actors split the cores, never more than one node has.
         self.gpus_per_worker = min(1.0, self.gpus / self.workers) if self.gpus else 0.0
         self.threads = 0 if self.gpus else max(1, min(node_cpus, cpus // self.workers))
-        self.kill_once = kill_once
         self.address = address
+        # One long-lived actor per worker for the whole job: models load once, and can start loading (`preload`)
+        # while the driver reads the catalog. A dead actor is restarted and its call retried, a bounded number of times.
+        # CPU workers reserve no logical CPU (their torch threads are sized to the cores above) so that Ray Data's read
+        # tasks can run beside them, and SPREAD puts them on different nodes.
+        actor = ray.remote(_Worker).options(num_cpus=0, num_gpus=self.gpus_per_worker, scheduling_strategy="SPREAD",
+                                            max_restarts=3, max_task_retries=3)
+        self.actors = [actor.remote(self.threads, kill_once) for _ in range(self.workers)]
+
+    def close(self) -> None:
+        """Stops the workers (their models go with them)."""
+        import ray
+
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []
+
+    def preload(self, factories: Sequence[Callable[[], Any]]) -> None:
+        """Starts every worker loading these models now (not waited for); the phases that use them find them loaded."""
+        for a in self.actors:
+            for factory in factories:
+                a.load.remote(factory_key(factory), factory)
 
     def describe(self) -> dict:
         return {"ray": self.address, "workers": self.workers, "devices": ["cuda"] if self.gpus else ["cpu"]}
 
     def _run(self, kind: str, factory: Callable[[], Any], batches: list[Any], total: int, desc: str, progress: bool
-             ) -> Iterator[dict[str, Any]]:
-        """Each batch through the actor pool; yields results in batch order, each batch exactly once."""
-        import ray.data
+             ) -> list[tuple[int, bytes, bytes, str]]:
+        """Every batch through the workers (at most two calls in flight per worker); results in batch order, each
+        batch exactly once."""
+        import ray
 
-        if not batches:
-            return
-        ctx = ray.data.DataContext.get_current()
-        ctx.execution_options.preserve_order = True
-        ctx.enable_progress_bars = progress
-        ds = ray.data.from_items([{"batch": n, "payload": json.dumps(b)} for n, b in enumerate(batches)],
-                                 override_num_blocks=len(batches))
-        workers = min(self.workers, len(batches))
-        out = ds.map_batches(_Encode, fn_constructor_args=(factory, kind, self.threads, self.kill_once), batch_size=1,
-                             compute=ray.data.ActorPoolStrategy(size=workers), num_gpus=self.gpus_per_worker,
-                             num_cpus=0 if self.gpus else self.threads,
-                             # a worker that dies is restarted and its batch retried (batches are idempotent); a
-                             # batch that kills every worker it meets fails the job instead of looping forever
-                             max_restarts=3 * workers, max_task_retries=3)
-        seen: set[int] = set()
+        key = factory_key(factory)
+        results: dict[int, tuple[int, bytes, bytes, str]] = {}
+        pending: dict[Any, int] = {}
+        todo = list(range(len(batches)))
         t0 = time.perf_counter()
         with tqdm(total=total, desc=f"{desc} ({self.workers} Ray workers)", unit="item", disable=not progress,
                   mininterval=1.0) as bar:
-            for row in out.iter_rows():
-                n = int(row["batch"])
-                if n in seen:   # at-least-once delivery: a retried batch is dropped the second time
-                    continue
-                seen.add(n)
-                bar.update(len(batches[n]))
-                yield row
-        missing = set(range(len(batches))) - seen
-        if missing:
-            raise RuntimeError(f"Ray returned no result for {len(missing)} batch(es), e.g. {sorted(missing)[:5]}.")
+            while todo or pending:
+                while todo and len(pending) < 2 * len(self.actors):
+                    n = todo.pop(0)
+                    actor = self.actors[n % len(self.actors)]
+                    pending[actor.encode.remote(key, factory, kind, n, json.dumps(batches[n]))] = n
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    n = pending.pop(ref)
+                    out = ray.get(ref)   # raises once Ray gave up retrying: the job fails naming nothing half-done
+                    if n not in results:   # a batch is kept once, whatever Ray redelivered
+                        results[n] = out
+                        bar.update(len(batches[n]))
         log.info("%s: %d items in %.1f s on %d Ray workers", desc, total, time.perf_counter() - t0, self.workers)
+        return [results[n] for n in range(len(batches))]
 
     def encode_texts(self, encoder: Any, texts: Sequence[str], batch_size: int, desc: str, progress: bool) -> np.ndarray:
         if not texts:
             return np.zeros((0, encoder.dim), dtype=np.float32)
         batches = [list(texts[s:s + batch_size]) for s in range(0, len(texts), batch_size)]
         out = np.zeros((len(texts), encoder.dim), dtype=np.float32)
-        for row in self._run("text", encoder_factory(encoder), batches, len(texts), desc, progress):
-            start = int(row["batch"]) * batch_size
-            xb = np.frombuffer(row["xb"], np.float32).reshape(-1, encoder.dim)
-            out[start:start + len(xb)] = xb
+        for n, xb, _, _ in self._run("text", encoder_factory(encoder), batches, len(texts), desc, progress):
+            xb = np.frombuffer(xb, np.float32).reshape(-1, encoder.dim)
+            out[n * batch_size:n * batch_size + len(xb)] = xb
         return out
 
     def encode_images(self, encoder: Any, rows: Sequence[tuple[int, Item]], catalog_dir: Path, batch_size: int,
@@ -225,10 +264,10 @@ class RayRunner:
         docnos: list[np.ndarray] = []
         vectors: list[np.ndarray] = []
         broken: list[tuple[str, str]] = []
-        for row in self._run("image", encoder_factory(encoder), batches, len(todo), "encode images", progress):
-            docnos.append(np.frombuffer(row["docnos"], np.int64))
-            vectors.append(np.frombuffer(row["xb"], np.float32).reshape(-1, encoder.dim))
-            broken.extend((str(i), str(r)) for i, r in json.loads(row["broken"]))
+        for _, xb, ok, bad in self._run("image", encoder_factory(encoder), batches, len(todo), "encode images", progress):
+            docnos.append(np.frombuffer(ok, np.int64))
+            vectors.append(np.frombuffer(xb, np.float32).reshape(-1, encoder.dim))
+            broken.extend((str(i), str(r)) for i, r in json.loads(bad))
         xb = np.concatenate(vectors) if vectors else np.zeros((0, encoder.dim), np.float32)
         return (np.concatenate(docnos) if docnos else np.zeros(0, np.int64)), xb, broken
 
@@ -241,18 +280,10 @@ class RayRunner:
         if not index.mergeable or self.workers == 1 or len(xb) < 2 * self.workers:
             index.add(xb, ids)
             return index
-        add_shard = ray.remote(max_retries=3)(_add_shard)
         blob = ray.put(index.to_bytes())
         transport = replace(config, use_gpu=False)   # shard copies stay on the CPU (no GPU copy per task)
         bounds = np.linspace(0, len(xb), self.workers + 1).astype(int)
-        tasks = [add_shard.remote(blob, index.factory, xb[a:b], ids[a:b]) for a, b in itertools.pairwise(bounds)]
+        tasks = [actor.add_shard.remote(blob, index.factory, xb[a:b], ids[a:b])
+                 for actor, (a, b) in zip(self.actors, itertools.pairwise(bounds), strict=True)]
         index.merge([VectorIndex.from_bytes(b, index.factory, transport) for b in ray.get(tasks)])
         return index
-
-
-def _add_shard(blob: tuple[bytes, bytes | None], factory: str, xb: np.ndarray, ids: np.ndarray
-               ) -> tuple[bytes, bytes | None]:
-    """A Ray task: one shard added to a copy of the trained index, shipped back serialised."""
-    shard = VectorIndex.from_bytes(blob, factory, AnnConfig(use_gpu=False))
-    shard.add(xb, ids)
-    return shard.to_bytes()

@@ -91,7 +91,10 @@ def test_ray_bundle_equals_the_single_process_one(cluster, toy_shop, encoders, l
     from vitrine.indexer.distributed import RayRunner
 
     runner = RayRunner("auto", workers=2)
-    manifest = build(toy_shop, encoders, tmp_path / "ray", runner)
+    try:
+        manifest = build(toy_shop, encoders, tmp_path / "ray", runner)
+    finally:
+        runner.close()
     assert manifest["built_by"] == {"ray": "auto", "workers": 2, "devices": ["cpu"]}
     local = json.loads((local_bundle / "manifest.json").read_text())
     assert manifest["counts"] == local["counts"] and manifest["format_version"] == local["format_version"]
@@ -104,7 +107,11 @@ def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(cluster, toy_shop,
 
     marker = tmp_path / "killed"
     # Killed in the photo phase, where results are appended as they arrive: a duplicate or a loss would show.
-    manifest = build(toy_shop, encoders, tmp_path / "ray", RayRunner("auto", workers=2, kill_once=(str(marker), "image", 2)))
+    runner = RayRunner("auto", workers=2, kill_once=(str(marker), "image", 2))
+    try:
+        manifest = build(toy_shop, encoders, tmp_path / "ray", runner)
+    finally:
+        runner.close()
     assert marker.exists()   # a worker did die (SIGKILL) holding photo batch 2, and Ray retried it
     assert manifest["counts"]["items"] == json.loads((local_bundle / "manifest.json").read_text())["counts"]["items"]
     same_bundle(local_bundle, tmp_path / "ray", ["red box"], toy_ids(toy_shop))
