@@ -147,3 +147,32 @@ def test_ray_reads_jsonl_and_parquet_and_reports_bad_lines_alike(cluster, tmp_pa
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rc == 0 and summary["items"] == 12 and summary["workers"] == 2 and summary["devices"] == ["cpu"]
     assert summary["items_per_s"] > 0
+
+
+def test_the_ray_bundle_serves_like_the_local_one_over_grpc(cluster, toy_shop, encoders, local_bundle, tmp_path):  # noqa: F811
+    """The serving path end to end (gRPC server, text and photo queries) on both bundles: the same hits and scores."""
+    from vitrine.indexer.distributed import RayRunner
+    from vitrine.ranking.pipeline import Searcher
+    from vitrine.server.app import create_server
+    from vitrine.server.client import VitrineClient
+
+    runner = RayRunner("auto", workers=2)
+    try:
+        build(toy_shop, encoders, tmp_path / "ray", runner)
+    finally:
+        runner.close()
+    text, clip = encoders
+    photo = next(p for p in sorted((toy_shop["root"] / "images").iterdir()))
+    answers = []
+    for path in (local_bundle, tmp_path / "ray"):
+        bundle = Bundle(path)
+        served = create_server(Searcher(bundle, text, clip_encoder=clip), "127.0.0.1:0")
+        try:
+            with VitrineClient(f"127.0.0.1:{served.port}") as c:
+                answers.append([[(h.id, round(h.score, 6)) for h in c.search(**q, k=5).hits]
+                                for q in ({"text": "red box"}, {"image": photo.read_bytes()},
+                                          {"image": photo.read_bytes(), "text": "the same but blue"})])
+        finally:
+            served.stop(0)
+            bundle.close()
+    assert answers[0] == answers[1] and all(answers[0])
