@@ -99,19 +99,10 @@ def prepare_all(runs: Path) -> dict[str, Path]:
 
 
 def start_tenants_server(tenants_dir: Path, keys: Path, config: Path) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "vitrine.cli.main", "serve", "--tenants", str(tenants_dir), "--port", "0",
-                             "--keys", str(keys), "--config", str(config), "--read-only"],
-                            stdout=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if line.startswith("listening on "):
-            return proc, line.split("listening on ", 1)[1].strip()
-        if not line and proc.poll() is not None:
-            raise RuntimeError(f"server exited with status {proc.returncode}")
-    proc.kill()
-    raise RuntimeError("server did not start")
+    from vitrine.cli.demo import start_serve
+
+    return start_serve(["--tenants", str(tenants_dir), "--keys", str(keys), "--config", str(config), "--read-only"],
+                       timeout_s=900)
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -85,8 +85,13 @@ def _vitrine(*args: str) -> list[str]:
 
 
 def start_server(bundle: Path, extra: list[str] | None = None, timeout_s: float = 300.0) -> tuple[subprocess.Popen, str]:
-    """Starts `vitrine serve --port 0` and returns the process and its HOST:PORT once it prints it."""
-    proc = subprocess.Popen(_vitrine("serve", "--bundle", str(bundle), "--port", "0", *(extra or [])),
+    """Starts `vitrine serve --bundle BUNDLE --port 0` and returns the process and its HOST:PORT once it prints it."""
+    return start_serve(["--bundle", str(bundle), *(extra or [])], timeout_s)
+
+
+def start_serve(args: list[str], timeout_s: float = 300.0) -> tuple[subprocess.Popen, str]:
+    """Starts `vitrine serve --port 0 ARGS` and returns the process and its HOST:PORT once it prints it."""
+    proc = subprocess.Popen(_vitrine("serve", "--port", "0", *args),
                             stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.monotonic() + timeout_s
     assert proc.stdout is not None

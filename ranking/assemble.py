@@ -181,6 +181,14 @@ def _assemble(bundle: Bundle, pool: ModelPool, keys: list[Hashable], backends: d
         keys.append(held)
         return model
 
+    def with_variants(role: str, folder: Path, load: Callable[..., Any]) -> Any:
+        """A bundle model with ONNX variants: its backend picked, then the model taken from the pool (loaded once)."""
+        meta, record = models[role], onnx.read_record(folder)
+        key = lambda b: (role, b, meta["name"], meta.get("version"), encoders.device)  # noqa: E731
+        backend = backends[role] = pick(record, key)
+        return take(key(backend), lambda: batched(load(meta["name"], backend, folder, record, encoders), role),
+                    f"{role} {meta['name']} ({backend})")
+
     encoder = None
     if "text" in bundle.vectors:
         meta = models["text"]
@@ -193,23 +201,8 @@ def _assemble(bundle: Bundle, pool: ModelPool, keys: list[Hashable], backends: d
                            lambda: batched(_adapter_encoder(pool, path, encoders, base), "text"), f"text adapter {path}",
                            needs=base)
         else:
-            folder = bundle.path / TEXT_VARIANTS
-            record = onnx.read_record(folder)
-            text_key = lambda b: ("text", b, meta["name"], meta.get("version"), encoders.device)  # noqa: E731
-            backend = backends["text"] = pick(record, text_key)
-            encoder = take(text_key(backend),
-                           lambda: batched(_text_encoder(meta["name"], backend, folder, record, encoders), "text"),
-                           f"text {meta['name']} ({backend})")
-    clip = None
-    if "clip" in models:
-        meta = models["clip"]
-        folder = bundle.path / CLIP_VARIANTS
-        record = onnx.read_record(folder)
-        clip_key = lambda b: ("clip", b, meta["name"], meta.get("version"), encoders.device)  # noqa: E731
-        backend = backends["clip"] = pick(record, clip_key)
-        clip = take(clip_key(backend),
-                    lambda: batched(_clip_encoder(meta["name"], backend, folder, record, encoders), "clip"),
-                    f"clip {meta['name']} ({backend})")
+            encoder = with_variants("text", bundle.path / TEXT_VARIANTS, _text_encoder)
+    clip = with_variants("clip", bundle.path / CLIP_VARIANTS, _clip_encoder) if "clip" in models else None
     cross, ltr = _second_stage(pool, keys, backends, reranker, ranker, encoders, rerank, requested)
     searcher = Searcher(bundle, encoder, search, clip_encoder=clip, reranker=cross, ranker=ltr, rerank=rerank)
     searcher.backends = backends
