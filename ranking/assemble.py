@@ -150,12 +150,10 @@ def _assemble(bundle: Bundle, pool: ModelPool, keys: list[Hashable], backends: d
               search: SearchConfig, rerank: RerankConfig, reranker: str | None, ranker: str | None,
               batching: bool) -> Searcher:
     from vitrine.encoders import onnx
-    from vitrine.encoders.base import pick_device
     from vitrine.encoders.text import ADAPTER_FILE, resolve_text_model
     from vitrine.indexer.bundle import CLIP_VARIANTS, TEXT_VARIANTS
 
-    # The ONNX variants run on the CPU: with a GPU, "auto" keeps the torch models on it.
-    requested = encoders.backend if encoders.backend != onnx.AUTO or pick_device(encoders.device) == "cpu" else "torch"
+    requested = requested_backend(encoders)
     models = bundle.manifest.get("models", {})
 
     def batched(encoder: object, name: str) -> object:
@@ -211,6 +209,14 @@ def _assemble(bundle: Bundle, pool: ModelPool, keys: list[Hashable], backends: d
     return searcher
 
 
+def requested_backend(encoders: EncoderConfig) -> str:
+    """The backend asked for: the ONNX variants run on the CPU, so with a GPU "auto" keeps the torch models on it."""
+    from vitrine.encoders import onnx
+    from vitrine.encoders.base import pick_device
+
+    return encoders.backend if encoders.backend != onnx.AUTO or pick_device(encoders.device) == "cpu" else "torch"
+
+
 def _second_stage(pool: ModelPool, keys: list[Hashable], backends: dict[str, str], reranker: str | None,
                   ranker: str | None, encoders: EncoderConfig, rerank: RerankConfig, requested: str) -> tuple[Any, Any]:
     """The cross-encoder (from the pool) and the LightGBM ranker (small: one per searcher)."""
@@ -253,10 +259,8 @@ def with_second_stage(searcher: Searcher, reranker: str | None, ranker: str | No
     arm. It holds the bundle but does not own it: retire only its own models with `pool.release(arm.pool_keys)`."""
     import copy
 
-    from vitrine.encoders import onnx
-    from vitrine.encoders.base import pick_device
 
-    requested = encoders.backend if encoders.backend != onnx.AUTO or pick_device(encoders.device) == "cpu" else "torch"
+    requested = requested_backend(encoders)
     arm = copy.copy(searcher)
     arm.backends, arm.pool_keys = dict(searcher.backends), []
     cross, ltr = _second_stage(searcher.pool, arm.pool_keys, arm.backends, reranker, ranker, encoders, rerank, requested)
