@@ -198,7 +198,16 @@ class CatalogServicer(search_pb2_grpc.CatalogServicer):
     def Get(self, request: search_pb2.GetRequest, context: grpc.ServicerContext) -> search_pb2.GetResponse:
         with self._tenant(context, request) as tenant:
             ids = self._ids(request.ids, tenant.catalog)
-            items = tenant.state.require_live().get(ids)
+            # The searcher first: once it is set (UNAVAILABLE while loading), the live index, if any, is set too.
+            searcher = tenant.state.searcher
+            live = tenant.state.live
+            if live is not None:
+                items = live.get(ids)   # under the index lock, beside writes
+            else:
+                # A read-only server's docstore is never written; a hot swap replaces the whole searcher and closes the
+                # old one long after any request (server/admin.py), so this one stays readable for the call.
+                docstore = searcher.bundle.docstore
+                items = [it for it in map(docstore.get, ids) if it is not None]
             return search_pb2.GetResponse(items_json=[json.dumps(it.to_dict(), ensure_ascii=False) for it in items])
 
     @abort_on_error

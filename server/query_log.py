@@ -29,7 +29,7 @@ class LogConfig:
 
     feature_log: str = ""              # JSONL path; empty = no feature log
     feature_sample_rate: float = 0.0   # share of searches logged without being asked (0..1)
-    click_log: str = ""                # JSONL path for Feedback; empty = Feedback answers logged=false
+    click_log: str = ""                # JSONL path for Feedback; empty = Feedback answers FAILED_PRECONDITION
     pending_searches: int = 10_000     # searches remembered for Feedback (oldest forgotten first)
 
     @classmethod
@@ -110,10 +110,8 @@ class QueryLog:
 
     def remember(self, request_id: str, query: Mapping[str, Any], shown: Sequence[str], session: str,
                  image: bytes = b"", experiment: Mapping[str, Any] | None = None) -> None:
-        """Keeps a served search until its Feedback; an image query's photo is stored beside the click log. With an
-        `experiment` (the arm, or each shown item's team) the search is kept even without a click log."""
-        if self.clicks is None and experiment is None:
-            return
+        """Keeps a served search until its Feedback; an image query's photo is stored beside the click log. Kept even
+        without a click log, so that Feedback can tell a known request id (no log to write) from an unknown one."""
         query = {"text": query.get("text", "")}
         if image and self.clicks is not None:
             query["image"] = self.clicks.store_query_image(image)
@@ -129,18 +127,19 @@ class QueryLog:
     def feedback(self, request_id: str, clicked: Sequence[str], dwell_ms: Mapping[str, int],
                  experiment_log: JsonlAppender | None = None) -> bool:
         """Appends a click-log line for a remembered search (and, for an experiment's search, the clicks credited to
-        its arm or teams to `experiment_log`). KeyError when the id is unknown or forgotten."""
-        if self.clicks is None and experiment_log is None:
-            return False
+        its arm or teams to `experiment_log`). KeyError when the id is unknown or forgotten; False when there was
+        nowhere to write (no click log, not an experiment's search)."""
         with self._lock:
             entry = self._recent.get(request_id)
         if entry is None:
             raise KeyError(request_id)
+        logged = False
         if experiment_log is not None and "experiment" in entry:
             experiment_log.write(experiment_line(entry["experiment"], entry["session"] or request_id, request_id,
                                                  entry["shown"], clicked))
+            logged = True
         if self.clicks is None:
-            return True
+            return logged
         line = {"query": entry["query"], "shown": entry["shown"], "clicked": list(clicked), "ts": entry["ts"],
                 "session": entry["session"] or request_id}
         if dwell_ms:

@@ -136,7 +136,11 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
                 # Request ids are kept per tenant: another tenant's id is unknown here, exactly like a forgotten one.
                 raise StatusError(grpc.StatusCode.NOT_FOUND,
                                   f"request_id {request.request_id!r} is unknown or too old to log.") from None
-            return search_pb2.FeedbackResponse(logged=logged)
+            if not logged:   # a click nobody records is a silent loss: say how to record them
+                raise StatusError(grpc.StatusCode.FAILED_PRECONDITION,
+                                  "this server keeps no click log, so feedback cannot be recorded; set [logs] click_log "
+                                  "= \"PATH.jsonl\" in vitrine.toml and restart with `vitrine serve --config vitrine.toml`.")
+            return search_pb2.FeedbackResponse(logged=True)
 
     @abort_on_error
     def Info(self, request: search_pb2.InfoRequest, context: grpc.ServicerContext) -> search_pb2.InfoResponse:
