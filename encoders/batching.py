@@ -241,3 +241,9 @@ class BatchingEncoder:
         batchers = [b for b in (self.text_batcher, self.image_batcher) if b is not None]
         return {"cache_hits": self.cache.hits, "cache_misses": self.cache.misses,
                 "batches": sum(b.batches for b in batchers), "encoded": sum(b.encoded for b in batchers)}
+
+
+def unbatched(encoder: Any) -> Any:
+    """The encoder a BatchingEncoder wraps (or `encoder` itself): catalog documents skip the query micro-batcher and
+    its cache, since long texts and whole photos would pad the short queries batched beside them."""
+    return encoder.encoder if isinstance(encoder, BatchingEncoder) else encoder

@@ -3,26 +3,39 @@
 The WAL (`<bundle>/wal.log`) is the only thing a write waits on before it is acknowledged:
 
     record  := magic "VW" | length u32 LE | crc32(payload) u32 LE | payload (length bytes, UTF-8 JSON)
-    payload := {"seq": n, "op": "upsert", "items": [...], "keep_vectors": bool} | {"seq": n, "op": "delete", "ids": [...]}
+    payload := {"seq": n, "op": "upsert", "items": [...], "vectors": [{source: base64 float32}, ...]}
+             | {"seq": n, "op": "upsert", "items": [...], "keep_vectors": true}      (a patch)
+             | {"seq": n, "op": "delete", "ids": [...]}
 
-- A write is validated, encoded (text vectors), appended and fsync'd, then applied to the docstore,
+- A write is validated, encoded (every dense source: the text model's vector, and CLIP's image vector of the item's
+  photo, or its CLIP text vector when it has none, as the indexer does), appended with those vectors and fsync'd, then
+  applied to the docstore,
   Tantivy and every vector index under the exclusive side of a readers/writer lock, and only then acked.
   One writer mutex orders WAL appends and applies, so the log order is the apply order.
 - Replay at start-up reads records until the first short or CRC-failing one; that torn tail was never
   acked (its fsync did not return) and is truncated away. Records carry whole items, so re-applying a
-  record that is already reflected on disk is a no-op ("idempotent by id"): an upsert of an item equal
+  record that is already reflected on disk is a no-op ("idempotent by id"); records carry their vectors, so replay
+  needs no model and no photo. An upsert of an item equal
   to the stored one changes nothing, a delete of a missing id changes nothing.
 - The docstore (SQLite) is the source of truth after replay; a reconcile pass then deletes doc numbers
   from Tantivy and FAISS that the docstore lacks and adds the ones they lack, so a crash at any point
   (between the three stores, or mid-checkpoint) leaves no ghost and no hole.
 - A checkpoint commits Tantivy, saves each FAISS index (temp file + fsync + rename), checkpoints
   SQLite, rewrites the manifest's counts, and only then truncates the WAL to zero bytes.
+- Photos sent as bytes are kept with the bundle (`photos/<sha256>.<ext>`, fsync'd before the WAL record that
+  names them; the item's `image` becomes `bundle:photos/...`), so a snapshot carries them and a re-index can read
+  them. A photo given as a path or URL stays the shop's: the item keeps that location. An upsert that keeps an
+  item's photo (same `image`) keeps its stored CLIP vector instead of reading the photo again.
+- One writer per bundle: a LiveIndex holds the bundle's writer lock (indexer/lock.py) while it is open.
 Tantivy only shows committed documents, so a background thread commits every `commit_interval_s`
 when there were writes; deletes are invisible at once because the searcher drops doc numbers that
 are missing from the docstore.
 """
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
 import json
 import logging
 import os
@@ -33,10 +46,11 @@ import threading
 import time
 import uuid
 import zlib
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +61,16 @@ import tantivy
 from vitrine.encoders.base import TextEncoder
 from vitrine.encoders.config import check, check_positive_ints, config_from_dict
 from vitrine.indexer.bm25 import Bm25Index
-from vitrine.indexer.bundle import MANIFEST, Bundle, fsync_dir, item_text, publish_dir, write_json_atomic
+from vitrine.indexer.bundle import MANIFEST, Bundle, clip_item_text, fsync_dir, item_text, publish_dir, write_json_atomic
 from vitrine.indexer.catalog import Item, item_from_dict
+from vitrine.indexer.lock import WriterLock
 
 log = logging.getLogger("vitrine.live")
 
 WAL_NAME = "wal.log"
+PHOTOS_DIR = "photos"      # in a bundle: photos that live upserts sent as bytes
+BUNDLE_PHOTO = "bundle:"   # an item image kept in its bundle: "bundle:photos/<sha256>.<ext>"
+MAX_PHOTO_BYTES = 20 * 1024 * 1024
 _MAGIC = b"VW"
 _HEADER = struct.Struct("<2sII")  # magic, payload length, crc32
 MAX_RECORD_BYTES = 64 * 1024 * 1024
@@ -78,6 +96,35 @@ class LiveConfig:
 
 class Overloaded(RuntimeError):
     """Too many writes are queued; the caller should back off and retry."""
+
+
+class BadPhoto(ValueError):
+    """An upserted item's photo cannot be read or decoded; nothing of that write was logged."""
+
+    def __init__(self, item_id: str, field_name: str, reason: str) -> None:
+        super().__init__(f"item {item_id!r}: {field_name}: {reason}")
+        self.item_id = item_id
+        self.field = field_name
+        self.reason = reason
+
+
+def photo_location(bundle: Bundle, image: str) -> str:
+    """Where an item's `image` can be read: a photo kept in the bundle, an http(s) URL, an absolute path, or a path
+    relative to the catalog the bundle was built from (as the indexer resolved it)."""
+    if image.startswith(BUNDLE_PHOTO):
+        return str(bundle.path / image[len(BUNDLE_PHOTO):])
+    if image.startswith(("http://", "https://")) or Path(image).is_absolute():
+        return image
+    catalog = bundle.manifest.get("catalog")
+    return str((Path(catalog).parent if catalog else bundle.path) / image)
+
+
+def pack_vector(x: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(x, dtype="<f4").tobytes()).decode("ascii")
+
+
+def unpack_vector(s: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(s), dtype="<f4").astype(np.float32)
 
 
 class ReadWriteLock:
@@ -191,15 +238,22 @@ def merge_patch(item: Item, price: float | None, attributes: Mapping[str, str]) 
 class LiveIndex:
     """Applies upserts and deletes to an open bundle durably; searches take `lock.read()`.
 
-    Only the "text" dense source can be re-encoded here; other dense sources (CLIP) are kept
-    consistent on delete, and new items simply get no vector in them until the images issue lands.
+    Every dense source is encoded for a write as the indexer would: the text model for "text", CLIP for
+    "clip_image" (the item's photo; its CLIP text vector when it has none). `clip_encoder` is needed when the bundle
+    has CLIP vectors.
     """
 
-    def __init__(self, bundle: Bundle, text_encoder: TextEncoder | None, config: LiveConfig = LiveConfig()) -> None:
+    def __init__(self, bundle: Bundle, text_encoder: TextEncoder | None, config: LiveConfig = LiveConfig(),
+                 clip_encoder: Any | None = None) -> None:
         if "text" in bundle.vectors and text_encoder is None:
             raise ValueError(f"bundle {bundle.path} has text vectors, so live updates need its text encoder.")
+        if "clip_image" in bundle.vectors and clip_encoder is None:
+            raise ValueError(f"bundle {bundle.path} has CLIP vectors, so live updates need its CLIP model "
+                             "(serve it with the bundle's CLIP, or --read-only).")
+        self._writer_lock = WriterLock(bundle.path).acquire()  # first: a second writer must touch nothing
         self.bundle = bundle
         self.encoder = text_encoder
+        self.clip = clip_encoder
         self.config = config
         self.lock = ReadWriteLock()
         self._writer = threading.Lock()
@@ -216,7 +270,13 @@ class LiveIndex:
         # Work a write adds besides its own durability runs at a lower CPU priority than searches: documents are
         # encoded on this one thread, and Tantivy commits and merges on threads created by the background thread.
         self._encode_pool = ThreadPoolExecutor(1, thread_name_prefix="vitrine-encode", initializer=lower_priority)
-        self._recover()
+        try:
+            self._recover()
+        except BaseException:
+            self._encode_pool.shutdown()
+            self.wal.close()
+            self._writer_lock.release()
+            raise
 
     # ----- start-up -----------------------------------------------------------------------------
 
@@ -230,7 +290,9 @@ class LiveIndex:
                 if rec.get("keep_vectors"):
                     for item in items:
                         self._apply_patch(item)
-                else:
+                elif "vectors" in rec:  # the vectors the write was acked with: no model, no photo needed
+                    self._apply_upserts(items, [{s: unpack_vector(v) for s, v in row.items()} for row in rec["vectors"]])
+                else:  # a record of a version that logged no vectors
                     self._apply_upserts(items, self._encode(items))
             elif rec["op"] == "delete":
                 self._apply_delete(rec["ids"])
@@ -282,20 +344,30 @@ class LiveIndex:
             with self._pending_lock:
                 self._pending -= 1
 
-    def upsert(self, items: Sequence[Item]) -> int:
-        """Durably inserts or replaces whole items (last one wins per id); returns how many changed."""
-        items = list({it.id: it for it in items}.values())
-        # Outside every lock, on the low-priority encoding thread: encoding is the slow part, and searches come first.
-        xb = self._encode_pool.submit(self._encode, items).result()
+    def upsert(self, items: Sequence[Item], photos: Mapping[str, bytes] | None = None) -> int:
+        """Durably inserts or replaces whole items; returns how many changed. Ids must be unique within one call (as
+        in a catalog file): a batch that names an item twice is refused, not silently resolved.
+
+        `photos` maps an item id to its photo's bytes (which replace the item's `image`); an item's `image` path or
+        URL is read here. A photo that cannot be read or decoded raises BadPhoto and nothing is written.
+        """
+        items = list(items)
+        dup = sorted(i for i, n in Counter(it.id for it in items).items() if n > 1)
+        if dup:
+            raise ValueError(f"items: id {dup[0]!r} appears more than once in one upsert ({len(dup)} duplicated ids); "
+                             "send each item once.")
+        # Outside every lock, on the low-priority encoding thread: reading photos and encoding are the slow part,
+        # and searches come first.
+        items, vectors = self._encode_pool.submit(self._encode_all, items, dict(photos or {})).result()
         with self._writing():
             docstore = self.bundle.docstore
             changed = [i for i, it in enumerate(items) if docstore.get(it.id) != it]
             if not changed:
                 return 0
-            items = [items[i] for i in changed]
-            xb = None if xb is None else xb[changed]
-            self._log({"op": "upsert", "items": [it.to_dict() for it in items]})
-            self._apply_upserts(items, xb)
+            items, vectors = [items[i] for i in changed], [vectors[i] for i in changed]
+            self._log({"op": "upsert", "items": [it.to_dict() for it in items],
+                       "vectors": [{s: pack_vector(x) for s, x in row.items()} for row in vectors]})
+            self._apply_upserts(items, vectors)
         return len(items)
 
     def patch(self, item_id: str, price: float | None = None, attributes: Mapping[str, str] | None = None) -> Item | None:
@@ -327,13 +399,120 @@ class LiveIndex:
         self._seq += 1
         self.wal.append({"seq": self._seq, **payload})
 
-    def _encode(self, items: Sequence[Item]) -> np.ndarray | None:
-        if "text" not in self.bundle.vectors:
-            return None
-        texts = [item_text(it) for it in items]
-        return self.encoder.encode_texts(texts) if texts else None  # (N, D)
+    def _encode(self, items: Sequence[Item]) -> list[dict[str, np.ndarray]]:
+        """Every dense source's vector of each item (replay of old records, restores)."""
+        return self._encode_all(list(items), {})[1]
 
-    def _apply_upserts(self, items: Sequence[Item], xb: np.ndarray | None) -> None:
+    def _encode_all(self, items: list[Item], photos: dict[str, bytes]) -> tuple[list[Item], list[dict[str, np.ndarray]]]:
+        """Keeps sent photos in the bundle and encodes every dense source: (the items as stored, per item
+        {source: (D,) vector}). An item without text gets no text vector, as in the indexer."""
+        images: dict[int, Any] = {}
+        for i, it in enumerate(items):
+            if it.id in photos:
+                images[i] = self._decode(photos[it.id], it.id, "image")
+                items[i] = replace(it, image=BUNDLE_PHOTO + self._keep_photo(photos[it.id], it.id))
+        vectors: list[dict[str, np.ndarray]] = [{} for _ in items]
+        if "text" in self.bundle.vectors:
+            rows = [i for i, it in enumerate(items) if it.has_text()]
+            if rows:
+                xb = self.encoder.encode_texts([item_text(items[i]) for i in rows])  # (N, D)
+                for i, x in zip(rows, xb):
+                    vectors[i]["text"] = x
+        if "clip_image" in self.bundle.vectors:
+            self._encode_clip(items, images, vectors)
+        return items, vectors
+
+    def _encode_clip(self, items: list[Item], images: dict[int, Any], vectors: list[dict[str, np.ndarray]]) -> None:
+        """CLIP vectors as the indexer makes them: the photo's image vector, else the CLIP text vector of the item's
+        text. A photo the item already had (same `image`) keeps its stored vector when the index holds exact ones."""
+        texts: list[int] = []
+        for i, it in enumerate(items):
+            if i in images or not it.image:
+                texts += [] if i in images or not it.has_text() else [i]
+                continue
+            old = self.bundle.docstore.get(it.id)
+            kept = old is not None and old.image == it.image
+            if kept:
+                x = self._stored_vector("clip_image", it.id)
+                if x is not None:
+                    vectors[i]["clip_image"] = x
+                    continue
+            where = photo_location(self.bundle, it.image)
+            try:
+                images[i] = self._decode(self._read_photo_checked(where, it.id, "image_uri"), it.id, "image_uri")
+            except BadPhoto as exc:
+                if not kept:
+                    raise
+                # The photo it was indexed with is gone: stand in with its text, as the indexer does for a broken photo.
+                log.warning("item %r: its stored photo cannot be read again (%s); using its CLIP text vector", it.id, exc.reason)
+                texts += [i] if it.has_text() else []
+        order = sorted(images)
+        for start in range(0, len(order), 32):
+            chunk = order[start:start + 32]
+            xb = self.clip.encode_images([images[i] for i in chunk])  # (B, D)
+            for i, x in zip(chunk, xb):
+                vectors[i]["clip_image"] = x
+        if texts:
+            xb = self.clip.encode_texts([clip_item_text(items[i]) for i in texts])  # (T, D)
+            for i, x in zip(texts, xb):
+                vectors[i]["clip_image"] = x
+
+    def _decode(self, data: bytes, item_id: str, field_name: str) -> Any:
+        from vitrine.encoders.images import decode_image
+
+        if self.clip is None:
+            raise BadPhoto(item_id, field_name, "this bundle has no CLIP vectors, so it cannot search by photo; "
+                                                "index it with --clip-model first.")
+        size = getattr(self.clip, "image_size", None)
+        try:
+            return decode_image(data, MAX_PHOTO_BYTES, min_side=max(size) if isinstance(size, (tuple, list)) else size)
+        except ValueError as exc:
+            raise BadPhoto(item_id, field_name, str(exc).removeprefix("image: ")) from None
+
+    def _read_photo_checked(self, where: str, item_id: str, field_name: str) -> bytes:
+        from vitrine.indexer.images import read_image_bytes
+
+        try:
+            return read_image_bytes(where)
+        except (OSError, ValueError) as exc:
+            raise BadPhoto(item_id, field_name, f"cannot read {where}: {exc}") from None
+
+    def _keep_photo(self, data: bytes, item_id: str) -> str:
+        """Writes the photo into the bundle, durably, named by its content; returns its path in the bundle."""
+        from PIL import Image
+
+        try:
+            ext = (Image.open(io.BytesIO(data)).format or "bin").lower()
+        except Exception:  # noqa: BLE001 - decoded fine above; only the extension is unknown
+            ext = "bin"
+        folder = self.bundle.path / PHOTOS_DIR
+        name = f"{PHOTOS_DIR}/{hashlib.sha256(data).hexdigest()[:40]}.{ext}"
+        target = self.bundle.path / name
+        if not target.exists():
+            folder.mkdir(exist_ok=True)
+            tmp = folder / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+            fsync_dir(folder)
+        return name
+
+    def _stored_vector(self, source: str, item_id: str) -> np.ndarray | None:
+        """The exact vector stored for an item, or None when the index keeps only codes (or none is stored)."""
+        with self.lock.read():
+            docno = self.bundle.docstore.docno_by_id.get(item_id)
+            vi = self.bundle.vectors[source]
+            if docno is None:
+                return None
+            try:
+                xb = vi.reconstruct(np.array([docno], dtype=np.int64))
+            except RuntimeError:  # not stored in this index
+                return None
+        return None if xb is None else xb[0]
+
+    def _apply_upserts(self, items: Sequence[Item], vectors: Sequence[Mapping[str, np.ndarray]]) -> None:
         docstore, bundle = self.bundle.docstore, self.bundle
         with self.lock.write():
             old = [docstore.docno_by_id[it.id] for it in items if it.id in docstore.docno_by_id]
@@ -344,10 +523,9 @@ class LiveIndex:
             for source, vi in bundle.vectors.items():
                 if old:
                     vi.remove(np.array(old, dtype=np.int64))
-                if source == "text" and xb is not None:
-                    keep = [i for i, (_, it) in enumerate(rows) if it.has_text()]
-                    if keep:
-                        vi.add(xb[keep], np.array([rows[i][0] for i in keep], dtype=np.int64))
+                keep = [i for i, row in enumerate(vectors) if source in row]
+                if keep:
+                    vi.add(np.stack([vectors[i][source] for i in keep]), np.array([rows[i][0] for i in keep], dtype=np.int64))
             self._dirty = True
 
     def _apply_patch(self, item: Item) -> None:
@@ -434,6 +612,9 @@ class LiveIndex:
                     meta["count"] = vi.ntotal
             if (self.bundle.path / "models").is_dir():  # the ONNX variants the manifest names
                 shutil.copytree(self.bundle.path / "models", tmp / "models")
+            if (self.bundle.path / PHOTOS_DIR).is_dir():  # photos sent as bytes; a photo is never rewritten, so a
+                shutil.copytree(self.bundle.path / PHOTOS_DIR, tmp / PHOTOS_DIR,  # copy outside the writer is whole
+                                ignore=shutil.ignore_patterns(".*.tmp-*"))
             bm25 = Bm25Index(tmp / "bm25", self.bundle.bm25.config, create=True)
             bm25.add(rows)
             bm25.close()
@@ -486,6 +667,7 @@ class LiveIndex:
             self.checkpoint()
         self.wal.close()
         self._encode_pool.shutdown()
+        self._writer_lock.release()
 
 
 def lower_priority(niceness: int = 10) -> None:

@@ -15,7 +15,7 @@ import grpc
 
 from vitrine.encoders.config import check, check_positive_ints, config_from_dict
 from vitrine.indexer.catalog import MAX_ID_LENGTH, Item
-from vitrine.indexer.live import LiveIndex
+from vitrine.indexer.live import MAX_PHOTO_BYTES, BadPhoto, LiveIndex
 from vitrine.proto import search_pb2, search_pb2_grpc
 from vitrine.ranking.pipeline import InvalidRequest, Unsupported
 from vitrine.server.auth import check_token
@@ -32,6 +32,7 @@ class CatalogConfig:
     max_attributes: int = 100
     max_attribute_chars: int = 1000
     max_uri_chars: int = 2048
+    max_image_bytes: int = 10 * 1024 * 1024  # per photo sent as bytes (the gRPC message limit applies too)
     max_streams: int = 8           # concurrent Upsert streams; more get RESOURCE_EXHAUSTED
 
     @classmethod
@@ -40,7 +41,9 @@ class CatalogConfig:
         check(cfg.auth_token is None or len(cfg.auth_token) >= 16, "catalog.auth_token",
               "a string of at least 16 characters", "<hidden>")
         check_positive_ints(cfg, "catalog", ("max_ids", "max_text_chars", "max_attributes", "max_attribute_chars",
-                                             "max_uri_chars", "max_streams"))
+                                             "max_uri_chars", "max_image_bytes", "max_streams"))
+        check(cfg.max_image_bytes <= MAX_PHOTO_BYTES, "catalog.max_image_bytes", f"at most {MAX_PHOTO_BYTES}",
+              cfg.max_image_bytes)
         return cfg
 
 
@@ -74,8 +77,9 @@ def _check_price(value: float, name: str) -> float:
     return float(value)
 
 
-def item_from_proto(msg: search_pb2.Item, cfg: CatalogConfig) -> Item:
-    """Validates a proto Item; raises InvalidRequest naming the field (e.g. `item.price`)."""
+def item_from_proto(msg: search_pb2.Item, cfg: CatalogConfig) -> tuple[Item, bytes | None]:
+    """Validates a proto Item: (the item, its photo's bytes when sent inline). Raises InvalidRequest naming the
+    field (e.g. `item.price`)."""
     item_id = _check_id(msg.id, "item.id")
     for name in ("title", "description", "category"):
         if len(getattr(msg, name)) > cfg.max_text_chars:
@@ -84,10 +88,14 @@ def item_from_proto(msg: search_pb2.Item, cfg: CatalogConfig) -> Item:
     price = _check_price(msg.price, "item.price") if msg.HasField("price") else None
     if len(msg.image_uri) > cfg.max_uri_chars:
         raise InvalidRequest("item.image_uri", f"is longer than {cfg.max_uri_chars} characters.")
-    if msg.image:
-        raise Unsupported("item.image: this server cannot store or encode inline image bytes yet; send image_uri.")
-    return Item(id=item_id, title=msg.title, description=msg.description, category=msg.category,
+    if msg.image and msg.image_uri:
+        raise InvalidRequest("item.image", "send the photo's bytes (image) or its location (image_uri), not both.")
+    if len(msg.image) > cfg.max_image_bytes:
+        raise InvalidRequest("item.image", f"is {len(msg.image)} bytes; the limit is {cfg.max_image_bytes} "
+                                           "([catalog] max_image_bytes).")
+    item = Item(id=item_id, title=msg.title, description=msg.description, category=msg.category,
                 attributes=attributes, price=price, image=msg.image_uri or None)
+    return item, (bytes(msg.image) if msg.image else None)
 
 
 def snapshot_dir(tenant: Tenant, out_dir: str) -> Path:
@@ -164,14 +172,24 @@ class CatalogServicer(search_pb2_grpc.CatalogServicer):
             context.abort(code, message)
 
     def _upsert_one(self, tenant: Tenant, live: LiveIndex, req: search_pb2.UpsertRequest, n: int) -> search_pb2.UpsertAck:
+        """One message of the stream is one write, acked when durable: a long-lived stream may send the same id again
+        later (a price, then a new photo), and each is applied in order. (A file of items, `vitrine upsert`, is one
+        batch and refuses duplicate ids, as `vitrine index` does.)"""
         kind = req.WhichOneof("change")
         config = tenant.catalog
         try:
             if kind == "item":
-                item = item_from_proto(req.item, config)
+                item, photo = item_from_proto(req.item, config)
+                if photo is not None and "clip_image" not in live.bundle.vectors:
+                    raise Unsupported("item.image: this bundle has no CLIP vectors, so a photo could never be searched; "
+                                      "index the catalog with --clip-model to search by photo.")
                 if tenant.quota.config.max_items and not live.get([item.id]):
                     tenant.quota.check_items(len(live.bundle.docstore), 1)
-                return search_pb2.UpsertAck(id=item.id, changed=live.upsert([item]) > 0)
+                try:
+                    changed = live.upsert([item], {item.id: photo} if photo is not None else None)
+                except BadPhoto as exc:
+                    raise InvalidRequest(f"item.{exc.field}", f"item {exc.item_id!r}: {exc.reason}") from None
+                return search_pb2.UpsertAck(id=item.id, changed=changed > 0)
             if kind == "patch":
                 item_id = _check_id(req.patch.id, "patch.id")
                 price = _check_price(req.patch.price, "patch.price") if req.patch.HasField("price") else None

@@ -1,0 +1,248 @@
+"""Live writes are multimodal: a photo upserted (bytes or a path) becomes image-searchable, survives restarts from the
+WAL alone and snapshots; an upsert that keeps the photo keeps its vector; bad photos are refused naming the field;
+one writer per bundle."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from tests.conftest import make_items
+from tests.server.test_images_e2e import draw, png
+from tests.trainer.test_clip_trainer import TINY_CFG
+from vitrine.encoders.clip import ClipEncoder
+from vitrine.indexer.ann import AnnConfig
+from vitrine.indexer.bundle import Bundle, IndexerConfig, build_bundle
+from vitrine.indexer.catalog import Item
+from vitrine.indexer.live import BUNDLE_PHOTO, LiveConfig, LiveIndex
+from vitrine.indexer.lock import BundleLocked
+from vitrine.proto import search_pb2
+from vitrine.ranking.pipeline import Searcher, SearchRequest
+from vitrine.server.app import create_server
+from vitrine.server.client import CatalogClient
+from vitrine.trainer.clip import ClipTrainConfig, ClipTrainer, load_pairs
+
+
+@pytest.fixture(scope="module")
+def clip_bundle(tmp_path_factory, keyword_encoder):
+    """A bundle of 24 drawn products (colour x kind) with a tiny CLIP trained on them, and that CLIP."""
+    root = tmp_path_factory.mktemp("photocat")
+    (root / "images").mkdir()
+    items = []
+    for n, (color, kind) in enumerate([(c, k) for c in ("Red", "Green", "Blue") for k in ("Square", "Stripe")] * 4):
+        draw(color, kind, n % 4 - 2).save(root / "images" / f"{n}.png")
+        items.append(Item(id=str(n), title=f"{color} {kind}", attributes={"color": color, "kind": kind},
+                          image=f"images/{n}.png"))
+    model_dir = tmp_path_factory.mktemp("tinyclip-live")
+    cfg = ClipTrainConfig(epochs=10, batch_size=12, lr=3e-3, warmup_steps=2, holdout=4, patience=10, image_size=16,
+                          freeze_text="none", hflip=False)
+    ClipTrainer(cfg, model_dir, device="cpu", log=lambda s: None, model_cfg=TINY_CFG).fit(
+        load_pairs(items, root, 16, progress=False), progress=False)
+    clip = ClipEncoder(str(model_dir), device="cpu")
+    out = tmp_path_factory.mktemp("photo-bundle") / "bundle"
+    build_bundle(items, out, keyword_encoder, IndexerConfig(ann=AnnConfig(factory="Flat"), onnx=False),
+                 clip_encoder=clip, catalog_dir=root, catalog_path=str(root / "catalog.jsonl"), progress=False)
+    return out, clip, root
+
+
+@pytest.fixture()
+def bundle_path(clip_bundle, tmp_path):
+    path = tmp_path / "live"
+    shutil.copytree(clip_bundle[0], path)
+    return path
+
+
+def stored_clip(bundle: Bundle, item_id: str) -> np.ndarray:
+    docno = bundle.docstore.docno_by_id[item_id]
+    return bundle.vectors["clip_image"].reconstruct(np.array([docno]))[0]
+
+
+def photo_hits(bundle: Bundle, clip: ClipEncoder, keyword_encoder, image) -> list[str]:
+    searcher = Searcher(bundle, keyword_encoder, clip_encoder=clip)
+    return [h.id for h in searcher.search(SearchRequest(image=png(image), k=5, sources=["clip_image"])).hits]
+
+
+def test_a_photo_sent_as_bytes_is_searchable_kept_in_the_bundle_and_replayed_without_a_model(
+        bundle_path, clip_bundle, keyword_encoder):
+    _, clip, _ = clip_bundle
+    photo = draw("Blue", "Stripe", 7)  # a new jitter: no indexed photo is this one
+    bundle = Bundle(bundle_path)
+    live = LiveIndex(bundle, keyword_encoder, LiveConfig(), clip)
+    assert live.upsert([Item(id="new", title="Blue Stripe poster")], photos={"new": png(photo)}) == 1
+    stored = live.get(["new"])[0]
+    assert stored.image.startswith(BUNDLE_PHOTO + "photos/") and (bundle_path / stored.image[len(BUNDLE_PHOTO):]).is_file()
+    np.testing.assert_allclose(stored_clip(bundle, "new"), clip.encode_images([photo])[0], atol=1e-5)
+    assert photo_hits(bundle, clip, keyword_encoder, photo)[0] == "new"
+    # A crash before any checkpoint: the WAL alone restores the vector, with no CLIP to encode anything.
+    bundle.bm25._writer = None
+    live.wal.close()
+    live._writer_lock.release()
+    expected = stored_clip(bundle, "new")
+    bundle = Bundle(bundle_path)
+
+    class NoModel:
+        image_size = 16
+
+        def __getattr__(self, name):
+            raise AssertionError(f"replay used the model ({name})")
+
+    live = LiveIndex(bundle, keyword_encoder, LiveConfig(), NoModel())
+    try:
+        np.testing.assert_allclose(stored_clip(bundle, "new"), expected, atol=1e-6)
+        assert photo_hits(bundle, clip, keyword_encoder, photo)[0] == "new"
+    finally:
+        live.close()
+        bundle.close()
+
+
+def test_an_upsert_that_keeps_the_photo_keeps_the_vector_and_a_text_only_item_gets_a_clip_text_vector(
+        bundle_path, clip_bundle, keyword_encoder):
+    _, clip, root = clip_bundle
+    bundle = Bundle(bundle_path)
+    live = LiveIndex(bundle, keyword_encoder, LiveConfig(), clip)
+    try:
+        before = stored_clip(bundle, "3")
+        item = live.get(["3"])[0]
+        assert live.upsert([Item(**{**item.__dict__, "title": "Green Stripe renamed"})]) == 1
+        np.testing.assert_array_equal(stored_clip(bundle, "3"), before)  # same photo: the stored vector, not re-read
+        assert "3" in photo_hits(bundle, clip, keyword_encoder, draw("Green", "Stripe", 3 % 4 - 2))[:2]  # 15 is the same drawing
+        assert live.upsert([Item(id="poster", title="Red Square poster", attributes={"color": "Red"})]) == 1
+        from vitrine.indexer.bundle import clip_item_text
+        np.testing.assert_allclose(stored_clip(bundle, "poster"),
+                                   clip.encode_texts([clip_item_text(live.get(["poster"])[0])])[0], atol=1e-5)
+        # A path the server can read is read, encoded, and kept as the shop's location.
+        assert live.upsert([Item(id="by-path", title="Red Stripe", image=str(root / "images" / "1.png"))]) == 1
+        assert live.get(["by-path"])[0].image == str(root / "images" / "1.png")
+        np.testing.assert_allclose(stored_clip(bundle, "by-path"), stored_clip(bundle, "1"), atol=1e-5)
+        # A new photo replaces the vector.
+        assert live.upsert([Item(id="3", title="now blue", image=str(root / "images" / "4.png"))]) == 1
+        np.testing.assert_allclose(stored_clip(bundle, "3"), stored_clip(bundle, "4"), atol=1e-5)
+    finally:
+        live.close()
+        bundle.close()
+
+
+def test_snapshot_carries_live_photos_and_their_vectors(bundle_path, clip_bundle, keyword_encoder, tmp_path):
+    _, clip, _ = clip_bundle
+    photo = draw("Red", "Square", 9)
+    bundle = Bundle(bundle_path)
+    live = LiveIndex(bundle, keyword_encoder, LiveConfig(), clip)
+    try:
+        live.upsert([Item(id="snap", title="Red Square")], photos={"snap": png(photo)})
+        live.snapshot(tmp_path / "snap")
+    finally:
+        live.close()
+        bundle.close()
+    snap = Bundle(tmp_path / "snap")
+    try:
+        image = snap.docstore.get("snap").image
+        assert (tmp_path / "snap" / image[len(BUNDLE_PHOTO):]).is_file()
+        assert photo_hits(snap, clip, keyword_encoder, photo)[0] == "snap"
+    finally:
+        snap.close()
+
+
+@pytest.fixture()
+def served(bundle_path, clip_bundle, keyword_encoder):
+    _, clip, _ = clip_bundle
+    bundle = Bundle(bundle_path)
+    live = LiveIndex(bundle, keyword_encoder, LiveConfig(commit_interval_s=0.05), clip)
+    live.start()
+    served = create_server(Searcher(bundle, keyword_encoder, clip_encoder=clip), "127.0.0.1:0", live=live)
+    yield f"127.0.0.1:{served.port}", bundle, clip
+    served.server.stop(0)
+    live.close()
+    bundle.close()
+
+
+def test_grpc_upsert_with_photo_bytes_then_photo_query_and_bad_photos_name_the_item_and_field(served, keyword_encoder):
+    target, bundle, clip = served
+    photo = draw("Green", "Square", 8)
+    with CatalogClient(target) as catalog:
+        item = search_pb2.Item(id="g1", title="Green Square tote", image=png(photo))
+        assert [a.id for a in catalog.upsert([search_pb2.UpsertRequest(item=item)])] == ["g1"]
+        assert photo_hits(bundle, clip, keyword_encoder, photo)[0] == "g1"
+        bad = [(search_pb2.Item(id="b1", title="x", image=b"\x89PNG not really"), "item.image"),
+               (search_pb2.Item(id="b2", title="x", image_uri="/nonexistent/photo.jpg"), "item.image_uri"),
+               (search_pb2.Item(id="b3", title="x", image=png(photo), image_uri="/a.jpg"), "item.image")]
+        for msg, field in bad:
+            with pytest.raises(grpc.RpcError) as err:
+                list(catalog.upsert([search_pb2.UpsertRequest(item=msg)]))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert err.value.details().startswith(field + ":") and "(request 0)" in err.value.details()
+            assert catalog.get([msg.id]) == []  # nothing acked, nothing written
+        assert [a.id for a in catalog.upsert([search_pb2.UpsertRequest(item=search_pb2.Item(id="ok", title="Red"))])] == ["ok"]
+
+
+def _serve(bundle: str, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "vitrine.cli.main", "serve", "--bundle", bundle, "--port", "0", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def _wait_listening(proc: subprocess.Popen, timeout_s: float = 120) -> str:
+    end = time.time() + timeout_s
+    while time.time() < end:
+        line = proc.stdout.readline()
+        if line.startswith("listening on "):
+            return line.split()[-1]
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited {proc.returncode}: {proc.stderr.read()[-2000:]}")
+    raise AssertionError("server did not start")
+
+
+def test_a_second_writable_server_on_one_bundle_refuses_to_start_and_read_only_ones_share_it(tmp_path):
+    bundle = str(tmp_path / "b")
+    build_bundle(make_items(), bundle, None, IndexerConfig(onnx=False), progress=False)  # BM25 only: a fast start
+    first = _serve(bundle)
+    try:
+        target = _wait_listening(first)
+        with CatalogClient(target) as catalog:
+            assert [a.id for a in catalog.upsert_items([Item(id="via-A", title="acked by A")])] == ["via-A"]
+        second = subprocess.run([sys.executable, "-m", "vitrine.cli.main", "serve", "--bundle", bundle, "--port", "0"],
+                                capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2 and "listening" not in second.stdout
+        errors = [line for line in second.stderr.splitlines() if not line.startswith("{")]  # JSON lines are logs
+        assert len(errors) == 1 and bundle in errors[0] and f"pid {first.pid}" in errors[0], second.stderr
+        assert "Traceback" not in second.stderr
+        reader = _serve(bundle, "--read-only")
+        try:
+            with CatalogClient(_wait_listening(reader)) as catalog:
+                assert catalog.get(["1"])  # the read-only server serves the same bundle
+        finally:
+            reader.terminate()
+            reader.wait(30)
+        (tmp_path / "c.jsonl").write_text(json.dumps({"id": "z", "title": "z"}) + "\n")
+        index = subprocess.run([sys.executable, "-m", "vitrine.cli.main", "index", "--catalog", str(tmp_path / "c.jsonl"),
+                                "--out", bundle, "--force", "--no-text-vectors"], capture_output=True, text=True,
+                               timeout=120)
+        assert index.returncode == 2 and f"pid {first.pid}" in index.stderr and "Traceback" not in index.stderr
+    finally:
+        first.terminate()
+        first.wait(30)
+    # Every write A acknowledged is in the bundle after it stops.
+    reopened = Bundle(bundle)
+    try:
+        assert reopened.docstore.get("via-A") is not None
+    finally:
+        reopened.close()
+
+
+def test_the_lock_is_exclusive_within_one_process_and_released_on_close(bundle_path, clip_bundle, keyword_encoder):
+    _, clip, _ = clip_bundle
+    bundle = Bundle(bundle_path)
+    live = LiveIndex(bundle, keyword_encoder, LiveConfig(), clip)
+    other = Bundle(bundle_path)
+    with pytest.raises(BundleLocked, match=f"pid {os.getpid()}"):
+        LiveIndex(other, keyword_encoder, LiveConfig(), clip)
+    live.close()
+    again = LiveIndex(other, keyword_encoder, LiveConfig(), clip)
+    again.close()
+    other.close()
+    bundle.close()
