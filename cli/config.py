@@ -77,6 +77,13 @@ def read_config_dict(path: str | Path | None) -> dict[str, Any]:
         raise ValueError(f"config file {path} does not exist.") from None
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"config file {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"config file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                         f"{exc.start}); save it as UTF-8.") from None
+    except IsADirectoryError:
+        raise ValueError(f"config file {path} is a directory; give the path of a vitrine.toml.") from None
+    except PermissionError:
+        raise ValueError(f"config file {path} cannot be read: permission denied; check its owner and mode.") from None
 
 
 def load_config(path: str | Path | None) -> VitrineConfig:

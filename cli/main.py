@@ -13,31 +13,87 @@ import grpc
 from vitrine.cli import ab, catalog, demo, evaluate, index, keys, loop, retrain, search, serve, train
 
 COMMANDS = (index, serve, search, catalog, keys, demo, train, loop, retrain, evaluate, ab)
+DISTRIBUTION = "vitrine-search"
+# The extra (pyproject.toml) that provides each heavy top-level module, for the one line a client-only install gets.
+EXTRA_OF_MODULE = {
+    **dict.fromkeys(("faiss", "torch", "torchvision", "open_clip", "sentence_transformers", "transformers", "lightgbm",
+                     "PIL", "tantivy", "numpy", "tqdm", "prometheus_client", "onnx", "onnxruntime", "grpc_health",
+                     "grpc_reflection", "safetensors", "huggingface_hub", "tokenizers", "scipy", "sklearn"), "server"),
+    **dict.fromkeys(("mlflow", "datasets", "accelerate", "peft", "efficientnet_lite_pytorch"), "train"),
+    **dict.fromkeys(("ray", "pyarrow"), "ray"),
+    "matplotlib": "plot",
+}
+
+
+def version() -> str:
+    """The installed distribution's version ("unknown" when run from a tree that was never installed)."""
+    from importlib.metadata import PackageNotFoundError, version as dist_version
+
+    try:
+        return dist_version(DISTRIBUTION)
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vitrine", description="Multimodal product search.")
+    parser.add_argument("--version", action="version", version=f"vitrine {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     for module in COMMANDS:
         module.register(sub)
     return parser
 
 
+def missing_extra(exc: ImportError, command: str) -> str:
+    """One line for an ImportError: which extra to install when a known heavy module is missing, else its message."""
+    module = (getattr(exc, "name", None) or "").split(".")[0]
+    extra = EXTRA_OF_MODULE.get(module)
+    if not isinstance(exc, ModuleNotFoundError) or extra is None:
+        return str(exc)   # our own ImportErrors already name what to install
+    return (f"vitrine {command} needs the {extra} extra (module {module!r} is not installed): "
+            f"pip install '{DISTRIBUTION}[{extra}]'")
+
+
+def os_error(exc: OSError) -> str:
+    """One line for a file the user named that cannot be read or written: what is wrong and what to do."""
+    where = exc.filename if exc.filename is not None else ""
+    if exc.errno is None or not where:
+        return str(exc)   # raised with our own sentence
+    if isinstance(exc, PermissionError):
+        return f"{where}: permission denied; check its owner and mode (ls -l), or choose a path this user may use"
+    if isinstance(exc, IsADirectoryError):
+        return f"{where} is a directory; give the path of a file"
+    if isinstance(exc, NotADirectoryError):
+        return f"{where}: a part of this path is a file, not a directory"
+    if isinstance(exc, FileNotFoundError):
+        return f"{where} does not exist"
+    return f"{where}: {exc.strerror or exc}"
+
+
 def main(argv: list[str] | None = None) -> int:
+    from vitrine.indexer.lock import BundleLocked
     from vitrine.server.logs import setup_logging
 
     setup_logging()
     args = build_parser().parse_args(argv)
+    # Every failure a user can cause is one line on stderr naming the cause and the fix, exit 2 (a server's answer,
+    # exit 1); anything else is a bug and keeps its traceback.
     try:
         return args.handler(args)
     except grpc.RpcError as exc:
         print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+    except UnicodeDecodeError as exc:   # a ValueError that names neither the file nor the fix
+        print(f"error: a file is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8", file=sys.stderr)
+        return 2
+    except (ValueError, BundleLocked) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except ImportError as exc:   # an optional extra is missing; the message names what to install
-        print(f"error: {exc}", file=sys.stderr)
+    except OSError as exc:
+        print(f"error: {os_error(exc)}", file=sys.stderr)
+        return 2
+    except ImportError as exc:   # an optional extra is missing
+        print(f"error: {missing_extra(exc, args.command)}", file=sys.stderr)
         return 2
 
 

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import signal
+import socket
 import threading
 from pathlib import Path
 
@@ -38,6 +40,64 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tls-client-ca", help="PEM CA: require client certificates it signed (mTLS)")
 
     p.set_defaults(handler=cmd_serve)
+
+
+def check_port(host: str, port: int, flag: str = "--port") -> None:
+    """Refuses, with the fix, a port this process cannot listen on, before anything binds or loads: grpc itself
+    would log a C-core error and raise a bare RuntimeError. Port 0 (any free port) always binds."""
+    if not 0 <= port < 65536:
+        raise ValueError(f"{flag} {port} is not a TCP port; give 1-65535, or 0 for a free one.")
+    if port == 0:
+        return
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise ValueError(f"--host {host!r} cannot be resolved ({exc.strerror}); give an address such as 127.0.0.1 or "
+                         f"0.0.0.0.") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as grpc binds: a port in TIME_WAIT is free
+        try:
+            probe.bind(addr)
+        except OSError as exc:
+            raise ValueError(_bind_failure(host, port, flag, exc.errno, exc.strerror)) from None
+
+
+def _bind_failure(host: str, port: int, flag: str, code: int | None, reason: str | None = None) -> str:
+    if code == errno.EACCES:
+        return f"cannot listen on {host}:{port}: ports below 1024 need privileges; choose another with {flag}."
+    if code == errno.EADDRNOTAVAIL:
+        return f"cannot listen on {host}:{port}: {host} is not an address of this machine; check --host."
+    if code == errno.EADDRINUSE or code is None:
+        return (f"cannot listen on {host}:{port}: the port is in use by another process; stop it, or choose another "
+                f"port with {flag}{' (0 picks a free one)' if flag == '--port' else ''}.")
+    return f"cannot listen on {host}:{port}: {reason}; choose another with {flag}."
+
+
+def bind_server(create, host: str, port: int):  # noqa: ANN001, ANN201 - create_server's partial and its VitrineServer
+    """create() with grpc's bind failure (a port taken since check_port) as the same one-line error."""
+    try:
+        return create()
+    except RuntimeError as exc:
+        if "Failed to bind" not in str(exc):
+            raise
+        raise ValueError(_bind_failure(host, port, "--port", None)) from None
+
+
+def check_watch(args: argparse.Namespace) -> None:
+    """--watch follows a `current` symlink on a read-only server; refused before anything binds or prints."""
+    if args.watch is None:
+        return
+    if args.tenants:
+        raise ValueError("--watch follows one --bundle symlink; a --tenants server swaps a tenant's bundle with the "
+                         "Admin Reload RPC (`vitrine retrain --tenant T` sends it), not --watch.")
+    if not args.watch > 0:
+        raise ValueError(f"--watch takes a positive number of seconds, got {args.watch:g}.")
+    if not Path(args.bundle).is_symlink():
+        raise ValueError(f"--watch needs --bundle to be a symlink (a `current` pointer), got {args.bundle}, a "
+                         f"directory; point one at it (ln -sfn {args.bundle} current) and serve --bundle current.")
+    if not args.read_only:
+        raise ValueError("--watch swaps bundles, which needs --read-only (live writes go to the serving bundle's WAL); "
+                         "add --read-only.")
 
 
 def single_threaded_kernels(backends: dict[str, str]) -> None:
@@ -122,6 +182,10 @@ def serve_tenants(args: argparse.Namespace) -> int:
     from vitrine.server.status import Metrics
     from vitrine.server.tenants import Tenants
 
+    check_watch(args)
+    check_port(args.host, args.port)
+    if args.metrics_port is not None:
+        check_port(args.host, args.metrics_port, "--metrics-port")
     raw = read_config_dict(args.config)
     config = VitrineConfig.from_dict(raw)
     if args.auth_token or config.catalog.auth_token:
@@ -141,8 +205,10 @@ def serve_tenants(args: argparse.Namespace) -> int:
     names = manager.load_all()
     single_threaded_kernels({b: v for t in tenants for b, v in t.state.searcher.backends.items()})
     freeze_heap()
-    served = create_server(None, f"{args.host}:{args.port}", config.server, tenants=tenants, manager=manager,
-                           keys=keys, credentials=_credentials(args), metrics=metrics)
+    credentials = _credentials(args)
+    served = bind_server(lambda: create_server(None, f"{args.host}:{args.port}", config.server, tenants=tenants,
+                                               manager=manager, keys=keys, credentials=credentials, metrics=metrics),
+                         args.host, args.port)
     log.info("serving %d tenants (%s) on %s:%d", len(names), ", ".join(names), args.host, served.port)
     print(f"listening on {args.host}:{served.port}", flush=True)
     _wait_for_signal(config.server.grace_s)
@@ -194,6 +260,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not (Path(args.bundle) / "manifest.json").is_file():
         raise FileNotFoundError(f"bundle {args.bundle} does not exist or is not a Vitrine bundle (no manifest.json); "
                                 f"build one with `vitrine index --catalog C --out {args.bundle}`")
+    check_watch(args)
+    check_port(args.host, args.port)
+    if args.metrics_port is not None:
+        check_port(args.host, args.metrics_port, "--metrics-port")
     config = load_config(args.config)
     token = args.auth_token or os.environ.get(TOKEN_ENV) or config.catalog.auth_token
     catalog = replace(config.catalog, auth_token=token or None)
@@ -212,8 +282,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     keys = KeyStore.from_env(args.keys)
     if keys is not None and token:
         raise ValueError("use API keys (--keys) or one shared --auth-token, not both.")
-    served = create_server(None, f"{args.host}:{args.port}", config.server, catalog=catalog, metrics=metrics,
-                           query_log=query_log, loader=loader, pointer=pointer, keys=keys, credentials=_credentials(args))
+    credentials = _credentials(args)
+    served = bind_server(lambda: create_server(None, f"{args.host}:{args.port}", config.server, catalog=catalog,
+                                               metrics=metrics, query_log=query_log, loader=loader, pointer=pointer,
+                                               keys=keys, credentials=credentials), args.host, args.port)
     searcher = searcher_for(str(Path(args.bundle).resolve()), config, args.reranker, args.ranker)
     single_threaded_kernels(searcher.backends)
     live = None
@@ -227,11 +299,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
              args.host, served.port, "" if live else " read-only")
     print(f"listening on {args.host}:{served.port}", flush=True)
     stop = threading.Event()
-    if args.watch:
-        if pointer is None:
-            raise ValueError(f"--watch needs --bundle to be a symlink (a `current` pointer), got {args.bundle}")
-        if live is not None:
-            raise ValueError("--watch swaps bundles, which needs --read-only (live writes go to the serving bundle's WAL)")
+    if args.watch:   # validated by check_watch before anything bound
         served.reloader.watch(args.watch, stop)
 
     _wait_for_signal(config.server.grace_s, stop)
