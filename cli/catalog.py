@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
-from vitrine.indexer.catalog import LineError, iter_catalog_jsonl
-from vitrine.indexer.jsonl import read_jsonl
+from vitrine.indexer.catalog import UnknownFields, check_catalog_path, collect_items, iter_catalog_jsonl, iter_utf8_jsonl
 from vitrine.proto import search_pb2
 from vitrine.server.client import TOKEN_ENV, CatalogClient, item_to_proto
 
@@ -37,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("upsert", help="stream catalog items (JSONL) to a running server; prints `ack ID` per durable write")
     add_target(p)
     p.add_argument("--catalog", required=True, help="items as JSONL, one catalog object per line")
-    p.add_argument("--patch", action="store_true", help="lines are partial updates: {id, price?, attributes?}")
+    p.add_argument("--patch", action="store_true", help="lines are partial updates: {id, price?, attributes?}; an "
+                                                        "attribute set to \"\" or null is removed")
     p.set_defaults(handler=cmd_upsert)
 
     p = sub.add_parser("delete", help="delete items by id from a running server")
@@ -63,28 +65,65 @@ def _ids(spec: str) -> list[str]:
     return ids
 
 
+PATCH_FIELDS = ("id", "price", "attributes")
+
+
+def _got(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)[:80]
+
+
 def patch_from_dict(obj: Any) -> search_pb2.UpsertRequest:
-    """One line of a patch file, {id, price?, attributes?}, as an UpsertRequest."""
+    """One line of a patch file, {id, price?, attributes?}, as an UpsertRequest; ValueError names the field."""
     if not isinstance(obj, dict):
-        raise ValueError(f"not a patch object: expected {{id, price?, attributes?}}, got {type(obj).__name__}")
-    patch = search_pb2.ItemPatch(id=str(obj["id"]), attributes={k: str(v) for k, v in (obj.get("attributes") or {}).items()})
-    if obj.get("price") is not None:
-        patch.price = float(obj["price"])
+        raise ValueError(f"expected a JSON object {{id, price?, attributes?}}, got {type(obj).__name__}")
+    for key in obj:
+        if key not in PATCH_FIELDS:
+            raise ValueError(f"{key}: a patch changes only price and attributes; send the whole item without --patch "
+                             f"to change {key}" if key in ("title", "description", "category", "image")
+                             else f"{key}: not a patch field (a patch is {{id, price?, attributes?}})")
+    raw_id = obj.get("id")
+    if raw_id is None:
+        raise ValueError("id: missing; every patch names the item it changes")
+    if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or not str(raw_id).strip():
+        raise ValueError(f"id: expected a non-empty string, got {_got(raw_id)}")
+    attributes = obj.get("attributes")
+    if attributes is None:
+        attributes = {}
+    if not isinstance(attributes, dict):
+        raise ValueError(f"attributes: expected an object of name -> value, got {_got(attributes)}")
+    attrs: dict[str, str] = {}
+    for key, value in attributes.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int, float))):
+            raise ValueError(f"attributes.{key}: expected a string or number (\"\" or null removes it), got {_got(value)}")
+        attrs[str(key)] = "" if value is None else str(value)
+    patch = search_pb2.ItemPatch(id=str(raw_id).strip(), attributes=attrs)
+    price = obj.get("price")
+    if price is not None:
+        if isinstance(price, bool) or not isinstance(price, (int, float)):
+            raise ValueError(f"price: expected a number, got {_got(price)}")
+        if not math.isfinite(price) or price < 0:
+            raise ValueError(f"price: expected a finite non-negative number, got {_got(price)}")
+        patch.price = float(price)
     return search_pb2.UpsertRequest(patch=patch)
 
 
+def read_upserts(path: str | Path, patch: bool) -> list[search_pb2.UpsertRequest]:
+    """Every line of an upsert (or --patch) file as a request, or CatalogError listing each bad line and each
+    duplicate id, as `vitrine index` refuses them, before anything is sent. Unknown item fields get one warning each."""
+    path = check_catalog_path(path)
+    if patch:
+        requests, _ = collect_items(iter_utf8_jsonl(path, patch_from_dict), path, skip_invalid=False,
+                                    id_of=lambda r: r.patch.id)
+        return requests
+    unknown = UnknownFields()
+    items, _ = collect_items(iter_catalog_jsonl(path, unknown), path, skip_invalid=False)
+    for line in unknown.warnings():
+        print(line, file=sys.stderr)
+    return [search_pb2.UpsertRequest(item=item_to_proto(it)) for it in items]
+
+
 def cmd_upsert(args: argparse.Namespace) -> int:
-    path = Path(args.catalog)
-    if not path.is_file():
-        raise FileNotFoundError(f"catalog {path} does not exist")
-    if args.patch:
-        requests = read_jsonl(path, patch_from_dict)
-    else:
-        rows = list(iter_catalog_jsonl(path))
-        errors = [r for _, r in rows if isinstance(r, LineError)]
-        if errors:
-            raise ValueError(f"{path}: {len(errors)} invalid line(s):\n  " + "\n  ".join(str(e) for e in errors[:20]))
-        requests = [search_pb2.UpsertRequest(item=item_to_proto(r)) for _, r in rows]
+    requests = read_upserts(args.catalog, args.patch)
     with CatalogClient(args.target, **client_options(args)) as client:
         for ack in client.upsert(requests):
             print(f"ack {ack.id}", flush=True)

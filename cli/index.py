@@ -19,6 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clip-pretrained", help="open_clip pretrained tag for --clip-model NAME, e.g. laion2b_s34b_b79k (needs a hub)")
     p.add_argument("--columns", help="CSV column map, e.g. id=sku,title=name,attributes.color=colour")
     p.add_argument("--skip-invalid", action="store_true", help="skip bad lines (reported) instead of failing")
+    p.add_argument("--strict", action="store_true", help="refuse a catalog with top-level fields that are not catalog "
+                                                         "fields (by default they are ignored, with a warning per field)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--ray", nargs="?", const="auto", default=None, metavar="auto|ADDRESS",
@@ -39,13 +41,17 @@ def _clip_name(clip_model: str) -> str:
 def cmd_index(args: argparse.Namespace) -> int:
     from vitrine.cli.config import load_config
     from vitrine.indexer.bundle import IndexerConfig, build_bundle
-    from vitrine.indexer.catalog import parse_column_map, read_catalog
+    from vitrine.indexer.catalog import UnknownFields, check_catalog_path, parse_column_map, read_catalog
 
+    check_catalog_path(args.catalog)
     config = load_config(args.config)
     t0 = time.perf_counter()
     runner = None
     if args.workers < 0 or (args.workers and args.ray is None):
         raise ValueError("--workers takes a positive number, with --ray.")
+    if args.strict and args.ray is not None:
+        raise ValueError("--strict checks fields as the local reader reads them; drop --ray (or --strict) for this run.")
+    unknown = UnknownFields()
     if args.ray is not None:
         from vitrine.indexer.distributed import RayRunner, clip_factory, read_catalog_ray, text_factory
 
@@ -55,10 +61,15 @@ def cmd_index(args: argparse.Namespace) -> int:
                         *([clip_factory(_clip_name(args.clip_model), args.clip_pretrained)] if args.clip_model else [])])
         devices = ", ".join(runner.describe()["devices"])
         print(f"indexing on Ray ({args.ray}): {runner.workers} workers on {devices}", file=sys.stderr, flush=True)
-        read = read_catalog_ray
+        items, errors = read_catalog_ray(args.catalog, skip_invalid=args.skip_invalid,
+                                         column_map=parse_column_map(args.columns))
     else:
-        read = read_catalog
-    items, errors = read(args.catalog, skip_invalid=args.skip_invalid, column_map=parse_column_map(args.columns))
+        items, errors = read_catalog(args.catalog, skip_invalid=args.skip_invalid,
+                                     column_map=parse_column_map(args.columns), unknown=unknown)
+    if unknown.counts and args.strict:
+        raise ValueError(unknown.refusal(args.catalog))
+    for line in unknown.warnings():
+        print(line, file=sys.stderr)
     if errors:
         print(f"skipped {len(errors)} invalid line(s):", file=sys.stderr)
         for e in errors[:50]:

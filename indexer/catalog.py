@@ -2,17 +2,21 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
-from collections.abc import Iterable, Iterator, Mapping
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from vitrine.indexer.jsonl import LineError, iter_jsonl
+from vitrine.indexer.jsonl import LineError, parse_jsonl_lines
 
 TEXT_FIELDS = ("title", "description", "category")
 KNOWN_FIELDS = ("id", "title", "description", "category", "attributes", "price", "image")
 MAX_ID_LENGTH = 256
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,9 @@ class CatalogError(ValueError):
 
     def __init__(self, path: Path, errors: list[LineError]) -> None:
         self.errors = errors
+        if len(errors) == 1:   # one bad line: one line of output
+            super().__init__(f"{path}: {errors[0]}")
+            return
         shown = "\n  ".join(str(e) for e in errors[:20])
         more = f"\n  … and {len(errors) - 20} more" if len(errors) > 20 else ""
         super().__init__(f"{path}: {len(errors)} invalid line(s):\n  {shown}{more}")
@@ -95,9 +102,80 @@ def item_from_dict(obj: Any) -> Item:
     return Item(id=item_id, attributes=clean_attrs, price=price, image=image or None, **texts)
 
 
-def iter_catalog_jsonl(path: Path) -> Iterator[tuple[int, Item | LineError]]:
-    """Yields (line number, Item or LineError) for every non-blank line of a JSONL catalog."""
-    return iter_jsonl(path, item_from_dict)
+@dataclass
+class UnknownFields:
+    """Top-level keys of catalog objects that are not catalog fields, counted as a reader streams (item_from_dict
+    ignores them). Mutable on purpose, like ClickLogSummary: the reader fills it in."""
+
+    counts: Counter = field(default_factory=Counter)
+    first_line: dict[str, int] = field(default_factory=dict)
+
+    def add(self, obj: Any, line: int) -> None:
+        if not isinstance(obj, dict):
+            return
+        for key in obj:
+            if key not in KNOWN_FIELDS:
+                self.counts[key] += 1
+                self.first_line.setdefault(key, line)
+
+    def warnings(self) -> list[str]:
+        """One line per unknown field, most frequent first."""
+        return [f"warning: {n} item{'s' if n != 1 else ''} {'have' if n != 1 else 'has'} the unknown field {json.dumps(k)} "
+                f"(ignored; put shop fields under \"attributes\"; first on line {self.first_line[k]})"
+                for k, n in self.counts.most_common()]
+
+    def refusal(self, path: str | Path) -> str:
+        """The one-line reason a strict read refuses the catalog."""
+        fields = ", ".join(f"{json.dumps(k)} ({n} item{'s' if n != 1 else ''}, first on line {self.first_line[k]})"
+                           for k, n in self.counts.most_common())
+        top = json.dumps(self.counts.most_common(1)[0][0]) if self.counts else '"colour"'
+        return (f"catalog {path} has unknown field(s) {fields}; put shop fields under \"attributes\" "
+                f"(e.g. \"attributes\": {{{top}: ...}}), or drop --strict to ignore them.")
+
+
+_BAD_BYTE = re.compile("[\udc80-\udcff]")   # what errors="surrogateescape" makes of a byte that is not UTF-8
+
+
+def parse_utf8_jsonl_lines(lines: Iterable[str], parse: Callable[[Any], T]) -> Iterator[tuple[int, T | LineError]]:
+    """indexer.jsonl.parse_jsonl_lines for lines decoded with errors="surrogateescape": a line holding bytes that are
+    not UTF-8 is a LineError naming the byte, never a value whose text silently lost characters. A byte-order mark on
+    the first line is dropped."""
+    for lineno, line in enumerate(lines, start=1):
+        if lineno == 1:
+            line = line.removeprefix("\ufeff")
+        bad = _BAD_BYTE.search(line)
+        if bad:
+            byte = ord(bad.group()) - 0xDC00
+            yield lineno, LineError(lineno, f"not UTF-8 text (byte {byte:#04x} at column {bad.start() + 1}); save the "
+                                            "file as UTF-8")
+            continue
+        for _, row in parse_jsonl_lines([line], parse):
+            yield lineno, LineError(lineno, row.message) if isinstance(row, LineError) else row
+
+
+def iter_utf8_jsonl(path: str | Path, parse: Callable[[Any], T]) -> Iterator[tuple[int, T | LineError]]:
+    """Streams a JSONL file through `parse` (see parse_utf8_jsonl_lines)."""
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        yield from parse_utf8_jsonl_lines(f, parse)
+
+
+def parse_catalog_lines(lines: Iterable[str], unknown: UnknownFields | None = None
+                        ) -> Iterator[tuple[int, Item | LineError]]:
+    """Yields (line number, Item or LineError) for every non-blank line, counting unknown fields in `unknown`."""
+    for lineno, row in parse_utf8_jsonl_lines(lines, lambda obj: (item_from_dict(obj), obj)):
+        if isinstance(row, LineError):
+            yield lineno, row
+            continue
+        item, obj = row
+        if unknown is not None:
+            unknown.add(obj, lineno)
+        yield lineno, item
+
+
+def iter_catalog_jsonl(path: Path, unknown: UnknownFields | None = None) -> Iterator[tuple[int, Item | LineError]]:
+    """Yields (line number, Item or LineError) for every non-blank line of a JSONL catalog (see parse_catalog_lines)."""
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        yield from parse_catalog_lines(f, unknown)
 
 
 def parse_column_map(spec: str | None) -> dict[str, str]:
@@ -150,43 +228,56 @@ def iter_csv(path: Path, column_map: Mapping[str, str]) -> Iterator[tuple[int, I
                 yield lineno, LineError(lineno, str(exc))
 
 
+def check_catalog_path(path: str | Path) -> Path:
+    """The catalog's path, or FileNotFoundError / IsADirectoryError saying what to give instead."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"catalog {path} is a directory; give the catalog file in it (JSONL, .csv or .parquet)")
+    if not path.is_file():
+        raise FileNotFoundError(f"catalog {path} does not exist")
+    return path
+
+
 def read_catalog(
-    path: str | Path, *, skip_invalid: bool = False, column_map: Mapping[str, str] | None = None
+    path: str | Path, *, skip_invalid: bool = False, column_map: Mapping[str, str] | None = None,
+    unknown: UnknownFields | None = None,
 ) -> tuple[list[Item], list[LineError]]:
     """Reads and validates a whole catalog (JSONL, or CSV by extension).
 
     Raises CatalogError listing every bad line unless `skip_invalid`, in which case the bad
     lines are returned beside the valid items. Duplicate ids are errors: the first one wins.
+    Top-level fields that are not catalog fields are ignored, and counted in `unknown` when given (JSONL, Parquet;
+    a CSV's extra columns become attributes).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"catalog {path} does not exist")
+    path = check_catalog_path(path)
     suffix = path.suffix.lower()
-    rows = (iter_csv(path, column_map or {}) if suffix == ".csv" else iter_parquet(path) if suffix == ".parquet"
-            else iter_catalog_jsonl(path))
+    rows = (iter_csv(path, column_map or {}) if suffix == ".csv" else iter_parquet(path, unknown) if suffix == ".parquet"
+            else iter_catalog_jsonl(path, unknown))
     return collect_items(rows, path, skip_invalid)
 
 
-def collect_items(rows: Iterable[tuple[int, Item | LineError]], path: Path, skip_invalid: bool
-                  ) -> tuple[list[Item], list[LineError]]:
-    """Validated rows in catalog order: duplicate ids are errors (the first wins); CatalogError unless skip_invalid."""
-    items: list[Item] = []
+def collect_items(rows: Iterable[tuple[int, T | LineError]], path: Path, skip_invalid: bool,
+                  id_of: Callable[[T], str] = lambda item: item.id) -> tuple[list[T], list[LineError]]:
+    """Validated rows in catalog order: duplicate ids are errors (the first wins); CatalogError unless skip_invalid.
+    Rows are Items, or anything else `id_of` takes the id of (e.g. the lines of a patch file)."""
+    items: list[T] = []
     errors: list[LineError] = []
     seen: dict[str, int] = {}
     for lineno, row in rows:
         if isinstance(row, LineError):
             errors.append(row)
-        elif row.id in seen:
-            errors.append(LineError(lineno, f"duplicate id {row.id!r} (first seen on line {seen[row.id]})"))
+        elif id_of(row) in seen:
+            errors.append(LineError(lineno, f"duplicate id {id_of(row)!r} (first seen on line {seen[id_of(row)]})"))
         else:
-            seen[row.id] = lineno
+            seen[id_of(row)] = lineno
             items.append(row)
     if errors and not skip_invalid:
         raise CatalogError(path, errors)
     return items, errors
 
 
-def parquet_rows(records: Iterable[Mapping[str, Any]]) -> Iterator[tuple[int, Item | LineError]]:
+def parquet_rows(records: Iterable[Mapping[str, Any]], unknown: UnknownFields | None = None
+                 ) -> Iterator[tuple[int, Item | LineError]]:
     """Catalog records read from Parquet (one per row, row numbers from 1 as "line" numbers), validated like JSONL.
     Nested attributes arrive as a dict (struct) or a list of (key, value) pairs (map); nulls are absent fields."""
     for n, rec in enumerate(records, start=1):
@@ -197,19 +288,23 @@ def parquet_rows(records: Iterable[Mapping[str, Any]]) -> Iterator[tuple[int, It
         elif isinstance(attrs, dict):
             obj["attributes"] = {k: v for k, v in attrs.items() if v is not None}
         try:
-            yield n, item_from_dict(obj)
+            item = item_from_dict(obj)
         except ValueError as exc:
             yield n, LineError(n, str(exc))
+            continue
+        if unknown is not None:
+            unknown.add(obj, n)
+        yield n, item
 
 
-def iter_parquet(path: Path) -> Iterator[tuple[int, Item | LineError]]:
+def iter_parquet(path: Path, unknown: UnknownFields | None = None) -> Iterator[tuple[int, Item | LineError]]:
     """Streams a Parquet catalog (the columns of the JSONL schema) by record batch."""
     try:
         import pyarrow.parquet as pq
     except ImportError:
         raise ImportError("reading a Parquet catalog needs pyarrow: pip install 'vitrine-search[ray]' (or pyarrow)") from None
     records = (rec for batch in pq.ParquetFile(path).iter_batches(batch_size=4096) for rec in batch.to_pylist())
-    return parquet_rows(records)
+    return parquet_rows(records, unknown)
 
 
 def resolve_image(item: Item, catalog_dir: Path) -> str | None:
