@@ -11,7 +11,7 @@ from typing import Any
 
 from vitrine.indexer.catalog import UnknownFields, check_catalog_path, collect_items, iter_catalog_jsonl, iter_utf8_jsonl
 from vitrine.proto import search_pb2
-from vitrine.server.client import TOKEN_ENV, CatalogClient, item_to_proto
+from vitrine.server.client import TOKEN_ENV, CatalogClient, item_to_proto, local_photo, with_photo_bytes
 
 
 def add_target(p: argparse.ArgumentParser, token: bool = True) -> None:
@@ -119,13 +119,20 @@ def read_upserts(path: str | Path, patch: bool) -> list[search_pb2.UpsertRequest
     items, _ = collect_items(iter_catalog_jsonl(path, unknown), path, skip_invalid=False)
     for line in unknown.warnings():
         print(line, file=sys.stderr)
+    missing = [(it.id, str(photo)) for it in items if (photo := local_photo(it.image, path.parent))
+               and not (photo.is_file() and os.access(photo, os.R_OK))]
+    if missing:
+        raise ValueError(f"{path}: {len(missing)} item(s) name a photo that is not a readable file here, e.g. item "
+                         f"{missing[0][0]!r}: {missing[0][1]} (image paths are relative to the catalog file).")
     return [search_pb2.UpsertRequest(item=item_to_proto(it)) for it in items]
 
 
 def cmd_upsert(args: argparse.Namespace) -> int:
     requests = read_upserts(args.catalog, args.patch)
+    base_dir = Path(args.catalog).resolve().parent
     with CatalogClient(args.target, **client_options(args)) as client:
-        for ack in client.upsert(requests):
+        # Photos are read as the stream goes (a catalog's photos need not fit in memory at once).
+        for ack in client.upsert(with_photo_bytes(r, base_dir) for r in requests):
             print(f"ack {ack.id}", flush=True)
     return 0
 

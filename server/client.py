@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Self
 
 import grpc
@@ -197,6 +198,31 @@ def item_to_proto(item: Item) -> search_pb2.Item:
     if item.price is not None:
         msg.price = item.price
     return msg
+
+
+def local_photo(image: str | None, base_dir: Path) -> Path | None:
+    """The file on this machine that an item's `image` names (a path relative to `base_dir`, the catalog's folder,
+    or absolute), or None for a URL or no image."""
+    if not image or image.startswith(("http://", "https://")):
+        return None
+    path = Path(image)
+    return path if path.is_absolute() else base_dir / path
+
+
+def with_photo_bytes(request: search_pb2.UpsertRequest, base_dir: Path) -> search_pb2.UpsertRequest:
+    """Sends a photo that is a file here as its bytes, so that a server on another machine can encode it (and keeps
+    it with its bundle); a URL stays an image_uri for the server to fetch."""
+    if request.WhichOneof("change") == "item":
+        path = local_photo(request.item.image_uri, base_dir)
+        if path is not None:
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                raise ValueError(f"item {request.item.id!r}: image {str(path)!r}: {exc.strerror or exc}; fix the "
+                                 "path (relative to the catalog file) or remove the image.") from None
+            request.item.image_uri = ""
+            request.item.image = data
+    return request
 
 
 class CatalogClient(_Client):

@@ -246,3 +246,23 @@ def test_the_lock_is_exclusive_within_one_process_and_released_on_close(bundle_p
     again.close()
     other.close()
     bundle.close()
+
+
+def test_cli_upsert_sends_local_photos_as_bytes_and_refuses_a_missing_one(served, keyword_encoder, tmp_path, capsys):
+    from vitrine.cli.main import main
+
+    target, bundle, clip = served
+    (tmp_path / "pics").mkdir()
+    photo = draw("Red", "Stripe", 6)
+    photo.save(tmp_path / "pics" / "r.png")
+    catalog = tmp_path / "new.jsonl"
+    catalog.write_text(json.dumps({"id": "cli-1", "title": "Red Stripe scarf", "image": "pics/r.png"}) + "\n")
+    assert main(["upsert", "--target", target, "--catalog", str(catalog)]) == 0
+    assert capsys.readouterr().out.split() == ["ack", "cli-1"]
+    assert bundle.docstore.get("cli-1").image.startswith(BUNDLE_PHOTO)  # sent as bytes, kept by the server
+    assert photo_hits(bundle, clip, keyword_encoder, photo)[0] == "cli-1"
+    catalog.write_text(json.dumps({"id": "cli-2", "title": "x", "image": "pics/typo.png"}) + "\n")
+    assert main(["upsert", "--target", target, "--catalog", str(catalog)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cli-2" in err[0] and "typo.png" in err[0]
+    assert bundle.docstore.get("cli-2") is None
