@@ -67,6 +67,8 @@ def os_error(exc: OSError) -> str:
         return f"{where}: a part of this path is a file, not a directory"
     if isinstance(exc, FileNotFoundError):
         return f"{where} does not exist"
+    if isinstance(exc, FileExistsError):
+        return f"{where} already exists and is not a directory; choose another path"
     return f"{where}: {exc.strerror or exc}"
 
 

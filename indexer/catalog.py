@@ -196,9 +196,12 @@ def parse_column_map(spec: str | None) -> dict[str, str]:
 
 def iter_csv(path: Path, column_map: Mapping[str, str]) -> Iterator[tuple[int, Item | LineError]]:
     """Yields items from a CSV export. Unmapped columns that are not catalog fields become attributes."""
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         reader = csv.DictReader(f)
         columns = reader.fieldnames or []
+        if any(_BAD_BYTE.search(c) for c in columns):
+            yield 1, LineError(1, "the CSV header is not UTF-8 text; save the file as UTF-8")
+            return
         by_column = {column: key for key, column in column_map.items()}
         missing = [c for c in by_column if c not in columns]
         if missing:
@@ -206,6 +209,10 @@ def iter_csv(path: Path, column_map: Mapping[str, str]) -> Iterator[tuple[int, I
             return
         for row in reader:
             lineno = reader.line_num
+            bad = next((c for c, v in row.items() if isinstance(v, str) and _BAD_BYTE.search(v)), None)
+            if bad is not None:
+                yield lineno, LineError(lineno, f"column {bad!r} is not UTF-8 text; save the file as UTF-8")
+                continue
             obj: dict[str, Any] = {"attributes": {}}
             for column, value in row.items():
                 if column is None:

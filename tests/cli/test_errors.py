@@ -67,6 +67,11 @@ def test_a_catalog_that_is_a_directory_unreadable_or_not_utf8_is_one_line(tmp_pa
     assert main(["index", "--catalog", str(latin1), "--out", str(tmp_path / "b"), "--no-text-vectors"]) == 2
     assert "line 2: not UTF-8 text (byte 0xe9 at column 26); save the file as UTF-8" in one_line(capsys.readouterr().err)
 
+    csv = tmp_path / "export.csv"
+    csv.write_bytes(b"id,title\na,ok\nb,caf\xe9\n")
+    assert main(["index", "--catalog", str(csv), "--out", str(tmp_path / "b"), "--no-text-vectors"]) == 2
+    assert "line 3: column 'title' is not UTF-8 text; save the file as UTF-8" in one_line(capsys.readouterr().err)
+
     bom = tmp_path / "bom.jsonl"
     bom.write_bytes(b'\xef\xbb\xbf{"id": "a", "title": "ok"}\n')   # a BOM, as some editors write one, is fine
     assert main(["index", "--catalog", str(bom), "--out", str(tmp_path / "b"), "--no-text-vectors", "--quiet"]) == 0
@@ -98,6 +103,8 @@ def test_os_errors_name_the_file_and_the_fix(monkeypatch, tmp_path, capsys):
     assert os_error(IsADirectoryError(errno.EISDIR, "Is a directory", path)) == f"{path} is a directory; give the path of a file"
     assert os_error(FileNotFoundError(errno.ENOENT, "No such file or directory", path)) == f"{path} does not exist"
     assert os_error(FileNotFoundError("catalog x does not exist")) == "catalog x does not exist"
+    assert os_error(FileExistsError(errno.EEXIST, "File exists", path)) == (
+        f"{path} already exists and is not a directory; choose another path")
 
     def denied(args):  # noqa: ANN001, ANN202
         raise PermissionError(errno.EACCES, "Permission denied", path)
