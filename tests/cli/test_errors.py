@@ -115,7 +115,8 @@ def test_os_errors_name_the_file_and_the_fix(monkeypatch, tmp_path, capsys):
 
 
 def test_a_locked_bundle_is_one_line(monkeypatch, tmp_path, capsys):
-    message = f"bundle {tmp_path} is already open for writing by pid 4242 on host (a writable server); run this one with --read-only, or stop that process first (one writer per bundle)."
+    message = (f"bundle {tmp_path} is already open for writing by pid 4242 on host (a writable server); run this one "
+               f"with --read-only, or stop that process first (one writer per bundle).")
 
     def locked(args):  # noqa: ANN001, ANN202
         raise BundleLocked(message)
