@@ -1,8 +1,12 @@
-"""Shared fixtures: a keyword one-hot encoder for exact assertions and a small bundle built with it."""
+"""Shared fixtures: a keyword one-hot encoder for exact assertions and a small bundle built with it, tiny models,
+and the one place that says where the shared evaluation data lives (absent in a user's clean clone)."""
 from __future__ import annotations
 
+import os
 import random
 import re
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +15,33 @@ from vitrine.encoders.base import l2_normalize
 from vitrine.indexer.ann import AnnConfig
 from vitrine.indexer.bundle import Bundle, IndexerConfig, build_bundle
 from vitrine.indexer.catalog import Item
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_root() -> Path:
+    """$VITRINE_SHARED_DATA if set, else ../shared/data beside the repository, where CI keeps it.
+
+    A user's clean clone has no such folder; point the variable at a path that does not exist to test as one.
+    """
+    return Path(os.environ.get("VITRINE_SHARED_DATA") or REPO.parent / "shared" / "data")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Callable[[str], Path]:
+    """`shared_data("yandex-clicks/testSample")` is that path in the shared data, or skips the test naming it.
+
+    Only for tests whose point is the real data set; anything else builds its data in a fixture.
+    """
+    root = shared_data_root()
+
+    def need(relative: str) -> Path:
+        path = root / relative
+        if not path.exists():
+            pytest.skip(f"needs {path} (the shared data, absent in a clean clone; VITRINE_SHARED_DATA names its folder)")
+        return path
+
+    return need
 
 
 @pytest.fixture(scope="session", autouse=True)

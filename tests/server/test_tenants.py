@@ -1,11 +1,13 @@
-"""Three shops on one server (`vitrine serve --tenants`): real catalog slices of fashion, scifact and flickr8k, each
-tenant answering only from its own catalog, models loaded once, API keys tried crosswise on every RPC, quotas, TLS,
-tenants created and dropped while the others serve, and an interleaving experiment credited through Feedback."""
+"""Three shops on one server (`vitrine serve --tenants`): seeded synthetic catalogs shaped like a fashion shop, a
+library of paper abstracts and a photo site with captions, each tenant answering only from its own catalog, models
+loaded once, API keys tried crosswise on every RPC, quotas, TLS, tenants created and dropped while the others serve,
+and an interleaving experiment credited through Feedback. None of it is about relevance, so no shared data is read."""
 from __future__ import annotations
 
 import datetime
 import itertools
 import json
+import random
 import threading
 from pathlib import Path
 
@@ -24,22 +26,48 @@ from vitrine.server.auth import KeyStore, channel_credentials, create_key, serve
 from vitrine.server.client import TENANT_HEADER, CatalogClient, VitrineClient
 from vitrine.server.tenants import Tenants
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-SHOPS = ("fashion", "scifact", "flickr8k")
+SHOPS = ("fashion", "papers", "photos")
 N_ITEMS = 30
+COLORS = ("Navy Blue", "Black", "Red", "Green", "Grey", "Pink")
+ARTICLES = {"Shirts": "Apparel > Topwear > Shirts", "Jeans": "Apparel > Bottomwear > Jeans",
+            "Casual Shoes": "Footwear > Shoes > Casual Shoes", "Handbags": "Accessories > Bags > Handbags"}
+
+
+def fashion_item(rng: random.Random) -> dict:
+    brand, gender, style, color, article = (rng.choice(options) for options in (
+        ["Nimbus", "Orla", "Kestrel", "Vela"], ["Men", "Women"], ["Solid", "Striped", "Printed", "Checked"], COLORS,
+        list(ARTICLES)))
+    return {"title": f"{brand} {gender} {style} {color} {article}", "category": ARTICLES[article],
+            "attributes": {"gender": gender, "color": color, "article_type": article}}
+
+
+def paper_item(rng: random.Random) -> dict:
+    protein, effect, process, cell = (rng.choice(options) for options in (
+        ["TP53", "Notch1", "BRCA2", "Wnt3a", "SIRT1"], ["drives", "suppresses", "delays"],
+        ["apoptosis", "autophagy", "senescence", "migration"], ["T", "stem", "tumour", "liver"]))
+    return {"title": f"{protein} {effect} {process} in {cell} cells", "category": "Biology",
+            "description": f"We show that {protein} {effect} {process} in cultured {cell} cells from "
+                           f"{rng.randint(12, 90)} donors, measured over two weeks."}
+
+
+def photo_item(rng: random.Random) -> dict:
+    """A photo site's items have no text of their own; a caption stands in as the title."""
+    subject, color, garment, action, place = (rng.choice(options) for options in (
+        ["child", "girl", "dog", "man", "woman"], [c.lower() for c in COLORS], ["shirt", "dress", "jacket"],
+        ["running", "climbing", "sitting", "jumping"], ["on the beach", "up the stairs", "in the park", "through the snow"]))
+    return {"title": f"A {subject} in a {color} {garment} is {action} {place} ."}
 
 
 def shop_items(shop: str) -> list[Item]:
-    """The first items of a real catalog; flickr8k photos get their first caption as a title (they have no text)."""
-    lines = (DATA / shop / "catalog.jsonl").read_text(encoding="utf-8").splitlines()[:N_ITEMS]
-    rows = [json.loads(line) for line in lines]
-    captions: dict[str, str] = {}
-    if shop == "flickr8k":
-        for line in (DATA / shop / "captions.txt").read_text(encoding="utf-8").splitlines()[1:]:
-            image, caption = line.split(",", 1)
-            captions.setdefault(image.removesuffix(".jpg"), caption)
-    return [Item(id=r["id"], title=r.get("title") or captions.get(r["id"], ""), description=r.get("description", "")[:300],
-                 category=r.get("category", ""), attributes=r.get("attributes", {})) for r in rows]
+    """N_ITEMS seeded items with distinct titles. Every shop has ids 1..N_ITEMS, so a leak from another tenant shows
+    as a foreign title under an id this shop also has."""
+    make = {"fashion": fashion_item, "papers": paper_item, "photos": photo_item}[shop]
+    rng = random.Random(SHOPS.index(shop))
+    rows: dict[str, dict] = {}
+    while len(rows) < N_ITEMS:
+        row = make(rng)
+        rows.setdefault(row["title"], row)
+    return [Item(id=str(n), **row) for n, row in enumerate(rows.values(), 1)]
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +149,7 @@ RPCS = {  # rpc -> (service, a valid request for the tenant, the scope it needs)
     "Reload": ("Admin", lambda: search_pb2.ReloadRequest(bundle="/nonexistent"), "admin"),
     "CreateTenant": ("Admin", lambda: search_pb2.CreateTenantRequest(name="evil", bundle="/nonexistent"), "platform"),
     "ListTenants": ("Admin", lambda: search_pb2.ListTenantsRequest(), "platform"),
-    "DropTenant": ("Admin", lambda: search_pb2.DropTenantRequest(name="scifact"), "platform"),
+    "DropTenant": ("Admin", lambda: search_pb2.DropTenantRequest(name="papers"), "platform"),
 }
 
 
@@ -160,7 +188,7 @@ def test_every_rpc_refuses_every_other_tenants_keys(platform):
         if scope != "platform":
             assert call(channel, rpc, own(scope)) not in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED), rpc
     # Even with a valid key, another tenant's request id is unknown to Feedback.
-    with client(platform, "scifact") as c:
+    with client(platform, "papers") as c:
         rid = c.search("cells", k=3).request_id
     with client(platform, "fashion") as c, pytest.raises(grpc.RpcError) as err:
         c.feedback(rid, ["x"])
@@ -169,7 +197,7 @@ def test_every_rpc_refuses_every_other_tenants_keys(platform):
     admin = (("authorization", f"Bearer {platform['keys']['*']['admin']}"), (TENANT_HEADER, "nobody"))
     assert call(channel, "Search", admin) == grpc.StatusCode.NOT_FOUND
     assert {t.name: len(t.state.searcher.bundle.docstore) for t in platform["served"].tenants} == {
-        "fashion": N_ITEMS + 1, "scifact": N_ITEMS, "flickr8k": N_ITEMS}
+        "fashion": N_ITEMS + 1, "papers": N_ITEMS, "photos": N_ITEMS}
     channel.close()
 
 
@@ -178,7 +206,7 @@ def test_a_tenant_is_created_written_searched_and_dropped_while_others_serve(pla
     stop = threading.Event()
 
     def others() -> None:
-        with client(platform, "scifact") as c:
+        with client(platform, "papers") as c:
             while not stop.is_set():
                 try:
                     assert c.search("cells", k=3).hits
@@ -227,7 +255,7 @@ def test_a_tenant_is_created_written_searched_and_dropped_while_others_serve(pla
 
 def test_quotas_refuse_one_tenant_without_touching_another(platform, shop_bundles):
     with VitrineClient(platform["target"], token=platform["keys"]["*"]["admin"], timeout_s=120) as admin:
-        admin.create_tenant("tiny", str(shop_bundles["scifact"]), config_toml="[quota]\nqps = 1\nburst = 2\nmax_items = 31\n")
+        admin.create_tenant("tiny", str(shop_bundles["papers"]), config_toml="[quota]\nqps = 1\nburst = 2\nmax_items = 31\n")
     import time
 
     codes = []
@@ -244,7 +272,7 @@ def test_quotas_refuse_one_tenant_without_touching_another(platform, shop_bundle
     # A bucket of 2 refilled at 1/s: at most 2 + elapsed requests pass, whatever the machine's speed.
     assert codes.count("ok") <= 2 + elapsed + 1 and codes.count("RESOURCE_EXHAUSTED") == 20 - codes.count("ok")
     assert codes.count("RESOURCE_EXHAUSTED") >= 1
-    with client(platform, "scifact") as c:     # the same catalog in another tenant: unaffected
+    with client(platform, "papers") as c:     # the same catalog in another tenant: unaffected
         assert all(c.search("cells").hits for _ in range(20))
     time.sleep(2.2)  # refill
     with CatalogClient(platform["target"], token=platform["keys"]["*"]["admin"], tenant="tiny") as cat:
@@ -341,8 +369,8 @@ def test_a_header_sent_twice_is_refused_not_read_two_ways(platform):
     """The key check and the routing read the same single header: a second copy naming another tenant is refused."""
     channel = grpc.insecure_channel(platform["target"])
     key = platform["keys"]["fashion"]["search"]
-    for md in ((("authorization", f"Bearer {key}"), (TENANT_HEADER, "scifact"), (TENANT_HEADER, "fashion")),
-               (("authorization", f"Bearer {key}"), (TENANT_HEADER, "fashion"), (TENANT_HEADER, "scifact")),
+    for md in ((("authorization", f"Bearer {key}"), (TENANT_HEADER, "papers"), (TENANT_HEADER, "fashion")),
+               (("authorization", f"Bearer {key}"), (TENANT_HEADER, "fashion"), (TENANT_HEADER, "papers")),
                (("authorization", f"Bearer {key}"), ("authorization", "Bearer x"), (TENANT_HEADER, "fashion"))):
         for rpc in ("Search", "Get", "Upsert", "Snapshot", "Reload"):
             assert call(channel, rpc, md) == grpc.StatusCode.INVALID_ARGUMENT, (rpc, md)
@@ -355,14 +383,14 @@ def test_tenant_keys_cannot_reach_outside_their_directory(platform, shop_bundles
     admin = (("authorization", f"Bearer {platform['keys']['fashion']['admin']}"), (TENANT_HEADER, "fashion"))
     stub = search_pb2_grpc.CatalogStub(channel)
     with pytest.raises(grpc.RpcError) as err:
-        stub.Snapshot(search_pb2.SnapshotRequest(out_dir=str(platform["root"] / "scifact" / "current")), metadata=admin)
+        stub.Snapshot(search_pb2.SnapshotRequest(out_dir=str(platform["root"] / "papers" / "current")), metadata=admin)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "out_dir" in err.value.details()
     resp = stub.Snapshot(search_pb2.SnapshotRequest(out_dir="nightly"), metadata=admin)
     assert Path(resp.path) == platform["root"] / "fashion" / "snapshots" / "nightly" and resp.items >= N_ITEMS
-    assert not (platform["root"] / "scifact" / "current").exists()
+    assert not (platform["root"] / "papers" / "current").exists()
     platform_key = ("authorization", f"Bearer {platform['keys']['*']['admin']}")
     with VitrineClient(platform["target"], token=platform_key[1][7:], timeout_s=120) as c:
-        c.create_tenant("ro", str(shop_bundles["scifact"]), read_only=True)   # read-only: it can hot-swap
+        c.create_tenant("ro", str(shop_bundles["papers"]), read_only=True)   # read-only: it can hot-swap
     reload = search_pb2_grpc.AdminStub(channel).Reload
     with pytest.raises(grpc.RpcError) as err:
         reload(search_pb2.ReloadRequest(bundle=str(platform["root"] / "fashion" / "bundle")),
@@ -377,7 +405,7 @@ def test_a_failed_tenant_load_gives_its_models_back(tmp_path, shop_bundles):
     import shutil
 
     root = tmp_path / "tenants"
-    shutil.copytree(shop_bundles["scifact"], root / "ok" / "bundle")
+    shutil.copytree(shop_bundles["papers"], root / "ok" / "bundle")
     shutil.copytree(shop_bundles["fashion"], root / "broken" / "bundle")
     (root / "broken" / "tenant.toml").write_text(f'reranker = "{tmp_path / "no-such-model"}"\n')
     pool = ModelPool()
