@@ -117,6 +117,7 @@ def tenant_opener(raw: dict, pool: object, read_only: bool):  # noqa: ANN201 - C
     """How the server opens one tenant: vitrine.toml with the tenant's overrides, models from the shared pool, its own
     live index (WAL), logs, quota, reloader and experiment."""
     from vitrine.cli.config import VitrineConfig, searcher_for
+    from vitrine.encoders.batching import unbatched
     from vitrine.indexer.live import LiveIndex
     from vitrine.ranking.assemble import retire, with_second_stage
     from vitrine.ranking.tenancy import TenantSpec, merge_config
@@ -155,8 +156,8 @@ def tenant_opener(raw: dict, pool: object, read_only: bool):  # noqa: ANN201 - C
         live = None
         if not (read_only or spec.read_only):
             try:
-                live = LiveIndex(searcher.bundle, getattr(searcher.text_encoder, "encoder", searcher.text_encoder),
-                                 config.live)
+                live = LiveIndex(searcher.bundle, unbatched(searcher.text_encoder), config.live,
+                                 unbatched(searcher.clip_encoder))
                 live.start()
             except BaseException:
                 retire(searcher)   # its models go back to the pool
@@ -248,6 +249,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from vitrine.cli.config import load_config, searcher_for
+    from vitrine.encoders.batching import unbatched
     from vitrine.indexer.live import LiveIndex
     from vitrine.server.app import create_server
     from vitrine.server.query_log import QueryLog
@@ -290,8 +292,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     single_threaded_kernels(searcher.backends)
     live = None
     if not args.read_only:
-        # Documents skip the query micro-batcher and its cache (long texts would pad the short queries batched beside them).
-        live = LiveIndex(searcher.bundle, getattr(searcher.text_encoder, "encoder", searcher.text_encoder), config.live)
+        live = LiveIndex(searcher.bundle, unbatched(searcher.text_encoder), config.live, unbatched(searcher.clip_encoder))
         live.start()
     served.attach(searcher, live)
     freeze_heap()  # the loaded bundle and models never become garbage; keep the collector off them
