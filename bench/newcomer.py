@@ -1,0 +1,602 @@
+"""A newcomer's first hour, scripted (issue 23): an own 40-item catalog with drawn photos, train a small CLIP, index,
+serve, search, upsert an item with a photo and find it by that photo, get/delete/snapshot, then the ten bad inputs a
+new user meets, each of which must be answered by one line naming the cause, with no traceback anywhere.
+
+    .venv/bin/python bench/newcomer.py [--workdir DIR] [--keep]
+
+Needs nothing beside the clone (no ../shared/data). Prints a transcript of every command and its output; writes
+bench/results/newcomer.json (per-step pass/fail, the photo query's rank, bad inputs answered by one line, tracebacks
+seen) and prints it as the last line. Exit 1 when any step fails.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from machine import machine, report  # noqa: E402
+
+# (product, category, material, gender) — each drawn with its own shape; 8 products x 5 colours = 40 items.
+PRODUCTS = [("T-Shirt", "Apparel > Topwear > T-Shirts", "Cotton", "Men"),
+            ("Shirt", "Apparel > Topwear > Shirts", "Linen", "Men"),
+            ("Jeans", "Apparel > Bottomwear > Jeans", "Denim", "Women"),
+            ("Sneakers", "Footwear > Shoes > Sneakers", "Canvas", "Unisex"),
+            ("Handbag", "Accessories > Bags > Handbags", "Leather", "Women"),
+            ("Watch", "Accessories > Watches", "Steel", "Men"),
+            ("Cap", "Accessories > Headwear > Caps", "Cotton", "Unisex"),
+            ("Dress", "Apparel > Dresses", "Silk", "Women")]
+COLORS = {"Red": (200, 30, 35), "Navy Blue": (25, 35, 100), "Green": (35, 140, 60), "Black": (25, 25, 25),
+          "Yellow": (235, 205, 40)}
+PATTERNS = ("Solid", "Striped", "Dotted")
+NO_PHOTO = {"p-13", "p-22", "p-31"}   # items a shop has not photographed yet
+DESCRIPTION_ONLY = "p-39"             # an item with nothing but a description
+NEW_ID, NEW_COLOR = "new-1", (120, 40, 150)
+SIZE = 96
+LOG_KEYS = ("ts", "level")
+
+
+# ---------------------------------------------------------------------------------------------- the shop's data
+
+def _shape(draw: Any, product: str, jitter: int) -> None:
+    """Draws the product's silhouette in white on a mask (96x96 coordinates)."""
+    j, w = jitter, 255
+    shapes = {
+        "T-Shirt": lambda: draw.polygon([(20 + j, 18), (76, 18), (92, 40), (72, 46), (72, 88), (24, 88), (24, 46),
+                                         (4, 40)], fill=w),
+        "Shirt": lambda: draw.rectangle([24, 14 + j, 72, 90], fill=w),
+        "Jeans": lambda: draw.polygon([(26, 8), (70, 8), (76, 90), (54, 90), (48, 38), (42, 90), (20, 90)], fill=w),
+        "Sneakers": lambda: draw.polygon([(8, 58 + j), (46, 46), (88, 60), (88, 78), (8, 78)], fill=w),
+        "Handbag": lambda: (draw.rectangle([18, 40, 78, 86], fill=w), draw.arc([30, 14, 66, 58], 180, 360, fill=w,
+                                                                                    width=6)),
+        "Watch": lambda: (draw.rectangle([42, 4, 54, 92], fill=w), draw.ellipse([28, 30 + j, 68, 70 + j], fill=w)),
+        "Cap": lambda: (draw.pieslice([16, 24, 80, 88], 180, 360, fill=w), draw.rectangle([48, 54, 94, 62], fill=w)),
+        "Dress": lambda: draw.polygon([(38, 6), (58, 6), (62, 30), (84, 92), (12, 92), (34, 30)], fill=w),
+        "Scarf": lambda: draw.polygon([(6, 20 + j), (26, 6), (90, 72), (70, 90)], fill=w),
+    }
+    shapes[product]()
+
+
+def draw_photo(product: str, rgb: tuple[int, int, int], pattern: str, seed: int) -> Any:
+    """A product photo: the product's silhouette in its colour and pattern on a slightly tinted background."""
+    from PIL import Image, ImageDraw
+
+    rng = random.Random(seed)
+    tint = rng.randint(235, 252)
+    photo = Image.new("RGB", (SIZE, SIZE), (tint, tint, rng.randint(230, 252)))
+    fill = Image.new("RGB", (SIZE, SIZE), rgb)
+    ink = tuple(min(255, c + 90) for c in rgb) if sum(rgb) < 300 else tuple(max(0, c - 90) for c in rgb)
+    d = ImageDraw.Draw(fill)
+    if pattern == "Striped":
+        for x in range(-SIZE, SIZE, 12):
+            d.line([(x, 0), (x + SIZE, SIZE)], fill=ink, width=4)
+    elif pattern == "Dotted":
+        for y in range(4, SIZE, 14):
+            for x in range(4 + (y // 14 % 2) * 7, SIZE, 14):
+                d.ellipse([x, y, x + 5, y + 5], fill=ink)
+    mask = Image.new("L", (SIZE, SIZE), 0)
+    _shape(ImageDraw.Draw(mask), product, rng.randint(-4, 4))
+    photo.paste(fill, (0, 0), mask)
+    return photo
+
+
+def write_catalog(folder: Path, seed: int = 23) -> Path:
+    """The shop's 40 items as catalog.jsonl with photos under images/: three items without a photo and one with
+    only a description."""
+    rng = random.Random(seed)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(40):
+        (product, category, material, gender), color = PRODUCTS[i % 8], list(COLORS)[i // 8]
+        pattern = PATTERNS[rng.randrange(3)] if product not in ("Watch", "Sneakers") else "Solid"
+        item: dict[str, Any] = {
+            "id": f"p-{i}", "title": f"{color} {material} {product}", "category": category,
+            "description": f"{pattern} {color.lower()} {product.lower()} in {material.lower()}, for {gender.lower()}.",
+            "attributes": {"color": color, "gender": gender, "material": material, "pattern": pattern,
+                           "article_type": product},
+            "price": round(rng.uniform(9, 149), 2)}
+        if item["id"] == DESCRIPTION_ONLY:
+            item = {"id": item["id"], "description": "Gift card for any item in the shop, valid for one year."}
+        elif item["id"] not in NO_PHOTO:
+            draw_photo(product, COLORS[color], pattern, seed=i).save(folder / "images" / f"{item['id']}.png")
+            item["image"] = f"images/{item['id']}.png"
+        lines.append(json.dumps(item))
+    path = folder / "catalog.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def write_new_item(folder: Path) -> tuple[Path, Path]:
+    """new.jsonl with one item the index has never seen, whose photo is a local JPEG (relative to the file)."""
+    (folder / "photos").mkdir(parents=True, exist_ok=True)
+    photo = folder / "photos" / "scarf.jpg"
+    draw_photo("Scarf", NEW_COLOR, "Striped", seed=99).save(photo, quality=92)
+    item = {"id": NEW_ID, "title": "Purple Striped Silk Scarf", "category": "Accessories > Scarves",
+            "attributes": {"color": "Purple", "gender": "Women", "material": "Silk", "pattern": "Striped",
+                           "article_type": "Scarf"},
+            "price": 39.0, "image": "photos/scarf.jpg"}
+    path = folder / "new.jsonl"
+    path.write_text(json.dumps(item) + "\n", encoding="utf-8")
+    return path, photo
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- running commands
+
+@dataclass
+class Run:
+    """One command as a user typed it, and everything it printed."""
+
+    argv: list[str]
+    rc: int | None
+    out: str
+    err: str
+    seconds: float
+
+    @property
+    def text(self) -> str:
+        return self.out + self.err
+
+    def user_lines(self) -> list[str]:
+        """Non-blank lines a person reads: everything except the JSON log lines ({"ts", "level", ...})."""
+        return [ln for ln in self.text.splitlines() if ln.strip() and not is_log_line(ln)]
+
+
+def is_log_line(line: str) -> bool:
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(obj, dict) and all(k in obj for k in LOG_KEYS)
+
+
+def traceback_lines(text: str) -> list[str]:
+    """Lines that are (or carry) a traceback: a raw one, or a JSON log line with an exception attached."""
+    found = []
+    for line in text.splitlines():
+        if "Traceback" in line:
+            found.append(line)
+        elif is_log_line(line) and ({"exc", "exc_info", "stack", "stack_info"} & set(json.loads(line))):
+            found.append(line)
+    return found
+
+
+@dataclass
+class Session:
+    """The newcomer's terminal: runs commands, keeps the transcript, the steps and every traceback seen."""
+
+    work: Path
+    steps: list[dict] = field(default_factory=list)
+    bad_inputs: list[dict] = field(default_factory=list)
+    tracebacks: list[dict] = field(default_factory=list)
+    servers: list[tuple[str, subprocess.Popen]] = field(default_factory=list)   # (name, process)
+
+    def vitrine(self, *args: str, env: dict[str, str] | None = None, timeout_s: float = 300.0) -> Run:
+        argv = [sys.executable, "-m", "vitrine.cli.main", *args]
+        prefix = " ".join(f"{k}={v}" for k, v in (env or {}).items())
+        print(f"\n$ {prefix + ' ' if prefix else ''}vitrine {shlex.join(args)}", flush=True)
+        t0 = time.perf_counter()
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, cwd=self.work,
+                                  env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
+            run = Run(list(args), done.returncode, done.stdout, done.stderr, time.perf_counter() - t0)
+        except subprocess.TimeoutExpired as exc:
+            out, err = (exc.stdout or b""), (exc.stderr or b"")
+            run = Run(list(args), None, out if isinstance(out, str) else out.decode(errors="replace"),
+                      err if isinstance(err, str) else err.decode(errors="replace"), time.perf_counter() - t0)
+        show(run.text)
+        print(f"  -> exit {run.rc if run.rc is not None else f'none: still running after {timeout_s:.0f} s, killed'}"
+              f" ({run.seconds:.1f} s)", flush=True)
+        self.scan(f"vitrine {' '.join(args[:1])}", run.text)
+        return run
+
+    def scan(self, where: str, text: str) -> None:
+        for line in traceback_lines(text):
+            self.tracebacks.append({"where": where, "line": line[:300]})
+
+    def serve(self, name: str, *args: str, timeout_s: float = 300.0) -> tuple[subprocess.Popen, str]:
+        """`vitrine serve --port 0 ARGS` in the background; returns it and its HOST:PORT once it says so."""
+        argv = ["serve", "--port", "0", *args]
+        print(f"\n$ vitrine {shlex.join(argv)} &", flush=True)
+        err = open(self.work / f"{name}.stderr", "w", encoding="utf-8")
+        proc = subprocess.Popen([sys.executable, "-m", "vitrine.cli.main", *argv], stdout=subprocess.PIPE,
+                                stderr=err, text=True, cwd=self.work, stdin=subprocess.DEVNULL,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        err.close()
+        self.servers.append((name, proc))
+        deadline = time.monotonic() + timeout_s
+        assert proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if line.startswith("listening on "):
+                target = line.split("listening on ", 1)[1].strip()
+                print(f"  {line.strip()} (pid {proc.pid})", flush=True)
+                return proc, target
+            if not line and proc.poll() is not None:
+                break
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        show((self.work / f"{name}.stderr").read_text(encoding="utf-8", errors="replace"))
+        raise RuntimeError(f"vitrine serve ({name}) exited with status {proc.returncode} before listening")
+
+    def stop_servers(self) -> None:
+        for name, proc in self.servers:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            text = (self.work / f"{name}.stderr").read_text(encoding="utf-8", errors="replace")
+            self.scan(f"server {name}", text)
+            print(f"\nserver {name} (pid {proc.pid}) stopped, exit {proc.returncode}; its stderr: "
+                  f"{len(text.splitlines())} lines, {len(traceback_lines(text))} carrying a traceback")
+        self.servers.clear()
+
+    def step(self, name: str, ok: bool, **detail: Any) -> bool:
+        self.steps.append({"step": name, "ok": bool(ok), **detail})
+        print(f"  [{'PASS' if ok else 'FAIL'}] {name}" + (f": {detail}" if detail else ""), flush=True)
+        return ok
+
+    def bad_input(self, n: int, name: str, checks: list[dict]) -> None:
+        ok = all(c["ok"] for c in checks)
+        self.bad_inputs.append({"n": n, "input": name, "ok": ok, "checks": checks})
+        print(f"  [{'PASS' if ok else 'FAIL'}] bad input {n}: {name}", flush=True)
+
+
+def show(text: str, limit: int = 14) -> None:
+    lines = text.rstrip("\n").splitlines()
+    for line in lines[:limit]:
+        print(f"  | {line[:240]}")
+    if len(lines) > limit:
+        print(f"  | ... {len(lines) - limit} more lines")
+
+
+def one_line(run: Run, rcs: tuple[int, ...], words: list[str], what: str) -> dict:
+    """The check behind every bad input: the expected exit status, exactly one line a person reads, naming the cause
+    (every word in `words`, case-insensitive), and no traceback."""
+    lines = run.user_lines()
+    line = lines[0] if len(lines) == 1 else ""
+    missing = [w for w in words if w.lower() not in line.lower()]
+    tb = traceback_lines(run.text)
+    ok = run.rc in rcs and len(lines) == 1 and not missing and not tb
+    why = [] if ok else [f"exit {run.rc}, expected {'/'.join(map(str, rcs))}" if run.rc not in rcs else "",
+                         f"{len(lines)} lines a person reads, expected 1" if len(lines) != 1 else "",
+                         f"the line does not name {missing}" if missing and len(lines) == 1 else "",
+                         f"{len(tb)} traceback line(s)" if tb else ""]
+    check = {"check": what, "ok": ok, "command": "vitrine " + shlex.join(run.argv), "exit": run.rc,
+             "lines": lines[:6]}
+    if not ok:
+        check["why"] = "; ".join(w for w in why if w)
+    print(f"    {'ok ' if ok else 'BAD'} {what}" + ("" if ok else f" ({check['why']})"), flush=True)
+    return check
+
+
+def rpc_line(call: Any, label: str, code: str, words: list[str], what: str) -> dict:
+    """A Python-client call that must fail with status `code` and a one-line detail naming the cause."""
+    import grpc
+
+    print(f"\n>>> {label}", flush=True)
+    try:
+        answer = call()
+        line, got = f"returned {answer!r} (no error)", "OK"
+    except grpc.RpcError as exc:
+        got, line = exc.code().name, f"{exc.code().name}: {exc.details()}"
+    print(f"  | {line}")
+    missing = [w for w in words if w.lower() not in line.lower()]
+    ok = got == code and "\n" not in line and not missing and not traceback_lines(line)
+    check = {"check": what, "ok": ok, "command": label, "status": got, "lines": [line]}
+    if not ok:
+        check["why"] = f"expected {code} naming {words}, got {got}" + (f" not naming {missing}" if missing else "")
+    print(f"    {'ok ' if ok else 'BAD'} {what}" + ("" if ok else f" ({check['why']})"), flush=True)
+    return check
+
+
+def hits_of(run: Run) -> list[dict]:
+    """`vitrine search` prints one JSON object per hit on stdout."""
+    hits = []
+    for line in run.out.splitlines():
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and "id" in obj:
+            hits.append(obj)
+    return hits
+
+
+def rank_of(item_id: str, hits: list[dict]) -> int | None:
+    return next((r for r, h in enumerate(hits, 1) if h["id"] == item_id), None)
+
+
+def summary_of(run: Run) -> dict:
+    """`vitrine search`'s summary (total_candidates, request_id, ...) on stderr."""
+    for line in run.err.splitlines():
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and "request_id" in obj:
+            return obj
+    return {}
+
+
+# ---------------------------------------------------------------------------------------------- the first hour
+
+def happy_path(s: Session, catalog: Path, new_jsonl: Path, new_photo: Path) -> dict:
+    """Train, index, serve, search, upsert with a photo, find it by the photo, get, delete, snapshot."""
+    print("\n##### the happy path: own catalog -> CLIP -> bundle -> server -> queries and live writes")
+    clip, bundle = s.work / "clip", s.work / "bundle"
+    # The flags `vitrine demo` trains its demo CLIP with (cli/demo.py), at a small image size: a 40-item shop.
+    run = s.vitrine("train", "clip", "--catalog", str(catalog), "--out", str(clip), "--epochs", "3", "--max-pairs",
+                    "2500", "--holdout", "200", "--image-size", "64", "--quiet", timeout_s=900)
+    if not s.step("train clip", run.rc == 0 and (clip / "model.safetensors").is_file(), seconds=round(run.seconds, 1)):
+        return {}
+    run = s.vitrine("index", "--catalog", str(catalog), "--out", str(bundle), "--clip-model", str(clip), "--quiet",
+                    timeout_s=900)
+    manifest = json.loads((bundle / "manifest.json").read_text()) if (bundle / "manifest.json").is_file() else {}
+    if not s.step("index", run.rc == 0 and "clip" in manifest.get("models", {}), seconds=round(run.seconds, 1),
+                  models=sorted(manifest.get("models", {}))):
+        return {}
+    try:
+        proc, target = s.serve("writer", "--bundle", str(bundle))
+    except RuntimeError as exc:
+        s.step("serve", False, error=str(exc))
+        return {}
+    s.step("serve", True, target=target)
+    ctx = {"bundle": bundle, "target": target, "proc": proc}
+
+    run = s.vitrine("search", "--target", target, "--text", "red cotton t-shirt", "--k", "5", "--fields", "title")
+    hits = hits_of(run)
+    ctx["request_id"] = summary_of(run).get("request_id", "")
+    s.step("text search 'red cotton t-shirt' finds the red t-shirt (top 3)", run.rc == 0 and rank_of("p-0", hits[:3])
+           is not None, top=[h.get("fields", {}).get("title", h["id"]) for h in hits[:3]])
+
+    run = s.vitrine("search", "--target", target, "--text", "gift card", "--k", "3")
+    s.step("text search 'gift card' finds the description-only item", rank_of(DESCRIPTION_ONLY, hits_of(run)) == 1,
+           rank=rank_of(DESCRIPTION_ONLY, hits_of(run)))
+
+    photo = catalog.parent / "images" / "p-11.png"   # the green linen shirt's own photo
+    run = s.vitrine("search", "--target", target, "--image", str(photo), "--k", "10")
+    s.step("photo query with an indexed item's photo finds it (top 10)", run.rc == 0 and
+           rank_of("p-11", hits_of(run)) is not None, rank=rank_of("p-11", hits_of(run)))
+
+    run = s.vitrine("upsert", "--target", target, "--catalog", str(new_jsonl))
+    s.step("upsert a new item with a local photo", run.rc == 0 and f"ack {NEW_ID}" in run.out)
+
+    run = s.vitrine("search", "--target", target, "--image", str(new_photo), "--k", "10")
+    ctx["photo_rank"] = rank = rank_of(NEW_ID, hits_of(run))
+    s.step("photo query with the new item's photo finds it (top 10)", run.rc == 0 and rank is not None, rank=rank)
+
+    run = s.vitrine("search", "--target", target, "--text", "purple silk scarf", "--k", "5")
+    s.step("text query finds the new item", rank_of(NEW_ID, hits_of(run)) == 1, rank=rank_of(NEW_ID, hits_of(run)))
+
+    run = s.vitrine("get", "--target", target, "--ids", f"{NEW_ID},p-0")
+    got = [json.loads(ln) for ln in run.out.splitlines() if ln.startswith("{")]
+    s.step("get the new item and an indexed one", run.rc == 0 and [g.get("id") for g in got] == [NEW_ID, "p-0"],
+           titles=[g.get("title") for g in got])
+
+    run = s.vitrine("delete", "--target", target, "--ids", "p-5")
+    s.step("delete an item", run.rc == 0 and '"deleted": 1' in run.out)
+    run = s.vitrine("search", "--target", target, "--text", "red steel watch", "--k", "10")
+    s.step("a deleted item is gone from search", run.rc == 0 and rank_of("p-5", hits_of(run)) is None)
+
+    snap = s.work / "snapshot"
+    run = s.vitrine("snapshot", "--target", target, "--out", str(snap))
+    items = json.loads(run.out.strip().splitlines()[-1]).get("items") if run.rc == 0 and run.out.strip() else None
+    s.step("snapshot", run.rc == 0 and (snap / "manifest.json").is_file() and items == 40, items=items)
+    return ctx
+
+
+def bad_inputs(s: Session, catalog: Path, ctx: dict) -> None:
+    """The ten bad inputs of issue 23, each answered by one line naming the cause."""
+    print("\n##### ten bad inputs, each answered by one line naming the cause")
+    work, bundle, target = s.work, ctx.get("bundle"), ctx.get("target")
+    bad = work / "bad"
+    bad.mkdir(exist_ok=True)
+
+    # 1. Feedback on a server without a click log, and for an unknown request id (no CLI command: the Python client).
+    checks = []
+    if target:
+        from vitrine.server.client import VitrineClient
+
+        rid = ctx.get("request_id", "")
+        with VitrineClient(target) as client:
+            checks.append(rpc_line(lambda: client.feedback(rid, ["p-0"]),
+                                   f"VitrineClient({target!r}).feedback({rid!r}, ['p-0'])", "FAILED_PRECONDITION",
+                                   ["click_log"], "feedback for a served request, no click log: FAILED_PRECONDITION "
+                                                  "saying how to enable it"))
+            checks.append(rpc_line(lambda: client.feedback("no-such-request", ["p-0"]),
+                                   f"VitrineClient({target!r}).feedback('no-such-request', ['p-0'])", "NOT_FOUND",
+                                   ["no-such-request"], "feedback for an unknown request id: NOT_FOUND"))
+    else:
+        checks.append({"check": "feedback", "ok": False, "why": "no server (the happy path failed)"})
+    s.bad_input(1, "Feedback without a click log / for an unknown request id", checks)
+
+    # 2. A catalog with an unknown field: a warning with the count; --strict refuses it.
+    rows = [json.loads(ln) for ln in catalog.read_text().splitlines()[:6]]
+    for r in rows[:4]:
+        r["colour"] = r.get("attributes", {}).get("color", "Red")
+    colour = write_jsonl(catalog.parent / "extra-field.jsonl", rows)   # beside catalog.jsonl, so its photos resolve
+    run = s.vitrine("index", "--catalog", str(colour), "--out", str(bad / "extra-field"), "--no-text-vectors",
+                    "--quiet")
+    warned = [ln for ln in run.user_lines() + [json.loads(ln).get("msg", "") for ln in run.text.splitlines()
+                                               if is_log_line(ln)] if '"colour"' in ln]
+    ok = run.rc == 0 and len(warned) == 1 and "4" in warned[0] and not traceback_lines(run.text)
+    checks = [{"check": "unknown field: one warning line with its count, bundle built", "ok": ok,
+               "command": "vitrine " + shlex.join(run.argv), "exit": run.rc, "lines": warned[:3]}]
+    if not ok:
+        checks[0]["why"] = f"exit {run.rc}; {len(warned)} line(s) name the field (expected 1 with the count 4)"
+    print(f"    {'ok ' if ok else 'BAD'} {checks[0]['check']}", flush=True)
+    run = s.vitrine("index", "--catalog", str(colour), "--out", str(bad / "extra-field-strict"), "--no-text-vectors",
+                    "--quiet", "--strict")
+    checks.append(one_line(run, (2,), ["colour"], "unknown field with --strict: refused"))
+    s.bad_input(2, 'catalog with an unknown field "colour"', checks)
+
+    # 3. Get on a --read-only server (a read); any number of read-only servers share the writer's bundle.
+    checks = []
+    if bundle:
+        try:
+            _, ro_target = s.serve("read-only", "--bundle", str(bundle), "--read-only")
+            run = s.vitrine("get", "--target", ro_target, "--ids", "p-0")
+            got = [json.loads(ln) for ln in run.out.splitlines() if ln.startswith("{")]
+            ok = run.rc == 0 and [g.get("id") for g in got] == ["p-0"] and not traceback_lines(run.text)
+            checks.append({"check": "get on a read-only server answers the item", "ok": ok,
+                           "command": "vitrine " + shlex.join(run.argv), "exit": run.rc,
+                           "lines": run.text.strip().splitlines()[:3]})
+        except RuntimeError as exc:
+            checks.append({"check": "start a read-only server beside the writer", "ok": False, "why": str(exc)})
+    else:
+        checks.append({"check": "get on a read-only server", "ok": False, "why": "no bundle (the happy path failed)"})
+    print(f"    {'ok ' if checks[0]['ok'] else 'BAD'} {checks[0]['check']}", flush=True)
+    s.bad_input(3, "Get on a --read-only server", checks)
+
+    # 4. A port in use (the writer's).
+    port = target.rsplit(":", 1)[1] if target else "1"
+    run = s.vitrine("serve", "--bundle", str(bundle or catalog.parent), "--read-only", "--port", port, timeout_s=120)
+    s.bad_input(4, "serve on a port in use", [one_line(run, (2,), [port, "in use"], "port in use")])
+
+    # 5. serve --watch on a bundle directory (not a symlink): refused before it says `listening on`.
+    run = s.vitrine("serve", "--bundle", str(bundle or catalog.parent), "--read-only", "--watch", "2", "--port", "0",
+                    timeout_s=120)
+    s.bad_input(5, "serve --watch on a non-symlink", [one_line(run, (2,), ["symlink"], "--watch on a directory")])
+
+    # 6. A client-only install: the server's heavy packages are missing (simulated with a sitecustomize).
+    checks = []
+    for module, args in (("faiss", ["index", "--catalog", str(catalog), "--out", str(bad / "no-faiss")]),
+                         ("PIL", ["demo", "--workdir", str(bad / "no-pil-demo")])):
+        site = bad / f"without-{module}"
+        site.mkdir(exist_ok=True)
+        (site / "sitecustomize.py").write_text(f"import sys\nsys.modules[{module!r}] = None  # not installed\n")
+        run = s.vitrine(*args, env={"PYTHONPATH": str(site)}, timeout_s=300)
+        checks.append(one_line(run, (2,), [module, "[server]"], f"vitrine {args[0]} without {module}: names the "
+                                                                 "[server] extra"))
+    s.bad_input(6, "a client-only install's missing extra", checks)
+
+    # 7. An upsert file with one id twice.
+    dup = write_jsonl(bad / "dup.jsonl", [{"id": "dup-1", "title": "Blue Wool Scarf"},
+                                          {"id": "dup-1", "title": "Grey Wool Scarf"}])
+    run = s.vitrine("upsert", "--target", target or "127.0.0.1:1", "--catalog", str(dup))
+    s.bad_input(7, "upsert with a duplicate id", [one_line(run, (2,), ["dup-1"], "duplicate id refused")])
+
+    # 8. A patch whose price is not a number.
+    cheap = write_jsonl(bad / "cheap.jsonl", [{"id": "p-1", "price": "cheap"}])
+    run = s.vitrine("upsert", "--target", target or "127.0.0.1:1", "--catalog", str(cheap), "--patch")
+    s.bad_input(8, 'patch with price "cheap"', [one_line(run, (2,), ["price", "cheap"], "bad price names the field")])
+
+    # 9. A second writable server on the writer's bundle.
+    run = s.vitrine("serve", "--bundle", str(bundle or catalog.parent), "--port", "0", timeout_s=180)
+    words = [str(bundle), str(ctx["proc"].pid)] if ctx.get("proc") else ["bundle", "pid"]
+    s.bad_input(9, "a second writable server on the same bundle",
+                [one_line(run, (2,), words, "second writer refused, naming the bundle and the holder's pid")])
+
+    # 10. Unreadable files: a catalog that is a directory, one that does not exist, a photo that is not an image.
+    checks = []
+    run = s.vitrine("index", "--catalog", str(catalog.parent / "images"), "--out", str(bad / "from-dir"))
+    checks.append(one_line(run, (2,), ["images", "directory"], "index --catalog DIRECTORY"))
+    run = s.vitrine("upsert", "--target", target or "127.0.0.1:1", "--catalog", str(bad / "missing.jsonl"))
+    checks.append(one_line(run, (2,), ["missing.jsonl"], "upsert --catalog MISSING"))
+    (bad / "photos").mkdir(exist_ok=True)
+    (bad / "photos" / "broken.jpg").write_text("this is not a JPEG, just text with a .jpg name\n")
+    broken = write_jsonl(bad / "broken-photo.jsonl", [{"id": "broken-1", "title": "Orange Wool Scarf",
+                                                       "image": "photos/broken.jpg"}])
+    run = s.vitrine("upsert", "--target", target or "127.0.0.1:1", "--catalog", str(broken))
+    checks.append(one_line(run, (1, 2), ["broken-1", "image"], "upsert with a .jpg that is not an image: refused "
+                                                               "naming the item and field"))
+    if target:
+        run = s.vitrine("get", "--target", target, "--ids", "broken-1,dup-1")
+        stored = [ln for ln in run.out.splitlines() if ln.startswith("{")]
+        checks.append({"check": "nothing of the refused upserts was stored", "ok": run.rc == 0 and not stored,
+                       "command": "vitrine " + shlex.join(run.argv), "exit": run.rc, "lines": stored[:3]})
+        print(f"    {'ok ' if checks[-1]['ok'] else 'BAD'} {checks[-1]['check']}", flush=True)
+    s.bad_input(10, "unreadable files and a bad photo", checks)
+
+
+def after_restart(s: Session, ctx: dict, new_photo: Path) -> None:
+    """Stop the servers and serve the bundle again: the live writes (the photo, the delete) are still there."""
+    print("\n##### restart: what was acknowledged is still there")
+    s.stop_servers()
+    try:
+        _, target = s.serve("restarted", "--bundle", str(ctx["bundle"]))
+    except RuntimeError as exc:
+        s.step("serve again after a restart", False, error=str(exc))
+        return
+    run = s.vitrine("search", "--target", target, "--image", str(new_photo), "--k", "10")
+    ctx["photo_rank_after_restart"] = rank = rank_of(NEW_ID, hits_of(run))
+    s.step("after a restart the new item's photo still finds it (top 10)", run.rc == 0 and rank is not None, rank=rank)
+    run = s.vitrine("get", "--target", target, "--ids", "p-5,new-1")
+    got = [json.loads(ln).get("id") for ln in run.out.splitlines() if ln.startswith("{")]
+    s.step("after a restart the delete holds and the new item is stored", run.rc == 0 and got == [NEW_ID], got=got)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", help="work here instead of a temporary directory")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args(argv)
+    work = Path(args.workdir).resolve() if args.workdir else Path(tempfile.mkdtemp(prefix="vitrine-newcomer-"))
+    work.mkdir(parents=True, exist_ok=True)
+    s = Session(work)
+    t0 = time.perf_counter()
+    print(f"newcomer's first hour in {work}")
+    catalog = write_catalog(work / "shop")
+    new_jsonl, new_photo = write_new_item(work / "new")
+    print(f"catalog: {catalog} (40 items, {len(list((work / 'shop' / 'images').iterdir()))} photos); new item: "
+          f"{new_jsonl} with {new_photo}")
+    run = s.vitrine("--version")
+    s.step("vitrine --version", run.rc == 0 and run.out.startswith("vitrine "), version=run.out.strip())
+    ctx: dict = {}
+    try:
+        ctx = happy_path(s, catalog, new_jsonl, new_photo)
+        bad_inputs(s, catalog, ctx)
+        if ctx:
+            after_restart(s, ctx, new_photo)
+    finally:
+        s.stop_servers()
+    answered = sum(b["ok"] for b in s.bad_inputs)
+    s.step("no traceback anywhere in the output", not s.tracebacks, seen=len(s.tracebacks))
+    result = {
+        "bench": "newcomer", "passed": all(st["ok"] for st in s.steps) and answered == 10,
+        "steps": s.steps, "photo_query_rank": ctx.get("photo_rank"),
+        "photo_query_rank_after_restart": ctx.get("photo_rank_after_restart"),
+        "bad_inputs_answered_by_one_line": answered, "bad_inputs_goal": 10, "bad_inputs": s.bad_inputs,
+        "tracebacks_seen": len(s.tracebacks), "tracebacks": s.tracebacks[:20],
+        "seconds": round(time.perf_counter() - t0, 1), **machine()}
+    print(f"\n##### summary: {sum(st['ok'] for st in s.steps)}/{len(s.steps)} steps pass; photo query rank "
+          f"{ctx.get('photo_rank')}; bad inputs answered by one line: {answered}/10; tracebacks: {len(s.tracebacks)}")
+    for st in s.steps:
+        if not st["ok"]:
+            print(f"  FAIL step: {st['step']}")
+    for b in s.bad_inputs:
+        for c in b["checks"]:
+            if not c["ok"]:
+                print(f"  FAIL bad input {b['n']}: {c['check']}: {c.get('why', '')}\n      {c.get('command', '')}"
+                      f"\n      {c.get('lines')}")
+    report("newcomer", result)
+    if not (args.workdir or args.keep):
+        shutil.rmtree(work, ignore_errors=True)
+    return 0 if result["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
