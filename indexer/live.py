@@ -349,7 +349,8 @@ class LiveIndex:
         in a catalog file): a batch that names an item twice is refused, not silently resolved.
 
         `photos` maps an item id to its photo's bytes (which replace the item's `image`); an item's `image` path or
-        URL is read here. A photo that cannot be read or decoded raises BadPhoto and nothing is written.
+        URL is read here. A photo that cannot be read or decoded raises BadPhoto and nothing is written. A bundle
+        without CLIP vectors keeps sent photos (for display, and for a re-index with a CLIP) and encodes none.
         """
         items = list(items)
         dup = sorted(i for i, n in Counter(it.id for it in items).items() if n > 1)
@@ -460,10 +461,7 @@ class LiveIndex:
     def _decode(self, data: bytes, item_id: str, field_name: str) -> Any:
         from vitrine.encoders.images import decode_image
 
-        if self.clip is None:
-            raise BadPhoto(item_id, field_name, "this bundle has no CLIP vectors, so it cannot search by photo; "
-                                                "index it with --clip-model first.")
-        size = getattr(self.clip, "image_size", None)
+        size = getattr(self.clip, "image_size", None)  # no CLIP (a text-only bundle): the photo is still checked and kept
         try:
             return decode_image(data, MAX_PHOTO_BYTES, min_side=max(size) if isinstance(size, (tuple, list)) else size)
         except ValueError as exc:

@@ -17,7 +17,7 @@ from vitrine.encoders.config import check, check_positive_ints, config_from_dict
 from vitrine.indexer.catalog import MAX_ID_LENGTH, Item
 from vitrine.indexer.live import MAX_PHOTO_BYTES, BadPhoto, LiveIndex
 from vitrine.proto import search_pb2, search_pb2_grpc
-from vitrine.ranking.pipeline import InvalidRequest, Unsupported
+from vitrine.ranking.pipeline import InvalidRequest
 from vitrine.server.auth import check_token
 from vitrine.server.status import Metrics, StatusError, abort_on_error, check_deadline, status_for
 from vitrine.server.tenants import Tenant, Tenants
@@ -180,9 +180,6 @@ class CatalogServicer(search_pb2_grpc.CatalogServicer):
         try:
             if kind == "item":
                 item, photo = item_from_proto(req.item, config)
-                if photo is not None and "clip_image" not in live.bundle.vectors:
-                    raise Unsupported("item.image: this bundle has no CLIP vectors, so a photo could never be searched; "
-                                      "index the catalog with --clip-model to search by photo.")
                 if tenant.quota.config.max_items and not live.get([item.id]):
                     tenant.quota.check_items(len(live.bundle.docstore), 1)
                 try:

@@ -266,3 +266,21 @@ def test_cli_upsert_sends_local_photos_as_bytes_and_refuses_a_missing_one(served
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cli-2" in err[0] and "typo.png" in err[0]
     assert bundle.docstore.get("cli-2") is None
+
+
+def test_a_bundle_without_clip_keeps_a_sent_photo_for_display_and_refuses_a_bad_one(small_bundle_path, tmp_path,
+                                                                                    keyword_encoder):
+    path = tmp_path / "text-only"
+    shutil.copytree(small_bundle_path, path)
+    bundle = Bundle(path)
+    live = LiveIndex(bundle, keyword_encoder)
+    try:
+        assert live.upsert([Item(id="p", title="Red Square print")], photos={"p": png(draw("Red", "Square", 0))}) == 1
+        image = live.get(["p"])[0].image
+        assert image.startswith(BUNDLE_PHOTO) and (path / image[len(BUNDLE_PHOTO):]).is_file()
+        with pytest.raises(ValueError, match="item 'q': image:"):
+            live.upsert([Item(id="q", title="x")], photos={"q": b"GIF89a not really"})
+        assert live.get(["q"]) == []
+    finally:
+        live.close()
+        bundle.close()
