@@ -21,6 +21,25 @@ _HYPHENATED = re.compile(r"\b(\w+)-(\w+)\b", re.UNICODE)
 # Attributes that describe when or how an item is worn or used rather than what it is; on fashion they
 # only add noise to both BM25 and the dense item text (bench/tune_first_stage.py), so neither indexes them.
 CONTEXT_ATTRIBUTES = frozenset({"season", "usage"})
+# English stop words: Lucene's EnglishAnalyzer.ENGLISH_STOP_WORDS_SET (also Elasticsearch's `_english_` stop filter
+# default), kept short on purpose: longer lists (scikit-learn's has "top", "bottom", "back") drop product words.
+# Query rules that weigh a query's words (the coverage rule, later typo tolerance) skip these; BM25 itself still
+# indexes and searches them, so "shirt for men" matches "Shirt for Men" as before.
+STOP_WORDS = frozenset({
+    "a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "if", "in", "into", "is", "it", "no", "not", "of",
+    "on", "or", "such", "that", "the", "their", "then", "there", "these", "they", "this", "to", "was", "will", "with",
+})
+
+
+def query_words(text: str) -> list[str]:
+    """The query's informative words (longer than 2 characters), lower-cased, without syntax."""
+    return [w for w in _SYNTAX.sub(" ", text).lower().split() if len(w) > 2]
+
+
+def content_words(text: str) -> list[str]:
+    """query_words without stop words: the words that say what is wanted ("navy blue shirt for men" -> navy, blue,
+    shirt, men)."""
+    return [w for w in query_words(text) if w not in STOP_WORDS]
 
 
 @dataclass(frozen=True)
@@ -135,7 +154,7 @@ class Bm25Index:
 
     def query_words(self, text: str) -> list[str]:
         """The query's informative words (longer than 2 characters), lower-cased, without syntax."""
-        return [w for w in _SYNTAX.sub(" ", text).lower().split() if len(w) > 2]
+        return query_words(text)
 
     def explained_share(self, text: str, top_score: float) -> float:
         """How much of the query the best BM25 hit explains: its score over the sum of each word's best single-word
@@ -151,12 +170,14 @@ class Bm25Index:
         return min(1.0, top_score / total) * known / len(words) if total > 0 else 0.0
 
     def term_coverage(self, text: str) -> float:
-        """Fraction of the query's words that occur anywhere in the index (after its tokenizer).
+        """Fraction of the query's content words that occur anywhere in the index (after its tokenizer).
 
-        High for literal queries ("navy blue shirt men"), low for paraphrases ("azure purse") whose
-        words the catalog never uses: the pipeline uses it to decide how much CLIP text should count.
+        High for literal queries ("navy blue shirt for men"), low for paraphrases ("azure purse") whose
+        words the catalog never uses: the pipeline uses it to decide how much CLIP text should count. Stop words
+        count neither way: "for" says nothing about whether the catalog speaks the query's language. A query of
+        stop words only has coverage 0, as an empty one.
         """
-        words = self.query_words(text)
+        words = content_words(text)
         if not words:
             return 0.0
         searcher = self.index.searcher()
