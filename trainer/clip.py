@@ -319,6 +319,7 @@ class ClipTrainer:
         random.seed(config.seed)
         np.random.seed(config.seed)
         self.tower = "checkpoint" if base else "custom" if model_cfg else config.vision
+        self.base = base
         if base and is_checkpoint_dir(base):
             self.model, self.model_cfg, self.preprocess = load_checkpoint_dir(base, self.device)
         elif base:
@@ -589,7 +590,8 @@ class ClipTrainer:
                 break
         extra = {"general_photos": n_general, "tower": self.tower,
                  "trainable_stages": None if self.split is None else len(self.split.trunk.blocks) - self.split.cut,
-                 "attributes": {f: len(v) for f, v in self.vocab.items()}, "workers": size}
+                 "attributes": {f: len(v) for f, v in self.vocab.items()}, "workers": size,
+                 "heldout_ids": self._heldout_ids([pairs.ids[i] for i in val_idx])}
         training = None
         if main:
             training = self._finish(best_dir, state, pairs, len(train_idx), len(val_idx), time.perf_counter() - t_start, extra)
@@ -615,6 +617,17 @@ class ClipTrainer:
             self._save(best_dir)
         else:
             state["bad_epochs"] += 1
+
+    def _heldout_ids(self, ids: list[str]) -> list[str]:
+        """The catalog items no training run of this model saw: this run's held-out pairs, less any its base
+        checkpoint trained on (those outside the base's own held-out ids). The indexer's CLIP check
+        (indexer/bundle.clip_check) queries with them, so its recall is measured on pairs the model never learned."""
+        record = Path(self.base) / "training.json" if self.base else None
+        before = json.loads(record.read_text()).get("heldout_ids") if record is not None and record.is_file() else None
+        if before is None:   # no base, or a base that did not record them (its training pairs are unknown)
+            return ids
+        unseen = set(before)
+        return [i for i in ids if i in unseen]
 
     def _save(self, out: Path) -> None:
         save_checkpoint_dir(self.model, self.model_cfg, self.preprocess, out)

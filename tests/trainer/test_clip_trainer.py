@@ -92,6 +92,18 @@ def test_checkpoint_dir_is_self_contained(trained):
     np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, rtol=1e-5)
 
 
+def test_training_json_lists_the_items_no_run_trained_on(trained, tmp_path):
+    """The held-out ids are what the indexer's CLIP check queries; a fine-tune keeps only those its base never saw."""
+    out, result = trained
+    held = json.loads((out / "training.json").read_text())["heldout_ids"]
+    assert len(held) == len(set(held)) == result["heldout_pairs"] == 16
+    cfg = ClipTrainConfig(epochs=1, batch_size=32, holdout=32, image_size=16, freeze_text="none", warmup_steps=1, seed=5)
+    tuned = ClipTrainer(cfg, tmp_path / "tuned", base=str(out), device="cpu", log=lambda s: None).fit(toy_pairs(),
+                                                                                                     progress=False)
+    own = {str(i) for i in np.random.default_rng(5).permutation(160)[:16]}   # this run's held-out pairs (seed 5)
+    assert tuned["heldout_ids"] and set(tuned["heldout_ids"]) == own & set(held) != own
+
+
 def test_resume_continues_from_checkpoint(tmp_path):
     def make(epochs):
         return ClipTrainer(ClipTrainConfig(epochs=epochs, batch_size=32, holdout=32, image_size=16, freeze_text="none",
