@@ -109,14 +109,46 @@ class BadPhoto(ValueError):
 
 
 def photo_location(bundle: Bundle, image: str) -> str:
+    return resolve_photo(bundle.path, bundle.manifest, image)
+
+
+def resolve_photo(bundle_dir: Path, manifest: Mapping[str, Any], image: str) -> str:
     """Where an item's `image` can be read: a photo kept in the bundle, an http(s) URL, an absolute path, or a path
     relative to the catalog the bundle was built from (as the indexer resolved it)."""
     if image.startswith(BUNDLE_PHOTO):
-        return str(bundle.path / image[len(BUNDLE_PHOTO):])
+        return str(bundle_dir / image[len(BUNDLE_PHOTO):])
     if image.startswith(("http://", "https://")) or Path(image).is_absolute():
         return image
-    catalog = bundle.manifest.get("catalog")
-    return str((Path(catalog).parent if catalog else bundle.path) / image)
+    catalog = manifest.get("catalog")
+    return str((Path(catalog).parent if catalog else bundle_dir) / image)
+
+
+def export_catalog(bundle_dir: str | Path, out: str | Path) -> int:
+    """Writes a bundle's items as a catalog JSONL that `vitrine index` reads: live writes included, and every
+    image as a location that file can be read from (photos kept in the bundle and catalog-relative paths become
+    absolute paths). Returns the number of items. The bundle may be served meanwhile (SQLite readers do not block;
+    only the docstore and the manifest are read)."""
+    from vitrine.indexer.docstore import DocStore
+
+    bundle_dir, out = Path(bundle_dir), Path(out)
+    if not (bundle_dir / MANIFEST).is_file():
+        raise FileNotFoundError(f"bundle {bundle_dir} does not exist or is not a Vitrine bundle (no {MANIFEST}).")
+    manifest = json.loads((bundle_dir / MANIFEST).read_text(encoding="utf-8"))
+    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    docstore = DocStore(bundle_dir / "docstore.sqlite")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for _, item in sorted(docstore.items.items()):
+                row = item.to_dict()
+                if item.image:
+                    where = resolve_photo(bundle_dir, manifest, item.image)
+                    row["image"] = where if where.startswith(("http://", "https://")) else str(Path(where).resolve())
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        n = len(docstore)
+    finally:
+        docstore.close()
+    os.replace(tmp, out)
+    return n
 
 
 def pack_vector(x: np.ndarray) -> str:

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -284,3 +285,29 @@ def test_a_bundle_without_clip_keeps_a_sent_photo_for_display_and_refuses_a_bad_
     finally:
         live.close()
         bundle.close()
+
+
+def test_export_gives_a_catalog_whose_reindex_finds_live_photos(bundle_path, clip_bundle, keyword_encoder, tmp_path):
+    from vitrine.cli.main import main
+    from vitrine.indexer.catalog import read_catalog
+
+    _, clip, _ = clip_bundle
+    photo = draw("Green", "Stripe", 9)
+    bundle = Bundle(bundle_path)
+    live = LiveIndex(bundle, keyword_encoder, LiveConfig(), clip)
+    try:
+        live.upsert([Item(id="exp", title="Green Stripe bag")], photos={"exp": png(photo)})
+        assert main(["export", "--bundle", str(bundle_path), "--out", str(tmp_path / "cat.jsonl")]) == 0  # while open
+    finally:
+        live.close()
+        bundle.close()
+    items, errors = read_catalog(tmp_path / "cat.jsonl")
+    assert errors == []
+    assert len(items) == 25 and all(Path(it.image).is_file() for it in items if it.image)
+    build_bundle(items, tmp_path / "re", keyword_encoder, IndexerConfig(ann=AnnConfig(factory="Flat"), onnx=False),
+                 clip_encoder=clip, catalog_dir=tmp_path, progress=False)
+    again = Bundle(tmp_path / "re")
+    try:
+        assert photo_hits(again, clip, keyword_encoder, photo)[0] == "exp"
+    finally:
+        again.close()
