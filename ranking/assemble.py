@@ -15,7 +15,7 @@ from typing import Any
 from vitrine.encoders.config import EncoderConfig
 from vitrine.indexer.ann import AnnConfig
 from vitrine.indexer.bundle import Bundle
-from vitrine.ranking.pipeline import SearchConfig, Searcher
+from vitrine.ranking.pipeline import SearchConfig, Searcher, clip_text_trust
 from vitrine.ranking.rerank import RerankConfig
 
 log = logging.getLogger("vitrine")
@@ -203,10 +203,21 @@ def _assemble(bundle: Bundle, pool: ModelPool, keys: list[Hashable], backends: d
     clip = with_variants("clip", bundle.path / CLIP_VARIANTS, _clip_encoder) if "clip" in models else None
     cross, ltr = _second_stage(pool, keys, backends, reranker, ranker, encoders, rerank, requested)
     searcher = Searcher(bundle, encoder, search, clip_encoder=clip, reranker=cross, ranker=ltr, rerank=rerank)
+    if clip is not None:
+        _log_clip_trust(bundle, search)
     searcher.backends = backends
     searcher.pool, searcher.pool_keys = pool, keys
     log.info("serving backends: %s", backends)
     return searcher
+
+
+def _log_clip_trust(bundle: Bundle, search: SearchConfig) -> None:
+    """Says once, at open, whether CLIP text will join text queries (the searcher decides per query the same way)."""
+    trusted, why = clip_text_trust(bundle.manifest, search.clip_text_min_recall)
+    if "check" not in bundle.manifest["models"]["clip"]:
+        log.warning("CLIP text joins text queries unchecked: %s; re-index (`vitrine index`) to check it", why)
+    else:
+        log.info("CLIP text %s text queries: %s", "joins" if trusted else "is left out of", why)
 
 
 def requested_backend(encoders: EncoderConfig) -> str:

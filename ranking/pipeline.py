@@ -72,6 +72,11 @@ class SearchConfig:
     # (paraphrases); above it, BM25 + MiniLM already win and clip_text's weight is scaled by literal_clip_scale.
     literal_coverage: float = 1.0
     literal_clip_scale: float = 0.0
+    # CLIP text joins text queries at all only when the bundle's check of its CLIP (indexer/clip_check.py: an item's
+    # text finding the item's own photo, recall@10 among up to 1,000 catalog photos, on items the CLIP never trained
+    # on) beats chance by at least this much, as a share of the way from chance to perfect: (recall - chance) /
+    # (1 - chance). Photo and composed queries use CLIP whatever the check says. 0 = always trust it.
+    clip_text_min_recall: float = 0.2
     # Opt-in BM25 gate: a short keyword query (at most bm25_gate_words informative words) keeps BM25 in the fusion
     # only when its best hit explains at least bm25_explain_min of the query (Bm25Index.explained_share), else the
     # dense sources rank alone. Off (0) by default: on the full fashion catalog it lifts paraphrase 0.339 -> 0.425,
@@ -95,6 +100,8 @@ class SearchConfig:
                   "a non-negative number", w)
         check(cfg.attribute_bonus >= 0, "search.attribute_bonus", "a non-negative number", cfg.attribute_bonus)
         check(0 <= cfg.attribute_min_prob <= 1, "search.attribute_min_prob", "a probability in [0, 1]", cfg.attribute_min_prob)
+        check(0 <= cfg.clip_text_min_recall <= 1, "search.clip_text_min_recall", "a number in [0, 1]",
+              cfg.clip_text_min_recall)
         check_positive_ints(cfg, "search", ("rrf_k", "candidates", "default_k", "max_k", "max_text_chars",
                                             "max_image_bytes", "max_image_pixels"))
         # A [search.weights] table overrides the sources it names; the others keep their defaults.
@@ -137,6 +144,35 @@ class SearchResult:
     # `explain` and a ranker, each feature's contribution to the ranker score (LightGBM pred_contrib).
     features: Mapping[str, np.ndarray] = field(default_factory=dict)
     contributions: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    # Sources the request would have used but a rule left out, each with the reason a person can read (explanations).
+    dropped: Mapping[str, str] = field(default_factory=dict)
+
+
+def clip_text_trust(manifest: Mapping[str, Any], min_recall: float) -> tuple[bool, str]:
+    """Whether the bundle's CLIP text tower may join text queries, and why, from its check in the manifest.
+
+    A bundle without a check (indexed before the check existed) keeps the earlier behaviour, CLIP text joining as the
+    coverage rule says: its CLIP was what its operator chose and measured, and an upgrade should not change served
+    results silently (ranking/assemble.py logs that a re-index would check it). A check that could not be measured (no
+    item has both a photo and text) does not pass: nothing shows that the text tower finds anything.
+    """
+    clip = manifest.get("models", {}).get("clip")
+    if clip is None:
+        return False, "this bundle has no CLIP"
+    check = clip.get("check")
+    if min_recall <= 0:
+        return True, "[search] clip_text_min_recall = 0: CLIP text joins whatever its check says"
+    if check is None:
+        return True, "this bundle has no CLIP check (indexed before it existed): CLIP text joins as before"
+    recall = check.get("text_to_image_recall@10")
+    if recall is None:
+        return False, f"its CLIP check was not measured ({check.get('how', 'no reason recorded')})"
+    chance = float(check.get("chance", 0.0))
+    above = (recall - chance) / (1 - chance) if chance < 1 else 0.0
+    verdict = "passes" if above >= min_recall else "is below"
+    return above >= min_recall, (f"its CLIP check {verdict} [search] clip_text_min_recall = {min_recall:g}: "
+                                 f"text->image recall@10 {recall:.3f} on {check.get('queries')} catalog items, chance "
+                                 f"{chance:.3f}, so {above:.3f} of the way from chance to perfect")
 
 
 class Searcher:
@@ -181,6 +217,13 @@ class Searcher:
         text = req.text.strip()
         mode = "composed" if image is not None and text else "image" if image is not None else "text"
         sources = self._active_sources(req, mode)
+        dropped: dict[str, str] = {}
+        # A request that names clip_text (in sources or weights) gets it; otherwise the bundle's check decides.
+        if mode == "text" and "clip_text" in sources and not req.sources and "clip_text" not in req.weights:
+            trusted, why = clip_text_trust(self.bundle.manifest, self.config.clip_text_min_recall)
+            if not trusted:
+                sources.remove("clip_text")
+                dropped["clip_text"] = why
         queries: dict[str, np.ndarray] = {}  # source -> (1, D) query vector
         if "text" in sources and text:
             t0 = time.perf_counter()
@@ -210,7 +253,8 @@ class Searcher:
         timings["total"] = (time.perf_counter() - t_start) * 1e3
         return SearchResult(hits=ranked[req.offset:req.offset + k], total_candidates=len(fused),
                             timings_ms=timings, bundle_version=self.bundle.version, constraints=constraints,
-                            predicted=predicted, mode=mode, stages=applied, features=features, contributions=contributions)
+                            predicted=predicted, mode=mode, stages=applied, features=features, contributions=contributions,
+                            dropped=dropped)
 
     def _first_stage(self, req: SearchRequest, text: str, mode: str, sources: list[str], queries: Mapping[str, np.ndarray],
                      seen: Mapping[str, tuple[str, float]], timings: dict[str, float],
