@@ -266,6 +266,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     check_port(args.host, args.port)
     if args.metrics_port is not None:
         check_port(args.host, args.metrics_port, "--metrics-port")
+    if not args.read_only:
+        # Refuse at once, before the models load; the live index takes the lock for good once they have.
+        from vitrine.indexer.lock import WriterLock
+
+        WriterLock(Path(args.bundle).resolve()).acquire().release()
     config = load_config(args.config)
     token = args.auth_token or os.environ.get(TOKEN_ENV) or config.catalog.auth_token
     catalog = replace(config.catalog, auth_token=token or None)
