@@ -121,6 +121,21 @@ def _show(title: str, client: VitrineClient, **kwargs: object) -> None:
     print(f"    ({result.total_candidates} candidates, {result.took_ms:.1f} ms, bundle {result.bundle_version})")
 
 
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _say_clip_check(manifest: dict) -> None:
+    """What the indexer measured of the CLIP, and so whether CLIP text joins the text queries below."""
+    from vitrine.ranking.pipeline import SearchConfig, clip_text_trust
+
+    check = manifest["models"]["clip"]["check"]
+    trusted, why = clip_text_trust(manifest, SearchConfig().clip_text_min_recall)
+    print(f"CLIP check by the indexer: {check['how']}")
+    print(f"  -> CLIP text {'joins' if trusted else 'stays out of'} text queries: {why}. "
+          "Photo and composed queries use CLIP either way.")
+
+
 def run_demo(data: str | None, workdir: Path) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     data_dir = Path(data) if data else DEFAULT_DATA
@@ -132,20 +147,22 @@ def run_demo(data: str | None, workdir: Path) -> int:
         catalog = generate_catalog(workdir / "catalog.jsonl")
         print(f"catalog: {data_dir} not found; generated {catalog} (400 synthetic items)")
     clip_dir = workdir / f"clip-{catalog.parent.name}"
-    if not (clip_dir / "model.safetensors").is_file():
+    if not (clip_dir / "model.safetensors").is_file() or "heldout_ids" not in _json(clip_dir / "training.json"):
         # No CLIP weights can be downloaded here: learn a small one from the catalog's own photos, once.
         print(f"training a small CLIP on the catalog's photos into {clip_dir} (cached; a few minutes on a CPU) ...", flush=True)
         subprocess.run(_vitrine("train", "clip", "--catalog", str(catalog), "--out", str(clip_dir), "--epochs", "3",
                                 "--max-pairs", "2500", "--holdout", "200", "--quiet"), check=True)
     bundle = workdir / f"bundle-{catalog.parent.name}"
     manifest = bundle / "manifest.json"
-    if not manifest.is_file() or json.loads(manifest.read_text()).get("catalog") != str(catalog.resolve()) \
-            or "clip" not in json.loads(manifest.read_text()).get("models", {}):
+    # A bundle from before the CLIP check (no models.clip.check) is rebuilt, so the demo shows today's behaviour.
+    built = _json(manifest)
+    if built.get("catalog") != str(catalog.resolve()) or "check" not in built.get("models", {}).get("clip", {}):
         print(f"indexing into {bundle} ...", flush=True)
         subprocess.run(_vitrine("index", "--catalog", str(catalog), "--out", str(bundle), "--force",
                                 "--clip-model", str(clip_dir)), check=True)
     else:
         print(f"reusing bundle {bundle}")
+    _say_clip_check(_json(manifest))
     print("starting the server ...", flush=True)
     proc, target = start_server(bundle)
     print(f"server is listening on {target} (pid {proc.pid}); querying it from this process")

@@ -26,6 +26,7 @@ from vitrine.encoders.base import TextEncoder
 from vitrine.indexer.ann import AnnConfig, VectorIndex
 from vitrine.indexer.bm25 import CONTEXT_ATTRIBUTES, Bm25Config, Bm25Index
 from vitrine.indexer.catalog import Item
+from vitrine.indexer.clip_check import clip_check, trainer_heldout_ids
 from vitrine.indexer.docstore import DocStore
 
 log = logging.getLogger("vitrine.indexer")
@@ -208,6 +209,13 @@ def build_bundle(
             vectors["clip_image"] = meta
             models["clip"] = {"name": clip_encoder.name, "dim": clip_encoder.dim, "kind": "open_clip",
                               "version": getattr(clip_encoder, "version", "")}
+            t0 = time.perf_counter()
+            photos = meta["images"]  # the first rows of clip_ids / clip_xb are photo vectors, then text stand-ins
+            models["clip"]["check"] = clip_check(
+                dict(rows), clip_ids[:photos], clip_xb[:photos],
+                lambda texts: runner.encode_texts(clip_encoder, texts, config.batch_size, "check clip text", False),
+                text=clip_item_text, heldout=trainer_heldout_ids(clip_encoder.name))
+            timings["clip_check_s"] = time.perf_counter() - t0
             if config.onnx and hasattr(clip_encoder, "model") and len(clip_ids):
                 t0 = time.perf_counter()
                 by_docno = dict(rows)
