@@ -90,7 +90,8 @@ def item_from_dict(obj: Any) -> Item:
     for key, value in attributes.items():
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise ValueError(f"field 'attributes.{key}' must be a string or number, got {type(value).__name__}")
-        clean_attrs[str(key)] = str(value)
+        if str(value).strip():  # an empty value is no value (a live upsert refuses one, and no filter can name it)
+            clean_attrs[str(key)] = str(value)
     price = obj.get("price")
     if price is not None:
         if isinstance(price, bool) or not isinstance(price, (int, float)) or not math.isfinite(price):

@@ -74,3 +74,10 @@ def test_column_map_rejects_unknown_fields():
 def test_missing_catalog_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_catalog(tmp_path / "nope.jsonl")
+
+
+def test_an_empty_attribute_value_is_no_value_so_batch_and_live_items_agree():
+    from vitrine.indexer.catalog import item_from_dict
+
+    item = item_from_dict({"id": "1", "title": "t", "attributes": {"color": "", "usage": "  ", "gender": "Men"}})
+    assert dict(item.attributes) == {"gender": "Men"}  # the server refuses an empty value in a whole item
