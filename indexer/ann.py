@@ -159,7 +159,11 @@ class VectorIndex:
         path = Path(path)
         refine_path = _refine_path(path)
         refine = faiss.read_index(str(refine_path)) if refine_path.exists() else None
-        return cls(faiss.read_index(str(path)), factory, config, refine)
+        index = faiss.read_index(str(path))
+        blocks = _block_lists(index)
+        if blocks is not None:  # a file saved after removals by an older Vitrine holds the same stale slots
+            clear_vacated_slots(blocks)
+        return cls(index, factory, config, refine)
 
     def reconstruct(self, ids: np.ndarray) -> np.ndarray | None:
         """The stored vectors of doc numbers `ids` (N, D), from the exact store; None when only PQ codes are kept."""
@@ -197,7 +201,11 @@ class VectorIndex:
 
     def remove(self, ids: np.ndarray) -> int:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
+        blocks = _block_lists(self.index)
+        sizes = None if blocks is None else [blocks.list_size(lst) for lst in range(blocks.nlist)]
         removed = self.index.remove_ids(ids)
+        if blocks is not None and removed:
+            clear_vacated_slots(blocks, sizes)
         if self.refine is not None:
             self.refine.remove_ids(ids)
         self._apply_search_params()
@@ -245,6 +253,42 @@ class VectorIndex:
         self._search_index = self.index
         if self.config.use_gpu and gpu_available():
             self._search_index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, self.index)
+
+
+def _block_lists(index: faiss.Index) -> faiss.BlockInvertedLists | None:
+    """The inverted lists of a fast-scan IVF index ("...x4fs"), whose codes are packed 32 to a block."""
+    ivf = _try_extract_ivf(index)
+    if ivf is None:
+        return None
+    invlists = faiss.downcast_InvertedLists(ivf.invlists)
+    return invlists if isinstance(invlists, faiss.BlockInvertedLists) else None
+
+
+def clear_vacated_slots(blocks: faiss.BlockInvertedLists, sizes_before: list[int] | None = None) -> int:
+    """Zeroes the code slots past each list's end inside its last block; returns how many were cleared.
+
+    FAISS 1.15's BlockInvertedLists.remove_ids moves the last code into a removed slot but leaves the vacated slot's
+    nibbles in place, and the next add (pq4_pack_codes_range) ORs new codes into slots it expects to be zero: a
+    vector added to that list after a removal got a corrupt code and was not found (40 of 50 re-added vectors in a
+    probe; a title-only live upsert removes and re-adds). With `sizes_before`, only the lists that shrank are
+    visited (a live write touches one or two); without, every list (a file loaded from disk).
+    """
+    packer = blocks.packer
+    zero = np.zeros(packer.code_size, dtype=np.uint8)
+    cleared = 0
+    for lst in range(blocks.nlist):
+        size = blocks.list_size(lst)
+        end = -(-size // blocks.n_per_block) * blocks.n_per_block  # the last block's capacity
+        if sizes_before is not None:
+            end = min(end, sizes_before[lst])
+        if end <= size:
+            continue
+        nbytes = -(-end // blocks.n_per_block) * blocks.block_size
+        codes = faiss.rev_swig_ptr(blocks.get_codes(lst), nbytes).reshape(-1, blocks.block_size)  # a view, not a copy
+        for slot in range(size, end):
+            packer.pack_1(zero, slot, codes)
+            cleared += 1
+    return cleared
 
 
 def _refine_path(path: Path) -> Path:

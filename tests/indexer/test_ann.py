@@ -94,3 +94,35 @@ def test_gpu_search_matches_cpu():
     _, Ic = cpu.search(xb[:20], 10)
     _, Ig = gpu.search(xb[:20], 10)
     assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(Ic, Ig)]) >= 0.95
+
+
+def _fastscan_with_stale_slots() -> tuple[np.ndarray, VectorIndex]:
+    rng = np.random.default_rng(0)
+    xb = rng.standard_normal((3000, 32)).astype(np.float32)
+    xb /= np.linalg.norm(xb, axis=1, keepdims=True)
+    return xb, VectorIndex.build(xb, np.arange(3000), AnnConfig(factory="IVF16,PQ16x4fs,RFlat", nprobe=16))
+
+
+def test_a_vector_re_added_after_a_removal_in_a_fast_scan_index_is_found():
+    """FAISS 1.15 leaves a removed code's nibbles in its vacated slot and ORs the next added code into it; Vitrine
+    clears vacated slots, so a live upsert (remove + add) stays findable."""
+    xb, vi = _fastscan_with_stale_slots()
+    rows = np.arange(0, 600, 7)
+    vi.remove(rows)
+    vi.add(xb[rows], rows + 10_000)
+    _, I = vi.index.search(xb[rows], 10)  # the PQ base alone, before any re-scoring
+    assert all(r + 10_000 in I[j] for j, r in enumerate(rows))
+    _, I = vi.search(xb[rows], 1)
+    assert I[:, 0].tolist() == (rows + 10_000).tolist()
+
+
+def test_loading_a_fast_scan_file_saved_with_stale_slots_clears_them(tmp_path):
+    xb, vi = _fastscan_with_stale_slots()
+    rows = np.arange(0, 600, 7)
+    vi.index.remove_ids(rows)  # as an older Vitrine removed: vacated slots keep their old nibbles
+    vi.refine.remove_ids(rows)
+    vi.save(tmp_path / "v.faiss")
+    loaded = VectorIndex.load(tmp_path / "v.faiss", "IVF16,PQ16x4fs,RFlat", AnnConfig(nprobe=16))
+    loaded.add(xb[rows], rows + 10_000)
+    _, I = loaded.index.search(xb[rows], 10)
+    assert all(r + 10_000 in I[j] for j, r in enumerate(rows))
