@@ -28,6 +28,7 @@ from vitrine.indexer.bm25 import CONTEXT_ATTRIBUTES, Bm25Config, Bm25Index
 from vitrine.indexer.catalog import Item
 from vitrine.indexer.clip_check import clip_check, trainer_heldout_ids
 from vitrine.indexer.docstore import DocStore
+from vitrine.indexer.lock import WriterLock
 
 log = logging.getLogger("vitrine.indexer")
 
@@ -157,6 +158,18 @@ def build_bundle(
     out = Path(out)
     if out.exists() and not force:
         raise FileExistsError(f"{out} already exists; pass --force to replace it")
+    if (out / MANIFEST).is_file():
+        # Replacing a bundle that a writable server holds would drop the writes it acknowledges into its WAL.
+        with WriterLock(out, "vitrine index --force"):
+            return _build_bundle(items, out, text_encoder, config, clip_encoder, catalog_dir, catalog_path,
+                                 config_dict, progress, runner)
+    return _build_bundle(items, out, text_encoder, config, clip_encoder, catalog_dir, catalog_path, config_dict,
+                         progress, runner)
+
+
+def _build_bundle(items: Sequence[Item], out: Path, text_encoder: TextEncoder | None, config: IndexerConfig,
+                  clip_encoder: ClipEncoder | None, catalog_dir: str | Path | None, catalog_path: str | None,
+                  config_dict: dict | None, progress: bool, runner: LocalRunner) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
