@@ -6,10 +6,12 @@ on training pairs would be).
 
 `text`: fashion text-literal and text-paraphrase through the server's Searcher (in-process, first stage) over a
 bundle built with a CLIP: "before" (stop words counted by the coverage rule, no check), "stop words" (the new
-coverage rule, no check), "after" (the defaults: both), and BM25 + MiniLM alone.
+coverage rule, no check), "after" (the defaults: both), and BM25 + MiniLM alone. With --demo, over a `vitrine demo`
+bundle instead: one query per (colour, article type, gender) of its generated catalog, "navy blue shirt for men"
+style, graded from the attributes as fashion's queries are.
 
     python bench/clip_trust.py check --catalog CATALOG --clip DIR [--clip DIR ...] [--captions]
-    python bench/clip_trust.py text --bundle BUNDLE [--data ../shared/data]
+    python bench/clip_trust.py text --bundle BUNDLE [--data ../shared/data] [--demo]
 
 Last line: one JSON object with every figure, also written to bench/results/clip_trust_<command>[_captions].json.
 """
@@ -81,7 +83,27 @@ def _old_coverage(self, text: str) -> float:
     return found / len(words)
 
 
-def text(bundle: str, data: Path) -> dict:
+# `vitrine demo`'s article types as a shopper writes them: in the catalog's words, and in words it never uses.
+DEMO_WORDS = {"Tshirts": "t-shirt", "Shirts": "shirt", "Jeans": "jeans", "Casual Shoes": "casual shoes",
+              "Handbags": "handbag", "Watches": "watch", "Caps": "cap", "Dresses": "dress"}
+DEMO_SYNONYMS = {"Tshirts": "tee", "Shirts": "button-down", "Jeans": "denims", "Casual Shoes": "sneakers",
+                 "Handbags": "purse", "Watches": "wristwatch", "Caps": "hat", "Dresses": "frock"}
+
+
+def demo_task(items: list, words: dict[str, str]) -> tuple[list[dict], dict]:
+    """Queries like the demo's first one ("navy blue shirt for men"), one per (colour, article type, gender) the
+    generated catalog has, graded from attributes as fashion's are: 2 = all three match, 1 = article type and gender."""
+    combos = sorted({(a["color"], a["article_type"], a["gender"]) for a in (it.attributes for it in items)})
+    queries, qrels = [], {}
+    for n, (color, article, gender) in enumerate(combos):
+        qid = f"demo-{n}"
+        queries.append({"qid": qid, "text": f"{color.lower()} {words[article]} for {gender.lower()}"})
+        qrels[qid] = {it.id: 2 if it.attributes["color"] == color else 1 for it in items
+                      if it.attributes["article_type"] == article and it.attributes["gender"] == gender}
+    return queries, qrels
+
+
+def text(bundle: str, data: Path, demo: bool = False) -> dict:
     from vitrine.indexer.bm25 import Bm25Index
     from vitrine.ranking.assemble import open_searcher
     from vitrine.ranking.metrics import evaluate, load_qrels, load_queries
@@ -89,6 +111,12 @@ def text(bundle: str, data: Path) -> dict:
 
     folder = data / "fashion"
     searcher = open_searcher(bundle, batching=False)
+    if demo:
+        items = list(searcher.bundle.docstore.items.values())
+        tasks = {"demo-literal": demo_task(items, DEMO_WORDS), "demo-paraphrase": demo_task(items, DEMO_SYNONYMS)}
+    else:
+        tasks = {t: (load_queries(folder / "queries" / f"{t}.jsonl"), load_qrels(folder / "qrels" / f"{t}.tsv"))
+                 for t in TASKS}
     base = searcher.config
     new_coverage = Bm25Index.term_coverage
     variants = {  # name -> (coverage rule, config, request sources)
@@ -100,9 +128,7 @@ def text(bundle: str, data: Path) -> dict:
     trusted, why = clip_text_trust(searcher.bundle.manifest, base.clip_text_min_recall)
     out: dict = {"check": searcher.bundle.manifest["models"].get("clip", {}).get("check"), "clip_text_trusted": trusted,
                  "why": why, "ndcg@10": {}, "literal": {}, "clip_text_dropped": {}}
-    for task in TASKS:
-        queries = load_queries(folder / "queries" / f"{task}.jsonl")
-        qrels = load_qrels(folder / "qrels" / f"{task}.tsv")
+    for task, (queries, qrels) in tasks.items():
         for name, (coverage, config, sources) in variants.items():
             Bm25Index.term_coverage = coverage
             searcher.config = config
@@ -133,15 +159,17 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("text")
     t.add_argument("--bundle", required=True)
     t.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    t.add_argument("--demo", action="store_true", help="a `vitrine demo` bundle: attribute queries like its first one")
     args = parser.parse_args(argv)
     out = {"machine": machine(), "commit": commit()}
     if args.command == "check":
         out |= {"catalog": args.catalog, "checks": check(args.catalog, args.clip, args.captions)}
     else:
-        out |= {"bundle": args.bundle, **text(args.bundle, Path(args.data))}
+        out |= {"bundle": args.bundle, **text(args.bundle, Path(args.data), args.demo)}
     results = ROOT / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
-    name = f"clip_trust_{args.command}" + ("_captions" if getattr(args, "captions", False) else "") + ".json"
+    name = (f"clip_trust_{args.command}" + ("_captions" if getattr(args, "captions", False) else "")
+            + ("_demo" if getattr(args, "demo", False) else "") + ".json")
     (results / name).write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out))
     return 0
