@@ -184,6 +184,8 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
             if req.explain:
                 contrib = result.contributions.get(hit.id)
                 h.explanation = explain_hit(hit, method, weights, contrib)
+                if result.dropped:  # a source the request would have used, left out, and why (e.g. a weak CLIP)
+                    h.explanation += "; " + "; ".join(f"{s} left out: {why}" for s, why in sorted(result.dropped.items()))
                 if contrib:
                     h.contributions.update(contrib)
                 x = result.features.get(hit.id)

@@ -215,3 +215,18 @@ def test_clip_text_trust_is_chance_corrected():
     assert not clip_text_trust({"models": {}}, 0.2)[0]
     with pytest.raises(ValueError, match="search.clip_text_min_recall"):
         SearchConfig.from_dict({"clip_text_min_recall": 1.5})
+
+
+def test_the_explanation_over_grpc_says_why_clip_text_was_left_out(weak_path, keyword_encoder):
+    from vitrine.server.app import create_server
+    from vitrine.server.client import VitrineClient
+
+    served = create_server(open_searcher(weak_path, keyword_encoder, shift=1), "127.0.0.1:0")
+    try:
+        with VitrineClient(f"127.0.0.1:{served.port}") as client:
+            hits = client.search("azure purse", k=3, explain=True).hits
+            assert hits and all("clip_text left out: its CLIP check is below" in h.explanation for h in hits)
+            photo = client.search(image=png("green"), k=3, explain=True).hits
+            assert photo and all("left out" not in h.explanation for h in photo)
+    finally:
+        served.server.stop(0)
