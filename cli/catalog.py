@@ -129,11 +129,22 @@ def read_upserts(path: str | Path, patch: bool) -> list[search_pb2.UpsertRequest
 
 def cmd_upsert(args: argparse.Namespace) -> int:
     requests = read_upserts(args.catalog, args.patch)
-    base_dir = Path(args.catalog).resolve().parent
+    base_dir = Path(args.catalog).parent  # as read_upserts checked the photos
+    failed: list[ValueError] = []
+
+    def stream():  # noqa: ANN202 - photos are read as the stream goes; a catalog's photos need not fit in memory
+        for r in requests:
+            try:
+                yield with_photo_bytes(r, base_dir)
+            except ValueError as exc:  # unreadable since the check: end the stream cleanly, report it below
+                failed.append(exc)
+                return
+
     with CatalogClient(args.target, **client_options(args)) as client:
-        # Photos are read as the stream goes (a catalog's photos need not fit in memory at once).
-        for ack in client.upsert(with_photo_bytes(r, base_dir) for r in requests):
+        for ack in client.upsert(stream()):
             print(f"ack {ack.id}", flush=True)
+    if failed:
+        raise failed[0]  # every item acked above is durable; this one and the rest were not sent
     return 0
 
 

@@ -273,6 +273,10 @@ def clear_vacated_slots(blocks: faiss.BlockInvertedLists, sizes_before: list[int
     probe; a title-only live upsert removes and re-adds). With `sizes_before`, only the lists that shrank are
     visited (a live write touches one or two); without, every list (a file loaded from disk).
     """
+    if blocks.n_per_block != 32:
+        # FAISS's PQ4 packer addresses only blocks of 32 correctly ("x4fs_64" misreads slots 32-63); clearing would
+        # corrupt live codes. Such indexes keep FAISS's own behaviour (see AnnConfig: live bundles should use x4fs).
+        return 0
     packer = blocks.packer
     zero = np.zeros(packer.code_size, dtype=np.uint8)
     cleared = 0

@@ -159,8 +159,14 @@ def build_bundle(
     if out.exists() and not force:
         raise FileExistsError(f"{out} already exists; pass --force to replace it")
     if (out / MANIFEST).is_file():
-        # Replacing a bundle that a writable server holds would drop the writes it acknowledges into its WAL.
+        # Replacing a bundle that a writable server holds would drop the writes it acknowledges into its WAL; so
+        # would replacing one whose WAL still holds writes a crashed server acknowledged.
         with WriterLock(out, "vitrine index --force"):
+            wal = out / "wal.log"
+            if wal.is_file() and wal.stat().st_size > 0:
+                raise FileExistsError(f"{out} has acknowledged writes in its WAL that no checkpoint holds yet; start "
+                                      f"`vitrine serve --bundle {out}` once (it replays them), or export them with "
+                                      f"`vitrine export`, before replacing it.")
             return _build_bundle(items, out, text_encoder, config, clip_encoder, catalog_dir, catalog_path,
                                  config_dict, progress, runner)
     return _build_bundle(items, out, text_encoder, config, clip_encoder, catalog_dir, catalog_path, config_dict,

@@ -1,6 +1,9 @@
 """Reading catalog images for encoding: decoded in worker threads while the encoder works on the previous batch."""
 from __future__ import annotations
 
+import http.client
+import os
+import stat
 import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,12 +21,20 @@ URL_TIMEOUT_S = 10.0
 
 
 def read_image_bytes(location: str) -> bytes:
-    """Reads a local path or an http(s) URL, refusing anything over MAX_IMAGE_BYTES."""
+    """Reads a local path or an http(s) URL, refusing anything over MAX_IMAGE_BYTES (never reading more) and
+    anything that is not a regular file (a device or a FIFO would exhaust memory or block). Raises OSError or
+    ValueError only."""
     if location.startswith(("http://", "https://")):
-        with urllib.request.urlopen(location, timeout=URL_TIMEOUT_S) as resp:  # noqa: S310 - catalog URLs are the shop's own
-            data = resp.read(MAX_IMAGE_BYTES + 1)
+        try:
+            with urllib.request.urlopen(location, timeout=URL_TIMEOUT_S) as resp:  # noqa: S310 - the shop's own URLs
+                data = resp.read(MAX_IMAGE_BYTES + 1)
+        except http.client.HTTPException as exc:  # a peer that does not speak HTTP, a truncated body
+            raise OSError(f"bad HTTP response ({type(exc).__name__})") from None
     else:
-        data = Path(location).read_bytes()
+        with open(location, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise ValueError("image: not a regular file")
+            data = f.read(MAX_IMAGE_BYTES + 1)
     if len(data) > MAX_IMAGE_BYTES:
         raise ImageError(f"image: larger than {MAX_IMAGE_BYTES} bytes")
     return data

@@ -203,7 +203,8 @@ class Wal:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._f = open(self.path, "ab+")
+        self._f = open(self.path, "ab+", buffering=0)
+        self.broken = False
         self.records = 0          # records since the last truncation
         self.oldest_t: float | None = None  # wall time of the oldest record not yet checkpointed
 
@@ -232,11 +233,27 @@ class Wal:
         return out
 
     def append(self, payload: dict[str, Any]) -> None:
-        """Appends one record and returns only after it is on disk."""
+        """Appends one record and returns only after it is on disk. A failed append (disk full, I/O error) is cut
+        off again, so neither a torn record in the middle of the log nor a record the caller was told had failed
+        survives to replay; if even that fails, the log refuses every later append."""
+        if self.broken:
+            raise OSError(f"WAL {self.path} could not be repaired after a failed write; restart the server.")
         body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        self._f.write(_HEADER.pack(_MAGIC, len(body), zlib.crc32(body)) + body)
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        if len(body) > MAX_RECORD_BYTES:
+            raise ValueError(f"one write of {len(body)} bytes is over the log's record limit of {MAX_RECORD_BYTES}; "
+                             "send fewer items per call.")
+        fd = self._f.fileno()
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            os.write(fd, _HEADER.pack(_MAGIC, len(body), zlib.crc32(body)) + body)  # unbuffered: nothing lingers
+            os.fsync(fd)
+        except BaseException:
+            try:
+                os.ftruncate(fd, start)
+                os.fsync(fd)
+            except OSError:
+                self.broken = True
+            raise
         self.records += 1
         if self.oldest_t is None:
             self.oldest_t = time.time()
@@ -283,6 +300,14 @@ class LiveIndex:
             raise ValueError(f"bundle {bundle.path} has CLIP vectors, so live updates need its CLIP model "
                              "(serve it with the bundle's CLIP, or --read-only).")
         self._writer_lock = WriterLock(bundle.path).acquire()  # first: a second writer must touch nothing
+        try:
+            self._open(bundle, text_encoder, clip_encoder, config)
+        except BaseException:
+            self._writer_lock.release()
+            raise
+
+    def _open(self, bundle: Bundle, text_encoder: TextEncoder | None, clip_encoder: Any | None,
+              config: LiveConfig) -> None:
         self.bundle = bundle
         self.encoder = text_encoder
         self.clip = clip_encoder
@@ -307,7 +332,6 @@ class LiveIndex:
         except BaseException:
             self._encode_pool.shutdown()
             self.wal.close()
-            self._writer_lock.release()
             raise
 
     # ----- start-up -----------------------------------------------------------------------------
@@ -321,11 +345,14 @@ class LiveIndex:
                 items = [item_from_dict(d) for d in rec["items"]]
                 if rec.get("keep_vectors"):
                     for item in items:
-                        self._apply_patch(item)
+                        if item.id in self.bundle.docstore.docno_by_id:
+                            self._apply_patch(item)
+                        # else a later record deleted or replaced it (SQLite holds every applied write): skip,
+                        # which needs no model and no photo
                 elif "vectors" in rec:  # the vectors the write was acked with: no model, no photo needed
                     self._apply_upserts(items, [{s: unpack_vector(v) for s, v in row.items()} for row in rec["vectors"]])
-                else:  # a record of a version that logged no vectors
-                    self._apply_upserts(items, self._encode(items))
+                else:  # a record of a version that logged no vectors: encode, standing in for unreadable photos
+                    self._apply_upserts(items, self._encode_all(items, {}, replaying=True)[1])
             elif rec["op"] == "delete":
                 self._apply_delete(rec["ids"])
         fixed = self.reconcile()
@@ -432,11 +459,8 @@ class LiveIndex:
         self._seq += 1
         self.wal.append({"seq": self._seq, **payload})
 
-    def _encode(self, items: Sequence[Item]) -> list[dict[str, np.ndarray]]:
-        """Every dense source's vector of each item (replay of old records, restores)."""
-        return self._encode_all(list(items), {})[1]
-
-    def _encode_all(self, items: list[Item], photos: dict[str, bytes]) -> tuple[list[Item], list[dict[str, np.ndarray]]]:
+    def _encode_all(self, items: list[Item], photos: dict[str, bytes], replaying: bool = False
+                    ) -> tuple[list[Item], list[dict[str, np.ndarray]]]:
         """Keeps sent photos in the bundle and encodes every dense source: (the items as stored, per item
         {source: (D,) vector}). An item without text gets no text vector, as in the indexer."""
         images: dict[int, Any] = {}
@@ -452,10 +476,11 @@ class LiveIndex:
                 for i, x in zip(rows, xb):
                     vectors[i]["text"] = x
         if "clip_image" in self.bundle.vectors:
-            self._encode_clip(items, images, vectors)
+            self._encode_clip(items, images, vectors, replaying)
         return items, vectors
 
-    def _encode_clip(self, items: list[Item], images: dict[int, Any], vectors: list[dict[str, np.ndarray]]) -> None:
+    def _encode_clip(self, items: list[Item], images: dict[int, Any], vectors: list[dict[str, np.ndarray]],
+                     replaying: bool = False) -> None:
         """CLIP vectors as the indexer makes them: the photo's image vector, else the CLIP text vector of the item's
         text. A photo the item already had (same `image`) keeps its stored vector when the index holds exact ones."""
         texts: list[int] = []
@@ -463,18 +488,15 @@ class LiveIndex:
             if i in images or not it.image:
                 texts += [] if i in images or not it.has_text() else [i]
                 continue
-            old = self.bundle.docstore.get(it.id)
-            kept = old is not None and old.image == it.image
-            if kept:
-                x = self._stored_vector("clip_image", it.id)
-                if x is not None:
-                    vectors[i]["clip_image"] = x
-                    continue
+            kept, x = self._stored_vector("clip_image", it)
+            if x is not None:
+                vectors[i]["clip_image"] = x
+                continue
             where = photo_location(self.bundle, it.image)
             try:
                 images[i] = self._decode(self._read_photo_checked(where, it.id, "image_uri"), it.id, "image_uri")
             except BadPhoto as exc:
-                if not kept:
+                if not (kept or replaying):
                     raise
                 # The photo it was indexed with is gone: stand in with its text, as the indexer does for a broken photo.
                 log.warning("item %r: its stored photo cannot be read again (%s); using its CLIP text vector", it.id, exc.reason)
@@ -529,18 +551,20 @@ class LiveIndex:
             fsync_dir(folder)
         return name
 
-    def _stored_vector(self, source: str, item_id: str) -> np.ndarray | None:
-        """The exact vector stored for an item, or None when the index keeps only codes (or none is stored)."""
+    def _stored_vector(self, source: str, item: Item) -> tuple[bool, np.ndarray | None]:
+        """(whether the stored item has the same `image`, its exact stored vector when it has and the index keeps
+        exact vectors). One read lock over the lookup, the comparison and the read: a concurrent write to the same
+        id cannot pair one photo with another's vector."""
         with self.lock.read():
-            docno = self.bundle.docstore.docno_by_id.get(item_id)
-            vi = self.bundle.vectors[source]
-            if docno is None:
-                return None
+            docno = self.bundle.docstore.docno_by_id.get(item.id)
+            old = None if docno is None else self.bundle.docstore.items.get(docno)
+            if old is None or old.image != item.image:
+                return False, None
             try:
-                xb = vi.reconstruct(np.array([docno], dtype=np.int64))
+                xb = self.bundle.vectors[source].reconstruct(np.array([docno], dtype=np.int64))
             except RuntimeError:  # not stored in this index
-                return None
-        return None if xb is None else xb[0]
+                return True, None
+        return True, None if xb is None else xb[0]
 
     def _apply_upserts(self, items: Sequence[Item], vectors: Sequence[Mapping[str, np.ndarray]]) -> None:
         docstore, bundle = self.bundle.docstore, self.bundle
@@ -562,8 +586,7 @@ class LiveIndex:
         """Same doc number, so every vector stays; stored fields, filters and the BM25 document change."""
         docstore, bm25 = self.bundle.docstore, self.bundle.bm25
         docno = docstore.docno_by_id.get(item.id)
-        if docno is None:  # deleted meanwhile (only during replay): a whole upsert restores it
-            self._apply_upserts([item], self._encode([item]))
+        if docno is None:  # callers check under the writer mutex (and replay skips an id a later record removed)
             return
         if docstore.items[docno] == item:
             return
@@ -693,11 +716,13 @@ class LiveIndex:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        if self.wal.records or self._dirty:
-            self.checkpoint()
-        self.wal.close()
-        self._encode_pool.shutdown()
-        self._writer_lock.release()
+        try:
+            if self.wal.records or self._dirty:
+                self.checkpoint()  # if this fails, the WAL still holds every write for the next start
+        finally:
+            self.wal.close()
+            self._encode_pool.shutdown()
+            self._writer_lock.release()
 
 
 def lower_priority(niceness: int = 10) -> None:

@@ -220,8 +220,11 @@ def with_photo_bytes(request: search_pb2.UpsertRequest, base_dir: Path) -> searc
             except OSError as exc:
                 raise ValueError(f"item {request.item.id!r}: image {str(path)!r}: {exc.strerror or exc}; fix the "
                                  "path (relative to the catalog file) or remove the image.") from None
-            request.item.image_uri = ""
-            request.item.image = data
+            sent = search_pb2.UpsertRequest()
+            sent.CopyFrom(request)  # a copy: the caller's list of requests does not keep every photo in memory
+            sent.item.image_uri = ""
+            sent.item.image = data
+            return sent
     return request
 
 

@@ -311,3 +311,73 @@ def test_export_gives_a_catalog_whose_reindex_finds_live_photos(bundle_path, cli
         assert photo_hits(again, clip, keyword_encoder, photo)[0] == "exp"
     finally:
         again.close()
+
+
+def test_replay_of_a_patch_whose_item_a_later_record_deleted_needs_no_model_and_no_photo(
+        bundle_path, clip_bundle, keyword_encoder, tmp_path):
+    _, clip, root = clip_bundle
+    bundle = Bundle(bundle_path)
+    live = LiveIndex(bundle, keyword_encoder, LiveConfig(), clip)
+    live.patch("5", price=9.0)
+    live.delete(["5"])
+    bundle.bm25._writer = None
+    live.wal.close()
+    live._writer_lock.release()  # a crash: the WAL holds a patch of an item the next record deletes
+    shutil.move(str(root / "images"), str(tmp_path / "moved-away"))  # and the shop's photos are gone
+    try:
+        class NoModel:
+            image_size = 16
+
+            def __getattr__(self, name):
+                raise AssertionError(f"replay used the model ({name})")
+
+        again = LiveIndex(Bundle(bundle_path), keyword_encoder, LiveConfig(), NoModel())
+        assert again.get(["5"]) == [] and again.wal.records == 0
+        again.close()
+    finally:
+        shutil.move(str(tmp_path / "moved-away"), str(root / "images"))
+
+
+def test_a_failed_wal_append_is_cut_off_and_later_appends_replay(tmp_path, monkeypatch):
+    from vitrine.indexer.live import Wal
+
+    wal = Wal(tmp_path / "wal.log")
+    wal.append({"seq": 1, "op": "delete", "ids": ["a"]})
+    size = (tmp_path / "wal.log").stat().st_size
+    real_fsync, calls = os.fsync, []
+
+    def fsync_fails_once(fd):
+        calls.append(fd)
+        if len(calls) == 1:
+            raise OSError(28, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync_fails_once)
+    with pytest.raises(OSError, match="No space"):
+        wal.append({"seq": 2, "op": "delete", "ids": ["b"]})
+    assert (tmp_path / "wal.log").stat().st_size == size and wal.records == 1  # the failed record is gone
+    # If the repair fails too, the log refuses every later write instead of leaving a torn record in the middle.
+    calls.clear()
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(5, "I/O error")))
+    with pytest.raises(OSError):
+        wal.append({"seq": 9, "op": "delete", "ids": ["x"]})
+    assert wal.broken
+    wal.broken = False  # as a restart would be
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    os.ftruncate(wal._f.fileno(), size)
+    wal.append({"seq": 3, "op": "delete", "ids": ["c"]})
+    wal.close()
+    assert [r["seq"] for r in Wal(tmp_path / "wal.log").replay()] == [1, 3]
+
+
+def test_index_force_refuses_a_bundle_whose_wal_holds_writes_and_photo_reads_refuse_devices(small_bundle_path,
+                                                                                             tmp_path):
+    from vitrine.indexer.images import read_image_bytes
+
+    path = tmp_path / "b"
+    shutil.copytree(small_bundle_path, path)
+    (path / "wal.log").write_bytes(b"VW\x01\x00\x00\x00\x00\x00\x00\x00{")
+    with pytest.raises(FileExistsError, match="acknowledged writes in its WAL"):
+        build_bundle(make_items(), path, None, IndexerConfig(onnx=False), progress=False, force=True)
+    with pytest.raises(ValueError, match="not a regular file"):
+        read_image_bytes("/dev/zero")
