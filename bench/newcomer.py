@@ -389,6 +389,9 @@ def serve_and_query(s: Session, ctx: dict) -> None:
 
     run = s.vitrine("upsert", "--target", target, "--catalog", str(ctx["new_jsonl"]))
     s.step("upsert a new item with a local photo", run.rc == 0 and f"ack {NEW_ID}" in run.out)
+    # An ack means durable; BM25 sees a write at Tantivy's next commit, within 1 s (README, live updates), as a
+    # search engine's refresh interval. The vectors are searchable at once.
+    time.sleep(1.0)
     run = s.vitrine("search", "--target", target, "--image", str(ctx["new_photo"]), "--k", "10")
     ctx["photo_rank"] = rank = rank_of(NEW_ID, hits_of(run))
     s.step("photo query with the new item's photo finds it (top 10)", rank is not None, rank=rank)
