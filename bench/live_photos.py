@@ -32,7 +32,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
 
 from vitrine.cli.demo import _vitrine, start_server  # noqa: E402
 from vitrine.indexer.catalog import Item, item_from_dict  # noqa: E402

@@ -467,7 +467,7 @@ class LiveIndex:
         for i, it in enumerate(items):
             if it.id in photos:
                 images[i] = self._decode(photos[it.id], it.id, "image")
-                items[i] = replace(it, image=BUNDLE_PHOTO + self._keep_photo(photos[it.id], it.id))
+                items[i] = replace(it, image=BUNDLE_PHOTO + self._keep_photo(photos[it.id]))
         vectors: list[dict[str, np.ndarray]] = [{} for _ in items]
         if "text" in self.bundle.vectors:
             rows = [i for i, it in enumerate(items) if it.has_text()]
@@ -483,10 +483,8 @@ class LiveIndex:
                      replaying: bool = False) -> None:
         """CLIP vectors as the indexer makes them: the photo's image vector, else the CLIP text vector of the item's
         text. A photo the item already had (same `image`) keeps its stored vector when the index holds exact ones."""
-        texts: list[int] = []
         for i, it in enumerate(items):
             if i in images or not it.image:
-                texts += [] if i in images or not it.has_text() else [i]
                 continue
             kept, x = self._stored_vector("clip_image", it)
             if x is not None:
@@ -500,13 +498,13 @@ class LiveIndex:
                     raise
                 # The photo it was indexed with is gone: stand in with its text, as the indexer does for a broken photo.
                 log.warning("item %r: its stored photo cannot be read again (%s); using its CLIP text vector", it.id, exc.reason)
-                texts += [i] if it.has_text() else []
         order = sorted(images)
         for start in range(0, len(order), 32):
             chunk = order[start:start + 32]
             xb = self.clip.encode_images([images[i] for i in chunk])  # (B, D)
             for i, x in zip(chunk, xb):
                 vectors[i]["clip_image"] = x
+        texts = [i for i, it in enumerate(items) if "clip_image" not in vectors[i] and it.has_text()]  # no photo to use
         if texts:
             xb = self.clip.encode_texts([clip_item_text(items[i]) for i in texts])  # (T, D)
             for i, x in zip(texts, xb):
@@ -529,7 +527,7 @@ class LiveIndex:
         except (OSError, ValueError) as exc:
             raise BadPhoto(item_id, field_name, f"cannot read {where}: {exc}") from None
 
-    def _keep_photo(self, data: bytes, item_id: str) -> str:
+    def _keep_photo(self, data: bytes) -> str:
         """Writes the photo into the bundle, durably, named by its content; returns its path in the bundle."""
         from PIL import Image
 

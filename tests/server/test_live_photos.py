@@ -60,6 +60,15 @@ def bundle_path(clip_bundle, tmp_path):
     return path
 
 
+class NoModel:
+    """A CLIP that fails the test if used: replay must need no model."""
+
+    image_size = 16
+
+    def __getattr__(self, name):
+        raise AssertionError(f"replay used the model ({name})")
+
+
 def stored_clip(bundle: Bundle, item_id: str) -> np.ndarray:
     docno = bundle.docstore.docno_by_id[item_id]
     return bundle.vectors["clip_image"].reconstruct(np.array([docno]))[0]
@@ -87,13 +96,6 @@ def test_a_photo_sent_as_bytes_is_searchable_kept_in_the_bundle_and_replayed_wit
     live._writer_lock.release()
     expected = stored_clip(bundle, "new")
     bundle = Bundle(bundle_path)
-
-    class NoModel:
-        image_size = 16
-
-        def __getattr__(self, name):
-            raise AssertionError(f"replay used the model ({name})")
-
     live = LiveIndex(bundle, keyword_encoder, LiveConfig(), NoModel())
     try:
         np.testing.assert_allclose(stored_clip(bundle, "new"), expected, atol=1e-6)
@@ -325,12 +327,6 @@ def test_replay_of_a_patch_whose_item_a_later_record_deleted_needs_no_model_and_
     live._writer_lock.release()  # a crash: the WAL holds a patch of an item the next record deletes
     shutil.move(str(root / "images"), str(tmp_path / "moved-away"))  # and the shop's photos are gone
     try:
-        class NoModel:
-            image_size = 16
-
-            def __getattr__(self, name):
-                raise AssertionError(f"replay used the model ({name})")
-
         again = LiveIndex(Bundle(bundle_path), keyword_encoder, LiveConfig(), NoModel())
         assert again.get(["5"]) == [] and again.wal.records == 0
         again.close()
