@@ -26,7 +26,7 @@ from vitrine.encoders.base import TextEncoder
 from vitrine.indexer.ann import AnnConfig, VectorIndex
 from vitrine.indexer.bm25 import CONTEXT_ATTRIBUTES, Bm25Config, Bm25Index
 from vitrine.indexer.catalog import Item
-from vitrine.indexer.clip_check import clip_check, trainer_heldout_ids
+from vitrine.indexer.clip_check import clip_check, target_ranks, trainer_heldout_ids
 from vitrine.indexer.docstore import DocStore
 from vitrine.indexer.lock import WriterLock
 
@@ -308,9 +308,7 @@ def check_queries(items: Sequence[Item], n: int = 1000, words: int = 3, seed: in
 
 def self_retrieval_ndcg(xq: np.ndarray, xb: np.ndarray, targets: Sequence[int], k: int = 10) -> float:
     """Mean nDCG@k of exact inner-product search when each query's one relevant row is `targets[i]`."""
-    scores = xq @ xb.T  # (Q, N)
-    target = scores[np.arange(len(targets)), targets]
-    rank = (scores > target[:, None]).sum(axis=1)  # rows strictly better than the target
+    rank = target_ranks(xq, xb, np.asarray(targets))  # rows strictly better than the target
     return float(np.where(rank < k, 1.0 / np.log2(rank + 2.0), 0.0).mean())
 
 

@@ -36,6 +36,13 @@ def trainer_heldout_ids(model: str) -> set[str] | None:
     return None if ids is None else {str(i) for i in ids}
 
 
+def target_ranks(xq: np.ndarray, xb: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """For each query row, how many rows of xb score strictly above its target row `targets[i]` (0 = first)."""
+    scores = xq @ xb.T  # (Q, N)
+    target = scores[np.arange(len(targets)), targets]
+    return (scores > target[:, None]).sum(axis=1)
+
+
 def clip_check(items: Mapping[int, Item], photo_ids: np.ndarray, photo_xb: np.ndarray,
                encode_texts: Callable[[list[str]], np.ndarray], text: Callable[[Item], str],
                heldout: set[str] | None = None, max_queries: int = MAX_QUERIES, pool: int = POOL, seed: int = 0) -> dict:
@@ -62,9 +69,7 @@ def clip_check(items: Mapping[int, Item], photo_ids: np.ndarray, photo_xb: np.nd
     members = np.concatenate([queries, rng.permutation(others)[:max(0, pool - len(queries))]])  # pool rows
     xq = encode_texts([text(items[int(photo_ids[r])]) for r in queries])  # (Q, D)
     xb = photo_xb[members]  # (P, D); query i's photo is row i
-    scores = xq @ xb.T  # (Q, P)
-    target = scores[np.arange(len(queries)), np.arange(len(queries))]
-    rank = (scores > target[:, None]).sum(axis=1)  # photos strictly closer than the item's own
+    rank = target_ranks(xq, xb, np.arange(len(queries)))  # photos strictly closer than the item's own
     recall = float((rank < K).mean())
     return {f"text_to_image_recall@{K}": round(recall, 4), "chance": round(min(K, len(members)) / len(members), 4),
             "queries": int(len(queries)), "pool": int(len(members)), "heldout": len(held) >= MIN_HELDOUT,
