@@ -112,7 +112,7 @@ def cmd_train_reranker(args: argparse.Namespace) -> int:
     from vitrine.indexer.catalog import read_catalog
     from vitrine.ranking.metrics import load_qrels, load_queries
     from vitrine.ranking.pipeline import SearchRequest
-    from vitrine.trainer.reranker import RerankerTrainConfig, check_disjoint, train_reranker
+    from vitrine.trainer.reranker import RerankerTask, RerankerTrainConfig, check_disjoint, train_reranker
 
     ray = ray_train.ray_options(args, "train reranker")
     overrides = {k: v for k, v in {
@@ -154,9 +154,8 @@ def cmd_train_reranker(args: argparse.Namespace) -> int:
     print(f"mined {tconfig.mine_depth} first-stage candidates for {len(train_qids)} queries "
           f"(a relevant one among them for {recall:.1%})", file=sys.stderr)
     log = lambda m: print(m, file=sys.stderr)  # pickled by value for the Ray workers
-    train = {"queries": {q: texts[q] for q in train_qids}, "qrels": qrels, "docs": docs, "candidates": candidates,
-             "config": tconfig, "progress": not args.quiet, "log": log, "first_scores": first_scores,
-             "always_train": list(generated),
+    task = RerankerTask({q: texts[q] for q in train_qids}, qrels, docs, candidates, first_scores, list(generated))
+    train = {"task": task, "config": tconfig, "progress": not args.quiet, "log": log,
              "extra_meta": {"catalog": str(Path(args.catalog).resolve()), "qrels": str(Path(args.qrels).resolve())}}
     if ray is None:
         summary = train_reranker(args.base, Path(args.out), device=args.device, **train)
@@ -170,7 +169,7 @@ def cmd_train_reranker(args: argparse.Namespace) -> int:
 
 def cmd_train_ranker(args: argparse.Namespace) -> int:
     from vitrine.cli.config import load_config
-    from vitrine.ranking.ltr import LtrTrainConfig, train_ranker
+    from vitrine.ranking.ltr import LtrRows, LtrTrainConfig, train_ranker
     from vitrine.ranking.metrics import load_qrels, load_queries
     from vitrine.trainer.ranker import collect_features, label_with_clicks, label_with_qrels, read_feature_log, reranker_seen_qids
     from vitrine.trainer.reranker import check_disjoint
@@ -216,7 +215,7 @@ def cmd_train_ranker(args: argparse.Namespace) -> int:
     else:
         X, y, qids = label_with_qrels(groups, qrels)
         positions, ltr_config = None, LtrTrainConfig(seed=args.seed)
-    summary = train_ranker(X, y, qids, Path(args.out), ltr_config, positions=positions, extra_meta=meta,
+    summary = train_ranker(LtrRows(X, y, qids, positions), Path(args.out), ltr_config, extra_meta=meta,
                            log=lambda m: print(m, file=sys.stderr))
     print(json.dumps({"out": args.out, "best_iteration": summary["best_iteration"], "valid": summary["valid"],
                       "queries": summary["train_queries"] + summary["valid_queries"], "rows": summary["rows"]}))

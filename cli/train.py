@@ -99,7 +99,7 @@ def cmd_train_clip(args: argparse.Namespace) -> int:
     if args.clicks:
         return cmd_train_clip_clicks(args)
     from vitrine.indexer.catalog import read_catalog
-    from vitrine.trainer.clip import ClipTrainConfig, ClipTrainer, load_general, load_pairs, train_clip
+    from vitrine.trainer.clip import ClipTask, ClipTrainConfig, ClipTrainer, load_general, load_pairs, train_clip
 
     ray = ray_train.ray_options(args, "train clip")
 
@@ -136,12 +136,13 @@ def cmd_train_clip(args: argparse.Namespace) -> int:
                                         part="heldout")
             print(f"general pairs: {len(general.photos)} photos of {general_dir} train, "
                   f"{len(general_eval.photos)} held out (never trained on)")
-        fit = {"resume": args.resume, "progress": not args.quiet, "general": general, "general_eval": general_eval}
+        fit = {"resume": args.resume, "progress": not args.quiet}
         if ray is None:
-            result = trainer.fit(pairs, **fit)
+            result = trainer.fit(pairs, general=general, general_eval=general_eval, **fit)
         else:  # the decoded pairs travel to the workers through Ray's object store
             del trainer
-            result = ray_train.run(train_clip, {"config": config, "out_dir": Path(args.out).resolve(), "pairs": pairs,
+            result = ray_train.run(train_clip, {"config": config, "out_dir": Path(args.out).resolve(),
+                                                "task": ClipTask(pairs, general, general_eval),
                                                 "base": ray_train.absolute(args.base), **fit}, ray, Path(args.out))
         _track(tracker, {"mode": "catalog", "base": args.base, "catalog": args.catalog, "general": str(general_dir),
                          **result["config"]}, result, args.out)

@@ -166,11 +166,11 @@ def cmd_train_text(args: argparse.Namespace) -> int:
     with tracker or contextlib.nullcontext():
         log = lambda m: print(m, file=sys.stderr)  # pickled by value for the Ray workers
         if ray is None:
-            result = text.train_text(base, out, triplets, evaluators, tconfig, meta, device=args.device,
+            result = text.train_text(base, out, text.TextTask(triplets, evaluators), tconfig, meta, device=args.device,
                                      progress=not args.quiet, log=log)
         else:  # the mined triplets and the evaluators travel to the workers through Ray's object store
             result = ray_train.run(text.train_text, {
-                "base": ray_train.absolute(base), "out": out.resolve(), "triplets": triplets, "evaluators": evaluators,
+                "base": ray_train.absolute(base), "out": out.resolve(), "task": text.TextTask(triplets, evaluators),
                 "config": tconfig, "meta": meta, "progress": not args.quiet, "log": log}, ray, out, log=log)
         if tracker is not None:
             tracker.log_params({"base": base, **result["training"]["config"], "generators": ",".join(tconfig.generators)})

@@ -67,17 +67,29 @@ def _groups(qids: Sequence[str]) -> list[int]:
     return sizes
 
 
-def train_ranker(X: np.ndarray, y: np.ndarray, qids: Sequence[str], out_dir: Path, config: LtrTrainConfig = LtrTrainConfig(),
-                 positions: np.ndarray | None = None, feature_names: Sequence[str] = FEATURES,
-                 extra_meta: dict[str, Any] | None = None, log: Any = print) -> dict[str, Any]:
-    """Trains LambdaRank with early stopping on held-out queries' nDCG@eval_at and writes a ranker directory.
+@dataclass(frozen=True)
+class LtrRows:
+    """What a ranker learns from: labelled feature rows, grouped by query.
 
     Args:
         X: (N, F) features; y: (N,) integer relevance grades (or 0/1 clicks); qids: (N,) query ids, grouped.
         positions: (N,) 0-based display positions for click labels; enables position-bias correction.
+        feature_names: the F columns' names.
     """
+
+    X: np.ndarray
+    y: np.ndarray
+    qids: Sequence[str]
+    positions: np.ndarray | None = None
+    feature_names: Sequence[str] = FEATURES
+
+
+def train_ranker(rows: LtrRows, out_dir: Path, config: LtrTrainConfig = LtrTrainConfig(),
+                 extra_meta: dict[str, Any] | None = None, log: Any = print) -> dict[str, Any]:
+    """Trains LambdaRank with early stopping on held-out queries' nDCG@eval_at and writes a ranker directory."""
     import lightgbm as lgb
 
+    X, y, qids, positions, feature_names = rows.X, rows.y, rows.qids, rows.positions, rows.feature_names
     if len(X) != len(y) or len(X) != len(qids):
         raise ValueError(f"X, y and qids must have the same length, got {len(X)}, {len(y)}, {len(qids)}.")
     if X.shape[1] != len(feature_names):

@@ -20,21 +20,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from vitrine.encoders.clip import copy_attribute_heads
+from vitrine.encoders.clip import copy_attribute_heads, save_checkpoint_dir
 from vitrine.encoders.config import config_from_dict
 from vitrine.indexer.catalog import Item, resolve_image
 from vitrine.ranking.clicklog import ClickSession, resolve_log_image, resolve_query_image
 from vitrine.trainer.click_eval import brute_force_run, click_judgments, run_metrics
-from vitrine.trainer.clip import (
-    ClipTrainConfig,
-    ClipTrainer,
-    Pairs,
-    info_nce,
-    load_pairs,
-    load_square,
-    save_checkpoint_dir,
-    warmup_cosine,
-)
+from vitrine.trainer.clip import ClipTrainer, warmup_cosine
+from vitrine.trainer.clip_data import ClipTrainConfig, Pairs, load_pairs, load_square
+from vitrine.trainer.clip_loss import info_nce
 
 
 @dataclass(frozen=True)

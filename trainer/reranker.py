@@ -13,7 +13,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -164,13 +164,9 @@ def write_cross_variants(model: Any, out_dir: Path, qids: Sequence[str], queries
     return {name: {"ndcg@10": v["ndcg@10"], "loss": v["loss"]} for name, v in record["variants"].items()}
 
 
-def train_reranker(base: str, out_dir: Path, queries: Mapping[str, str], qrels: Qrels, docs: Mapping[str, str],
-                   candidates: Mapping[str, Sequence[str]], config: RerankerTrainConfig = RerankerTrainConfig(),
-                   device: str | None = None, progress: bool = True, log: Callable[[str], None] = print,
-                   extra_meta: Mapping[str, Any] | None = None,
-                   first_scores: Mapping[str, Sequence[float]] | None = None,
-                   always_train: Sequence[str] = ()) -> dict[str, Any]:
-    """Fine-tunes `base` (a name or directory) and writes the best epoch to out_dir as a CrossEncoder directory.
+@dataclass(frozen=True)
+class RerankerTask:
+    """What a reranker run learns from and is judged on.
 
     Args:
         queries: qid -> text for the training queries; qrels: their graded judgments.
@@ -180,6 +176,109 @@ def train_reranker(base: str, out_dir: Path, queries: Mapping[str, str], qrels: 
             first stage is chosen on the held-out queries and saved as "blend" (else 1: the cross-encoder alone).
         always_train: query ids that only ever train (pseudo-queries generated from the catalog), so that the
             held-out split, early stopping and the blend are decided on real queries alone.
+    """
+
+    queries: Mapping[str, str]
+    qrels: Qrels
+    docs: Mapping[str, str]
+    candidates: Mapping[str, Sequence[str]]
+    first_scores: Mapping[str, Sequence[float]] | None = None
+    always_train: Sequence[str] = ()
+
+    def ndcg(self, score_fn: Callable[[str, list[str]], np.ndarray], qids: Sequence[str]) -> float:
+        """rerank_ndcg of these queries' candidates under score_fn."""
+        return rerank_ndcg(score_fn, qids, self.queries, self.candidates, self.docs, self.qrels)
+
+
+@dataclass
+class _Selection:
+    """The early-stopping record rank 0 keeps and every rank follows: the best held-out nDCG@10, its epoch, the
+    epochs since without a gain, and the curve."""
+
+    best: float = -1.0
+    best_epoch: int = 0
+    bad: int = 0
+    curve: list[dict[str, Any]] = field(default_factory=list)
+
+    def record(self, epoch: int, train_loss: float, score: float) -> bool:
+        """Adds an epoch to the curve; whether it is the best so far."""
+        self.curve.append({"epoch": epoch, "train_loss": train_loss, "heldout_ndcg@10": score})
+        if score > self.best:
+            self.best, self.best_epoch, self.bad = score, epoch, 0
+            return True
+        self.bad += 1
+        return False
+
+
+def _split_task(task: RerankerTask, config: RerankerTrainConfig) -> tuple[list[str], list[str], list[str]]:
+    """(train, held-out, reserved-for-ranker) query ids: the judged real queries split by split_queries, every
+    always-train query with judgments added to the training ones."""
+    extra = set(task.always_train)
+    real = [q for q in task.queries if q in task.qrels and q not in extra]
+    train_q, held_q, reserved_q = (split_queries(real, config.holdout, config.reserve_for_ranker, config.seed) if real
+                                   else ([], [], []))
+    train_q += sorted(q for q in extra if q in task.qrels)
+    if not train_q:
+        raise ValueError("no training queries: give judged queries or pair generators.")
+    return train_q, held_q, reserved_q
+
+
+def _steps_per_epoch(train_q: Sequence[str], task: RerankerTask, config: RerankerTrainConfig, workers: int) -> int:
+    """Batches an epoch trains on (one with fewer queries than workers is skipped); raises when there are none."""
+    steps = sum(len(b) >= workers for b in listwise_batches(train_q, task.qrels, task.candidates, config.negatives,
+                                                            config.batch_queries, random.Random(0), config.max_positives))
+    if steps == 0:
+        raise ValueError("no training query has both a relevant document and enough first-stage negatives.")
+    return steps
+
+
+def _optimizer(net: Any, total: int, config: RerankerTrainConfig) -> tuple[Any, Any]:
+    """AdamW with a linear warm-up over warmup_ratio of the `total` steps, then cosine decay."""
+    import torch
+
+    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    warmup = max(1, int(total * config.warmup_ratio))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(s / total, 1.0)))))
+    return opt, sched
+
+
+def _listwise_loss(model: Any, batch: Sequence[tuple[str, str, list[str]]], task: RerankerTask, negatives: int) -> Any:
+    """Softmax cross-entropy of each query's positive (column 0) against its negatives."""
+    import torch
+
+    q_texts, d_texts = [], []
+    for qid, pos, negs in batch:
+        for d in (pos, *negs):
+            q_texts.append(task.queries[qid])
+            d_texts.append(task.docs.get(d, ""))
+    logits = model.logits(q_texts, d_texts).view(len(batch), 1 + negatives)   # (B, 1+N)
+    return torch.nn.functional.cross_entropy(logits, torch.zeros(len(batch), dtype=torch.long, device=logits.device))
+
+
+def _step(net: Any, opt: Any, sched: Any, loss: Any) -> float:
+    """One optimiser step with the gradient norm clipped at 1; the loss."""
+    import torch
+
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    return loss.item()
+
+
+def _install(tmp_best: Path, out_dir: Path) -> Path:
+    """The best epoch's model moved to out_dir, replacing what was there."""
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp_best.rename(out_dir)
+    return out_dir
+
+
+def train_reranker(base: str, out_dir: Path, task: RerankerTask, config: RerankerTrainConfig = RerankerTrainConfig(),
+                   device: str | None = None, progress: bool = True, log: Callable[[str], None] = print,
+                   extra_meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Fine-tunes `base` (a name or directory) on `task`; writes the best epoch to out_dir as a CrossEncoder directory.
 
     Inside a torch process group (`vitrine train reranker --ray`) every rank draws the same batches and scores its
     share of each through DDP, which averages the gradients (a batch with fewer queries than ranks is skipped).
@@ -195,95 +294,73 @@ def train_reranker(base: str, out_dir: Path, queries: Mapping[str, str], qrels: 
         progress, log = False, _quiet
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
-    extra = set(always_train)
-    real = [q for q in queries if q in qrels and q not in extra]
-    train_q, held_q, reserved_q = (split_queries(real, config.holdout, config.reserve_for_ranker, config.seed) if real
-                                   else ([], [], []))
-    train_q += sorted(q for q in extra if q in qrels)
-    if not train_q:
-        raise ValueError("no training queries: give judged queries or pair generators.")
+    train_q, held_q, reserved_q = _split_task(task, config)
     model = CrossEncoderReranker(base, RerankConfig(max_length=config.max_length, cache_size=0), device=device)
     net = model.net
     train_net = wrap_ddp(net, model.device)  # the training forward; evaluation (rank 0 alone) uses net itself
-    baseline = {"first_stage": rerank_ndcg(lambda q, d: -np.arange(len(d), dtype=np.float32), held_q, queries,
-                                           candidates, docs, qrels)}
+    baseline = {"first_stage": task.ndcg(lambda q, d: -np.arange(len(d), dtype=np.float32), held_q)}
     if config.eval_base and rank == 0:
-        baseline["base_model"] = rerank_ndcg(model.score, held_q, queries, candidates, docs, qrels)
+        baseline["base_model"] = task.ndcg(model.score, held_q)
     log(f"reranker: {len(train_q)} train / {len(held_q)} held-out / {len(reserved_q)} reserved queries; held-out nDCG@10 "
         + ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in baseline.items()))
-    steps_per_epoch = sum(len(b) >= workers for b in listwise_batches(train_q, qrels, candidates, config.negatives,
-                                                                      config.batch_queries, random.Random(0),
-                                                                      config.max_positives))
-    if steps_per_epoch == 0:
-        raise ValueError("no training query has both a relevant document and enough first-stage negatives.")
-    total = steps_per_epoch * config.epochs
-    opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    warmup = max(1, int(total * config.warmup_ratio))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(s / total, 1.0)))))
-    best, best_epoch, bad, curve, t0 = -1.0, 0, 0, [], time.perf_counter()
+    opt, sched = _optimizer(net, _steps_per_epoch(train_q, task, config, workers) * config.epochs, config)
+    sel, t0 = _Selection(), time.perf_counter()
     tmp_best = Path(out_dir).with_name(Path(out_dir).name + ".best-tmp")
     for epoch in range(1, config.epochs + 1):
         net.train()
         model.net = train_net
         losses = []
-        batches = listwise_batches(train_q, qrels, candidates, config.negatives, config.batch_queries, rng, config.max_positives)
+        batches = listwise_batches(train_q, task.qrels, task.candidates, config.negatives, config.batch_queries, rng,
+                                   config.max_positives)
         for batch in tqdm([b for b in batches if len(b) >= workers], desc=f"reranker epoch {epoch}", disable=not progress,
                           unit="step"):
-            batch = shard(batch)  # this rank's share
-            q_texts, d_texts = [], []
-            for qid, pos, negs in batch:
-                for d in (pos, *negs):
-                    q_texts.append(queries[qid])
-                    d_texts.append(docs.get(d, ""))
-            logits = model.logits(q_texts, d_texts).view(len(batch), 1 + config.negatives)   # (B, 1+N)
-            loss = torch.nn.functional.cross_entropy(logits, torch.zeros(len(batch), dtype=torch.long, device=logits.device))
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
+            loss = _listwise_loss(model, shard(batch), task, config.negatives)  # this rank's share
+            losses.append(_step(net, opt, sched, loss))
         net.eval()
         model.net = net
         model._cache.clear()
         if rank == 0:
-            score = rerank_ndcg(model.score, held_q, queries, candidates, docs, qrels)
-            curve.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "heldout_ndcg@10": score})
+            score = task.ndcg(model.score, held_q)
             log(f"reranker epoch {epoch}: loss {np.mean(losses):.4f}, held-out nDCG@10 {score:.4f}")
-            if score > best:
-                best, best_epoch, bad = score, epoch, 0
+            if sel.record(epoch, float(np.mean(losses)), score):
                 shutil.rmtree(tmp_best, ignore_errors=True)
                 model.model.save(str(tmp_best))
-            else:
-                bad += 1
-        best, best_epoch, bad, curve = broadcast((best, best_epoch, bad, curve))  # rank 0 decides, every rank follows
-        if bad > config.patience:
-            log(f"reranker: early stop after epoch {epoch} (best {best_epoch})")
+        sel = broadcast(sel)  # rank 0 decides, every rank follows
+        if sel.bad > config.patience:
+            log(f"reranker: early stop after epoch {epoch} (best {sel.best_epoch})")
             break
     if rank:
         return broadcast(None)
-    out_dir = Path(out_dir)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp_best.rename(out_dir)
+    out_dir = _install(tmp_best, Path(out_dir))
     summary = {
         "version": f"ce-{time.strftime('%Y%m%d-%H%M%S')}", "base": base, "config": asdict(config),
-        "best_epoch": best_epoch, "heldout": {"ndcg@10": best, **{f"{k}_ndcg@10": v for k, v in baseline.items()}},
-        "curve": curve, "seconds": round(time.perf_counter() - t0, 1),
+        "best_epoch": sel.best_epoch, "heldout": {"ndcg@10": sel.best, **{f"{k}_ndcg@10": v for k, v in baseline.items()}},
+        "curve": sel.curve, "seconds": round(time.perf_counter() - t0, 1),
         "train_qids": train_q, "heldout_qids": held_q, "reserved_qids": reserved_q, "workers": workers,
         **(extra_meta or {}),
     }
-    if first_scores is not None and held_q:
-        best_model = CrossEncoderReranker(str(out_dir), RerankConfig(max_length=config.max_length, cache_size=0), device=device)
-        summary["blend"], tried = fit_blend(best_model.score, held_q, queries, candidates, first_scores, docs, qrels)
-        summary["heldout"]["blended_ndcg@10"] = tried[summary["blend"]]
-        log(f"reranker: blend weight {summary['blend']:.2f} gives held-out nDCG@10 {tried[summary['blend']]:.4f}")
-    if first_scores is not None and held_q and config.onnx:
-        summary["onnx"] = write_cross_variants(best_model, out_dir, held_q, queries, candidates, first_scores, docs, qrels)
-        log("reranker: ONNX variants " + ", ".join(f"{n} loss {v['loss']:+.4f}" for n, v in summary["onnx"].items()))
+    if task.first_scores is not None and held_q:
+        _blend(summary, out_dir, task, held_q, config, device, log)
     (out_dir / "training.json").write_text(json.dumps(summary, indent=2))
-    (out_dir / "metrics.json").write_text(json.dumps({"heldout": summary["heldout"], "curve": curve}, indent=2))
+    (out_dir / "metrics.json").write_text(json.dumps({"heldout": summary["heldout"], "curve": sel.curve}, indent=2))
     return broadcast(summary)
+
+
+def _blend(summary: dict[str, Any], out_dir: Path, task: RerankerTask, held_q: Sequence[str], config: RerankerTrainConfig,
+           device: str | None, log: Callable[[str], None]) -> None:
+    """Chooses the saved model's blend weight on the held-out queries and, with config.onnx, writes and measures
+    its ONNX variants; both into `summary`."""
+    from vitrine.ranking.rerank import CrossEncoderReranker, RerankConfig
+
+    best_model = CrossEncoderReranker(str(out_dir), RerankConfig(max_length=config.max_length, cache_size=0), device=device)
+    summary["blend"], tried = fit_blend(best_model.score, held_q, task.queries, task.candidates, task.first_scores,
+                                        task.docs, task.qrels)
+    summary["heldout"]["blended_ndcg@10"] = tried[summary["blend"]]
+    log(f"reranker: blend weight {summary['blend']:.2f} gives held-out nDCG@10 {tried[summary['blend']]:.4f}")
+    if config.onnx:
+        summary["onnx"] = write_cross_variants(best_model, out_dir, held_q, task.queries, task.candidates,
+                                               task.first_scores, task.docs, task.qrels)
+        log("reranker: ONNX variants " + ", ".join(f"{n} loss {v['loss']:+.4f}" for n, v in summary["onnx"].items()))
 
 
 def _quiet(message: str) -> None:

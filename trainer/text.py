@@ -80,6 +80,15 @@ class Triplet:
     source: str
 
 
+@dataclass(frozen=True)
+class TextTask:
+    """What a text run learns from and is judged on: the triplets, and evaluators (name ->
+    InformationRetrievalEvaluator) that score the base and every epoch; the first one's nDCG@10 picks the best."""
+
+    triplets: Sequence[Triplet]
+    evaluators: Mapping[str, Any]
+
+
 def fingerprint(items: Sequence[Item]) -> str:
     """A short hash of the catalog the model was tuned on, recorded in training.json."""
     h = hashlib.sha256()
@@ -103,20 +112,18 @@ def mine_negatives(pairs: Sequence[Pair], searcher: Searcher, items: Mapping[str
     """
     from tqdm import tqdm
 
-    vectors = searcher.bundle.vectors.get("text")
-    docno = searcher.bundle.docstore.docno_by_id
-    rng = random.Random(config.seed)
-    ids = sorted(items)
-    out: list[Triplet] = []
     encoder = searcher.text_encoder
     if encoder is not None:  # the anchors are encoded in batches up front, not one by one inside search()
         anchors = list(dict.fromkeys(p.anchor[:2000].strip() for p in pairs))  # as search() sees them
-        searcher.text_encoder = _Precomputed(encoder, anchors, encoder.encode_texts(anchors, progress=progress))
-    try:
-        for pair in tqdm(pairs, desc="mine negatives", disable=not progress, unit="pair"):
-            out += _mine_one(pair, searcher, items, config, judged, vectors, docno, rng, ids)
-    finally:
-        searcher.text_encoder = encoder
+        # A searcher of mining's own over the same bundle, so the caller's is never changed, even for a while.
+        searcher = Searcher(searcher.bundle, _Precomputed(encoder, anchors, encoder.encode_texts(anchors, progress=progress)),
+                            searcher.config, clip_encoder=searcher.clip_encoder, reranker=searcher.reranker,
+                            ranker=searcher.ranker, rerank=searcher.rerank)
+    mining = _Mining(searcher, items, config, judged, searcher.bundle.vectors.get("text"),
+                     searcher.bundle.docstore.docno_by_id, random.Random(config.seed), sorted(items))
+    out: list[Triplet] = []
+    for pair in tqdm(pairs, desc="mine negatives", disable=not progress, unit="pair"):
+        out += _mine_one(pair, mining)
     return out
 
 
@@ -133,24 +140,37 @@ class _Precomputed:
         return self.encoder.encode_texts(texts, **kwargs)
 
 
-def _mine_one(pair: Pair, searcher: Searcher, items: Mapping[str, Item], config: TextTrainConfig,
-              judged: Mapping[str, set[str]] | None, vectors: Any, docno: Mapping[str, int], rng: random.Random,
-              ids: Sequence[str]) -> list[Triplet]:
-    hits = searcher.search(SearchRequest(text=pair.anchor[:2000], k=config.mine_depth, stages="first")).hits
-    banned = {pair.item_id} | set((judged or {}).get(pair.anchor, ()))
+@dataclass(frozen=True)
+class _Mining:
+    """What mining every pair shares: the first stage, the catalog, the judged items per anchor, the bundle's stored
+    text vectors and their row per item id (or None: no near-duplicate check), and the fallback's random draws."""
+
+    searcher: Searcher
+    items: Mapping[str, Item]
+    config: TextTrainConfig
+    judged: Mapping[str, set[str]] | None
+    vectors: Any
+    docno: Mapping[str, int]
+    rng: random.Random
+    ids: Sequence[str]                   # every item id, sorted: what the fallback samples from
+
+
+def _mine_one(pair: Pair, m: _Mining) -> list[Triplet]:
+    hits = m.searcher.search(SearchRequest(text=pair.anchor[:2000], k=m.config.mine_depth, stages="first")).hits
+    banned = {pair.item_id} | set((m.judged or {}).get(pair.anchor, ()))
     anchor_words = _words(pair.anchor) if len(pair.anchor) < 80 else set()
-    cands = [h.id for h in hits if h.id not in banned and h.id in items]
+    cands = [h.id for h in hits if h.id not in banned and h.id in m.items]
     if anchor_words:
-        cands = [c for c in cands if not anchor_words <= _words(item_text(items[c]))]
-    if vectors is not None and cands and pair.item_id in docno:
-        xb = vectors.reconstruct(np.array([docno[pair.item_id], *(docno[c] for c in cands)]))
+        cands = [c for c in cands if not anchor_words <= _words(item_text(m.items[c]))]
+    if m.vectors is not None and cands and pair.item_id in m.docno:
+        xb = m.vectors.reconstruct(np.array([m.docno[pair.item_id], *(m.docno[c] for c in cands)]))
         if xb is not None:
             sims = xb[1:] @ xb[0]  # (C,) unit vectors
-            cands = [c for c, s in zip(cands, sims) if s <= config.negative_margin]
+            cands = [c for c, s in zip(cands, sims) if s <= m.config.negative_margin]
     if not cands:
-        cands = [c for c in rng.sample(ids, min(len(ids), 20)) if c not in banned
-                 and not (anchor_words and anchor_words <= _words(item_text(items[c])))][:1]
-    return [Triplet(pair.anchor, pair.positive, item_text(items[c]), pair.source) for c in cands[:config.negatives]]
+        cands = [c for c in m.rng.sample(m.ids, min(len(m.ids), 20)) if c not in banned
+                 and not (anchor_words and anchor_words <= _words(item_text(m.items[c])))][:1]
+    return [Triplet(pair.anchor, pair.positive, item_text(m.items[c]), pair.source) for c in cands[:m.config.negatives]]
 
 
 def general_triplets(pairs: Sequence[Pair], seed: int) -> list[Triplet]:
@@ -233,13 +253,13 @@ def model_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and f.suffix in (".safetensors", ".bin"))
 
 
-def train_text(base: str, out: Path, triplets: Sequence[Triplet], evaluators: Mapping[str, Any], config: TextTrainConfig,
-               meta: Mapping[str, Any], device: str | None = None, progress: bool = True,
-               log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Fine-tunes `base` on the triplets with SentenceTransformerTrainer; writes the model, metrics and training.json.
+def train_text(base: str, out: Path, task: TextTask, config: TextTrainConfig, meta: Mapping[str, Any],
+               device: str | None = None, progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Fine-tunes `base` on the task's triplets with SentenceTransformerTrainer; writes the model, metrics and
+    training.json.
 
-    Each evaluator (name -> InformationRetrievalEvaluator) scores the base before training and the model after
-    every epoch; the best epoch by the first evaluator's nDCG@10 is kept (early stopping with `patience`).
+    Each of the task's evaluators scores the base before training and the model after every epoch; the best epoch
+    by the first evaluator's nDCG@10 is kept (early stopping with `patience`).
 
     Inside a torch process group (`vitrine train text --ray`) the trainer runs DDP: each rank takes an equal share
     of every batch of `batch_size`, the loss gathers the embeddings across ranks, and the per-epoch evaluation is
@@ -267,12 +287,12 @@ def train_text(base: str, out: Path, triplets: Sequence[Triplet], evaluators: Ma
     model.max_seq_length = config.max_seq_length
     if config.adapter == "lora":
         add_lora(model, config.lora_rank)
-    evaluator = SequentialEvaluator(list(evaluators.values()))
-    key = f"eval_{next(iter(evaluators))}_cosine_ndcg@10"
+    evaluator = SequentialEvaluator(list(task.evaluators.values()))
+    key = f"eval_{next(iter(task.evaluators))}_cosine_ndcg@10"
     base_metrics = evaluator(model) if rank == 0 else {}
     if rank == 0:
         log(f"base {key.removeprefix('eval_')}: {base_metrics[key.removeprefix('eval_')]:.4f}")
-    rows = list(triplets)
+    rows = list(task.triplets)
     random.Random(config.seed).shuffle(rows)
     data = Dataset.from_dict({"anchor": [t.anchor for t in rows], "positive": [t.positive for t in rows],
                               "negative": [t.negative for t in rows]})

@@ -8,7 +8,7 @@ import pytest
 
 from vitrine.indexer.catalog import Item
 from vitrine.ranking.features import FEATURES, QueryContext, candidate_features, features_from_dict, features_to_dict
-from vitrine.ranking.ltr import LtrRanker, LtrTrainConfig, group_split, train_ranker
+from vitrine.ranking.ltr import LtrRanker, LtrRows, LtrTrainConfig, group_split, train_ranker
 from vitrine.ranking.metrics import ndcg_at_k
 from vitrine.ranking.types import Hit, SourceHit
 
@@ -33,7 +33,7 @@ def _synthetic(n_queries: int, per_query: int, seed: int):
 
 def test_ranker_learns_the_feature_that_decides_relevance(tmp_path):
     X, y, qids = _synthetic(120, 20, seed=0)
-    summary = train_ranker(X, y, qids, tmp_path / "ltr", LtrTrainConfig(n_estimators=200), log=lambda m: None)
+    summary = train_ranker(LtrRows(X, y, qids), tmp_path / "ltr", LtrTrainConfig(n_estimators=200), log=lambda m: None)
     assert summary["valid"]["ndcg@10"] > 0.95
     importances = json.loads((tmp_path / "ltr" / "importances.json").read_text())
     assert importances[0]["feature"] == "cross_score"
@@ -55,8 +55,8 @@ def test_ranker_learns_the_feature_that_decides_relevance(tmp_path):
 def test_position_bias_training_accepts_click_positions(tmp_path):
     X, y, qids = _synthetic(60, 10, seed=2)
     positions = np.tile(np.arange(10), 60)
-    summary = train_ranker(X, (y > 1).astype(np.int32), qids, tmp_path / "ltr", LtrTrainConfig(n_estimators=50),
-                           positions=positions, log=lambda m: None)
+    summary = train_ranker(LtrRows(X, (y > 1).astype(np.int32), qids, positions), tmp_path / "ltr",
+                           LtrTrainConfig(n_estimators=50), log=lambda m: None)
     assert summary["position_bias"] is True
     assert LtrRanker(tmp_path / "ltr").predict(X[:10]).shape == (10,)
 
@@ -70,7 +70,8 @@ def test_group_split_never_splits_a_query():
 
 def test_ranker_refuses_another_feature_schema(tmp_path):
     X, y, qids = _synthetic(20, 10, seed=3)
-    train_ranker(X, y, qids, tmp_path / "ltr", LtrTrainConfig(n_estimators=5, early_stopping_rounds=5), log=lambda m: None)
+    train_ranker(LtrRows(X, y, qids), tmp_path / "ltr", LtrTrainConfig(n_estimators=5, early_stopping_rounds=5),
+                 log=lambda m: None)
     meta = json.loads((tmp_path / "ltr" / "ranker.json").read_text())
     meta["schema_version"] = 999
     (tmp_path / "ltr" / "ranker.json").write_text(json.dumps(meta))

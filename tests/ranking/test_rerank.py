@@ -9,7 +9,8 @@ import pytest
 
 from vitrine.ranking.rerank import CrossEncoderReranker, RerankConfig, blend_scores, rerank_scores, truncate_doc
 from vitrine.ranking.types import Hit, SourceHit
-from vitrine.trainer.reranker import RerankerTrainConfig, check_disjoint, rerank_ndcg, split_queries, train_reranker
+from vitrine.trainer.reranker import (RerankerTask, RerankerTrainConfig, check_disjoint, rerank_ndcg, split_queries,
+                                      train_reranker)
 
 
 def test_rerank_scores_reorders_the_head_and_keeps_the_tail_below():
@@ -87,8 +88,8 @@ def test_reranker_trainer_learns_a_toy_task(tiny_cross_encoder_dir, tmp_path):
     queries, qrels, docs, candidates = _toy_task()
     config = RerankerTrainConfig(epochs=4, batch_queries=4, negatives=3, lr=1e-3, holdout=0.25, max_length=32, patience=4)
     first = {q: [1.0 - j / 10 for j in range(len(c))] for q, c in candidates.items()}   # first stage: no signal
-    summary = train_reranker(tiny_cross_encoder_dir, tmp_path / "ce", queries, qrels, docs, candidates, config,
-                             device="cpu", progress=False, log=lambda m: None, first_scores=first)
+    summary = train_reranker(tiny_cross_encoder_dir, tmp_path / "ce", RerankerTask(queries, qrels, docs, candidates, first),
+                             config, device="cpu", progress=False, log=lambda m: None)
     assert summary["blend"] >= 0.5   # the first stage knows nothing here, so the cross-encoder gets the weight
     assert summary["heldout"]["ndcg@10"] > summary["heldout"]["first_stage_ndcg@10"] + 0.2
     assert summary["heldout"]["ndcg@10"] > 0.8
@@ -106,8 +107,9 @@ def test_reranker_generated_queries_only_train(tiny_cross_encoder_dir, tmp_path)
     queries, qrels, docs, candidates = _toy_task(48)
     generated = [q for q in queries if int(q) % 2]
     config = RerankerTrainConfig(epochs=4, batch_queries=4, negatives=3, lr=1e-3, holdout=0.25, max_length=32, patience=4)
-    summary = train_reranker(tiny_cross_encoder_dir, tmp_path / "ce", queries, qrels, docs, candidates, config,
-                             device="cpu", progress=False, log=lambda m: None, always_train=generated)
+    summary = train_reranker(tiny_cross_encoder_dir, tmp_path / "ce",
+                             RerankerTask(queries, qrels, docs, candidates, always_train=generated), config,
+                             device="cpu", progress=False, log=lambda m: None)
     assert set(generated) <= set(summary["train_qids"]) and not set(generated) & set(summary["heldout_qids"])
     assert len(summary["heldout_qids"]) == 6   # a quarter of the 24 real queries
     assert summary["heldout"]["ndcg@10"] > summary["heldout"]["first_stage_ndcg@10"] + 0.2

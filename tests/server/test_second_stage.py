@@ -13,7 +13,7 @@ import pytest
 
 from vitrine.indexer.bundle import Bundle
 from vitrine.ranking.features import FEATURES, features_from_dict
-from vitrine.ranking.ltr import LtrRanker, LtrTrainConfig, train_ranker
+from vitrine.ranking.ltr import LtrRanker, LtrRows, LtrTrainConfig, train_ranker
 from vitrine.ranking.pipeline import Searcher
 from vitrine.ranking.rerank import CrossEncoderReranker, RerankConfig
 from vitrine.server.app import create_server
@@ -38,8 +38,8 @@ def second_stage(tmp_path_factory, small_bundle_path, keyword_encoder, tiny_cros
     X, y, qids = label_with_qrels(groups, QRELS)
     qids = [f"{q}-{i // 8}" for i, q in enumerate(qids)]   # three copies of each query: distinct groups
     out = tmp_path_factory.mktemp("ltr") / "ranker"
-    train_ranker(X, y, qids, out, LtrTrainConfig(n_estimators=30, min_child_samples=2, early_stopping_rounds=30,
-                                                 valid_fraction=0.25), log=lambda m: None)
+    train_ranker(LtrRows(X, y, qids), out, LtrTrainConfig(n_estimators=30, min_child_samples=2, early_stopping_rounds=30,
+                                                          valid_fraction=0.25), log=lambda m: None)
     bundle.close()
     return reranker, LtrRanker(out)
 

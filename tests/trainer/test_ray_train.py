@@ -124,7 +124,7 @@ def test_train_reranker_on_two_ray_workers_learns(cluster, tiny_cross_encoder_di
     from tests.ranking.test_rerank import _toy_task
     from vitrine.ranking.rerank import CrossEncoderReranker, RerankConfig
     from vitrine.trainer.distributed import RayOptions, run_distributed
-    from vitrine.trainer.reranker import RerankerTrainConfig, rerank_ndcg, train_reranker
+    from vitrine.trainer.reranker import RerankerTask, RerankerTrainConfig, rerank_ndcg, train_reranker
 
     queries, qrels, docs, candidates = _toy_task()
     config = RerankerTrainConfig(epochs=3, batch_queries=4, negatives=3, lr=1e-3, holdout=0.25, max_length=32, patience=4,
@@ -132,9 +132,8 @@ def test_train_reranker_on_two_ray_workers_learns(cluster, tiny_cross_encoder_di
     first = {q: [1.0 - j / 10 for j in range(len(c))] for q, c in candidates.items()}  # first stage: no signal
     out = tmp_path / "ce"
     summary = run_distributed(train_reranker, {
-        "base": tiny_cross_encoder_dir, "out_dir": out, "queries": queries, "qrels": qrels, "docs": docs,
-        "candidates": candidates, "config": config, "progress": False, "first_scores": first}, RayOptions("auto", 2), out,
-        log=lambda m: None)
+        "base": tiny_cross_encoder_dir, "out_dir": out, "task": RerankerTask(queries, qrels, docs, candidates, first),
+        "config": config, "progress": False}, RayOptions("auto", 2), out, log=lambda m: None)
     assert summary["workers"] == 2 and len(summary["curve"]) == 3
     assert summary["heldout"]["ndcg@10"] > summary["heldout"]["first_stage_ndcg@10"] + 0.2
     model = CrossEncoderReranker(str(out), RerankConfig(max_length=32), device="cpu")
