@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from vitrine.encoders.clip import copy_attribute_heads, save_checkpoint_dir
-from vitrine.encoders.config import config_from_dict
+from vitrine.serving.schema import config_from_dict
 from vitrine.indexer.catalog import Item, resolve_image
 from vitrine.ranking.clicklog import ClickSession, resolve_log_image, resolve_query_image
 from vitrine.trainer.click_eval import brute_force_run, click_judgments, run_metrics
@@ -245,7 +245,9 @@ class ClickClipTrainer(ClipTrainer):
         self.model.eval()
         out: dict[str, float] = {}
         if len(data.general_heldout) >= 2:
-            g = self.evaluate(data.items.pixels[data.general_heldout], item_text[data.general_heldout])
+            held = data.general_heldout
+            views = self._image_inputs(data.items.pixels[held], progress=False, train=False)
+            g = self.evaluate(views, np.arange(len(held)), item_text[held])
             out.update({f"general_{m}": v for m, v in g.items()})
         queries, qrels = click_judgments(data.heldout)
         queries = [q for q in queries if not q.image or resolve_log_image(q.image, data.log_dir) in data.query_images]

@@ -119,3 +119,20 @@ def test_train_clip_without_mlflow_says_which_package_to_install(toy_shop, base_
     with pytest.raises(SystemExit, match="--base"):
         main(["train", "clip", "--clicks", str(click_logs["train"]), "--catalog", str(toy_shop["catalog"]),
               "--out", str(tmp_path / "m"), "--no-mlflow"])
+
+
+def test_fine_tuning_measures_forgetting_on_held_out_catalog_pairs(toy_shop, base_clip, tmp_path):
+    """Catalog items no session involves are held out as general pairs (the default keeps 300; the other tests keep
+    none): every epoch reports their image<->text recall beside the click metrics, the base model's included."""
+    from tests.trainer.conftest import fine_tune
+
+    ids = toy_shop["ids"]
+    log = tmp_path / "clicks.jsonl"   # sessions that show only a few items, so most of the catalog is uninvolved
+    log.write_text("".join(json.dumps({"query": {"text": text}, "shown": ids[n:n + 3], "clicked": [ids[n]],
+                                       "ts": "2024-01-01T00:00:00Z"}) + "\n"
+                           for n, text in enumerate(["red square", "blue circle", "green triangle"] * 4)))
+    result = fine_tune(toy_shop, base_clip, log, tmp_path / "out", epochs=1, general_holdout=12, holdout_fraction=0.25)
+    assert result["clicks"]["general_heldout"] == 12
+    for row in result["curve"]:
+        assert 0.0 <= row["general_mean_r@10"] <= 1.0
+    assert result["curve"][0]["general_mean_r@10"] > 0.0   # the base CLIP finds some of its own catalog's pairs
