@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from machine import commit, machine  # noqa: E402
 
-from vitrine.ranking.assemble import open_searcher  # noqa: E402
+from vitrine.serving.assemble import open_served  # noqa: E402
 from vitrine.ranking.metrics import evaluate, load_qrels, load_queries  # noqa: E402
 from vitrine.ranking.pipeline import SearchRequest  # noqa: E402
 
@@ -75,20 +75,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     args = parser.parse_args(argv)
     folder = Path(args.data) / "fashion"
-    searcher = open_searcher(args.bundle)
+    searcher = open_served(args.bundle).searcher
     base = searcher.config
     out: dict = {"machine": machine(), "commit": commit(), "bundle": args.bundle, "image": {}, "composed": {},
                  "composed-gender": {}}
     gender = gender_task(folder)
     out["composed-gender_queries"] = len(gender[0])
     for bonus, min_prob in IMAGE_GRID:
-        searcher.config = replace(base, attribute_bonus=bonus, attribute_min_prob=min_prob)
+        searcher = searcher.with_config(replace(base, attribute_bonus=bonus, attribute_min_prob=min_prob))
         key = f"bonus={bonus} min_prob={min_prob}"
         out["image"][key] = round(run_task(searcher, folder, "image"), 4)
         print("image", key, out["image"][key], file=sys.stderr, flush=True)
     for w in TEXT_WEIGHT:
         for bonus in COMPOSED_BONUS:
-            searcher.config = replace(base, attribute_bonus=bonus, attribute_min_prob=0.5)
+            searcher = searcher.with_config(replace(base, attribute_bonus=bonus, attribute_min_prob=0.5))
             key = f"text_weight={w} bonus={bonus}"
             out["composed"][key] = round(run_task(searcher, folder, "composed", composed_text_weight=w), 4)
             out["composed-gender"][key] = round(run_task(searcher, folder, "", *gender, composed_text_weight=w), 4)

@@ -52,7 +52,7 @@ def check(catalog: str, clips: list[str], captions: bool) -> dict:
     from vitrine.encoders.clip import ClipEncoder
     from vitrine.indexer.bundle import clip_item_text
     from vitrine.indexer.catalog import read_catalog
-    from vitrine.indexer.clip_check import clip_check, trainer_heldout_ids
+    from vitrine.indexer.clip_check import CheckSample, clip_check, trainer_heldout_ids
     from vitrine.indexer.images import encode_catalog_images
 
     items, general = captioned(catalog) if captions else (read_catalog(catalog)[0], None)
@@ -64,7 +64,8 @@ def check(catalog: str, clips: list[str], captions: bool) -> dict:
         held = general if captions else trainer_heldout_ids(clip.name)
         # seed 1 for the whole-catalog sample: seed 0 draws exactly the trainer's held-out pairs (same permutation).
         out[name] = {"heldout": clip_check(dict(rows), ids, xb, clip.encode_texts, clip_item_text, heldout=held),
-                     "all_items": clip_check(dict(rows), ids, xb, clip.encode_texts, clip_item_text, heldout=None, seed=1),
+                     "all_items": clip_check(dict(rows), ids, xb, clip.encode_texts, clip_item_text, heldout=None,
+                                             sample=CheckSample(seed=1)),
                      "broken_photos": len(broken)}
         print(name, json.dumps(out[name]), file=sys.stderr, flush=True)
     return out
@@ -105,12 +106,12 @@ def demo_task(items: list, words: dict[str, str]) -> tuple[list[dict], dict]:
 
 def text(bundle: str, data: Path, demo: bool = False) -> dict:
     from vitrine.indexer.bm25 import Bm25Index
-    from vitrine.ranking.assemble import open_searcher
+    from vitrine.serving.assemble import open_served
     from vitrine.ranking.metrics import evaluate, load_qrels, load_queries
     from vitrine.ranking.pipeline import SearchRequest, clip_text_trust
 
     folder = data / "fashion"
-    searcher = open_searcher(bundle, batching=False)
+    searcher = open_served(bundle, batching=False).searcher
     if demo:
         items = list(searcher.bundle.docstore.items.values())
         tasks = {"demo-literal": demo_task(items, DEMO_WORDS), "demo-paraphrase": demo_task(items, DEMO_SYNONYMS)}
@@ -126,12 +127,13 @@ def text(bundle: str, data: Path, demo: bool = False) -> dict:
         "bm25 + text only": (new_coverage, base, ("bm25", "text")),
     }
     trusted, why = clip_text_trust(searcher.bundle.manifest, base.clip_text_min_recall)
-    out: dict = {"check": searcher.bundle.manifest["models"].get("clip", {}).get("check"), "clip_text_trusted": trusted,
+    clip = searcher.bundle.manifest.models.get("clip")
+    out: dict = {"check": clip.check if clip else None, "clip_text_trusted": trusted,
                  "why": why, "ndcg@10": {}, "literal": {}, "clip_text_dropped": {}}
     for task, (queries, qrels) in tasks.items():
         for name, (coverage, config, sources) in variants.items():
             Bm25Index.term_coverage = coverage
-            searcher.config = config
+            searcher = searcher.with_config(config)
             run, dropped = {}, 0
             for q in queries:
                 result = searcher.search(SearchRequest(text=q["text"], k=10, stages="first", sources=sources,

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from vitrine.cli.demo import start_server  # noqa: E402
-from vitrine.indexer.bundle import build_bundle  # noqa: E402
+from vitrine.indexer.bundle import IndexerConfig, build_bundle  # noqa: E402
 from vitrine.indexer.catalog import Item, item_from_dict  # noqa: E402
 from vitrine.proto import search_pb2  # noqa: E402
 from vitrine.server.client import (  # noqa: E402
@@ -110,7 +110,7 @@ def _verify(target: str, model: dict, inflight: tuple | None) -> list[str]:
 def run_cycles(cycles: int, workdir: Path, seed: int = 0, max_delay_s: float = 1.5) -> dict:
     rng = random.Random(seed)
     bundle = workdir / "bundle"
-    build_bundle([_item(i, 0, 10.0) for i in IDS[:20]], bundle, None, progress=False)
+    build_bundle([_item(i, 0, 10.0) for i in IDS[:20]], bundle, None, IndexerConfig(progress=False))
     model: dict = {i: _item(i, 0, 10.0) for i in IDS[:20]}
     state = {"version": 0, "acked": 0, "inflight": None, "error": None}
     lost, errors, starts = 0, [], []

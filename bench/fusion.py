@@ -22,7 +22,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from machine import machine, report  # noqa: E402
 
-from vitrine.ranking.assemble import open_searcher  # noqa: E402
+from vitrine.serving.assemble import open_served  # noqa: E402
+from vitrine.serving.config import VitrineConfig  # noqa: E402
 from vitrine.ranking.fusion import FusionMethod, fuse  # noqa: E402
 from vitrine.ranking.metrics import evaluate, load_qrels, load_queries  # noqa: E402
 from vitrine.ranking.pipeline import SearchConfig, SearchRequest  # noqa: E402
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.sets:
         bundle, _, tasks = spec.partition(":")
         name, _, task_list = tasks.partition("/")
-        searcher = open_searcher(bundle, search=config)
+        searcher = open_served(bundle, VitrineConfig(search=config)).searcher
         for task in task_list.split(","):
             qrels = load_qrels(data / name / "qrels" / f"{task}.tsv")
             runs: dict[str, dict[str, list[str]]] = {r: {} for r in [*rules(config), "default"]}
@@ -64,10 +65,10 @@ def main(argv: list[str] | None = None) -> int:
                                    key=lambda x: -x[1]) for s in ("bm25", "text")}
                 for rule, f in rules(config).items():
                     runs[rule][q["qid"]] = [h.id for h in f(lists)][:100]
-                searcher.config = default   # the pipeline's own default, BM25 gate included
+                searcher = searcher.with_config(default)   # the pipeline's own default, BM25 gate included
                 res = searcher.search(SearchRequest(text=q["text"], k=100, stages="first", exclude_ids=q.get("exclude_ids", ())))
                 runs["default"][q["qid"]] = [h.id for h in res.hits]
-                searcher.config = config
+                searcher = searcher.with_config(config)
             fig = {rule: round(evaluate(run, qrels)["ndcg@10"], 4) for rule, run in runs.items()}
             fig["target"] = round(max(fig["rrf"], fig["bm25"], fig["dense"]) - 0.005, 4)
             fig["meets_target"] = fig["default"] >= fig["target"]

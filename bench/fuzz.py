@@ -170,7 +170,7 @@ def fuzz(target: str, n: int, seed: int = 0, unicode_whitespace: bool = True) ->
 
 def main(argv: list[str] | None = None) -> int:
     from vitrine.cli.demo import start_server
-    from vitrine.indexer.bundle import build_bundle
+    from vitrine.indexer.bundle import IndexerConfig, build_bundle
     from vitrine.indexer.catalog import Item
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         bundle = Path(tmp) / "bundle"
         build_bundle([Item(id=i, title=f"red item {i}", category="A > B", attributes={"color": "red"}, price=5.0)
-                      for i in KNOWN_IDS], bundle, None, progress=False)
+                      for i in KNOWN_IDS], bundle, None, IndexerConfig(progress=False))
         proc, target = start_server(bundle)
         try:
             summary = fuzz(target, args.requests, args.seed, unicode_whitespace=not args.plain_spaces)

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 
 from bench.machine import machine, report  # noqa: E402
 from vitrine.cli.demo import start_server  # noqa: E402
-from vitrine.cli.retrain import point_current  # noqa: E402
+from vitrine.serving.tenancy import point_current  # noqa: E402
 from vitrine.server.client import VitrineClient  # noqa: E402
 
 

@@ -144,7 +144,7 @@ def _phase(target: str, pid: int, args: argparse.Namespace, writes: bool, ids: l
 
 def main(argv: list[str] | None = None) -> int:
     from vitrine.cli.demo import generate_catalog, start_server
-    from vitrine.indexer.bundle import build_bundle
+    from vitrine.indexer.bundle import IndexerConfig, build_bundle
     from vitrine.indexer.catalog import read_catalog
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             from vitrine.encoders.text import SentenceTransformerEncoder
 
             encoder = SentenceTransformerEncoder("all-MiniLM-L6-v2")
-        build_bundle(items, Path(tmp) / "bundle", encoder, progress=False)
+        build_bundle(items, Path(tmp) / "bundle", encoder, IndexerConfig(progress=False))
         ids = [it.id for it in items[: len(items) // 2]]
         proc, target = start_server(Path(tmp) / "bundle")
         try:

@@ -332,9 +332,10 @@ def cmd_build() -> dict:
         if p.exists():  # vectors of the tuned text variant; a text that differs from item_text is re-encoded
             enc.preload([text_variant(it, cached) for it in items], np.load(p))
         before = enc.misses
-        for name, cfg in (("Flat", IndexerConfig(ann=AnnConfig(factory="Flat"))), ("auto", IndexerConfig())):
-            m = build_bundle(items, f"runs/{ds}-{name}", enc, cfg, force=True, progress=False)
-            out[f"{ds}-{name}"] = m["vectors"]["text"]["factory"]
+        for name, cfg in (("Flat", IndexerConfig(ann=AnnConfig(factory="Flat"), progress=False)),
+                          ("auto", IndexerConfig(progress=False))):
+            m = build_bundle(items, f"runs/{ds}-{name}", enc, cfg, force=True)
+            out[f"{ds}-{name}"] = m.vectors["text"].factory
         out[f"{ds}-encoded"] = enc.misses - before
         assert all(item_text(it) in enc.cache for it in items)
         print(ds, out, flush=True)

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="vitrine-two-writers-"))
     bundle = work / "bundle"
     items = [Item(id=f"seed-{i}", title=f"product {i}", price=float(i)) for i in range(50)]
-    build_bundle(items, bundle, None, IndexerConfig(onnx=False), progress=False)  # BM25 only: starts in a second
+    build_bundle(items, bundle, None, IndexerConfig(onnx=False, progress=False))  # BM25 only: starts in a second
     (work / "c.jsonl").write_text(json.dumps({"id": "z", "title": "z"}) + "\n")
     proc, target = start_server(bundle)
     acked: list[str] = []

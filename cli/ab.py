@@ -5,7 +5,14 @@ import argparse
 import json
 from pathlib import Path
 
-from vitrine.ranking.experiments import ab_report, format_report, interleave_report, read_experiment_log, select_experiment
+from vitrine.ranking.experiments import (
+    ExperimentKind,
+    ab_report,
+    format_report,
+    interleave_report,
+    read_experiment_log,
+    select_experiment,
+)
 
 EXPERIMENT_LOG = Path("logs") / "experiment.jsonl"
 
@@ -49,8 +56,8 @@ def cmd_ab_report(args: argparse.Namespace) -> int:
         raise ValueError(f"--alpha must be between 0 and 1, got {args.alpha}.")
     path = log_path(args)
     name, rows = select_experiment(read_experiment_log(path), args.experiment)
-    reports = [make(rows, args.alpha) for kind, make in (("ab", ab_report), ("interleave", interleave_report))
-               if any(r["kind"] == kind for r in rows)]
+    makers = {ExperimentKind.AB: ab_report, ExperimentKind.INTERLEAVE: interleave_report}
+    reports = [make(rows, args.alpha) for kind, make in makers.items() if any(r["kind"] == kind for r in rows)]
     if args.json:
         print(json.dumps({"log": str(path), "experiment": name, "reports": [r.to_dict() for r in reports]}))
     else:

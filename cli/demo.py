@@ -11,9 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-import grpc
+from typing import TYPE_CHECKING
 
-from vitrine.server.client import VitrineClient
+if TYPE_CHECKING:
+    from vitrine.server.client import VitrineClient
 
 DEFAULT_DATA = Path("../shared/data/fashion")
 COLORS = ["Black", "White", "Navy Blue", "Red", "Green", "Grey", "Pink", "Brown", "Yellow", "Purple"]
@@ -106,6 +107,8 @@ def start_serve(args: list[str], timeout_s: float = 300.0) -> tuple[subprocess.P
 
 
 def _show(title: str, client: VitrineClient, **kwargs: object) -> None:
+    import grpc
+
     print(f"\n=== {title}")
     print(f"    request: {json.dumps({k: v for k, v in kwargs.items() if k != 'image'})}")
     try:
@@ -127,16 +130,19 @@ def _json(path: Path) -> dict:
 
 def _say_clip_check(manifest: dict) -> None:
     """What the indexer measured of the CLIP, and so whether CLIP text joins the text queries below."""
+    from vitrine.indexer.manifest import Manifest
     from vitrine.ranking.pipeline import SearchConfig, clip_text_trust
 
     check = manifest["models"]["clip"]["check"]
-    trusted, why = clip_text_trust(manifest, SearchConfig().clip_text_min_recall)
+    trusted, why = clip_text_trust(Manifest.from_dict(manifest), SearchConfig().clip_text_min_recall)
     print(f"CLIP check by the indexer: {check['how']}")
     print(f"  -> CLIP text {'joins' if trusted else 'stays out of'} text queries: {why}. "
           "Photo and composed queries use CLIP either way.")
 
 
 def run_demo(data: str | None, workdir: Path) -> int:
+    from vitrine.server.client import VitrineClient
+
     workdir.mkdir(parents=True, exist_ok=True)
     data_dir = Path(data) if data else DEFAULT_DATA
     synthetic = not (data_dir / "catalog.jsonl").is_file()

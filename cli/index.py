@@ -31,20 +31,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p.set_defaults(handler=cmd_index)
 
-    p = sub.add_parser("export", help="write a bundle's items (live writes and their photos included) as a catalog "
-                                      "JSONL that `vitrine index` reads")
-    p.add_argument("--bundle", required=True, help="bundle directory (it may be served meanwhile)")
-    p.add_argument("--out", required=True, help="catalog JSONL to write")
-    p.set_defaults(handler=cmd_export)
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    from vitrine.indexer.live import export_catalog
-
-    n = export_catalog(args.bundle, args.out)
-    print(json.dumps({"items": n, "out": args.out}))
-    return 0
-
 
 def _clip_name(clip_model: str) -> str:
     from vitrine.encoders.clip import is_checkpoint_dir
@@ -53,8 +39,8 @@ def _clip_name(clip_model: str) -> str:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from vitrine.cli.config import load_config
-    from vitrine.indexer.bundle import IndexerConfig, build_bundle
+    from vitrine.serving.config import load_config
+    from vitrine.indexer.bundle import CatalogSource, IndexerConfig, build_bundle
     from vitrine.indexer.catalog import UnknownFields, check_catalog_path, parse_column_map, read_catalog
 
     check_catalog_path(args.catalog)
@@ -104,23 +90,25 @@ def cmd_index(args: argparse.Namespace) -> int:
         manifest = build_bundle(
             items, args.out, encoder,
             IndexerConfig(batch_size=config.encoders.batch_size, ann=config.index, bm25=config.bm25,
-                          onnx=config.encoders.export_onnx),
-            clip_encoder=clip, catalog_dir=Path(args.catalog).resolve().parent,
-            catalog_path=str(Path(args.catalog).resolve()), config_dict=config.to_dict(), force=args.force,
-            progress=not args.quiet, runner=runner,
+                          onnx=config.encoders.export_onnx, progress=not args.quiet),
+            clip_encoder=clip,
+            source=CatalogSource(dir=Path(args.catalog).resolve().parent, path=str(Path(args.catalog).resolve()),
+                                 config=config.to_dict()),
+            force=args.force, runner=runner,
         )
     finally:
         if runner is not None:
             runner.close()
-    if manifest["counts"].get("broken_images"):
-        print(f"{manifest['counts']['broken_images']} image(s) could not be read (listed in manifest.json), e.g.:",
-              file=sys.stderr)
-        for b in manifest["broken_images"][:10]:
-            print(f"  item {b['id']}: {b['reason']}", file=sys.stderr)
-    summary = {"bundle": str(args.out), "bundle_version": manifest["bundle_version"], "items": manifest["counts"]["items"],
-               "skipped_lines": len(errors), "broken_images": manifest["counts"].get("broken_images", 0), "vectors": {k: {"factory": v["factory"], "count": v["count"]} for k, v in manifest["vectors"].items()},
+    counts = manifest.counts
+    if counts.broken_images:
+        print(f"{counts.broken_images} image(s) could not be read (listed in manifest.json), e.g.:", file=sys.stderr)
+        for b in (manifest.broken_images or ())[:10]:
+            print(f"  item {b.id}: {b.reason}", file=sys.stderr)
+    summary = {"bundle": str(args.out), "bundle_version": manifest.bundle_version, "items": counts.items,
+               "skipped_lines": len(errors), "broken_images": counts.broken_images or 0,
+               "vectors": {k: {"factory": v.factory, "count": v.count} for k, v in manifest.vectors.items()},
                "seconds": round(time.perf_counter() - t0, 1),
-               "items_per_s": round(manifest["counts"]["items"] / max(time.perf_counter() - t0, 1e-9), 1),
-               **manifest["built_by"]}
+               "items_per_s": round(counts.items / max(time.perf_counter() - t0, 1e-9), 1),
+               **(manifest.built_by or {})}
     print(json.dumps(summary))
     return 0

@@ -8,11 +8,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-import grpc
+from vitrine.cli import (ab, click_labels, delete, demo, export, gate, gate_text, get, index, info, keys, registry,
+                         retrain, search, serve, simulate_clicks, snapshot, tenants, train, upsert)
+from vitrine.cli import eval as eval_  # the module of `vitrine eval`
 
-from vitrine.cli import ab, catalog, demo, evaluate, index, keys, loop, retrain, search, serve, train
-
-COMMANDS = (index, serve, search, catalog, keys, demo, train, loop, retrain, evaluate, ab)
+# One module per command, named by it (`train` is a group whose subcommands have their own modules).
+COMMANDS = (index, export, serve, search, info, upsert, delete, get, snapshot, keys, tenants, demo, train,
+            simulate_clicks, click_labels, gate, gate_text, registry, retrain, eval_, ab)
 DISTRIBUTION = "vitrine-search"
 # The extra (pyproject.toml) that provides each heavy top-level module, for the one line a client-only install gets.
 EXTRA_OF_MODULE = {
@@ -74,7 +76,7 @@ def os_error(exc: OSError) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from vitrine.indexer.lock import BundleLocked
-    from vitrine.server.logs import setup_logging
+    from vitrine.cli.logs import setup_logging
 
     setup_logging()
     args = build_parser().parse_args(argv)
@@ -82,9 +84,6 @@ def main(argv: list[str] | None = None) -> int:
     # exit 1); anything else is a bug and keeps its traceback.
     try:
         return args.handler(args)
-    except grpc.RpcError as exc:
-        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
-        return 1
     except UnicodeDecodeError as exc:   # a ValueError that names neither the file nor the fix
         print(f"error: a file is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8", file=sys.stderr)
         return 2
@@ -97,6 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as exc:   # an optional extra is missing
         print(f"error: {missing_extra(exc, args.command)}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        # A server's answer. grpc is looked up, not imported: commands that call no server (index, train) load
+        # neither grpc nor its health and reflection plugins.
+        grpc = sys.modules.get("grpc")
+        if grpc is None or not isinstance(exc, grpc.RpcError):
+            raise
+        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

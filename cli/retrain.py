@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vitrine.cli import index, loop, train
-from vitrine.server.client import TOKEN_ENV
+from vitrine.cli import gate, index, train
+from vitrine.cli.target import TOKEN_ENV
+from vitrine.serving.tenancy import point_current
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,15 +42,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-mlflow", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=cmd_retrain)
-
-
-def point_current(link: Path, target: Path) -> None:
-    """Re-points a symlink atomically: a reader sees the old target or the new one, never none."""
-    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
-    os.symlink(os.path.relpath(target, link.parent), tmp)
-    os.replace(tmp, link)
 
 
 def split_log(clicks: Path, work: Path, fraction: float, seed: int) -> tuple[Path, Path, dict[str, Any]]:
@@ -88,7 +80,7 @@ def step_parser() -> argparse.ArgumentParser:
     """The commands retrain runs, with the same flags as on the command line."""
     parser = argparse.ArgumentParser(prog="vitrine")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (train, loop, index):
+    for module in (train, gate, index):
         module.register(sub)
     return parser
 
@@ -108,9 +100,9 @@ def _step(report: dict, name: str, argv: list[str]) -> int:
 
 
 def tenant_defaults(args: argparse.Namespace) -> None:
-    """Fills --clicks, --bundle, --registry and --work from the tenant's directory (ranking/tenancy.py). A tenant
+    """Fills --clicks, --bundle, --registry and --work from the tenant's directory (serving/tenancy.py). A tenant
     serving `bundle/` gets a `current` pointer on promotion, so its next start (and a watcher) follows it."""
-    from vitrine.ranking.tenancy import TenantSpec, tenant_dir
+    from vitrine.serving.tenancy import TenantSpec, tenant_dir
 
     if not args.tenants:
         raise ValueError("--tenant needs --tenants DIR (the directory `vitrine serve --tenants` serves).")
@@ -129,6 +121,7 @@ def tenant_defaults(args: argparse.Namespace) -> None:
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
+    from vitrine.indexer.manifest import Manifest
     from vitrine.trainer.registry import ModelRegistry
 
     if args.tenant:
@@ -140,9 +133,9 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     manifest_path = serving / "manifest.json"
     if not manifest_path.is_file():
         raise FileNotFoundError(f"--bundle {args.bundle} is not a Vitrine bundle (no manifest.json)")
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    current_model = manifest.get("models", {}).get("clip", {}).get("name")
-    catalog = manifest.get("catalog_path") or manifest.get("catalog")
+    manifest = Manifest.read(manifest_path)
+    current_model = manifest.models["clip"].name if "clip" in manifest.models else None
+    catalog = manifest.catalog
     if not current_model or not Path(current_model).is_dir():
         raise ValueError(f"bundle {serving} has no local CLIP model to fine-tune (models.clip.name = {current_model!r}).")
     if not catalog or not Path(catalog).is_file():

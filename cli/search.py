@@ -1,4 +1,4 @@
-"""`vitrine search` and `vitrine info`: a second process querying a running server over gRPC (client side only)."""
+"""`vitrine search`: a second process querying a running server over gRPC (client side only)."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from vitrine.cli.catalog import add_target, client_options
+from vitrine.cli.target import add_target, client_options
 from vitrine.ranking.types import Constraint, Stage
 
 
@@ -41,11 +41,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=30.0)
 
     p.set_defaults(handler=cmd_search)
-
-    p = sub.add_parser("info", help="describe the bundle a server is serving")
-    add_target(p, token=False)
-
-    p.set_defaults(handler=cmd_info)
 
 
 def _parse_pairs(pairs: list[str], flag: str, cast=str) -> dict:
@@ -124,14 +119,6 @@ def _batch_search(client, args: argparse.Namespace, common: dict) -> int:
             out.close()
     print(json.dumps({"queries": len(queries), "latency_ms": {"p50": round(percentile(latencies, 50), 2),
                                                               "p99": round(percentile(latencies, 99), 2)}}), file=sys.stderr)
-    return 0
-
-
-def cmd_info(args: argparse.Namespace) -> int:
-    from vitrine.server.client import VitrineClient
-
-    with VitrineClient(args.target, **client_options(args)) as client:
-        print(json.dumps(client.info(), indent=2))
     return 0
 
 

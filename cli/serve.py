@@ -10,8 +10,8 @@ import socket
 import threading
 from pathlib import Path
 
-from vitrine.server.auth import KEYS_ENV
-from vitrine.server.client import TOKEN_ENV
+from vitrine.cli.target import TOKEN_ENV
+from vitrine.cli.keys import KEYS_ENV
 
 log = logging.getLogger("vitrine")
 
@@ -83,6 +83,14 @@ def bind_server(create, host: str, port: int):  # noqa: ANN001, ANN201 - create_
         raise ValueError(_bind_failure(host, port, "--port", None)) from None
 
 
+def keystore(path: str | None):  # noqa: ANN201 - KeyStore | None
+    """The API keys file named by --keys or $VITRINE_KEYS_FILE; None when neither is set."""
+    from vitrine.server.auth import KeyStore
+
+    path = path or os.environ.get(KEYS_ENV)
+    return KeyStore.load(path) if path else None
+
+
 def check_watch(args: argparse.Namespace) -> None:
     """--watch follows a `current` symlink on a read-only server; refused before anything binds or prints."""
     if args.watch is None:
@@ -113,75 +121,15 @@ def single_threaded_kernels(backends: dict[str, str]) -> None:
         torch.set_num_threads(1)
 
 
-def tenant_opener(raw: dict, pool: object, read_only: bool):  # noqa: ANN201 - Callable[[TenantSpec], Tenant]
-    """How the server opens one tenant: vitrine.toml with the tenant's overrides, models from the shared pool, its own
-    live index (WAL), logs, quota, reloader and experiment."""
-    from vitrine.cli.config import VitrineConfig, searcher_for
-    from vitrine.encoders.batching import unbatched
-    from vitrine.indexer.live import LiveIndex
-    from vitrine.ranking.assemble import retire, with_second_stage
-    from vitrine.ranking.tenancy import TenantSpec, merge_config
-    from vitrine.server.admin import Reloader
-    from vitrine.server.query_log import JsonlAppender, QueryLog
-    from vitrine.server.state import ServingState
-    from vitrine.server.tenants import ExperimentConfig, Quota, QuotaConfig, Tenant
-
-    def open_tenant(spec: TenantSpec) -> Tenant:
-        if not (spec.bundle / "manifest.json").is_file():
-            raise FileNotFoundError(f"tenant {spec.name}: {spec.bundle} is not a Vitrine bundle (no manifest.json).")
-        merged = merge_config(raw, spec.overrides)
-        # A tenant's logs are its own, in its directory: the server-wide [logs] paths would mix tenants' data.
-        logs = merged["logs"] = {**{k: v for k, v in raw.get("logs", {}).items() if k not in ("click_log", "feature_log")},
-                                 **spec.overrides.get("logs", {})}
-        logs["click_log"] = logs.get("click_log") or str(spec.click_log)
-        for key in ("click_log", "feature_log"):
-            if logs.get(key):
-                path = (spec.dir / logs[key]).resolve()
-                if spec.dir.resolve() not in path.parents:
-                    raise ValueError(f"tenant {spec.name}: [logs] {key} {logs[key]!r} is outside its directory.")
-                logs[key] = str(path)
-        config = VitrineConfig.from_dict(merged)
-        experiment = ExperimentConfig.from_dict(spec.experiment) if spec.experiment else None
-        models = {"reranker": spec.reranker, "ranker": spec.ranker}
-
-        def loader(bundle: str, reranker: str | None, ranker: str | None):  # noqa: ANN202 - a Searcher
-            models.update({k: v for k, v in (("reranker", reranker), ("ranker", ranker)) if v})
-            searcher = searcher_for(bundle, config, models["reranker"], models["ranker"], pool=pool)
-            if experiment is not None:
-                searcher.arm_b = with_second_stage(searcher, experiment.reranker or None, experiment.ranker or None,
-                                                   encoders=config.encoders, rerank=config.rerank)
-            return searcher
-
-        searcher = loader(str(spec.bundle.resolve()), None, None)
-        live = None
-        if not (read_only or spec.read_only):
-            try:
-                live = LiveIndex(searcher.bundle, unbatched(searcher.text_encoder), config.live,
-                                 unbatched(searcher.clip_encoder))
-                live.start()
-            except BaseException:
-                retire(searcher)   # its models go back to the pool
-                raise
-        state = ServingState(searcher, live)
-        quota = QuotaConfig.from_dict({**raw.get("quota", {}), **spec.quota})
-        pointer = str(spec.bundle) if spec.bundle.is_symlink() else None
-        return Tenant(spec.name, state, QueryLog(config.logs), config.catalog, Quota(spec.name, quota),
-                      Reloader(state, loader, pointer) if live is None else None, experiment,
-                      JsonlAppender(spec.experiment_log) if experiment is not None else None, spec.dir)
-
-    return open_tenant
-
-
 def serve_tenants(args: argparse.Namespace) -> int:
     """`vitrine serve --tenants DIR`: every tenant under DIR on one port, models shared through one pool."""
-    from vitrine.cli.config import VitrineConfig, read_config_dict
-    from vitrine.ranking.assemble import ModelPool
-    from vitrine.server.admin import TenantManager
-    from vitrine.server.app import create_server
-    from vitrine.server.auth import KeyStore
+    from vitrine.server.admin import TenantManager, tenant_opener
+    from vitrine.server.app import ServerOptions, create_server
     from vitrine.server.state import freeze_heap
     from vitrine.server.status import Metrics
     from vitrine.server.tenants import Tenants
+    from vitrine.serving.config import VitrineConfig, read_config_dict
+    from vitrine.serving.pool import ModelPool
 
     check_watch(args)
     check_port(args.host, args.port)
@@ -191,7 +139,7 @@ def serve_tenants(args: argparse.Namespace) -> int:
     config = VitrineConfig.from_dict(raw)
     if args.auth_token or config.catalog.auth_token:
         raise ValueError("--tenants uses API keys per tenant (--keys FILE), not one shared --auth-token.")
-    keys = KeyStore.from_env(args.keys)
+    keys = keystore(args.keys)
     if keys is None and not args.insecure:
         raise ValueError(f"--tenants needs API keys (--keys FILE or ${KEYS_ENV}; `vitrine keys create`), or --insecure "
                          "to serve every tenant to every caller (tests, a private network).")
@@ -204,12 +152,10 @@ def serve_tenants(args: argparse.Namespace) -> int:
     if args.metrics_port is not None:
         metrics.serve_http(args.metrics_port, args.host)
     names = manager.load_all()
-    single_threaded_kernels({b: v for t in tenants for b, v in t.state.searcher.backends.items()})
+    single_threaded_kernels({b: v for t in tenants for b, v in t.state.served.backends.items()})
     freeze_heap()
-    credentials = _credentials(args)
-    served = bind_server(lambda: create_server(None, f"{args.host}:{args.port}", config.server, tenants=tenants,
-                                               manager=manager, keys=keys, credentials=credentials, metrics=metrics),
-                         args.host, args.port)
+    options = ServerOptions(config.server, metrics=metrics, keys=keys, credentials=_credentials(args), manager=manager)
+    served = bind_server(lambda: create_server(tenants, f"{args.host}:{args.port}", options), args.host, args.port)
     log.info("serving %d tenants (%s) on %s:%d", len(names), ", ".join(names), args.host, served.port)
     print(f"listening on {args.host}:{served.port}", flush=True)
     _wait_for_signal(config.server.grace_s)
@@ -248,14 +194,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """`vitrine serve` with live updates: binds first (health NOT_SERVING), loads, replays the WAL, then serves."""
     from dataclasses import replace
 
-    from vitrine.cli.config import load_config, searcher_for
-    from vitrine.encoders.batching import unbatched
-    from vitrine.indexer.live import LiveIndex
-    from vitrine.server.app import create_server
+    from vitrine.server.app import ServerOptions, create_server, single
     from vitrine.server.query_log import QueryLog
     from vitrine.server.state import freeze_heap
-    from vitrine.server.auth import KeyStore
     from vitrine.server.status import Metrics
+    from vitrine.serving.config import load_config
+    from vitrine.serving.tenant import served_loader, start_live
 
     if args.tenants:
         return serve_tenants(args)
@@ -277,31 +221,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     metrics = Metrics()
     if args.metrics_port is not None:
         metrics.serve_http(args.metrics_port, args.host)
-    models = {"reranker": args.reranker, "ranker": args.ranker}
-
-    def loader(bundle: str, reranker: str | None, ranker: str | None):  # noqa: ANN202 - a Searcher
-        # A reload that names no second-stage model keeps the one being served.
-        models.update({k: v for k, v in (("reranker", reranker), ("ranker", ranker)) if v})
-        return searcher_for(bundle, config, models["reranker"], models["ranker"])
-
+    loader = served_loader(config, args.reranker, args.ranker)
     query_log = QueryLog(config.logs)
     pointer = args.bundle if Path(args.bundle).is_symlink() else None
-    keys = KeyStore.from_env(args.keys)
+    keys = keystore(args.keys)
     if keys is not None and token:
         raise ValueError("use API keys (--keys) or one shared --auth-token, not both.")
-    credentials = _credentials(args)
-    served = bind_server(lambda: create_server(None, f"{args.host}:{args.port}", config.server, catalog=catalog,
-                                               metrics=metrics, query_log=query_log, loader=loader, pointer=pointer,
-                                               keys=keys, credentials=credentials), args.host, args.port)
-    searcher = searcher_for(str(Path(args.bundle).resolve()), config, args.reranker, args.ranker)
-    single_threaded_kernels(searcher.backends)
-    live = None
-    if not args.read_only:
-        live = LiveIndex(searcher.bundle, unbatched(searcher.text_encoder), config.live, unbatched(searcher.clip_encoder))
-        live.start()
-    served.attach(searcher, live)
+    # Bound before the models load: health says NOT_SERVING (and searches UNAVAILABLE) until attach.
+    tenants = single(None, query_log=query_log, catalog=catalog, loader=loader, pointer=pointer)
+    options = ServerOptions(config.server, catalog, metrics=metrics, keys=keys, credentials=_credentials(args))
+    served = bind_server(lambda: create_server(tenants, f"{args.host}:{args.port}", options), args.host, args.port)
+    bundle = loader(str(Path(args.bundle).resolve()), None, None)
+    single_threaded_kernels(bundle.backends)
+    live = None if args.read_only else start_live(bundle, config.live)
+    served.attach(bundle, live)
     freeze_heap()  # the loaded bundle and models never become garbage; keep the collector off them
-    log.info("serving bundle %s (%d items) on %s:%d%s", searcher.bundle.version, len(searcher.bundle.docstore),
+    log.info("serving bundle %s (%d items) on %s:%d%s", bundle.bundle.version, len(bundle.bundle.docstore),
              args.host, served.port, "" if live else " read-only")
     print(f"listening on {args.host}:{served.port}", flush=True)
     stop = threading.Event()

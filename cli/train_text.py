@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from vitrine.cli import rank, ray_train
+from vitrine.cli import ray_train
 
 
 def register(tsub: argparse._SubParsersAction) -> None:
@@ -61,7 +61,7 @@ def _config(args: argparse.Namespace) -> Any:
 
 def _judged(args: argparse.Namespace, items: dict) -> tuple[list, list[tuple[str, str]]]:
     from vitrine.ranking.metrics import load_qrels, load_queries
-    from vitrine.trainer.reranker import check_disjoint
+    from vitrine.trainer.reranker import check_disjoint, forbidden_qids
     from vitrine.trainer.text_pairs import judged_pairs
 
     if not args.qrels:
@@ -71,7 +71,7 @@ def _judged(args: argparse.Namespace, items: dict) -> tuple[list, list[tuple[str
     qrels = load_qrels(args.qrels)
     texts = {q["qid"]: q.get("text", "") for q in load_queries(args.queries)}
     qids = [q for q in texts if q in qrels and texts[q]]
-    kept = check_disjoint(qids, rank.forbidden_qids(args.qrels, args.forbid_qrels, not args.no_sibling_guard), texts)
+    kept = check_disjoint(qids, forbidden_qids(args.qrels, args.forbid_qrels, not args.no_sibling_guard), texts)
     if len(kept) < len(qids):
         print(f"dropped {len(qids) - len(kept)} training queries whose text equals a held-out query's", file=sys.stderr)
     return judged_pairs(texts, qrels, items, kept), [(q, texts[q]) for q in kept]
@@ -87,13 +87,13 @@ def _split(pairs: list, holdout: int, seed: int, share: int = 5) -> tuple[list, 
 
 @contextlib.contextmanager
 def _mining_searcher(args: argparse.Namespace, config: Any, base: str, items: list, out: Path):  # -> Searcher
-    from vitrine.cli.config import searcher_for
+    from vitrine.serving.assemble import open_served
     from vitrine.encoders.text import SentenceTransformerEncoder
     from vitrine.indexer.ann import AnnConfig
     from vitrine.indexer.bundle import IndexerConfig, build_bundle
 
     if args.bundle:
-        searcher = searcher_for(args.bundle, config)
+        searcher = open_served(args.bundle, config).searcher
     else:
         tmp = tempfile.TemporaryDirectory(prefix="vitrine-mine-", dir=out.resolve().parent)
         bundle = Path(tmp.name) / "bundle"
@@ -101,8 +101,8 @@ def _mining_searcher(args: argparse.Namespace, config: Any, base: str, items: li
         flat = replace(config, index=AnnConfig(factory="Flat"))  # exact vectors: the margin check reads them back
         encoder = SentenceTransformerEncoder(base, device=config.encoders.device)
         build_bundle(items, bundle, encoder, IndexerConfig(batch_size=config.encoders.batch_size, ann=flat.index,
-                                                           bm25=config.bm25), progress=not args.quiet)
-        searcher = searcher_for(str(bundle), flat)
+                                                           bm25=config.bm25, progress=not args.quiet))
+        searcher = open_served(str(bundle), flat).searcher
     try:
         yield searcher
     finally:
@@ -112,7 +112,7 @@ def _mining_searcher(args: argparse.Namespace, config: Any, base: str, items: li
 
 
 def cmd_train_text(args: argparse.Namespace) -> int:
-    from vitrine.cli.config import load_config
+    from vitrine.serving.config import load_config
     from vitrine.indexer.catalog import read_catalog
     from vitrine.trainer import text, text_pairs
 

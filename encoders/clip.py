@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vitrine.encoders.base import l2_normalize, pick_device
+from vitrine.encoders.config import Backend
 
 if TYPE_CHECKING:
     import torch
@@ -148,7 +149,7 @@ class ClipEncoder:
     """Text and image encoding into one space: batched, L2-normalised float32, CUDA + fp16 autocast when present."""
 
     def __init__(self, name_or_dir: str, pretrained: str | None = None, device: str | None = None,
-                 variants: str | Path | None = None, backend: str = "torch", threads: int = 1) -> None:
+                 variants: str | Path | None = None, backend: Backend | str = Backend.TORCH, threads: int = 1) -> None:
         """`variants` (a directory written by `export_clip_onnx`) with `backend` "onnx" or "onnx-int8" runs both
         towers with ONNX Runtime; the torch model still supplies the tokenizer, preprocessing and attribute heads."""
         import torch
@@ -181,15 +182,15 @@ class ClipEncoder:
         self._channels_last = hasattr(getattr(self.model, "visual", None), "trunk")  # a timm CNN tower
         if self._channels_last:
             self.model.visual.to(memory_format=torch.channels_last)
-        self.backend = backend
+        self.backend = backend = Backend(backend)
         self._text_session = self._image_session = None
         self._text_trims = False
-        if backend != "torch":
+        if backend != Backend.TORCH:
             from vitrine.encoders import onnx
 
             record = onnx.read_record(variants) if variants else {}
             if backend not in record.get("variants", {}):
-                raise ValueError(f"{variants} has no {backend!r} CLIP variant; have: {', '.join(record.get('variants', {})) or 'none'}.")
+                raise ValueError(f"{variants} has no {backend.value!r} CLIP variant; have: {', '.join(record.get('variants', {})) or 'none'}.")
             files = record["variants"][backend]["files"]
             self._text_session = onnx.session(Path(variants) / files["text"], threads)
             self._text_trims = bool(record.get("text_dynamic_length"))

@@ -1,88 +1,23 @@
-"""Configuration the whole library shares: `config_from_dict` for every frozen config dataclass, and [encoders].
-
-Every section of `vitrine.toml` is a frozen dataclass built by `config_from_dict`, so unknown keys and values of
-the wrong type get one wording everywhere: "Field 'section.name' must be …, got …." The dataclass's own
-`from_dict` adds only the range checks its fields need, with `check`.
-"""
+"""[encoders]: the text model the indexer uses, the device, and how the server runs the models on the query path."""
 from __future__ import annotations
 
 import dataclasses
 import enum
-import types
-import typing
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any
 
-T = TypeVar("T")
-
-
-def check(ok: bool, field: str, expectation: str, value: Any) -> None:
-    """Raises the one wording of a bad config value: "Field 'search.max_k' must be a positive integer, got 0."."""
-    if not ok:
-        raise ValueError(f"Field '{field}' must be {expectation}, got {value!r}.")
+from vitrine.serving.schema import check, check_positive_ints, config_from_dict
 
 
-def check_positive_ints(cfg: Any, section: str, names: typing.Iterable[str], minimum: int = 1) -> None:
-    for name in names:
-        value = getattr(cfg, name)
-        check(value >= minimum, f"{section}.{name}", "a positive integer" if minimum == 1 else f"an integer ≥ {minimum}",
-              value)
+class Backend(enum.StrEnum):
+    """What runs a model on the query path. AUTO picks the fastest exported ONNX variant within the bundle's measured
+    loss (encoders/onnx.py); TORCH_LORA is what a LoRA adapter on a shared torch base reports (never asked for)."""
 
-
-def _describe(tp: Any) -> str:
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        return "one of " + ", ".join(repr(m.value) for m in tp)
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, getattr(tp, "__name__", str(tp)))
-
-
-def coerce(value: Any, tp: Any, field: str) -> Any:
-    """Checks a TOML value against a dataclass field's annotation and converts it (int→float, list→tuple, str→enum)."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return coerce(value, inner[0], field) if len(inner) == 1 else value
-    if tp is typing.Any:
-        return value
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        try:
-            return tp(value)
-        except ValueError:
-            raise ValueError(f"Field '{field}' must be {_describe(tp)}, got {value!r}.") from None
-    if tp is bool:
-        check(isinstance(value, bool), field, _describe(tp), value)
-        return value
-    if tp is int:
-        check(isinstance(value, int) and not isinstance(value, bool), field, _describe(tp), value)
-        return value
-    if tp is float:
-        check(isinstance(value, (int, float)) and not isinstance(value, bool), field, _describe(tp), value)
-        return float(value)
-    if tp is str:
-        check(isinstance(value, str), field, _describe(tp), value)
-        return value
-    if origin is tuple:
-        check(isinstance(value, (list, tuple)), field, "a list", value)
-        item = args[0] if args else typing.Any
-        return tuple(coerce(v, item, f"{field}[{n}]") for n, v in enumerate(value))
-    if origin in (dict, Mapping, typing.Mapping) or tp is dict:
-        check(isinstance(value, Mapping), field, "a table", value)
-        return dict(value)
-    return value
-
-
-def config_from_dict(cls: type[T], d: Any, section: str) -> T:
-    """Builds the frozen dataclass `cls` from the TOML table [section], checking names and types of every key."""
-    if not isinstance(d, Mapping):
-        raise ValueError(f"Section [{section}] must be a table, got {d!r}.")
-    fields = [f for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
-    names = [f.name for f in fields]
-    unknown = sorted(set(d) - set(names))
-    if unknown:
-        raise ValueError(f"Unknown key(s) in [{section}]: {', '.join(unknown)}; known keys are {', '.join(names)}.")
-    hints = typing.get_type_hints(cls)
-    return cls(**{name: coerce(value, hints[name], f"{section}.{name}") for name, value in d.items()})
+    AUTO = "auto"
+    ONNX_INT8 = "onnx-int8"
+    ONNX = "onnx"
+    TORCH = "torch"
+    TORCH_LORA = "torch+lora"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +31,7 @@ class EncoderConfig:
     # "auto" serves the fastest ONNX variant (encoders/onnx.py) whose measured nDCG@10 loss against the torch model
     # is at most max_backend_loss, else torch; "onnx-int8", "onnx" or "torch" forces one. Applies to the text
     # encoder (variants in the bundle) and the cross-encoder (variants in its directory).
-    backend: str = "auto"
+    backend: Backend = Backend.AUTO
     max_backend_loss: float = 0.005
     export_onnx: bool = True      # the indexer writes the text model's ONNX variants into the bundle
     # ONNX Runtime intra-op threads per call. Calls run concurrently on the gRPC workers, so on 2 cores one thread
@@ -119,8 +54,8 @@ class EncoderConfig:
         check_positive_ints(cfg, "encoders", ("cache_size",), minimum=0)
         check(cfg.device in (None, "cpu", "cuda") or str(cfg.device).startswith("cuda:"), "encoders.device",
               '"cpu", "cuda" or "cuda:N"', cfg.device)
-        check(cfg.backend in ("auto", "onnx-int8", "onnx", "torch"), "encoders.backend",
-              '"auto", "onnx-int8", "onnx" or "torch"', cfg.backend)
+        check(cfg.backend is not Backend.TORCH_LORA, "encoders.backend", '"auto", "onnx-int8", "onnx" or "torch"',
+              cfg.backend.value)
         check(cfg.max_backend_loss >= 0, "encoders.max_backend_loss", "a non-negative number", cfg.max_backend_loss)
         check(cfg.batch_window_ms >= 0, "encoders.batch_window_ms", "a non-negative number", cfg.batch_window_ms)
         return cfg

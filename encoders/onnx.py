@@ -27,9 +27,11 @@ from typing import Any
 
 import numpy as np
 
-BACKENDS = ("onnx-int8", "onnx", "torch")  # fastest first
-AUTO = "auto"
-FILES = {"onnx": "model.onnx", "onnx-int8": "model_qint8.onnx"}
+from vitrine.encoders.config import Backend
+
+BACKENDS = (Backend.ONNX_INT8, Backend.ONNX, Backend.TORCH)  # fastest first
+AUTO = Backend.AUTO
+FILES = {Backend.ONNX: "model.onnx", Backend.ONNX_INT8: "model_qint8.onnx"}
 RECORD = "variants.json"
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -39,7 +41,7 @@ def read_record(folder: str | Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def choose_backend(record: Mapping[str, Any], requested: str, max_loss: float) -> str:
+def choose_backend(record: Mapping[str, Any], requested: str, max_loss: float) -> Backend:
     """The backend to serve: `requested` when it is one (and was exported), else the fastest measured backend whose
     nDCG@10 loss against the torch model is at most `max_loss`; torch when nothing was exported or measured.
 
@@ -47,23 +49,23 @@ def choose_backend(record: Mapping[str, Any], requested: str, max_loss: float) -
     """
     variants = record.get("variants", {})
     if requested != AUTO:
-        if requested != "torch" and requested not in variants:
-            raise ValueError(f"backend {requested!r} was not exported for this model (have: "
+        if requested != Backend.TORCH and requested not in variants:
+            raise ValueError(f"backend {str(requested)!r} was not exported for this model (have: "
                              f"{', '.join(variants) or 'none'}); run `vitrine export onnx`.")
-        return requested
+        return Backend(requested)
     ok = {name: v for name, v in variants.items() if v.get("loss") is not None and v["loss"] <= max_loss}
     if not ok:
-        return "torch"
-    ok["torch"] = record.get("torch", {})
+        return Backend.TORCH
+    ok[Backend.TORCH] = record.get("torch", {})
     if all("ms_per_query" in v for v in ok.values()):
-        return min(ok, key=lambda name: (ok[name]["ms_per_query"], BACKENDS.index(name)))
-    return min(ok, key=BACKENDS.index)
+        return Backend(min(ok, key=lambda name: (ok[name]["ms_per_query"], BACKENDS.index(name))))
+    return Backend(min(ok, key=BACKENDS.index))
 
 
-def acceptable(record: Mapping[str, Any], max_loss: float) -> list[str]:
+def acceptable(record: Mapping[str, Any], max_loss: float) -> list[Backend]:
     """Every backend within `max_loss` of torch for this record (torch itself included)."""
-    return ["torch", *(name for name, v in record.get("variants", {}).items()
-                       if v.get("loss") is not None and v["loss"] <= max_loss)]
+    return [Backend.TORCH, *(Backend(name) for name, v in record.get("variants", {}).items()
+                             if v.get("loss") is not None and v["loss"] <= max_loss)]
 
 
 def session(path: str | Path, threads: int) -> "onnxruntime.InferenceSession":  # noqa: F821

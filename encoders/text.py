@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from vitrine.encoders.base import l2_normalize, pick_device
+from vitrine.encoders.config import Backend
 
 DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
 _OFFLINE_ALIASES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2", "minilm"}
@@ -135,7 +136,7 @@ def _embedding_module(model: object) -> "torch.nn.Module":  # noqa: F821
 
 def export_text_onnx(encoder: SentenceTransformerEncoder, out_dir: str | Path) -> dict:
     """Writes encoder's fp32 and int8 ONNX variants and its tokenizer to `out_dir`; returns the variants record
-    (quality not yet measured: see `indexer.bundle.check_text_variants`)."""
+    (quality not yet measured: see `indexer.variants.write_text_variants`)."""
     import copy
 
     from vitrine.encoders import onnx
@@ -159,7 +160,7 @@ class OnnxTextEncoder:
     """The text encoder served by ONNX Runtime from a variants directory (`export_text_onnx`): the same
     `encode_texts` as SentenceTransformerEncoder, with no torch model in memory."""
 
-    def __init__(self, folder: str | Path, backend: str = "onnx-int8", threads: int = 1) -> None:
+    def __init__(self, folder: str | Path, backend: Backend | str = Backend.ONNX_INT8, threads: int = 1) -> None:
         from transformers import AutoTokenizer
 
         from vitrine.encoders import onnx
@@ -167,8 +168,8 @@ class OnnxTextEncoder:
         self.folder = Path(folder)
         record = onnx.read_record(self.folder)
         if backend not in record.get("variants", {}):
-            raise ValueError(f"{folder} has no {backend!r} variant; have: {', '.join(record.get('variants', {})) or 'none'}.")
-        self.backend = backend
+            raise ValueError(f"{folder} has no {Backend(backend).value!r} variant; have: {', '.join(record.get('variants', {})) or 'none'}.")
+        self.backend = Backend(backend)
         self.session = onnx.session(self.folder / record["variants"][backend]["file"], threads)
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.folder), local_files_only=True)
         self.inputs = tuple(record["inputs"])

@@ -10,7 +10,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from vitrine.encoders.config import check, check_positive_ints, config_from_dict
+from vitrine.serving.schema import check, check_positive_ints, config_from_dict
 
 AUTO = "auto"
 # Below this many vectors an IVF quantizer cannot be trained well (FAISS wants ~39 points per

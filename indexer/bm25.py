@@ -9,7 +9,7 @@ from pathlib import Path
 
 import tantivy
 
-from vitrine.encoders.config import check, config_from_dict
+from vitrine.serving.schema import check, config_from_dict
 from vitrine.indexer.catalog import Item
 from vitrine.indexer.docstore import filter_term, filter_terms
 

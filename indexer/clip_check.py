@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,9 +44,18 @@ def target_ranks(xq: np.ndarray, xb: np.ndarray, targets: np.ndarray) -> np.ndar
     return (scores > target[:, None]).sum(axis=1)
 
 
+@dataclass(frozen=True)
+class CheckSample:
+    """Which photos the check ranks: at most `queries` items queried, each among a `pool` of photos, drawn by `seed`."""
+
+    queries: int = MAX_QUERIES
+    pool: int = POOL
+    seed: int = 0
+
+
 def clip_check(items: Mapping[int, Item], photo_ids: np.ndarray, photo_xb: np.ndarray,
                encode_texts: Callable[[list[str]], np.ndarray], text: Callable[[Item], str],
-               heldout: set[str] | None = None, max_queries: int = MAX_QUERIES, pool: int = POOL, seed: int = 0) -> dict:
+               heldout: set[str] | None = None, sample: CheckSample = CheckSample()) -> dict:
     """Text->image recall@10 of the CLIP over the bundle's own photos.
 
     Args:
@@ -55,6 +65,7 @@ def clip_check(items: Mapping[int, Item], photo_ids: np.ndarray, photo_xb: np.nd
         text: the text an item is queried with (the indexer passes clip_item_text, what CLIP pairs with photos).
         heldout: item ids the CLIP never trained on; when at least MIN_HELDOUT of them have a photo and text here,
             only they are queried, so a model that memorised its training pairs is not rewarded for it.
+        sample: how many items are queried, among how many photos, drawn how.
     """
     rows = [r for r, d in enumerate(photo_ids.tolist()) if items[d].has_text()]
     if not rows:
@@ -63,10 +74,10 @@ def clip_check(items: Mapping[int, Item], photo_ids: np.ndarray, photo_xb: np.nd
     held = [r for r in rows if items[int(photo_ids[r])].id in heldout] if heldout else []
     source = (f"items the CLIP's trainer held out ({len(held)} in this catalog)" if len(held) >= MIN_HELDOUT else
               "catalog items (the CLIP may have trained on them: optimistic)")
-    rng = np.random.default_rng(seed)
-    queries = rng.permutation(held if len(held) >= MIN_HELDOUT else rows)[:max_queries]
+    rng = np.random.default_rng(sample.seed)
+    queries = rng.permutation(held if len(held) >= MIN_HELDOUT else rows)[:sample.queries]
     others = np.setdiff1d(np.arange(len(photo_ids)), queries)
-    members = np.concatenate([queries, rng.permutation(others)[:max(0, pool - len(queries))]])  # pool rows
+    members = np.concatenate([queries, rng.permutation(others)[:max(0, sample.pool - len(queries))]])  # pool rows
     xq = encode_texts([text(items[int(photo_ids[r])]) for r in queries])  # (Q, D)
     xb = photo_xb[members]  # (P, D); query i's photo is row i
     rank = target_ranks(xq, xb, np.arange(len(queries)))  # photos strictly closer than the item's own

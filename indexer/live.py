@@ -1,31 +1,18 @@
 """Live catalog updates over an open bundle: a write-ahead log, consistent apply, checkpoints, replay, snapshots.
 
-The WAL (`<bundle>/wal.log`) is the only thing a write waits on before it is acknowledged:
-
-    record  := magic "VW" | length u32 LE | crc32(payload) u32 LE | payload (length bytes, UTF-8 JSON)
-    payload := {"seq": n, "op": "upsert", "items": [...], "vectors": [{source: base64 float32}, ...]}
-             | {"seq": n, "op": "upsert", "items": [...], "keep_vectors": true}      (a patch)
-             | {"seq": n, "op": "delete", "ids": [...]}
-
-- A write is validated, encoded (every dense source: the text model's vector, and CLIP's image vector of the item's
-  photo, or its CLIP text vector when it has none, as the indexer does), appended with those vectors and fsync'd, then
-  applied to the docstore,
-  Tantivy and every vector index under the exclusive side of a readers/writer lock, and only then acked.
-  One writer mutex orders WAL appends and applies, so the log order is the apply order.
-- Replay at start-up reads records until the first short or CRC-failing one; that torn tail was never
-  acked (its fsync did not return) and is truncated away. Records carry whole items, so re-applying a
-  record that is already reflected on disk is a no-op ("idempotent by id"); records carry their vectors, so replay
-  needs no model and no photo. An upsert of an item equal
-  to the stored one changes nothing, a delete of a missing id changes nothing.
-- The docstore (SQLite) is the source of truth after replay; a reconcile pass then deletes doc numbers
-  from Tantivy and FAISS that the docstore lacks and adds the ones they lack, so a crash at any point
-  (between the three stores, or mid-checkpoint) leaves no ghost and no hole.
+- A write is validated, encoded (every dense source, as the indexer does: indexer/live_vectors.py), appended with
+  those vectors to the WAL (indexer/wal.py) and fsync'd, then applied to the docstore, Tantivy and every vector index
+  under the exclusive side of a readers/writer lock, and only then acked. One writer mutex orders WAL appends and
+  applies, so the log order is the apply order.
+- Replay at start-up re-applies every intact WAL record. Records carry whole items, so re-applying a record that is
+  already reflected on disk is a no-op ("idempotent by id"); records carry their vectors, so replay needs no model
+  and no photo. An upsert of an item equal to the stored one changes nothing, a delete of a missing id changes nothing.
+- The docstore (SQLite) is the source of truth after replay; a reconcile pass (indexer/reconcile.py) then makes
+  Tantivy and FAISS hold exactly its doc numbers, so a crash at any point (between the three stores, or
+  mid-checkpoint) leaves no ghost and no hole.
 - A checkpoint commits Tantivy, saves each FAISS index (temp file + fsync + rename), checkpoints
   SQLite, rewrites the manifest's counts, and only then truncates the WAL to zero bytes.
-- Photos sent as bytes are kept with the bundle (`photos/<sha256>.<ext>`, fsync'd before the WAL record that
-  names them; the item's `image` becomes `bundle:photos/...`), so a snapshot carries them and a re-index can read
-  them. A photo given as a path or URL stays the shop's: the item keeps that location. An upsert that keeps an
-  item's photo (same `image`) keeps its stored CLIP vector instead of reading the photo again.
+- Photos sent as bytes are kept with the bundle (indexer/photos.py), so a snapshot carries them.
 - One writer per bundle: a LiveIndex holds the bundle's writer lock (indexer/lock.py) while it is open.
 Tantivy only shows committed documents, so a background thread commits every `commit_interval_s`
 when there were writes; deletes are invisible at once because the searcher drops doc numbers that
@@ -33,19 +20,13 @@ are missing from the docstore.
 """
 from __future__ import annotations
 
-import base64
-import hashlib
-import io
-import json
 import logging
 import os
 import shutil
 import sqlite3
-import struct
 import threading
 import time
 import uuid
-import zlib
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -54,26 +35,26 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
-import tantivy
 
 from vitrine.encoders.base import TextEncoder
-from vitrine.encoders.config import check, check_positive_ints, config_from_dict
+from vitrine.serving.schema import check, check_positive_ints, config_from_dict
 from vitrine.indexer.bm25 import Bm25Index
-from vitrine.indexer.bundle import MANIFEST, Bundle, clip_item_text, fsync_dir, item_text, publish_dir, write_json_atomic
+from vitrine.indexer.bundle import Bundle, fsync_dir, publish_dir
 from vitrine.indexer.catalog import Item, item_from_dict
-from vitrine.indexer.lock import WriterLock
+from vitrine.indexer.live_vectors import WriteEncoder
+from vitrine.indexer.lock import ReadWriteLock, WriterLock
+from vitrine.indexer.manifest import MANIFEST, Manifest
+# BUNDLE_PHOTO, MAX_PHOTO_BYTES, BadPhoto, export_catalog, bm25_docnos and vector_ids are imported from here by the
+# server, the commands and the tests: what live writes raise and keep, and what a bundle's stores hold.
+from vitrine.indexer.photos import BUNDLE_PHOTO, MAX_PHOTO_BYTES, PHOTOS_DIR, BadPhoto, export_catalog
+from vitrine.indexer.reconcile import bm25_docnos, reconcile, vector_ids
+from vitrine.indexer.wal import WAL_NAME, Wal, pack_vector, unpack_vector
+
+__all__ = ["BUNDLE_PHOTO", "MAX_PHOTO_BYTES", "BadPhoto", "LiveConfig", "LiveIndex", "Overloaded", "Wal", "bm25_docnos",
+           "export_catalog", "merge_patch", "vector_ids"]
 
 log = logging.getLogger("vitrine.live")
-
-WAL_NAME = "wal.log"
-PHOTOS_DIR = "photos"      # in a bundle: photos that live upserts sent as bytes
-BUNDLE_PHOTO = "bundle:"   # an item image kept in its bundle: "bundle:photos/<sha256>.<ext>"
-MAX_PHOTO_BYTES = 20 * 1024 * 1024
-_MAGIC = b"VW"
-_HEADER = struct.Struct("<2sII")  # magic, payload length, crc32
-MAX_RECORD_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -96,180 +77,6 @@ class LiveConfig:
 
 class Overloaded(RuntimeError):
     """Too many writes are queued; the caller should back off and retry."""
-
-
-class BadPhoto(ValueError):
-    """An upserted item's photo cannot be read or decoded; nothing of that write was logged."""
-
-    def __init__(self, item_id: str, field_name: str, reason: str) -> None:
-        super().__init__(f"item {item_id!r}: {field_name}: {reason}")
-        self.item_id = item_id
-        self.field = field_name
-        self.reason = reason
-
-
-def photo_location(bundle: Bundle, image: str) -> str:
-    return resolve_photo(bundle.path, bundle.manifest, image)
-
-
-def resolve_photo(bundle_dir: Path, manifest: Mapping[str, Any], image: str) -> str:
-    """Where an item's `image` can be read: a photo kept in the bundle, an http(s) URL, an absolute path, or a path
-    relative to the catalog the bundle was built from (as the indexer resolved it)."""
-    if image.startswith(BUNDLE_PHOTO):
-        return str(bundle_dir / image[len(BUNDLE_PHOTO):])
-    if image.startswith(("http://", "https://")) or Path(image).is_absolute():
-        return image
-    catalog = manifest.get("catalog")
-    return str((Path(catalog).parent if catalog else bundle_dir) / image)
-
-
-def export_catalog(bundle_dir: str | Path, out: str | Path) -> int:
-    """Writes a bundle's items as a catalog JSONL that `vitrine index` reads: live writes included, and every
-    image as a location that file can be read from (photos kept in the bundle and catalog-relative paths become
-    absolute paths). Returns the number of items. The bundle may be served meanwhile (SQLite readers do not block;
-    only the docstore and the manifest are read)."""
-    from vitrine.indexer.docstore import DocStore
-
-    bundle_dir, out = Path(bundle_dir), Path(out)
-    if not (bundle_dir / MANIFEST).is_file():
-        raise FileNotFoundError(f"bundle {bundle_dir} does not exist or is not a Vitrine bundle (no {MANIFEST}).")
-    manifest = json.loads((bundle_dir / MANIFEST).read_text(encoding="utf-8"))
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-    docstore = DocStore(bundle_dir / "docstore.sqlite")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for _, item in sorted(docstore.items.items()):
-                row = item.to_dict()
-                if item.image:
-                    where = resolve_photo(bundle_dir, manifest, item.image)
-                    row["image"] = where if where.startswith(("http://", "https://")) else str(Path(where).resolve())
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        n = len(docstore)
-    finally:
-        docstore.close()
-    os.replace(tmp, out)
-    return n
-
-
-def pack_vector(x: np.ndarray) -> str:
-    return base64.b64encode(np.ascontiguousarray(x, dtype="<f4").tobytes()).decode("ascii")
-
-
-def unpack_vector(s: str) -> np.ndarray:
-    return np.frombuffer(base64.b64decode(s), dtype="<f4").astype(np.float32)
-
-
-class ReadWriteLock:
-    """Many readers or one writer; a waiting writer blocks new readers so writes are never starved."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._readers = 0
-        self._writer = False
-        self._writers_waiting = 0
-
-    @contextmanager
-    def read(self) -> Iterator[None]:
-        with self._cond:
-            while self._writer or self._writers_waiting:
-                self._cond.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                if self._readers == 0:
-                    self._cond.notify_all()
-
-    @contextmanager
-    def write(self) -> Iterator[None]:
-        with self._cond:
-            self._writers_waiting += 1
-            while self._writer or self._readers:
-                self._cond.wait()
-            self._writers_waiting -= 1
-            self._writer = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writer = False
-                self._cond.notify_all()
-
-
-class Wal:
-    """An append-only log of length+CRC framed JSON records; see the module docstring for the format."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._f = open(self.path, "ab+", buffering=0)
-        self.broken = False
-        self.records = 0          # records since the last truncation
-        self.oldest_t: float | None = None  # wall time of the oldest record not yet checkpointed
-
-    def replay(self) -> list[dict[str, Any]]:
-        """Returns every intact record in order and truncates a torn or corrupt tail."""
-        self._f.seek(0)
-        data = self._f.read()
-        out, pos = [], 0
-        while pos + _HEADER.size <= len(data):
-            magic, length, crc = _HEADER.unpack_from(data, pos)
-            end = pos + _HEADER.size + length
-            if magic != _MAGIC or length > MAX_RECORD_BYTES or end > len(data):
-                break
-            payload = data[pos + _HEADER.size:end]
-            if zlib.crc32(payload) != crc:
-                break
-            out.append(json.loads(payload))
-            pos = end
-        if pos < len(data):
-            log.warning("WAL %s: dropping %d bytes of torn or corrupt tail after %d records", self.path, len(data) - pos, len(out))
-            self._f.truncate(pos)
-            os.fsync(self._f.fileno())
-        self._f.seek(0, os.SEEK_END)
-        self.records = len(out)
-        self.oldest_t = time.time() if out else None
-        return out
-
-    def append(self, payload: dict[str, Any]) -> None:
-        """Appends one record and returns only after it is on disk. A failed append (disk full, I/O error) is cut
-        off again, so neither a torn record in the middle of the log nor a record the caller was told had failed
-        survives to replay; if even that fails, the log refuses every later append."""
-        if self.broken:
-            raise OSError(f"WAL {self.path} could not be repaired after a failed write; restart the server.")
-        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        if len(body) > MAX_RECORD_BYTES:
-            raise ValueError(f"one write of {len(body)} bytes is over the log's record limit of {MAX_RECORD_BYTES}; "
-                             "send fewer items per call.")
-        fd = self._f.fileno()
-        start = os.lseek(fd, 0, os.SEEK_END)
-        try:
-            os.write(fd, _HEADER.pack(_MAGIC, len(body), zlib.crc32(body)) + body)  # unbuffered: nothing lingers
-            os.fsync(fd)
-        except BaseException:
-            try:
-                os.ftruncate(fd, start)
-                os.fsync(fd)
-            except OSError:
-                self.broken = True
-            raise
-        self.records += 1
-        if self.oldest_t is None:
-            self.oldest_t = time.time()
-
-    def truncate(self) -> None:
-        self._f.truncate(0)
-        self._f.seek(0)
-        os.fsync(self._f.fileno())
-        self.records = 0
-        self.oldest_t = None
-
-    def size_bytes(self) -> int:
-        return self._f.tell()
-
-    def close(self) -> None:
-        self._f.close()
 
 
 def merge_patch(item: Item, price: float | None, attributes: Mapping[str, str]) -> Item:
@@ -327,6 +134,7 @@ class LiveIndex:
         # Work a write adds besides its own durability runs at a lower CPU priority than searches: documents are
         # encoded on this one thread, and Tantivy commits and merges on threads created by the background thread.
         self._encode_pool = ThreadPoolExecutor(1, thread_name_prefix="vitrine-encode", initializer=lower_priority)
+        self._vectors = WriteEncoder(bundle, text_encoder, clip_encoder, self.lock)
         try:
             self._recover()
         except BaseException:
@@ -352,7 +160,7 @@ class LiveIndex:
                 elif "vectors" in rec:  # the vectors the write was acked with: no model, no photo needed
                     self._apply_upserts(items, [{s: unpack_vector(v) for s, v in row.items()} for row in rec["vectors"]])
                 else:  # a record of a version that logged no vectors: encode, standing in for unreadable photos
-                    self._apply_upserts(items, self._encode_all(items, {}, replaying=True)[1])
+                    self._apply_upserts(items, self._vectors.encode(items, {}, replaying=True)[1])
             elif rec["op"] == "delete":
                 self._apply_delete(rec["ids"])
         fixed = self.reconcile()
@@ -362,31 +170,7 @@ class LiveIndex:
 
     def reconcile(self) -> dict[str, int]:
         """Makes Tantivy and every vector index hold exactly the docstore's doc numbers; returns fix counts."""
-        docstore, fixed = self.bundle.docstore, {}
-        live = set(docstore.items)
-        in_bm25 = set(bm25_docnos(self.bundle.bm25))
-        extra, missing = in_bm25 - live, live - in_bm25
-        if extra:
-            self.bundle.bm25.delete(sorted(extra))
-        if missing:
-            self.bundle.bm25.add([(d, docstore.items[d]) for d in sorted(missing)])
-        if extra or missing:
-            self.bundle.bm25.commit()
-        fixed["bm25"] = len(extra) + len(missing)
-        for source, vi in self.bundle.vectors.items():
-            have = vector_ids(vi.index)
-            both = have if vi.refine is None else have & vector_ids(vi.refine)
-            anywhere = have if vi.refine is None else have | vector_ids(vi.refine)
-            want = {d for d in live if docstore.items[d].has_text()} if source == "text" else anywhere & live
-            stale = (anywhere - want) | (anywhere - both)
-            if stale:
-                vi.remove(np.array(sorted(stale), dtype=np.int64))
-            add = sorted(want - (both - stale))
-            if add and source == "text":
-                xb = self.encoder.encode_texts([item_text(docstore.items[d]) for d in add])  # (N, D)
-                vi.add(xb, np.array(add, dtype=np.int64))
-            fixed[source] = len(stale) + len(add)
-        return fixed
+        return reconcile(self.bundle, self.encoder)
 
     # ----- writes ---------------------------------------------------------------------------------
 
@@ -418,7 +202,7 @@ class LiveIndex:
                              "send each item once.")
         # Outside every lock, on the low-priority encoding thread: reading photos and encoding are the slow part,
         # and searches come first.
-        items, vectors = self._encode_pool.submit(self._encode_all, items, dict(photos or {})).result()
+        items, vectors = self._encode_pool.submit(self._vectors.encode, items, dict(photos or {})).result()
         with self._writing():
             docstore = self.bundle.docstore
             changed = [i for i, it in enumerate(items) if docstore.get(it.id) != it]
@@ -458,111 +242,6 @@ class LiveIndex:
     def _log(self, payload: dict[str, Any]) -> None:
         self._seq += 1
         self.wal.append({"seq": self._seq, **payload})
-
-    def _encode_all(self, items: list[Item], photos: dict[str, bytes], replaying: bool = False
-                    ) -> tuple[list[Item], list[dict[str, np.ndarray]]]:
-        """Keeps sent photos in the bundle and encodes every dense source: (the items as stored, per item
-        {source: (D,) vector}). An item without text gets no text vector, as in the indexer."""
-        images: dict[int, Any] = {}
-        for i, it in enumerate(items):
-            if it.id in photos:
-                images[i] = self._decode(photos[it.id], it.id, "image")
-                items[i] = replace(it, image=BUNDLE_PHOTO + self._keep_photo(photos[it.id]))
-        vectors: list[dict[str, np.ndarray]] = [{} for _ in items]
-        if "text" in self.bundle.vectors:
-            rows = [i for i, it in enumerate(items) if it.has_text()]
-            if rows:
-                xb = self.encoder.encode_texts([item_text(items[i]) for i in rows])  # (N, D)
-                for i, x in zip(rows, xb):
-                    vectors[i]["text"] = x
-        if "clip_image" in self.bundle.vectors:
-            self._encode_clip(items, images, vectors, replaying)
-        return items, vectors
-
-    def _encode_clip(self, items: list[Item], images: dict[int, Any], vectors: list[dict[str, np.ndarray]],
-                     replaying: bool = False) -> None:
-        """CLIP vectors as the indexer makes them: the photo's image vector, else the CLIP text vector of the item's
-        text. A photo the item already had (same `image`) keeps its stored vector when the index holds exact ones."""
-        for i, it in enumerate(items):
-            if i in images or not it.image:
-                continue
-            kept, x = self._stored_vector("clip_image", it)
-            if x is not None:
-                vectors[i]["clip_image"] = x
-                continue
-            where = photo_location(self.bundle, it.image)
-            try:
-                images[i] = self._decode(self._read_photo_checked(where, it.id, "image_uri"), it.id, "image_uri")
-            except BadPhoto as exc:
-                if not (kept or replaying):
-                    raise
-                # The photo it was indexed with is gone: stand in with its text, as the indexer does for a broken photo.
-                log.warning("item %r: its stored photo cannot be read again (%s); using its CLIP text vector", it.id, exc.reason)
-        order = sorted(images)
-        for start in range(0, len(order), 32):
-            chunk = order[start:start + 32]
-            xb = self.clip.encode_images([images[i] for i in chunk])  # (B, D)
-            for i, x in zip(chunk, xb):
-                vectors[i]["clip_image"] = x
-        texts = [i for i, it in enumerate(items) if "clip_image" not in vectors[i] and it.has_text()]  # no photo to use
-        if texts:
-            xb = self.clip.encode_texts([clip_item_text(items[i]) for i in texts])  # (T, D)
-            for i, x in zip(texts, xb):
-                vectors[i]["clip_image"] = x
-
-    def _decode(self, data: bytes, item_id: str, field_name: str) -> Any:
-        from vitrine.encoders.images import decode_image
-
-        size = getattr(self.clip, "image_size", None)  # no CLIP (a text-only bundle): the photo is still checked and kept
-        try:
-            return decode_image(data, MAX_PHOTO_BYTES, min_side=max(size) if isinstance(size, (tuple, list)) else size)
-        except ValueError as exc:
-            raise BadPhoto(item_id, field_name, str(exc).removeprefix("image: ")) from None
-
-    def _read_photo_checked(self, where: str, item_id: str, field_name: str) -> bytes:
-        from vitrine.indexer.images import read_image_bytes
-
-        try:
-            return read_image_bytes(where)
-        except (OSError, ValueError) as exc:
-            raise BadPhoto(item_id, field_name, f"cannot read {where}: {exc}") from None
-
-    def _keep_photo(self, data: bytes) -> str:
-        """Writes the photo into the bundle, durably, named by its content; returns its path in the bundle."""
-        from PIL import Image
-
-        try:
-            ext = (Image.open(io.BytesIO(data)).format or "bin").lower()
-        except Exception:  # noqa: BLE001 - decoded fine above; only the extension is unknown
-            ext = "bin"
-        folder = self.bundle.path / PHOTOS_DIR
-        name = f"{PHOTOS_DIR}/{hashlib.sha256(data).hexdigest()[:40]}.{ext}"
-        target = self.bundle.path / name
-        if not target.exists():
-            folder.mkdir(exist_ok=True)
-            tmp = folder / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-            fsync_dir(folder)
-        return name
-
-    def _stored_vector(self, source: str, item: Item) -> tuple[bool, np.ndarray | None]:
-        """(whether the stored item has the same `image`, its exact stored vector when it has and the index keeps
-        exact vectors). One read lock over the lookup, the comparison and the read: a concurrent write to the same
-        id cannot pair one photo with another's vector."""
-        with self.lock.read():
-            docno = self.bundle.docstore.docno_by_id.get(item.id)
-            old = None if docno is None else self.bundle.docstore.items.get(docno)
-            if old is None or old.image != item.image:
-                return False, None
-            try:
-                xb = self.bundle.vectors[source].reconstruct(np.array([docno], dtype=np.int64))
-            except RuntimeError:  # not stored in this index
-                return True, None
-        return True, None if xb is None else xb[0]
 
     def _apply_upserts(self, items: Sequence[Item], vectors: Sequence[Mapping[str, np.ndarray]]) -> None:
         docstore, bundle = self.bundle.docstore, self.bundle
@@ -619,8 +298,8 @@ class LiveIndex:
             bundle = self.bundle
             self._dirty = False
             bundle.bm25.commit()
-            for source, meta in bundle.manifest.get("vectors", {}).items():
-                bundle.vectors[source].save(bundle.path / meta["file"])
+            for source, meta in bundle.manifest.vectors.items():
+                bundle.vectors[source].save(bundle.path / meta.file)
             if bundle.vectors:
                 fsync_dir(bundle.path / "vectors")
             bundle.docstore._db.execute("PRAGMA wal_checkpoint(FULL)")
@@ -629,15 +308,13 @@ class LiveIndex:
             self.last_checkpoint_t = time.time()
 
     def _write_manifest(self) -> None:
-        manifest = self.bundle.manifest
-        manifest.setdefault("counts", {})["items"] = len(self.bundle.docstore)
-        for source, meta in manifest.get("vectors", {}).items():
-            meta["count"] = self.bundle.vectors[source].ntotal
-            manifest["counts"][f"{source}_vectors"] = meta["count"]
-        manifest["next_docno"] = int(self.bundle.docstore.next_docno)
-        write_json_atomic(self.bundle.path / MANIFEST, manifest)
+        bundle = self.bundle
+        bundle.manifest = bundle.manifest.with_live_counts(
+            len(bundle.docstore), {source: bundle.vectors[source].ntotal for source in bundle.manifest.vectors},
+            int(bundle.docstore.next_docno))
+        bundle.manifest.write(bundle.path / MANIFEST)
 
-    def snapshot(self, out: str | Path) -> dict:
+    def snapshot(self, out: str | Path) -> Manifest:
         """Writes a consistent, versioned bundle of the current state to `out` while searches go on."""
         out = Path(out)
         if out.exists():
@@ -656,11 +333,12 @@ class LiveIndex:
                 finally:
                     dst.close()
                     src.close()
-                manifest = json.loads(json.dumps(self.bundle.manifest))
-                for source, meta in manifest.get("vectors", {}).items():
+                manifest = self.bundle.manifest
+                vectors = {}
+                for source, meta in manifest.vectors.items():
                     vi = self.bundle.vectors[source]
-                    vi.save(tmp / meta["file"])
-                    meta["count"] = vi.ntotal
+                    vi.save(tmp / meta.file)
+                    vectors[source] = replace(meta, count=vi.ntotal)
             if (self.bundle.path / "models").is_dir():  # the ONNX variants the manifest names
                 shutil.copytree(self.bundle.path / "models", tmp / "models")
             if (self.bundle.path / PHOTOS_DIR).is_dir():  # photos sent as bytes; a photo is never rewritten, so a
@@ -669,13 +347,14 @@ class LiveIndex:
             bm25 = Bm25Index(tmp / "bm25", self.bundle.bm25.config, create=True)
             bm25.add(rows)
             bm25.close()
-            manifest.update(
+            # Only the vector records' counts are the copy's own: "counts" keeps the last checkpoint's "*_vectors".
+            manifest = replace(
+                manifest, vectors=vectors, counts=replace(manifest.counts, items=len(rows)),
                 bundle_version=time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-snap-" + uuid.uuid4().hex[:6],
                 created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 snapshot_of=self.bundle.version, next_docno=next_docno,
             )
-            manifest.setdefault("counts", {})["items"] = len(rows)
-            write_json_atomic(tmp / MANIFEST, manifest)
+            manifest.write(tmp / MANIFEST)
             publish_dir(tmp, out)  # `out` was checked absent above, so this is a plain rename
             return manifest
         except BaseException:
@@ -730,27 +409,3 @@ def lower_priority(niceness: int = 10) -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
     except (AttributeError, OSError):
         pass
-
-
-def bm25_docnos(bm25: Bm25Index) -> list[int]:
-    """Every doc number in the committed Tantivy index."""
-    bm25.index.reload()
-    searcher = bm25.index.searcher()
-    n = searcher.num_docs
-    if n == 0:
-        return []
-    result = searcher.search(tantivy.Query.all_query(), limit=n, count=False)
-    return [int(d) for d in searcher.fast_field_values("docno", [addr for _, addr in result.hits])]
-
-
-def vector_ids(index: faiss.Index) -> set[int]:
-    """Every id stored in an id-mapped or IVF FAISS index."""
-    if hasattr(index, "id_map"):
-        return set(faiss.vector_to_array(index.id_map).tolist())
-    ivf = faiss.extract_index_ivf(index)
-    out: set[int] = set()
-    for lst in range(ivf.nlist):
-        n = ivf.invlists.list_size(lst)
-        if n:
-            out.update(faiss.rev_swig_ptr(ivf.invlists.get_ids(lst), n).tolist())
-    return out

@@ -1,14 +1,18 @@
-"""One writer per bundle: an exclusive `flock` on `<bundle>/writer.lock` that records the holder's pid.
+"""Locks around a bundle. One writer per bundle: an exclusive `flock` on `<bundle>/writer.lock` that records the
+holder's pid. Within a live index, searches and writes share it through a readers/writer lock.
 
-A writable server (its LiveIndex) and `vitrine index --force` over an existing bundle take it; read-only servers
-never do, so any number of them share a bundle. The kernel drops the lock when the holder's process dies (kill -9
-included), so a crashed writer never leaves a bundle locked.
+A writable server (its LiveIndex) and `vitrine index --force` over an existing bundle take the writer lock; read-only
+servers never do, so any number of them share a bundle. The kernel drops the lock when the holder's process dies
+(kill -9 included), so a crashed writer never leaves a bundle locked.
 """
 from __future__ import annotations
 
 import fcntl
 import os
 import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 LOCK_NAME = "writer.lock"
@@ -64,3 +68,42 @@ def _read_holder(fd: int) -> str:
     except OSError:
         text = ""
     return text or "another process (pid unknown)"
+
+
+class ReadWriteLock:
+    """Many readers or one writer; a waiting writer blocks new readers so writes are never starved."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._writer = False
+        self._writers_waiting = 0
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if self._readers == 0:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._writers_waiting += 1
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._writers_waiting -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()

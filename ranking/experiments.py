@@ -1,214 +1,38 @@
-"""Online comparison of two ranker versions for one tenant: sticky A/B arms, team-draft interleaving, and their reports.
+"""Online comparison of two ranker versions for one tenant: the reports on its experiment log (CTR per arm for A/B,
+wins per team for interleaving), their intervals and significance, and the traffic a verdict needs.
 
-The server appends to the tenant's experiment log (`<tenant>/logs/experiment.jsonl`) one line per search served by
-the experiment ("event": "impression", no clicks yet) and one per Feedback on it ("event": "click"):
-    A/B:          {"experiment": str, "kind": "ab", "arm": "a"|"b", "session": str, "request_id": str,
-                   "shown": int, "clicks": int, "ts": ISO-8601, "event"?, "clicked"?: [id]}
-    interleaving: {"experiment": str, "kind": "interleave", "session": str, "request_id": str,
-                   "shown": int, "credit": {"a": int, "b": int}, "ts": ISO-8601, "event"?, "clicked"?, "teams"?}
-`clicks` counts distinct shown ids clicked; `credit` is credit() over the team-draft teams. Unknown keys are kept.
-`read_experiment_log` joins a search's lines by request_id into one impression (the union of its clicks), so a
-search without Feedback counts as an impression without a click, and repeated Feedback counts once.
-
+Which arm answers a search is ranking/arms.py; the log's lines and how they are read back, ranking/experiment_log.py.
+Their names stay importable from here too, for the simulator, the configuration, the benchmarks and the tests.
 The unit of analysis is the impression (one search = one line), not the session: a session that searches often
 weighs more, and its impressions are not independent, so intervals are slightly too narrow when sessions repeat.
 """
 from __future__ import annotations
 
-import enum
-import hashlib
 import math
-import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
-from vitrine.indexer.jsonl import LineError, iter_jsonl
-from vitrine.ranking.clicklog import parse_ts, utc_now_iso
+from vitrine.ranking.arms import ARMS, Arm, ExperimentKind, assign_arm, credit, team_draft
+from vitrine.ranking.experiment_log import (
+    Assignment,
+    experiment_record,
+    join_events,
+    parse_record,
+    read_experiment_log,
+    select_experiment,
+)
 
-ARMS = ("a", "b")
+__all__ = [  # the reports, and the assignment and log names re-exported from their modules
+    "ARMS", "AbReport", "Arm", "ArmStats", "Assignment", "ExperimentKind", "InterleaveReport", "ab_from_counts",
+    "ab_needed", "ab_report", "assign_arm", "credit", "experiment_record", "format_report", "interleave_from_counts",
+    "interleave_report", "join_events", "parse_record", "read_experiment_log", "select_experiment",
+    "sessions_to_significance", "sign_test", "significance_path", "team_draft", "wilson_interval",
+]
+
 EXACT_SIGN_TEST_MAX = 1000
 _NORMAL = NormalDist()
-
-
-class ExperimentKind(str, enum.Enum):
-    AB = "ab"
-    INTERLEAVE = "interleave"
-
-
-# ---- assignment and interleaving ------------------------------------------------------------------------------
-
-
-def assign_arm(session: str, experiment: str, split: float = 0.5) -> str:
-    """Sticky arm of a session: "b" for a `split` share of sessions, from sha256(f"{experiment}:{session}")."""
-    if not 0.0 <= split <= 1.0:
-        raise ValueError(f"split must be a share in [0, 1], got {split}.")
-    digest = hashlib.sha256(f"{experiment}:{session}".encode()).digest()
-    return "b" if int.from_bytes(digest[:8], "big") / 2**64 < split else "a"
-
-
-def team_draft(a: Sequence[str], b: Sequence[str], k: int, rng: random.Random) -> tuple[list[str], dict[str, str]]:
-    """Team-draft interleaving (Radlinski et al. 2008): the shown list (at most k unique ids) and id -> team.
-
-    The team with fewer picks picks next (a coin flip on a tie), taking its highest-ranked id not yet shown. When the
-    team due to pick has run out, the other list fills the rest *without a team*, so clicks on the filler credit
-    nobody and the teams stay balanced (Radlinski et al. stop there instead, showing fewer than k). Seed `rng` from
-    the request id (random.Random(request_id)) so the same request always gets the same list and teams.
-    """
-    if k < 0:
-        raise ValueError(f"k must not be negative, got {k}.")
-    shown: list[str] = []
-    teams: dict[str, str] = {}
-    seen: set[str] = set()
-    pos = {"a": 0, "b": 0}
-    lists = {"a": a, "b": b}
-    picks = {"a": 0, "b": 0}
-
-    def next_id(team: str) -> str | None:
-        ids = lists[team]
-        while pos[team] < len(ids) and ids[pos[team]] in seen:
-            pos[team] += 1
-        return ids[pos[team]] if pos[team] < len(ids) else None
-
-    while len(shown) < k:
-        heads = {t: next_id(t) for t in ARMS}
-        if heads["a"] is None and heads["b"] is None:
-            break
-        if picks["a"] != picks["b"]:
-            team = "a" if picks["a"] < picks["b"] else "b"
-        else:
-            team = ("a" if rng.random() < 0.5 else "b") if None not in heads.values() else None
-        if team is not None and heads[team] is not None:
-            doc_id = heads[team]
-            teams[doc_id] = team
-            picks[team] += 1
-        else:  # the team due to pick is spent: the other fills uncredited, which would otherwise unbalance the teams
-            doc_id = heads["a"] if heads["a"] is not None else heads["b"]
-        shown.append(doc_id)
-        seen.add(doc_id)
-    return shown, teams
-
-
-def credit(teams: Mapping[str, str], clicked: Sequence[str]) -> dict[str, int]:
-    """Clicks per team; a repeated click on one id counts once, and clicks on ids without a team are ignored."""
-    out = {"a": 0, "b": 0}
-    for doc_id in dict.fromkeys(clicked):
-        team = teams.get(doc_id)
-        if team in out:
-            out[team] += 1
-    return out
-
-
-# ---- the log ---------------------------------------------------------------------------------------------------
-
-
-def _count(obj: Mapping[str, Any], name: str) -> int:
-    value = obj.get(name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"field '{name}' must be a non-negative integer, got {value!r}")
-    return value
-
-
-def parse_record(obj: Any) -> dict[str, Any]:
-    """Validates one decoded log line and returns it; raises ValueError (TypeError: not an object) naming the field."""
-    if not isinstance(obj, dict):
-        raise TypeError(f"expected a JSON object, got {type(obj).__name__}")
-    for name in ("experiment", "session", "request_id"):
-        if not isinstance(obj.get(name), str) or not obj[name]:
-            raise ValueError(f"field '{name}' must be a non-empty string, got {obj.get(name)!r}")
-    parse_ts(obj.get("ts"))
-    shown = _count(obj, "shown")
-    if obj.get("kind") == ExperimentKind.AB:
-        if obj.get("arm") not in ARMS:
-            raise ValueError(f"field 'arm' must be 'a' or 'b', got {obj.get('arm')!r}")
-        clicked = _count(obj, "clicks")
-    elif obj.get("kind") == ExperimentKind.INTERLEAVE:
-        c = obj.get("credit")
-        if not isinstance(c, dict) or sorted(c) != ["a", "b"]:
-            raise ValueError(f"field 'credit' must be an object with exactly 'a' and 'b', got {c!r}")
-        clicked = _count(c, "a") + _count(c, "b")
-    else:
-        raise ValueError(f"field 'kind' must be 'ab' or 'interleave', got {obj.get('kind')!r}")
-    if clicked > shown:
-        raise ValueError(f"{clicked} credited clicks exceed the {shown} ids shown")
-    return obj
-
-
-def experiment_record(experiment: str, session: str, request_id: str, shown: int, *, arm: str | None = None,
-                      clicks: int | None = None, credit: Mapping[str, int] | None = None,
-                      ts: str | None = None, **extra: Any) -> dict[str, Any]:
-    """One log line: pass `arm` and `clicks` for an A/B impression, or `credit` for an interleaved one; `extra` adds
-    keys (event, clicked, teams)."""
-    head = {"experiment": experiment}
-    tail = {"session": session, "request_id": request_id, "shown": shown}
-    if credit is not None and arm is None and clicks is None:
-        record = head | {"kind": "interleave"} | tail | {"credit": {"a": credit.get("a", 0), "b": credit.get("b", 0)}}
-    elif credit is None and arm is not None and clicks is not None:
-        record = head | {"kind": "ab", "arm": arm} | tail | {"clicks": clicks}
-    else:
-        raise ValueError("An experiment record takes either `arm` and `clicks` (A/B) or `credit` (interleaving).")
-    record["ts"] = ts or utc_now_iso()
-    record.update(extra)
-    try:
-        return parse_record(record)
-    except ValueError as exc:
-        raise ValueError(f"Invalid experiment record: {exc}.") from None
-
-
-def read_experiment_log(path: str | Path) -> list[dict[str, Any]]:
-    """One row per impression of an experiment log (join_events); the first bad line raises
-    ValueError("PATH: line N: reason")."""
-    rows = []
-    for _, value in iter_jsonl(path, parse_record):
-        if isinstance(value, LineError):
-            raise ValueError(f"{path}: {value}")  # noqa: TRY004 - a bad line is a bad value, whatever its reason
-        rows.append(value)
-    return join_events(rows)
-
-
-def join_events(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Lines of one search (same request_id: its impression and each Feedback) as one row: clicks are the union of
-    the ids its lines name, credited again to the impression's teams. Lines without ids add their counts."""
-    by_request: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        key = f"{row['experiment']}\x00{row['kind']}\x00{row['request_id']}"
-        merged = by_request.get(key)
-        if merged is None:
-            by_request[key] = {**row, **({"clicked": list(row["clicked"])} if "clicked" in row else {})}
-            continue
-        if "teams" in row and "teams" not in merged:
-            merged["teams"] = row["teams"]
-        if "clicked" in row:
-            union = merged.setdefault("clicked", [])
-            union += [c for c in row["clicked"] if c not in union]
-        elif merged["kind"] == ExperimentKind.AB:
-            merged["clicks"] += row["clicks"]
-        else:
-            merged["credit"] = {t: merged["credit"][t] + row["credit"][t] for t in ARMS}
-    for merged in by_request.values():
-        if merged.get("clicked"):
-            if merged["kind"] == ExperimentKind.AB:
-                merged["clicks"] = len(merged["clicked"])
-            elif "teams" in merged:
-                merged["credit"] = {**dict.fromkeys(ARMS, 0), **credit(merged["teams"], merged["clicked"])}
-    return list(by_request.values())
-
-
-def select_experiment(rows: Sequence[Mapping[str, Any]], experiment: str | None = None) -> tuple[str, list[dict]]:
-    """(name, its rows): `experiment`, or by default the experiment of the log's last line (logs are appended)."""
-    if not rows:
-        raise ValueError("The experiment log has no lines.")
-    name = experiment if experiment is not None else rows[-1]["experiment"]
-    chosen = [dict(r) for r in rows if r["experiment"] == name]
-    if not chosen:
-        known = ", ".join(sorted({r["experiment"] for r in rows}))
-        raise ValueError(f"Experiment {name!r} is not in the log; it has {known}.")
-    return name, chosen
-
-
-# ---- statistics ------------------------------------------------------------------------------------------------
 
 
 def wilson_interval(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
@@ -267,7 +91,7 @@ class AbReport:
     alpha: float
     power: float
     significant: bool
-    winner: str | None
+    winner: Arm | None
     needed: int | None            # None when no difference has been observed
 
     def more_needed(self) -> int | None:
@@ -277,7 +101,7 @@ class AbReport:
         return max(0, self.needed - self.a.impressions) + max(0, self.needed - self.b.impressions)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": "ab", **asdict(self), "more_needed": self.more_needed()}
+        return {"kind": ExperimentKind.AB, **asdict(self), "more_needed": self.more_needed()}
 
 
 @dataclass(frozen=True)
@@ -307,7 +131,7 @@ class InterleaveReport:
         return None if self.needed is None else max(0, self.needed - self.impressions)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": "interleave", **asdict(self), "more_needed": self.more_needed()}
+        return {"kind": ExperimentKind.INTERLEAVE, **asdict(self), "more_needed": self.more_needed()}
 
 
 def ab_needed(p1: float, p2: float, alpha: float = 0.05, power: float = 0.8) -> int | None:
@@ -339,7 +163,7 @@ def ab_from_counts(experiment: str, n_a: int, clicked_a: int, n_b: int, clicked_
     significant = p_value < alpha
     needed = ab_needed(p1, p2, alpha, power) if n_a and n_b else None
     return AbReport(experiment, arms[0], arms[1], diff, diff_ci, z, p_value, alpha, power, significant,
-                    ("b" if diff > 0 else "a") if significant else None, needed)
+                    (Arm.B if diff > 0 else Arm.A) if significant else None, needed)
 
 
 def interleave_from_counts(experiment: str, wins_a: int, wins_b: int, ties: int, alpha: float = 0.05,
@@ -356,15 +180,15 @@ def interleave_from_counts(experiment: str, wins_a: int, wins_b: int, ties: int,
         root = _NORMAL.inv_cdf(1 - alpha / 2) * 0.5 + _NORMAL.inv_cdf(power) * math.sqrt(share * (1 - share))
         needed = math.ceil((root / (share - 0.5)) ** 2 * impressions / decided)
     return InterleaveReport(experiment, impressions, wins_a, wins_b, ties, share, wilson_interval(wins_b, decided, alpha),
-                            p_value, alpha, power, significant, ("b" if share > 0.5 else "a") if significant else None,
+                            p_value, alpha, power, significant, (Arm.B if share > 0.5 else Arm.A) if significant else None,
                             needed)
 
 
-def _one_experiment(rows: Iterable[Mapping[str, Any]], kind: str) -> tuple[str, list[Mapping[str, Any]]]:
+def _one_experiment(rows: Iterable[Mapping[str, Any]], kind: ExperimentKind) -> tuple[str, list[Mapping[str, Any]]]:
     chosen = [r for r in rows if r["kind"] == kind]
     names = {r["experiment"] for r in chosen}
     if not chosen:
-        raise ValueError(f"There are no {kind!r} rows to report on.")
+        raise ValueError(f"There are no {kind.value!r} rows to report on.")
     if len(names) > 1:
         raise ValueError(f"The rows span {len(names)} experiments ({', '.join(sorted(names))}); select one first.")
     return names.pop(), chosen
@@ -372,15 +196,15 @@ def _one_experiment(rows: Iterable[Mapping[str, Any]], kind: str) -> tuple[str, 
 
 def _tally(counts: dict[str, int], row: Mapping[str, Any]) -> None:
     """Adds one row: A/B counts impressions ("a", "b") and clicked ones; interleaving counts wins ("a", "b") and ties."""
-    if row["kind"] == "ab":
+    if row["kind"] == ExperimentKind.AB:
         counts[row["arm"]] += 1
         counts["clicked_" + row["arm"]] += row["clicks"] > 0
     else:
-        ca, cb = row["credit"]["a"], row["credit"]["b"]
-        counts["a" if ca > cb else "b" if cb > ca else "tie"] += 1
+        ca, cb = row["credit"][Arm.A], row["credit"][Arm.B]
+        counts[Arm.A if ca > cb else Arm.B if cb > ca else "tie"] += 1
 
 
-def _counts(rows: Iterable[Mapping[str, Any]], kind: str) -> tuple[str, dict[str, int]]:
+def _counts(rows: Iterable[Mapping[str, Any]], kind: ExperimentKind) -> tuple[str, dict[str, int]]:
     name, chosen = _one_experiment(rows, kind)
     counts = dict.fromkeys(("a", "b", "clicked_a", "clicked_b", "tie"), 0)
     for r in chosen:
@@ -390,13 +214,13 @@ def _counts(rows: Iterable[Mapping[str, Any]], kind: str) -> tuple[str, dict[str
 
 def ab_report(rows: Iterable[Mapping[str, Any]], alpha: float = 0.05, power: float = 0.8) -> AbReport:
     """CTR per arm over the A/B rows (one experiment); other kinds of rows are left out."""
-    name, c = _counts(rows, "ab")
+    name, c = _counts(rows, ExperimentKind.AB)
     return ab_from_counts(name, c["a"], c["clicked_a"], c["b"], c["clicked_b"], alpha, power)
 
 
 def interleave_report(rows: Iterable[Mapping[str, Any]], alpha: float = 0.05, power: float = 0.8) -> InterleaveReport:
     """Wins per team over the interleaving rows (one experiment); other kinds of rows are left out."""
-    name, c = _counts(rows, "interleave")
+    name, c = _counts(rows, ExperimentKind.INTERLEAVE)
     return interleave_from_counts(name, c["a"], c["b"], c["tie"], alpha, power)
 
 
@@ -419,7 +243,7 @@ def format_report(report: AbReport | InterleaveReport) -> str:
     if isinstance(report, AbReport):
         lines = [f"experiment {report.experiment}: A/B on CTR (impressions with >= 1 click), unit = impression",
                  f"{'arm':<4} {'impressions':>11} {'clicked':>8} {'CTR':>8}   {level} interval"]
-        for arm, s in (("a", report.a), ("b", report.b)):
+        for arm, s in ((Arm.A, report.a), (Arm.B, report.b)):
             lines.append(f"{arm:<4} {s.impressions:>11,} {s.clicked:>8,} {s.ctr:>8.2%}   [{s.ci[0]:.2%}, {s.ci[1]:.2%}]")
         lo, hi = report.diff_ci
         lines.append(f"b - a: {report.diff * 100:+.2f} points, {level} interval [{lo * 100:+.2f}, {hi * 100:+.2f}]; "
@@ -438,7 +262,7 @@ def format_report(report: AbReport | InterleaveReport) -> str:
     return "\n".join([*lines, _verdict(report)])
 
 
-def significance_path(rows: Sequence[Mapping[str, Any]], check_every: int, alpha: float = 0.05) -> list[tuple[int, str | None]]:
+def significance_path(rows: Sequence[Mapping[str, Any]], check_every: int, alpha: float = 0.05) -> list[tuple[int, Arm | None]]:
     """(n, winner) at every multiple n of check_every: the report on the first n rows; winner None = not significant.
 
     The rows are impressions of one kind; counts accumulate in one pass, so a long path costs one pass over the rows.
@@ -447,14 +271,15 @@ def significance_path(rows: Sequence[Mapping[str, Any]], check_every: int, alpha
         raise ValueError(f"check_every must be at least 1, got {check_every}.")
     kinds = {r["kind"] for r in rows}
     if len(kinds) > 1:
-        raise ValueError(f"The rows mix kinds {sorted(kinds)}; report on one method at a time.")
+        raise ValueError(f"The rows mix kinds {sorted(map(str, kinds))}; report on one method at a time.")
     counts = dict.fromkeys(("a", "b", "clicked_a", "clicked_b", "tie"), 0)
-    path: list[tuple[int, str | None]] = []
+    path: list[tuple[int, Arm | None]] = []
     for i, r in enumerate(rows, start=1):
         _tally(counts, r)
         if i % check_every == 0:
             report = (ab_from_counts("", counts["a"], counts["clicked_a"], counts["b"], counts["clicked_b"], alpha)
-                      if r["kind"] == "ab" else interleave_from_counts("", counts["a"], counts["b"], counts["tie"], alpha))
+                      if r["kind"] == ExperimentKind.AB
+                      else interleave_from_counts("", counts["a"], counts["b"], counts["tie"], alpha))
             path.append((i, report.winner))
     return path
 

@@ -12,7 +12,7 @@ from vitrine.ranking.types import Hit, SourceHit
 Ranked = Sequence[tuple[str, float]]  # (id, raw score), best first
 
 
-class FusionMethod(str, enum.Enum):
+class FusionMethod(enum.StrEnum):
     RRF = "rrf"
     WEIGHTED = "weighted"
     WEIGHTED_MAX = "weighted_max"

@@ -1,9 +1,8 @@
 """The search pipeline over an opened bundle: validate, filter, retrieve from each source, fuse, paginate."""
 from __future__ import annotations
 
-import enum
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -11,40 +10,23 @@ from typing import Any, Protocol
 import numpy as np
 
 from vitrine.encoders.base import TextEncoder, l2_normalize
-from vitrine.encoders.config import check, check_positive_ints, config_from_dict
+from vitrine.serving.schema import check, check_positive_ints, config_from_dict
 from vitrine.encoders.images import decode_image
 from vitrine.indexer.bundle import Bundle, item_text
+from vitrine.indexer.manifest import Manifest
 from vitrine.ranking.features import QueryContext, candidate_features
 from vitrine.ranking.fusion import FusionMethod, fuse
 from vitrine.ranking.ltr import LTR, LtrRanker
+# The request and result types live in ranking/request.py; the doors import them from here too.
+from vitrine.ranking.request import InvalidRequest, SearchRequest, SearchResult, Unsupported, parse_enum
 from vitrine.ranking.rerank import CrossEncoderReranker, RerankConfig, blend_scores, rerank_scores
 from vitrine.ranking.types import Constraint, Hit, SourceHit, Stage
 
 SOURCES = ("bm25", "text", "clip_text", "clip_image")
 
 
-def parse_enum(kind: type[enum.StrEnum], value: str, field_name: str) -> enum.StrEnum:
-    """A request's string as the enum, or InvalidRequest naming the field and the allowed values."""
-    try:
-        return kind(value)
-    except ValueError:
-        raise InvalidRequest(field_name, f"must be one of {', '.join(m.value for m in kind)}, got {value!r}.") from None
-
-
 class ClipLike(TextEncoder, Protocol):
     def encode_images(self, images: list, batch_size: int = 64, progress: bool = False) -> np.ndarray: ...
-
-
-class InvalidRequest(ValueError):
-    """A request field is wrong; `field` names it so the gRPC edge can say which."""
-
-    def __init__(self, field_name: str, message: str) -> None:
-        self.field = field_name
-        super().__init__(f"{field_name}: {message}")
-
-
-class Unsupported(RuntimeError):
-    """The request is valid but this bundle cannot answer it (e.g. an image query without a CLIP index)."""
 
 
 @dataclass(frozen=True)
@@ -111,58 +93,18 @@ class SearchConfig:
         return replace(cfg, weights={**cls().weights, **{k: float(v) for k, v in cfg.weights.items()}})
 
 
-@dataclass(frozen=True)
-class SearchRequest:
-    text: str = ""
-    image: bytes = b""
-    filters: Mapping[str, str] = field(default_factory=dict)
-    price_min: float | None = None
-    price_max: float | None = None
-    k: int = 0
-    offset: int = 0
-    exclude_ids: Sequence[str] = ()
-    fusion: FusionMethod | None = None
-    weights: Mapping[str, float] = field(default_factory=dict)
-    sources: Sequence[str] = ()
-    explain: bool = False
-    constraint: str = ""                       # composed queries; "" = config default
-    composed_text_weight: float | None = None  # composed queries; None = config default
-    stages: str = ""                           # a Stage value; "" = config default
-    rerank_depth: int | None = None            # candidates the second stage re-scores; None = config default
-    log_features: bool = False                 # compute second-stage features even without a ranker
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    hits: list[Hit]
-    total_candidates: int
-    timings_ms: dict[str, float]
-    bundle_version: str
-    constraints: Mapping[str, str] = field(default_factory=dict)
-    # Image and composed queries: attribute -> (value, probability) predicted from the photo and used as a soft boost.
-    predicted: Mapping[str, tuple[str, float]] = field(default_factory=dict)
-    mode: str = "text"
-    stages: str = Stage.FIRST                                    # the deepest stage that actually ran
-    # Per re-ranked candidate id: its feature row (ranking.features.FEATURES order) when computed, and with
-    # `explain` and a ranker, each feature's contribution to the ranker score (LightGBM pred_contrib).
-    features: Mapping[str, np.ndarray] = field(default_factory=dict)
-    contributions: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
-    # Sources the request would have used but a rule left out, each with the reason a person can read (explanations).
-    dropped: Mapping[str, str] = field(default_factory=dict)
-
-
-def clip_text_trust(manifest: Mapping[str, Any], min_recall: float) -> tuple[bool, str]:
+def clip_text_trust(manifest: Manifest, min_recall: float) -> tuple[bool, str]:
     """Whether the bundle's CLIP text tower may join text queries, and why, from its check in the manifest.
 
     A bundle without a check (indexed before the check existed) keeps the earlier behaviour, CLIP text joining as the
     coverage rule says: its CLIP was what its operator chose and measured, and an upgrade should not change served
-    results silently (ranking/assemble.py logs that a re-index would check it). A check that could not be measured (no
+    results silently (serving/assemble.py logs that a re-index would check it). A check that could not be measured (no
     item has both a photo and text) does not pass: nothing shows that the text tower finds anything.
     """
-    clip = manifest.get("models", {}).get("clip")
+    clip = manifest.models.get("clip")
     if clip is None:
         return False, "this bundle has no CLIP"
-    check = clip.get("check")
+    check = clip.check
     if min_recall <= 0:
         return True, "[search] clip_text_min_recall = 0: CLIP text joins whatever its check says"
     if check is None:
@@ -191,7 +133,18 @@ class Searcher:
         self.reranker = reranker
         self.ranker = ranker
         self.rerank = rerank or (reranker.config if reranker is not None else RerankConfig())
-        self.backends: dict[str, str] = {}  # model role -> "torch" | "onnx" | "onnx-int8", set by open_searcher
+
+    def with_second_stage(self, reranker: CrossEncoderReranker | None = None, ranker: LtrRanker | None = None,
+                          rerank: RerankConfig | None = None) -> Searcher:
+        """The same bundle and encoders with other second-stage models (None keeps this one's): an experiment's arm."""
+        return Searcher(self.bundle, self.text_encoder, self.config, clip_encoder=self.clip_encoder,
+                        reranker=reranker or self.reranker, ranker=ranker or self.ranker,
+                        rerank=rerank if reranker is not None and rerank is not None else self.rerank)
+
+    def with_config(self, config: SearchConfig) -> Searcher:
+        """The same bundle and models searched with other [search] settings (a sweep in bench/, no reload)."""
+        return Searcher(self.bundle, self.text_encoder, config, clip_encoder=self.clip_encoder, reranker=self.reranker,
+                        ranker=self.ranker, rerank=self.rerank)
 
     def available_stages(self) -> list[str]:
         return [Stage.FIRST, *([Stage.CROSS] if self.reranker is not None else []),

@@ -17,7 +17,8 @@ import numpy as np
 
 from vitrine.encoders.batching import current_scope
 from vitrine.encoders.base import pick_device
-from vitrine.encoders.config import check, check_positive_ints, config_from_dict
+from vitrine.encoders.config import Backend
+from vitrine.serving.schema import check, check_positive_ints, config_from_dict
 from vitrine.ranking.types import Hit, SourceHit
 
 CROSS = "cross"
@@ -113,7 +114,7 @@ class CrossEncoderReranker:
     """
 
     def __init__(self, name_or_dir: str, config: RerankConfig = RerankConfig(), device: str | None = None,
-                 backend: str = "torch", threads: int = 1) -> None:
+                 backend: Backend | str = Backend.TORCH, threads: int = 1) -> None:
         from sentence_transformers.cross_encoder import CrossEncoder
 
         from vitrine.encoders.text import resolve_text_model
@@ -135,14 +136,14 @@ class CrossEncoderReranker:
         self._cache: OrderedDict[tuple[str, str, str], float] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._net_lock = threading.Lock()   # torch inference on CPU already uses every core; queue, don't thrash
-        self.backend = backend
+        self.backend = backend = Backend(backend)
         self.session = None
-        if backend != "torch":
+        if backend != Backend.TORCH:
             from vitrine.encoders import onnx
 
             record = onnx.read_record(Path(path) / ONNX_DIR)
             if backend not in record.get("variants", {}):
-                raise ValueError(f"{path} has no {backend!r} variant in {ONNX_DIR}/; run `vitrine export onnx --reranker {path}`.")
+                raise ValueError(f"{path} has no {backend.value!r} variant in {ONNX_DIR}/; run `vitrine export onnx --reranker {path}`.")
             self.session = onnx.session(Path(path) / ONNX_DIR / record["variants"][backend]["file"], threads)
             self.inputs = tuple(record["inputs"])
             self._net_lock = _NoLock()  # ONNX Runtime sessions are thread-safe, each call uses `threads` threads

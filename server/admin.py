@@ -22,25 +22,25 @@ from typing import TypeVar
 import grpc
 
 from vitrine.proto import search_pb2, search_pb2_grpc
-from vitrine.ranking.assemble import retire
-from vitrine.ranking.pipeline import InvalidRequest, Searcher
-from vitrine.ranking.tenancy import TenantSpec, check_name, list_tenants, write_spec
+from vitrine.ranking.pipeline import InvalidRequest
 from vitrine.server.auth import check_token
+from vitrine.server.query_log import JsonlAppender, QueryLog
 from vitrine.server.state import ServingState, freeze_heap, model_versions
 from vitrine.server.status import Metrics, StatusError, abort_on_error
-from vitrine.server.tenants import Tenant, Tenants
+from vitrine.server.tenants import Quota, Tenant, Tenants
+from vitrine.serving.assemble import Served
+from vitrine.serving.pool import ModelPool
+from vitrine.serving.tenancy import TenantSpec, check_name, list_tenants, write_spec
+from vitrine.serving.tenant import Loader, open_tenant
 
 T = TypeVar("T")
 
 log = logging.getLogger("vitrine.admin")
 
-# Builds a searcher from (bundle dir, reranker dir or None, ranker dir or None); a None keeps today's model.
-Loader = Callable[[str, "str | None", "str | None"], Searcher]
 
-
-def retire_later(searcher: Searcher, after_s: float) -> None:
+def retire_later(served: Served, after_s: float) -> None:
     """Retires a searcher once every search that started on it is long finished."""
-    timer = threading.Timer(after_s, retire, args=(searcher,))
+    timer = threading.Timer(after_s, served.retire)
     timer.daemon = True
     timer.start()
 
@@ -79,7 +79,7 @@ class Reloader:
         self._lock = threading.Lock()
         self.load_nice = 10
 
-    def reload(self, bundle: str = "", reranker: str = "", ranker: str = "") -> tuple[Searcher, Searcher | None, float]:
+    def reload(self, bundle: str = "", reranker: str = "", ranker: str = "") -> tuple[Served, Served | None, float]:
         """Loads and switches; returns (new, old, load seconds). Raises ValueError/FileNotFoundError on a bad path."""
         if self.state.live is not None:
             # Acknowledged writes live in the serving bundle's WAL; a swap would drop them from search.
@@ -123,6 +123,21 @@ class Reloader:
         thread = threading.Thread(target=loop, name="vitrine-pointer-watch", daemon=True)
         thread.start()
         return thread
+
+
+def tenant_opener(raw: dict, pool: ModelPool, read_only: bool) -> Callable[[TenantSpec], Tenant]:
+    """How a `--tenants` server opens one tenant (serving/tenant.py), wrapped in what the gRPC server runs for it:
+    its query log, quota, reloader (when read-only) and experiment log."""
+
+    def open_one(spec: TenantSpec) -> Tenant:
+        opened = open_tenant(spec, raw, pool, read_only)
+        state = ServingState(opened.served, opened.live)
+        reloader = Reloader(state, opened.loader, opened.pointer) if opened.live is None else None
+        appender = JsonlAppender(spec.experiment_log) if opened.experiment is not None else None
+        return Tenant(spec.name, state, QueryLog(opened.config.logs), opened.config.catalog, Quota(spec.name, opened.quota),
+                      reloader, opened.experiment, appender, spec.dir)
+
+    return open_one
 
 
 class TenantManager:
@@ -194,7 +209,7 @@ class TenantManager:
             with reloading:                      # no hot swap of this tenant is half done
                 tenant.close()                   # the live index checkpoints: every acknowledged write is in the bundle
                 if tenant.state.loaded:
-                    retire(tenant.state.searcher)
+                    tenant.state.served.retire()
             stamp = time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())
             archived = self.root / ".dropped" / f"{name}-{stamp}-{uuid.uuid4().hex[:6]}"
             if tenant.dir is not None and tenant.dir.exists():
@@ -216,10 +231,11 @@ def confine(tenant: Tenant, field_name: str, path: str) -> None:
 
 
 def tenant_info(tenant: Tenant) -> search_pb2.TenantInfo:
-    searcher = tenant.state.searcher
+    served = tenant.state.served
+    searcher = served.searcher
     items = tenant.state.live.stats().get("items", len(searcher.bundle.docstore)) if tenant.state.live else len(searcher.bundle.docstore)
     return search_pb2.TenantInfo(name=tenant.name, bundle_version=searcher.bundle.version, items=int(items),
-                                 model_versions=model_versions(searcher), backends=dict(searcher.backends),
+                                 model_versions=model_versions(searcher), backends={role: str(b) for role, b in served.backends.items()},
                                  read_only=tenant.state.live is None, quota_json=json.dumps(asdict(tenant.quota.config)),
                                  experiment=tenant.experiment.name if tenant.experiment else "")
 
@@ -249,7 +265,7 @@ class AdminServicer(search_pb2_grpc.AdminServicer):
                 raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         return search_pb2.ReloadResponse(bundle_version=new.bundle.version,
                                          previous_bundle_version=old.bundle.version if old is not None else "",
-                                         model_versions=model_versions(new), load_ms=seconds * 1e3)
+                                         model_versions=model_versions(new.searcher), load_ms=seconds * 1e3)
 
     def _manager(self) -> TenantManager:
         if self.manager is None:
@@ -273,8 +289,8 @@ class AdminServicer(search_pb2_grpc.AdminServicer):
     @abort_on_error
     def ListTenants(self, request: search_pb2.ListTenantsRequest, context: grpc.ServicerContext) -> search_pb2.ListTenantsResponse:
         tenants = [tenant_info(t) for t in self.tenants if t.state.loaded]
-        pools = {id(getattr(t.state.searcher, "pool", None)): t.state.searcher.pool for t in self.tenants
-                 if t.state.loaded and getattr(t.state.searcher, "pool", None) is not None}
+        pools = {id(t.state.served.pool): t.state.served.pool for t in self.tenants
+                 if t.state.loaded and t.state.served.pool is not None}
         shared = [m for pool in pools.values() for m in pool.stats()]
         return search_pb2.ListTenantsResponse(tenants=tenants, shared_models_json=json.dumps(shared))
 

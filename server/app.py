@@ -8,38 +8,33 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from vitrine.encoders.config import check_positive_ints, config_from_dict
 from vitrine.indexer.live import LiveIndex
 from vitrine.proto import search_pb2, search_pb2_grpc
-from vitrine.ranking.pipeline import Searcher
-from vitrine.server.admin import AdminServicer, Loader, Reloader, TenantManager
+from vitrine.server.admin import AdminServicer, Reloader, TenantManager
 from vitrine.server.auth import AuthInterceptor, KeyStore
-from vitrine.server.catalog_service import CatalogConfig, CatalogServicer
+from vitrine.server.catalog_service import CatalogServicer
 from vitrine.server.query_log import QueryLog
 from vitrine.server.search_service import SearchServicer
 from vitrine.server.state import ServingState
 from vitrine.server.status import SERVICE_NAMES, Metrics
-from vitrine.server.tenants import DEFAULT_TENANT, Tenant, Tenants, single
+from vitrine.server.tenants import DEFAULT_TENANT, Tenant, Tenants
+from vitrine.serving.assemble import Served
+from vitrine.serving.config import CatalogConfig, ServerConfig
+from vitrine.serving.tenant import Loader
 
 
 @dataclass(frozen=True)
-class ServerConfig:
-    """[server] section: gRPC worker threads, admission limit, message size and the drain time on shutdown."""
+class ServerOptions:
+    """How the port serves, whatever tenants it holds: [server] and the server-wide [catalog] limits (max_streams),
+    Prometheus metrics, API keys (every RPC then needs a key of its tenant, server/auth.py), TLS credentials, and a
+    TenantManager for the Admin RPCs that create and drop tenants (`--tenants DIR`)."""
 
-    max_workers: int = 8
-    # Requests beyond this many in flight are refused with RESOURCE_EXHAUSTED instead of queueing forever.
-    max_concurrent_rpcs: int = 64
-    max_message_bytes: int = 12 * 1024 * 1024
-    grace_s: float = 5.0
-    # Clients re-resolve DNS only when a connection ends: closing each connection after this long (gracefully)
-    # lets round-robin clients of a headless Service find replicas a scale-up added. 0 = never.
-    max_connection_age_s: float = 0.0
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ServerConfig:
-        cfg = config_from_dict(cls, d, "server")
-        check_positive_ints(cfg, "server", ("max_workers", "max_concurrent_rpcs", "max_message_bytes"))
-        return cfg
+    config: ServerConfig = ServerConfig()
+    catalog: CatalogConfig = CatalogConfig()
+    metrics: Metrics | None = None
+    keys: KeyStore | None = None
+    credentials: grpc.ServerCredentials | None = None
+    manager: TenantManager | None = None
 
 
 @dataclass(frozen=True)
@@ -70,9 +65,9 @@ class VitrineServer:
     def reloader(self) -> Reloader | None:
         return self.default.reloader
 
-    def attach(self, searcher: Searcher, live: LiveIndex | None = None) -> None:
-        """Finishes a server started with `searcher=None` once the bundle has loaded, then reports SERVING."""
-        self.state.attach(searcher, live)
+    def attach(self, served: Served, live: LiveIndex | None = None) -> None:
+        """Completes the default tenant of a server started while its bundle loaded, then reports SERVING."""
+        self.state.attach(served, live)
         if self.metrics is not None and live is not None:
             self.metrics.watch(live.stats)
         self.set_health(health_pb2.HealthCheckResponse.SERVING)
@@ -87,25 +82,25 @@ class VitrineServer:
         self.server.stop(grace_s).wait()
 
 
-def create_server(searcher: Searcher | None, address: str = "127.0.0.1:0", config: ServerConfig = ServerConfig(), *,
-                  live: LiveIndex | None = None, catalog: CatalogConfig | None = None, metrics: Metrics | None = None,
-                  query_log: QueryLog | None = None, loader: Loader | None = None, pointer: str | None = None,
-                  tenants: Tenants | None = None, manager: TenantManager | None = None, keys: KeyStore | None = None,
-                  credentials: grpc.ServerCredentials | None = None) -> VitrineServer:
-    """Builds and starts a server; tests bind port 0 and read `.port`.
+def single(served: Served | None = None, live: LiveIndex | None = None, *, query_log: QueryLog | None = None,
+           catalog: CatalogConfig = CatalogConfig(), loader: Loader | None = None, pointer: str | None = None) -> Tenants:
+    """The one tenant, "default", of a server started with one bundle: `served` (None while it loads, completed by
+    `VitrineServer.attach`); catalog writes need `live`; with a `loader` the Admin service can hot-swap bundles
+    (server/admin.py), following `pointer` (a `current` symlink) when a reload names none."""
+    tenant = Tenant(DEFAULT_TENANT, ServingState(served, live), query_log or QueryLog(), catalog)
+    if loader is not None:
+        tenant.reloader = Reloader(tenant.state, loader, pointer)
+    return Tenants([tenant])
 
-    One bundle: `searcher` (or None: the server answers UNAVAILABLE and health says NOT_SERVING until `attach`) is
-    the tenant "default"; catalog writes need `live`; with a `loader` the Admin service can hot-swap bundles (see
-    server/admin.py). Many: `tenants` (searcher None), and a `manager` to create and drop them. With `keys`, every
-    RPC needs an API key of its tenant (server/auth.py); with `credentials` the port speaks TLS.
+
+def create_server(tenants: Tenants, address: str = "127.0.0.1:0", options: ServerOptions = ServerOptions()
+                  ) -> VitrineServer:
+    """Builds and starts a server for `tenants` (`single(...)` for one bundle); tests bind port 0 and read `.port`.
+
+    A tenant whose state is still empty (its bundle loading) answers UNAVAILABLE, and health says NOT_SERVING until
+    `VitrineServer.attach` completes it: `vitrine serve` binds first, then loads.
     """
-    if tenants is None:
-        tenant = single(searcher, live, query_log, catalog or CatalogConfig())
-        if loader is not None:
-            tenant.reloader = Reloader(tenant.state, loader, pointer)
-        tenants = Tenants([tenant])
-    elif searcher is not None:
-        raise ValueError("give either one searcher or tenants, not both.")
+    config, metrics, keys = options.config, options.metrics, options.keys
     interceptors = [AuthInterceptor(keys, metrics.refused if metrics is not None else None)] if keys is not None else []
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="vitrine-rpc"),
@@ -119,21 +114,23 @@ def create_server(searcher: Searcher | None, address: str = "127.0.0.1:0", confi
                ("grpc.max_connection_age_grace_ms", int(config.grace_s * 1000))] if config.max_connection_age_s > 0 else []),
         ],
     )
-    if metrics is not None and live is not None:
-        metrics.watch(live.stats)
+    default = tenants.get(DEFAULT_TENANT)
+    if metrics is not None and default is not None and default.state.live is not None:
+        metrics.watch(default.state.live.stats)
     search = SearchServicer(tenants, metrics)
     search_pb2_grpc.add_SearchServicer_to_server(search, server)
-    search_pb2_grpc.add_CatalogServicer_to_server(CatalogServicer(tenants, metrics, (catalog or CatalogConfig()).max_streams), server)
-    search_pb2_grpc.add_AdminServicer_to_server(AdminServicer(tenants, manager, metrics), server)
+    search_pb2_grpc.add_CatalogServicer_to_server(CatalogServicer(tenants, metrics, options.catalog.max_streams), server)
+    search_pb2_grpc.add_AdminServicer_to_server(AdminServicer(tenants, options.manager, metrics), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (*SERVICE_NAMES, search_pb2.DESCRIPTOR.services_by_name["Search"].full_name, health.SERVICE_NAME,
              reflection.SERVICE_NAME)
     reflection.enable_server_reflection(tuple(dict.fromkeys(names)), server)
+    credentials = options.credentials
     port = server.add_secure_port(address, credentials) if credentials is not None else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"could not bind {address}")
-    out = VitrineServer(server, port, tenants, health_servicer, search, metrics, manager)
+    out = VitrineServer(server, port, tenants, health_servicer, search, metrics, options.manager)
     out.set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
     server.start()
     if all(t.state.loaded for t in tenants):

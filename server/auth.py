@@ -17,16 +17,15 @@ import hmac
 import json
 import os
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from vitrine.ranking.tenancy import check_name
+from vitrine.serving.tenancy import check_name
 
-KEYS_ENV = "VITRINE_KEYS_FILE"
 ALL_TENANTS = "*"
 SCOPES = ("search", "write", "admin")
 # Every RPC that carries tenant data, by the scope it needs. Health and reflection are open (probes, tooling).
@@ -79,12 +78,6 @@ class KeyStore:
             except (KeyError, TypeError, ValueError) as exc:
                 raise ValueError(f"keys file {path}: key {n}: {exc}") from None
         return cls(keys)
-
-    @classmethod
-    def from_env(cls, path: str | None = None, env: Mapping[str, str] = os.environ) -> KeyStore | None:
-        """The keys file named by `path` (the --keys option) or $VITRINE_KEYS_FILE; None when neither is set."""
-        path = path or env.get(KEYS_ENV)
-        return cls.load(path) if path else None
 
     def authenticate(self, presented: str) -> ApiKey | None:
         """The key matching `presented`, compared in constant time against every stored hash."""

@@ -8,44 +8,18 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
-from vitrine.encoders.config import check, check_positive_ints, config_from_dict
+from vitrine.serving.config import CatalogConfig
 from vitrine.indexer.catalog import MAX_ID_LENGTH, Item
-from vitrine.indexer.live import MAX_PHOTO_BYTES, BadPhoto, LiveIndex
+from vitrine.indexer.live import BadPhoto, LiveIndex
 from vitrine.proto import search_pb2, search_pb2_grpc
 from vitrine.ranking.pipeline import InvalidRequest
 from vitrine.server.auth import check_token
 from vitrine.server.status import Metrics, StatusError, abort_on_error, check_deadline, status_for
 from vitrine.server.tenants import Tenant, Tenants
-
-@dataclass(frozen=True)
-class CatalogConfig:
-    """[catalog] section: write authentication and request limits."""
-
-    auth_token: str | None = None  # when set, write RPCs need metadata `authorization: Bearer <token>`
-    max_ids: int = 1000            # ids per Delete or Get
-    max_text_chars: int = 20_000   # per text field
-    max_attributes: int = 100
-    max_attribute_chars: int = 1000
-    max_uri_chars: int = 2048
-    max_image_bytes: int = 10 * 1024 * 1024  # per photo sent as bytes (the gRPC message limit applies too)
-    max_streams: int = 8           # concurrent Upsert streams; more get RESOURCE_EXHAUSTED
-
-    @classmethod
-    def from_dict(cls, d: dict) -> CatalogConfig:
-        cfg = config_from_dict(cls, d, "catalog")
-        check(cfg.auth_token is None or len(cfg.auth_token) >= 16, "catalog.auth_token",
-              "a string of at least 16 characters", "<hidden>")
-        check_positive_ints(cfg, "catalog", ("max_ids", "max_text_chars", "max_attributes", "max_attribute_chars",
-                                             "max_uri_chars", "max_image_bytes", "max_streams"))
-        check(cfg.max_image_bytes <= MAX_PHOTO_BYTES, "catalog.max_image_bytes", f"at most {MAX_PHOTO_BYTES}",
-              cfg.max_image_bytes)
-        return cfg
-
 
 def _check_id(value: str, name: str) -> str:
     item_id = value.strip()
@@ -236,8 +210,8 @@ class CatalogServicer(search_pb2_grpc.CatalogServicer):
                 raise StatusError(grpc.StatusCode.ALREADY_EXISTS, f"out_dir: {exc}") from None
             except OSError as exc:
                 raise StatusError(grpc.StatusCode.FAILED_PRECONDITION, f"out_dir: {exc.strerror or exc}") from None
-            return search_pb2.SnapshotResponse(path=str(out_dir), bundle_version=manifest["bundle_version"],
-                                               items=manifest["counts"]["items"])
+            return search_pb2.SnapshotResponse(path=str(out_dir), bundle_version=manifest.bundle_version,
+                                               items=manifest.counts.items)
 
     def _ids(self, raw: list[str], config: CatalogConfig) -> list[str]:
         if not raw:

@@ -16,7 +16,6 @@ from vitrine.indexer.catalog import Item
 from vitrine.proto import search_pb2, search_pb2_grpc
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-TOKEN_ENV = "VITRINE_AUTH_TOKEN"  # where the CLI finds the API key (or write token) when --token is not given
 TENANT_HEADER = "x-vitrine-tenant"  # the tenant every RPC acts on (server/tenants.py)
 
 # Client-side load balancing over every address a target names or resolves to (`ipv4:10.0.0.1:50051,10.0.0.2:50051`,
@@ -39,6 +38,54 @@ ROUND_ROBIN: tuple[tuple[str, str], ...] = (
 
 FUSION = {"": search_pb2.FUSION_UNSPECIFIED, "rrf": search_pb2.FUSION_RRF, "weighted": search_pb2.FUSION_WEIGHTED,
           "weighted_max": search_pb2.FUSION_WEIGHTED_MAX}
+
+
+@dataclass(frozen=True)
+class Query:
+    """One Search request as a shop backend asks it: the keyword arguments of `VitrineClient.search`, checked when
+    built and turned into the proto by `to_proto` (None = the server's default)."""
+
+    text: str = ""
+    image: bytes = b""
+    filters: Mapping[str, str] | None = None
+    price_min: float | None = None
+    price_max: float | None = None
+    k: int = 10
+    offset: int = 0
+    exclude_ids: Sequence[str] = ()
+    fusion: str = ""                          # a key of FUSION; "" = the server's
+    weights: Mapping[str, float] | None = None
+    sources: Sequence[str] = ()
+    fields: Sequence[str] = ()                # stored fields to return with each hit ("*" = all)
+    explain: bool = False
+    constraint: str = ""
+    composed_text_weight: float | None = None
+    stages: str = ""
+    rerank_depth: int | None = None
+    log_features: bool = False
+    session: str = ""
+
+    def __post_init__(self) -> None:
+        if self.fusion not in FUSION:
+            raise ValueError(f"fusion must be one of {sorted(FUSION)}, got {self.fusion!r}.")
+
+    def to_proto(self) -> search_pb2.SearchRequest:
+        req = search_pb2.SearchRequest(
+            text=self.text, image=self.image, filters=dict(self.filters or {}), k=self.k, offset=self.offset,
+            exclude_ids=list(self.exclude_ids), fusion=FUSION[self.fusion], weights=dict(self.weights or {}),
+            sources=list(self.sources), fields=list(self.fields), explain=self.explain, constraint=self.constraint,
+            stages=self.stages, log_features=self.log_features, session=self.session,
+        )
+        # Optional proto fields are set only when given, so the server can tell "not given" from 0.
+        if self.rerank_depth is not None:
+            req.rerank_depth = self.rerank_depth
+        if self.composed_text_weight is not None:
+            req.composed_text_weight = self.composed_text_weight
+        if self.price_min is not None:
+            req.price.min = self.price_min
+        if self.price_max is not None:
+            req.price.max = self.price_max
+        return req
 
 
 @dataclass(frozen=True)
@@ -103,59 +150,20 @@ class VitrineClient(_Client):
         super().__init__(target, timeout_s, token, tenant, credentials, options)
         self.stub = search_pb2_grpc.SearchStub(self.channel)
 
-    def search(
-        self,
-        text: str = "",
-        image: bytes = b"",
-        *,
-        filters: Mapping[str, str] | None = None,
-        price_min: float | None = None,
-        price_max: float | None = None,
-        k: int = 10,
-        offset: int = 0,
-        exclude_ids: Sequence[str] = (),
-        fusion: str = "",
-        weights: Mapping[str, float] | None = None,
-        sources: Sequence[str] = (),
-        fields: Sequence[str] = (),
-        explain: bool = False,
-        constraint: str = "",
-        composed_text_weight: float | None = None,
-        stages: str = "",
-        rerank_depth: int | None = None,
-        log_features: bool = False,
-        session: str = "",
-    ) -> ClientResult:
-        if fusion not in FUSION:
-            raise ValueError(f"fusion must be one of {sorted(FUSION)}, got {fusion!r}.")
-        req = search_pb2.SearchRequest(
-            text=text, image=image, filters=dict(filters or {}), k=k, offset=offset,
-            exclude_ids=list(exclude_ids), fusion=FUSION[fusion], weights=dict(weights or {}),
-            sources=list(sources), fields=list(fields), explain=explain, constraint=constraint,
-            stages=stages, log_features=log_features, session=session,
-        )
-        if rerank_depth is not None:
-            req.rerank_depth = rerank_depth
-        if composed_text_weight is not None:
-            req.composed_text_weight = composed_text_weight
-        if price_min is not None:
-            req.price.min = price_min
-        if price_max is not None:
-            req.price.max = price_max
-        resp = self.stub.Search(req, timeout=self.timeout_s, metadata=self.metadata)
-        return ClientResult(
-            hits=[ClientHit(id=h.id, score=h.score, sources={s.source: s.score for s in h.sources},
-                            fields=json.loads(h.fields_json) if h.fields_json else {}, explanation=h.explanation,
-                            contributions=dict(h.contributions), features=dict(h.features))
-                  for h in resp.hits],
-            total_candidates=resp.total_candidates,
-            bundle_version=resp.bundle_version,
-            model_versions=dict(resp.model_versions),
-            took_ms=resp.took_ms,
-            stages=resp.stages,
-            request_id=resp.request_id,
-            stage_ms=dict(resp.stage_ms),
-        )
+    def search(self, text: str = "", image: bytes = b"", *, filters: Mapping[str, str] | None = None,  # noqa: PLR0913
+               price_min: float | None = None, price_max: float | None = None, k: int = 10, offset: int = 0,
+               exclude_ids: Sequence[str] = (), fusion: str = "", weights: Mapping[str, float] | None = None,
+               sources: Sequence[str] = (), fields: Sequence[str] = (), explain: bool = False, constraint: str = "",
+               composed_text_weight: float | None = None, stages: str = "", rerank_depth: int | None = None,
+               log_features: bool = False, session: str = "") -> ClientResult:
+        """One Search. The keywords are the users' API (see `Query` for each); the request is built from them once."""
+        return self.send(Query(text, image, filters, price_min, price_max, k, offset, exclude_ids, fusion, weights,
+                               sources, fields, explain, constraint, composed_text_weight, stages, rerank_depth,
+                               log_features, session))
+
+    def send(self, query: Query) -> ClientResult:
+        """One Search of a Query built beforehand."""
+        return result_from_proto(self.stub.Search(query.to_proto(), timeout=self.timeout_s, metadata=self.metadata))
 
     def feedback(self, request_id: str, clicked: Sequence[str], dwell_ms: Mapping[str, int] | None = None) -> bool:
         """Reports clicks on a response; True when the server wrote them to its click log."""
@@ -190,6 +198,22 @@ class VitrineClient(_Client):
     def drop_tenant(self, name: str) -> str:
         return search_pb2_grpc.AdminStub(self.channel).DropTenant(search_pb2.DropTenantRequest(name=name),
                                                                   metadata=self.metadata, timeout=self.timeout_s).archived_to
+
+
+def result_from_proto(resp: search_pb2.SearchResponse) -> ClientResult:
+    return ClientResult(
+        hits=[ClientHit(id=h.id, score=h.score, sources={s.source: s.score for s in h.sources},
+                        fields=json.loads(h.fields_json) if h.fields_json else {}, explanation=h.explanation,
+                        contributions=dict(h.contributions), features=dict(h.features))
+              for h in resp.hits],
+        total_candidates=resp.total_candidates,
+        bundle_version=resp.bundle_version,
+        model_versions=dict(resp.model_versions),
+        took_ms=resp.took_ms,
+        stages=resp.stages,
+        request_id=resp.request_id,
+        stage_ms=dict(resp.stage_ms),
+    )
 
 
 def item_to_proto(item: Item) -> search_pb2.Item:

@@ -1,7 +1,8 @@
 """A tenant's online experiment at serving time: which arm answers (A/B), or both arms team-draft interleaved.
 
-The arm or team of every shown item is remembered with the search, so Feedback can credit clicks
-(server/query_log.py) to the log `vitrine ab report` reads (ranking/experiments.py has the statistics).
+The arm or team of every shown item (an Assignment) is remembered with the search, so Feedback can credit clicks
+(server/query_log.py) to the log `vitrine ab report` reads (ranking/experiment_log.py; ranking/experiments.py has
+the statistics).
 """
 from __future__ import annotations
 
@@ -10,24 +11,25 @@ import random
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import replace
-from typing import Any
 
-from vitrine.ranking.experiments import ExperimentKind, assign_arm, team_draft
-from vitrine.ranking.pipeline import Searcher, SearchRequest, SearchResult
-from vitrine.server.tenants import ExperimentConfig
+from vitrine.ranking.arms import Arm, ExperimentKind, assign_arm, team_draft
+from vitrine.ranking.experiment_log import Assignment
+from vitrine.ranking.pipeline import SearchRequest, SearchResult
+from vitrine.serving.assemble import Served
+from vitrine.serving.config import ExperimentConfig
 
 DEFAULT_K = 10
 
 
-def run_experiment(config: ExperimentConfig, searcher: Searcher, req: SearchRequest,
+def run_experiment(config: ExperimentConfig, served: Served, req: SearchRequest,
                    reading: Callable[[], AbstractContextManager], session: str, request_id: str
-                   ) -> tuple[SearchResult, dict[str, Any]]:
+                   ) -> tuple[SearchResult, Assignment]:
     """Answers `req` for the experiment; returns the result and what Feedback needs to credit clicks."""
-    arm_b: Searcher = searcher.arm_b
+    searcher, arm_b = served.searcher, served.arm_b
     if config.kind == ExperimentKind.AB:
         arm = assign_arm(session, config.name, config.split)
-        result = (arm_b if arm == "b" else searcher).search(req, reading)
-        return result, {"experiment": config.name, "kind": "ab", "arm": arm}
+        result = (arm_b if arm is Arm.B else searcher).search(req, reading)
+        return result, Assignment(config.name, ExperimentKind.AB, arm=arm)
     # Interleaving: both arms rank the same first page; team draft picks from each in turn (seeded per request).
     k = (req.k or DEFAULT_K) + req.offset
     both = replace(req, k=k, offset=0)
@@ -41,4 +43,4 @@ def run_experiment(config: ExperimentConfig, searcher: Searcher, req: SearchRequ
     timings = {**{f"b_{s}": ms for s, ms in b.timings_ms.items()}, **a.timings_ms}
     result = replace(a, hits=[by_id[i] for i in page], timings_ms=timings,
                      features={**b.features, **a.features}, contributions={**b.contributions, **a.contributions})
-    return result, {"experiment": config.name, "kind": "interleave", "teams": {i: teams[i] for i in page}}
+    return result, Assignment(config.name, ExperimentKind.INTERLEAVE, teams={i: teams[i] for i in page})

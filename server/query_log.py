@@ -1,6 +1,7 @@
-"""What the server writes about the searches it serves: candidate features (for learning to rank) and click logs.
+"""What the server writes about the searches it serves: candidate features (for learning to rank), click logs and an
+experiment's lines, all after the answer in one pass (QueryLog.log_answer) and from Feedback.
 
-Both are JSONL, one self-describing object per line, appended with one write + flush under a lock, so a
+All are JSONL, one self-describing object per line, appended with one write + flush under a lock, so a
 crash loses at most the line being written and never corrupts earlier ones.
 """
 from __future__ import annotations
@@ -18,26 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from vitrine.encoders.config import check, check_positive_ints, config_from_dict
 from vitrine.ranking.clicklog import ClickLogWriter, session_from_dict
+from vitrine.ranking.experiment_log import Assignment
 from vitrine.ranking.features import SCHEMA_VERSION, features_to_dict
-
-
-@dataclass(frozen=True)
-class LogConfig:
-    """[logs] section."""
-
-    feature_log: str = ""              # JSONL path; empty = no feature log
-    feature_sample_rate: float = 0.0   # share of searches logged without being asked (0..1)
-    click_log: str = ""                # JSONL path for Feedback; empty = Feedback answers FAILED_PRECONDITION
-    pending_searches: int = 10_000     # searches remembered for Feedback (oldest forgotten first)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> LogConfig:
-        cfg = config_from_dict(cls, d, "logs")
-        check(0 <= cfg.feature_sample_rate <= 1, "logs.feature_sample_rate", "between 0 and 1", cfg.feature_sample_rate)
-        check_positive_ints(cfg, "logs", ("pending_searches",))
-        return cfg
+from vitrine.ranking.pipeline import SearchRequest, SearchResult
+from vitrine.serving.config import LogConfig
 
 
 class JsonlAppender:
@@ -71,22 +57,27 @@ def feature_record(request_id: str, query: Mapping[str, Any], bundle_version: st
     }
 
 
-def experiment_line(experiment: Mapping[str, Any], session: str, request_id: str, shown: Sequence[str],
-                    clicked: Sequence[str] | None = None) -> dict[str, Any]:
-    """One experiment-log line (ranking/experiments.py reads and joins them): the search's impression when `clicked`
-    is None, else one Feedback's clicks on it, credited to the arm or to the teams that contributed the items."""
-    from vitrine.ranking.experiments import credit, experiment_record
+@dataclass(frozen=True)
+class Answered:
+    """One answered search, as everything logged after the answer needs it: built once by the Search servicer."""
 
-    shown_set = set(shown)
-    clicks = [] if clicked is None else list(dict.fromkeys(c for c in clicked if c in shown_set))
-    extra = {"event": "impression" if clicked is None else "click", "clicked": clicks}
-    if experiment["kind"] == "ab":
-        return experiment_record(experiment["experiment"], session, request_id, len(shown), arm=experiment["arm"],
-                                 clicks=len(clicks), **extra)
-    if clicked is None:
-        extra["teams"] = dict(experiment["teams"])
-    return experiment_record(experiment["experiment"], session, request_id, len(shown),
-                             credit={"a": 0, "b": 0, **credit(experiment["teams"], clicks)}, **extra)
+    request_id: str
+    session: str                     # as the client sent it; "" = none, and the request id stands in where a log needs one
+    request: SearchRequest           # as served: `log_features` says whether this search's features are logged
+    result: SearchResult
+    models: Mapping[str, str]        # model versions, as the response reports them
+    assignment: Assignment | None = None   # the experiment's arm or teams, when an experiment answered
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A served search waiting for its Feedback."""
+
+    query: Mapping[str, str]
+    shown: list[str]
+    session: str
+    ts: str
+    assignment: Assignment | None
 
 
 class QueryLog:
@@ -96,7 +87,7 @@ class QueryLog:
         self.config = config
         self.features = JsonlAppender(config.feature_log) if config.feature_log else None
         self.clicks = ClickLogWriter(config.click_log) if config.click_log else None
-        self._recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._recent: OrderedDict[str, _Pending] = OrderedDict()
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
 
@@ -108,19 +99,30 @@ class QueryLog:
             return False
         return asked or (self.config.feature_sample_rate > 0 and self._rng.random() < self.config.feature_sample_rate)
 
-    def remember(self, request_id: str, query: Mapping[str, Any], shown: Sequence[str], session: str,
-                 image: bytes = b"", experiment: Mapping[str, Any] | None = None) -> None:
+    def log_answer(self, answered: Answered, experiment_log: JsonlAppender | None = None) -> None:
+        """Everything written after a search is answered, in one pass: its feature-log line (when asked or sampled),
+        the memory Feedback reads, and, for an experiment's search, its impression in `experiment_log` (every
+        impression, clicked or not)."""
+        req, result, request_id = answered.request, answered.result, answered.request_id
+        shown = [h.id for h in result.hits]
+        if req.log_features and result.features:
+            query = {"text": req.text, "mode": result.mode, **({"filters": dict(req.filters)} if req.filters else {})}
+            self.features.write(feature_record(request_id, query, result.bundle_version, answered.models, shown,
+                                               result.features))
+        self._remember(request_id, req.text, shown, answered.session, req.image, answered.assignment)
+        if answered.assignment is not None and experiment_log is not None:
+            experiment_log.write(answered.assignment.line(answered.session or request_id, request_id, shown))
+
+    def _remember(self, request_id: str, text: str, shown: list[str], session: str, image: bytes,
+                  assignment: Assignment | None) -> None:
         """Keeps a served search until its Feedback; an image query's photo is stored beside the click log. Kept even
         without a click log, so that Feedback can tell a known request id (no log to write) from an unknown one."""
-        query = {"text": query.get("text", "")}
+        query = {"text": text}
         if image and self.clicks is not None:
             query["image"] = self.clicks.store_query_image(image)
-        entry = {"query": query, "shown": list(shown), "session": session,
-                 "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        if experiment is not None:
-            entry["experiment"] = dict(experiment)
+        pending = _Pending(query, shown, session, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), assignment)
         with self._lock:
-            self._recent[request_id] = entry
+            self._recent[request_id] = pending
             while len(self._recent) > self.config.pending_searches:
                 self._recent.popitem(last=False)
 
@@ -130,18 +132,17 @@ class QueryLog:
         its arm or teams to `experiment_log`). KeyError when the id is unknown or forgotten; False when there was
         nowhere to write (no click log, not an experiment's search)."""
         with self._lock:
-            entry = self._recent.get(request_id)
-        if entry is None:
+            pending = self._recent.get(request_id)
+        if pending is None:
             raise KeyError(request_id)
         logged = False
-        if experiment_log is not None and "experiment" in entry:
-            experiment_log.write(experiment_line(entry["experiment"], entry["session"] or request_id, request_id,
-                                                 entry["shown"], clicked))
+        if experiment_log is not None and pending.assignment is not None:
+            experiment_log.write(pending.assignment.line(pending.session or request_id, request_id, pending.shown, clicked))
             logged = True
         if self.clicks is None:
             return logged
-        line = {"query": entry["query"], "shown": entry["shown"], "clicked": list(clicked), "ts": entry["ts"],
-                "session": entry["session"] or request_id}
+        line = {"query": pending.query, "shown": pending.shown, "clicked": list(clicked), "ts": pending.ts,
+                "session": pending.session or request_id}
         if dwell_ms:
             line["dwell_ms"] = dict(dwell_ms)
         self.clicks.write(session_from_dict(line))   # validated like any log line a shop sends

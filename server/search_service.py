@@ -13,7 +13,7 @@ from vitrine.ranking.features import FEATURES
 from vitrine.ranking.fusion import FusionMethod
 from vitrine.ranking.pipeline import InvalidRequest, Searcher, SearchRequest, SearchResult
 from vitrine.server.experiment import run_experiment
-from vitrine.server.query_log import experiment_line, feature_record
+from vitrine.server.query_log import Answered
 from vitrine.server.state import model_versions
 from vitrine.server.status import Metrics, StatusError, abort_on_error, check_deadline
 from vitrine.server.tenants import Tenant, Tenants
@@ -92,32 +92,26 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
 
     def _search(self, tenant: Tenant, request: search_pb2.SearchRequest, context: grpc.ServicerContext) -> search_pb2.SearchResponse:
         state, query_log = tenant.state, tenant.query_log
-        searcher = state.searcher  # one bundle serves the whole request, even during a swap
+        served = state.served  # one bundle serves the whole request, even during a swap
+        searcher = served.searcher
         req, fields = request_from_proto(request)
         check_deadline(context)
         log_features = query_log.wants_features(req.log_features)
         if log_features != req.log_features:
             req = replace(req, log_features=log_features)
         request_id = query_log.new_request_id()
-        arm = None
+        assignment = None
         with deadline(context.time_remaining()), cache_scope(tenant.name):
-            if tenant.experiment is not None and getattr(searcher, "arm_b", None) is not None:
-                result, arm = run_experiment(tenant.experiment, searcher, req, state.reading, request.session or request_id,
-                                             request_id)
+            if tenant.experiment is not None and served.arm_b is not None:
+                result, assignment = run_experiment(tenant.experiment, served, req, state.reading,
+                                                    request.session or request_id, request_id)
             else:
                 result = searcher.search(req, state.reading)
         with state.reading():
             response = self._response(searcher, req, result, fields)
         response.request_id = request_id
-        query = {"text": req.text, "mode": result.mode, **({"filters": dict(req.filters)} if req.filters else {})}
-        if log_features and result.features:
-            query_log.features.write(feature_record(response.request_id, query, result.bundle_version,
-                                                    dict(response.model_versions), [h.id for h in result.hits],
-                                                    result.features))
-        shown = [h.id for h in result.hits]
-        query_log.remember(response.request_id, query, shown, request.session, req.image, experiment=arm)
-        if arm is not None and tenant.experiment_log is not None:   # every impression, clicked or not
-            tenant.experiment_log.write(experiment_line(arm, request.session or request_id, request_id, shown))
+        query_log.log_answer(Answered(request_id, request.session, req, result, dict(response.model_versions), assignment),
+                             tenant.experiment_log)
         if self.metrics is not None:
             for stage, ms in result.timings_ms.items():
                 self.metrics.stages.labels(stage).observe(ms / 1e3)
@@ -149,11 +143,12 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
             return self._info(tenant)
 
     def _info(self, tenant: Tenant) -> search_pb2.InfoResponse:
-        searcher = tenant.state.searcher
+        served = tenant.state.served
+        searcher = served.searcher
         # The served stages join the manifest so `vitrine eval --ablate` can measure each one.
         stages = searcher.available_stages()
-        manifest = {**searcher.bundle.manifest, "served_models": model_versions(searcher),
-                    "served_backends": dict(searcher.backends), "tenant": tenant.name,
+        manifest = {**searcher.bundle.manifest.to_dict(), "served_models": model_versions(searcher),
+                    "served_backends": dict(served.backends), "tenant": tenant.name,
                     "quota": asdict(tenant.quota.config),
                     **({"experiment": asdict(tenant.experiment)} if tenant.experiment else {}),
                     **({"stages": {"stages": stages}} if len(stages) > 1 else {})}

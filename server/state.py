@@ -1,4 +1,4 @@
-"""What the servicers serve from: the current Searcher (swapped atomically on reload) and the live index, if any.
+"""What the servicers serve from: the current `Served` (swapped atomically on reload) and the live index, if any.
 
 The server is built before its bundle has loaded (health says NOT_SERVING meanwhile), so the state starts empty
 and `attach` fills it once; the servicers hold this one object from construction on and are never patched.
@@ -13,24 +13,29 @@ import grpc
 from vitrine.indexer.live import LiveIndex
 from vitrine.ranking.pipeline import Searcher
 from vitrine.server.status import StatusError
+from vitrine.serving.assemble import Served
 
 
 class ServingState:
-    def __init__(self, searcher: Searcher | None = None, live: LiveIndex | None = None) -> None:
-        self._searcher = searcher
+    def __init__(self, served: Served | None = None, live: LiveIndex | None = None) -> None:
+        self._served = served
         self._live = live
         self._lock = threading.Lock()
 
     @property
-    def searcher(self) -> Searcher:
-        searcher = self._searcher
-        if searcher is None:
+    def served(self) -> Served:
+        served = self._served
+        if served is None:
             raise StatusError(grpc.StatusCode.UNAVAILABLE, "the server is still loading its bundle; retry shortly.")
-        return searcher
+        return served
+
+    @property
+    def searcher(self) -> Searcher:
+        return self.served.searcher
 
     @property
     def loaded(self) -> bool:
-        return self._searcher is not None
+        return self._served is not None
 
     @property
     def live(self) -> LiveIndex | None:
@@ -46,17 +51,17 @@ class ServingState:
         """With live updates, searches share the index lock with writes: FAISS add/remove is not safe beside a search."""
         return self._live.lock.read() if self._live is not None else contextlib.nullcontext()
 
-    def attach(self, searcher: Searcher, live: LiveIndex | None = None) -> None:
+    def attach(self, served: Served, live: LiveIndex | None = None) -> None:
         """Completes a state created empty: the live index first, so no search runs unlocked beside a write."""
         with self._lock:
-            if self._searcher is not None:
+            if self._served is not None:
                 raise RuntimeError("the serving state already has a searcher; use swap() to replace it.")
             self._live = live
-            self._searcher = searcher
+            self._served = served
 
-    def swap(self, searcher: Searcher) -> Searcher | None:
+    def swap(self, served: Served) -> Served | None:
         with self._lock:
-            old, self._searcher = self._searcher, searcher
+            old, self._served = self._served, served
         return old
 
 
@@ -74,7 +79,7 @@ def freeze_heap() -> None:
 
 def model_versions(searcher: Searcher) -> dict[str, str]:
     """Every model that can touch a response, by role: bundle encoders, then the second stage's."""
-    out = {name: str(meta.get("version") or meta.get("name", "")) for name, meta in searcher.bundle.manifest.get("models", {}).items()}
+    out = {name: str(model.version or model.name) for name, model in searcher.bundle.manifest.models.items()}
     if searcher.reranker is not None:
         out["reranker"] = searcher.reranker.version
     if searcher.ranker is not None:

@@ -10,40 +10,20 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from vitrine.encoders.config import check, config_from_dict
-from vitrine.ranking.experiments import ExperimentKind
-from vitrine.ranking.pipeline import Searcher
 from vitrine.server.client import TENANT_HEADER
 from vitrine.server.query_log import QueryLog
 from vitrine.server.state import ServingState
 from vitrine.server.status import StatusError
+from vitrine.serving.config import ExperimentConfig, QuotaConfig
 
 DEFAULT_TENANT = "default"
-
-
-@dataclass(frozen=True)
-class QuotaConfig:
-    """[quota] section (server-wide default) or a tenant's own [quota]: 0 means unlimited."""
-
-    qps: float = 0.0              # requests per second, a token bucket refilled at this rate
-    burst: float = 0.0            # the bucket's size; 0 = max(1, qps), one second of traffic
-    bytes_per_s: float = 0.0      # request bytes per second (image queries, upserts)
-    max_items: int = 0            # items in the tenant's catalog; an upsert of a new id beyond it is refused
-    max_in_flight: int = 0        # concurrent RPCs of this tenant; keeps one shop from holding every worker thread
-
-    @classmethod
-    def from_dict(cls, d: dict) -> QuotaConfig:
-        cfg = config_from_dict(cls, d, "quota")
-        for name in ("qps", "burst", "bytes_per_s", "max_items", "max_in_flight"):
-            check(getattr(cfg, name) >= 0, f"quota.{name}", "zero (unlimited) or positive", getattr(cfg, name))
-        return cfg
 
 
 class TokenBucket:
@@ -110,31 +90,9 @@ class Quota:
         raise StatusError(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
 
 
-@dataclass(frozen=True)
-class ExperimentConfig:
-    """A tenant's [experiment]: compare arm "a" (the served models) with arm "b" (other second-stage models).
-
-    kind "ab": each session sees one arm (sticky, by hash); "interleave": every response team-draft interleaves both
-    arms' rankings. Feedback clicks are credited to the arm or team that produced the clicked item."""
-
-    name: str = ""
-    kind: ExperimentKind = ExperimentKind.INTERLEAVE
-    split: float = 0.5            # A/B: share of sessions in arm b
-    reranker: str = ""            # arm b's cross-encoder directory (empty = arm a's)
-    ranker: str = ""              # arm b's LightGBM ranker directory (empty = arm a's)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ExperimentConfig:
-        cfg = config_from_dict(cls, d, "experiment")
-        check(bool(cfg.name.strip()), "experiment.name", "a non-empty name", cfg.name)
-        check(0.0 < cfg.split < 1.0, "experiment.split", "between 0 and 1", cfg.split)
-        check(bool(cfg.reranker or cfg.ranker), "experiment", "arm b's reranker or ranker", "neither")
-        return cfg
-
-
 @dataclass
 class Tenant:
-    """What one shop is served from. The state's searcher may carry `arm_b` (the experiment's other arm)."""
+    """What one shop is served from. With an experiment, the state's `Served` holds its B arm."""
 
     name: str
     state: ServingState
@@ -242,11 +200,3 @@ def single_value(metadata: object, key: str) -> str:
 def requested_tenant(context: grpc.ServicerContext) -> str:
     return single_value(context.invocation_metadata(), TENANT_HEADER)
 
-
-def single(searcher: Searcher | None, live: Any = None, query_log: QueryLog | None = None, catalog: Any = None,
-           name: str = DEFAULT_TENANT) -> Tenant:
-    """The one tenant of a server started with one bundle."""
-    return Tenant(name, ServingState(searcher, live), query_log or QueryLog(), catalog)
-
-
-TenantFactory = Callable[..., Tenant]

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import random
 import re
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -115,7 +118,7 @@ def keyword_encoder() -> KeywordEncoder:
 @pytest.fixture(scope="session")
 def small_bundle_path(tmp_path_factory, keyword_encoder) -> str:
     out = tmp_path_factory.mktemp("bundles") / "small"
-    build_bundle(make_items(), out, keyword_encoder, IndexerConfig(ann=AnnConfig(factory="Flat")), progress=False)
+    build_bundle(make_items(), out, keyword_encoder, IndexerConfig(ann=AnnConfig(factory="Flat"), progress=False))
     return str(out)
 
 
@@ -162,3 +165,24 @@ def tiny_st(tmp_path_factory) -> str:
     tokenizer.save_pretrained(root / "hf")
     SentenceTransformer(modules=[Transformer(str(root / "hf")), Pooling(32, "mean")], device="cpu").save(str(root / "model"))
     return str(root / "model")
+
+
+@pytest.fixture(scope="session")
+def serve_process() -> Callable[..., tuple[subprocess.Popen, str]]:
+    """Starts `vitrine serve --bundle B --port 0 ...` as its own process, as a shop runs it, and returns it with its
+    HOST:PORT once it prints it (the caller stops it)."""
+    def start(bundle: Path, extra: list[str] | None = None, timeout_s: float = 300.0) -> tuple[subprocess.Popen, str]:
+        proc = subprocess.Popen([sys.executable, "-m", "vitrine.cli.main", "serve", "--port", "0", "--bundle", str(bundle),
+                                 *(extra or [])], stdout=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if line.startswith("listening on "):
+                return proc, line.split("listening on ", 1)[1].strip()
+            if not line and proc.poll() is not None:
+                raise RuntimeError(f"server exited with status {proc.returncode} before listening")
+        proc.kill()
+        raise RuntimeError("server did not start listening in time")
+
+    return start

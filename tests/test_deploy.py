@@ -14,7 +14,7 @@ from types import ModuleType
 import pytest
 from grpc_health.v1 import health_pb2
 
-from vitrine.server.app import create_server
+from vitrine.server.app import create_server, single
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
@@ -75,7 +75,7 @@ def test_sync_bundles_copies_the_current_bundle_and_keeps_the_one_before(tmp_pat
 
 def test_healthcheck_follows_the_servers_health(capsys):
     healthcheck = load("healthcheck")
-    served = create_server(None, "127.0.0.1:0")  # no bundle yet: NOT_SERVING, as while one loads
+    served = create_server(single(None), "127.0.0.1:0")  # no bundle yet: NOT_SERVING, as while one loads
     target = f"127.0.0.1:{served.port}"
     try:
         assert healthcheck.main([target]) == 1

@@ -15,49 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from vitrine.encoders.config import check, config_from_dict
 from vitrine.indexer.catalog import Item, read_catalog, resolve_image
 from vitrine.ranking.clicklog import ClickSession, resolve_log_image
+# [gate] and the metric names it may use are served configuration (serving/config.py); re-exported for the gates.
+from vitrine.serving.config import (CLICK_METRICS, GENERAL_METRICS, TEXT_GENERAL_METRICS, TEXT_METRICS,  # noqa: F401
+                                    GateConfig)
 from vitrine.trainer.click_eval import brute_force_run, click_judgments, compose, run_metrics
-
-CLICK_METRICS = ("click_ndcg@10", "click_recall@10")
-GENERAL_METRICS = ("catalog_i2t_r@10", "catalog_t2i_r@10", "flickr_i2t_r@10", "flickr_t2i_r@10")
-# The text embedder's gate (trainer/text_gate.py): held-out judged queries, and the caption paraphrase check.
-TEXT_METRICS = ("text_ndcg@10", "text_recall@10")
-TEXT_GENERAL_METRICS = ("caption_r@10",)
-
-
-@dataclass(frozen=True)
-class GateConfig:
-    min_gain: float = 0.01                 # absolute gain every in-domain metric must reach
-    max_general_drop: float = 0.10         # largest relative drop allowed on each general metric
-    in_domain_metrics: tuple[str, ...] = CLICK_METRICS
-    general_metrics: tuple[str, ...] = GENERAL_METRICS
-    general_items: int = 1000              # catalog pairs sampled (seeded) for general retrieval
-    composed_text_weight: float = 0.5      # as ranking.pipeline composes image + text queries
-    seed: int = 0
-    # A general metric where the current model is below this is reported but does not gate: a model at chance level
-    # has nothing to forget, and a "10% drop" of a handful of hits is noise. flickr8k is measured on the 500 photos
-    # no CLIP trains on (trainer/clip.general_split), where chance R@10 is 0.02 and the default CLIP is well above.
-    chance_floor: float = 0.05
-
-    def __post_init__(self) -> None:
-        check(math.isfinite(self.min_gain) and self.min_gain >= 0, "gate.min_gain", "a non-negative number", self.min_gain)
-        check(0.0 <= self.max_general_drop <= 1.0, "gate.max_general_drop", "a fraction in [0, 1]", self.max_general_drop)
-        for name, allowed in (("in_domain_metrics", CLICK_METRICS + TEXT_METRICS),
-                              ("general_metrics", GENERAL_METRICS + TEXT_GENERAL_METRICS)):
-            bad = [m for m in getattr(self, name) if m not in allowed]
-            check(not bad, f"gate.{name}", f"known metrics ({', '.join(allowed)}); unknown metric(s) {', '.join(bad)}",
-                  getattr(self, name))
-        check(bool(self.in_domain_metrics), "gate.in_domain_metrics",
-              "at least one metric, or nothing could justify a promotion", self.in_domain_metrics)
-        check(self.general_items >= 2, "gate.general_items", "at least 2", self.general_items)
-        check(self.composed_text_weight >= 0, "gate.composed_text_weight", "non-negative", self.composed_text_weight)
-
-    @classmethod
-    def from_dict(cls, obj: Mapping[str, Any]) -> GateConfig:
-        """Builds the [gate] section of vitrine.toml; raises ValueError naming a bad or unknown field."""
-        return config_from_dict(cls, obj, "gate")
 
 
 @dataclass(frozen=True)

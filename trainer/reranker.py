@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from vitrine.ranking.metrics import ndcg_at_k
+from vitrine.ranking.metrics import load_qrels, ndcg_at_k
 from vitrine.trainer.distributed import broadcast, shard, world, wrap_ddp
 
 Qrels = Mapping[str, Mapping[str, int]]
@@ -57,6 +57,19 @@ class RerankerTrainConfig:
 
 def _norm(text: str) -> str:
     return " ".join(text.casefold().split())
+
+
+def forbidden_qids(qrels_path: str | None, forbid: Sequence[str], siblings: bool) -> dict[str, str]:
+    """qid -> source file for every judgment set that must stay unseen: --forbid-qrels, plus --qrels's siblings."""
+    paths = [Path(f) for f in forbid]
+    if siblings and qrels_path:
+        own = Path(qrels_path).resolve()
+        paths += [p for p in sorted(own.parent.glob("*.tsv")) if p.resolve() != own]
+    out: dict[str, str] = {}
+    for p in paths:
+        for qid in load_qrels(p):
+            out.setdefault(qid, str(p))
+    return out
 
 
 def check_disjoint(train_qids: Sequence[str], forbidden: Mapping[str, str], texts: Mapping[str, str]) -> list[str]:

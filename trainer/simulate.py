@@ -16,18 +16,18 @@ from typing import Any
 
 import numpy as np
 
-from vitrine.encoders.config import config_from_dict
+from vitrine.serving.schema import config_from_dict
 from vitrine.ranking.clicklog import ClickSession, parse_ts
 
 Qrels = dict[str, dict[str, int]]
 
 
-class ClickModel(str, enum.Enum):
+class ClickModel(enum.StrEnum):
     PBM = "pbm"
     CASCADE = "cascade"
 
 
-class RankingMode(str, enum.Enum):
+class RankingMode(enum.StrEnum):
     SHUFFLED = "shuffled"   # judged items and distractors in random order: every grade reaches every rank
     ORDERED = "ordered"     # by grade, ties shuffled: a good ranker
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from vitrine.encoders.base import pick_device
-from vitrine.encoders.config import check, config_from_dict
+from vitrine.serving.schema import check, config_from_dict
 from vitrine.encoders.text import ADAPTER_FILE, resolve_text_model
 from vitrine.indexer.bundle import item_text
 from vitrine.indexer.catalog import Item

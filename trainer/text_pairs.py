@@ -84,6 +84,16 @@ def generate_pairs(items: Sequence[Item], generators: Sequence[str], per_item: i
     return out
 
 
+def generated_queries(items: Sequence[Item], generators: Sequence[str], limit: int, seed: int) -> dict[str, tuple[str, str]]:
+    """Pseudo-query id -> (text, the item it was generated from): one pair per item from each generator, shuffled
+    with `seed`, at most `limit` of them (the reranker trainer's extra training queries)."""
+    if not generators:
+        return {}
+    pairs = generate_pairs(items, generators, 1, seed)
+    random.Random(seed).shuffle(pairs)
+    return {f"gen-{n}": (p.anchor, p.item_id) for n, p in enumerate(pairs[:limit])}
+
+
 def judged_pairs(queries: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]], items: Mapping[str, Item],
                  qids: Sequence[str]) -> list[Pair]:
     """(query, relevant item) for every judged training query; grade 0 judgments are not positives."""

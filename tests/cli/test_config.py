@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from vitrine.cli.config import VitrineConfig, load_config
+from vitrine.serving.config import VitrineConfig, load_config
 
 
 def test_example_config_documents_the_defaults():

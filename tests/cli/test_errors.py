@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from vitrine.cli import index as index_cmd
-from vitrine.cli.catalog import read_upserts
+from vitrine.cli.upsert import read_upserts
 from vitrine.cli.main import main, missing_extra, os_error
 from vitrine.cli.serve import bind_server
 from vitrine.indexer.lock import BundleLocked

@@ -9,7 +9,8 @@ from vitrine.indexer.bundle import Bundle
 from vitrine.ranking.evaluation import ranx_metrics, read_run
 from vitrine.ranking.metrics import evaluate, load_qrels
 from vitrine.ranking.pipeline import Searcher
-from vitrine.server.app import create_server
+from vitrine.server.app import create_server, single
+from vitrine.serving.assemble import Served
 
 QUERIES = [
     {"qid": "q1", "text": "red dress"},
@@ -32,7 +33,7 @@ def eval_files(tmp_path):
 @pytest.fixture()
 def target(small_bundle_path, keyword_encoder):
     bundle = Bundle(small_bundle_path)
-    served = create_server(Searcher(bundle, keyword_encoder), "127.0.0.1:0")
+    served = create_server(single(Served(Searcher(bundle, keyword_encoder))), "127.0.0.1:0")
     server, port = served.server, served.port
     yield f"127.0.0.1:{port}"
     server.stop(0).wait()
@@ -79,12 +80,12 @@ def test_eval_table_and_markdown(target, eval_files, capsys):
 
 
 def test_eval_with_bundle_serves_it_in_process(small_bundle_path, keyword_encoder, eval_files, monkeypatch, capsys):
-    from vitrine.cli import config as cli_config
+    from vitrine.serving import assemble
 
-    def fake_searcher_for(path, config, reranker=None, ranker=None):
-        return Searcher(Bundle(path), keyword_encoder)
+    def fake_open_served(path, config, reranker=None, ranker=None):
+        return assemble.Served(Searcher(Bundle(path), keyword_encoder))
 
-    monkeypatch.setattr(cli_config, "searcher_for", fake_searcher_for)
+    monkeypatch.setattr(assemble, "open_served", fake_open_served)
     queries, qrels = eval_files
     assert main(["eval", "--bundle", small_bundle_path, "--queries", queries, "--qrels", qrels, "--json"]) == 0
     obj = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -10,7 +10,8 @@ import pytest
 from vitrine.encoders import onnx
 from vitrine.encoders.batching import Batcher, BatchingEncoder, DeadlineExceeded, QueueFull, deadline
 from vitrine.indexer.ann import AnnConfig
-from vitrine.indexer.bundle import TEXT_VARIANTS, IndexerConfig, build_bundle
+from vitrine.indexer.bundle import IndexerConfig, build_bundle
+from vitrine.indexer.variants import TEXT_VARIANTS
 from vitrine.indexer.catalog import Item
 
 
@@ -48,7 +49,7 @@ def text_bundle(tiny_text_model, tmp_path_factory):
 
     encoder = SentenceTransformerEncoder(tiny_text_model, device="cpu")
     out = tmp_path_factory.mktemp("onnx-bundles") / "b"
-    manifest = build_bundle(catalog(), out, encoder, IndexerConfig(ann=AnnConfig(factory="Flat")), progress=False)
+    manifest = build_bundle(catalog(), out, encoder, IndexerConfig(ann=AnnConfig(factory="Flat"), progress=False))
     return out, manifest, encoder
 
 
@@ -62,7 +63,7 @@ def test_indexer_writes_checked_onnx_variants(text_bundle):
     for name, v in record["variants"].items():
         assert (out / TEXT_VARIANTS / v["file"]).stat().st_size == v["bytes"]
         assert v["loss"] == pytest.approx(record["torch"]["ndcg@10"] - v["ndcg@10"], abs=1e-3)
-        assert manifest["models"]["text"]["variants"][name]["loss"] == v["loss"]
+        assert manifest.models["text"].variants[name]["loss"] == v["loss"]
     assert record["variants"]["onnx-int8"]["bytes"] < record["variants"]["onnx"]["bytes"]
     texts = ["red shirt", "a long description of a black casual cotton dress for evenings", "watch"]
     ref = encoder.encode_texts(texts)
@@ -89,18 +90,20 @@ def test_choose_backend_prefers_the_fastest_within_the_loss():
 def test_searcher_serves_the_chosen_backend(text_bundle):
     from vitrine.encoders.config import EncoderConfig
     from vitrine.encoders.text import OnnxTextEncoder, SentenceTransformerEncoder
-    from vitrine.ranking.assemble import open_searcher
+    from vitrine.serving.assemble import open_served
+    from vitrine.serving.config import VitrineConfig
     from vitrine.ranking.pipeline import SearchRequest
 
     out, _, _ = text_bundle
     record = onnx.read_record(out / TEXT_VARIANTS)
-    auto = open_searcher(str(out), ann=AnnConfig(factory="Flat"))
+    flat = AnnConfig(factory="Flat")
+    auto = open_served(str(out), VitrineConfig(index=flat))
     assert auto.backends["text"] == onnx.choose_backend(record, "auto", 0.005)
-    forced = open_searcher(str(out), ann=AnnConfig(factory="Flat"), encoders=EncoderConfig(backend="onnx-int8"))
-    assert isinstance(forced.text_encoder.encoder, OnnxTextEncoder) and forced.backends["text"] == "onnx-int8"
-    torch_ = open_searcher(str(out), ann=AnnConfig(factory="Flat"), encoders=EncoderConfig(backend="torch"))
-    assert isinstance(torch_.text_encoder.encoder, SentenceTransformerEncoder)
-    for s in (forced, torch_):
+    forced = open_served(str(out), VitrineConfig(index=flat, encoders=EncoderConfig(backend="onnx-int8")))
+    assert isinstance(forced.searcher.text_encoder.encoder, OnnxTextEncoder) and forced.backends["text"] == "onnx-int8"
+    torch_ = open_served(str(out), VitrineConfig(index=flat, encoders=EncoderConfig(backend="torch")))
+    assert isinstance(torch_.searcher.text_encoder.encoder, SentenceTransformerEncoder)
+    for s in (forced.searcher, torch_.searcher):
         hits = s.search(SearchRequest(text="red cotton shirt", sources=["text"], k=5)).hits
         assert len(hits) == 5
 

@@ -9,7 +9,7 @@ import pytest
 
 from tests.trainer.conftest import base_clip, toy_shop  # noqa: F401 - fixtures: a toy catalog with photos, a tiny CLIP
 from vitrine.indexer.ann import AnnConfig
-from vitrine.indexer.bundle import Bundle, IndexerConfig, build_bundle
+from vitrine.indexer.bundle import Bundle, CatalogSource, IndexerConfig, build_bundle
 from vitrine.indexer.catalog import read_catalog
 
 ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
@@ -42,8 +42,9 @@ def build(toy_shop, encoders, out, runner=None):  # noqa: F811
     items = shop_items(toy_shop)
     text, clip = encoders
     # Small batches: many tasks, so the work really spreads over both workers.
-    return build_bundle(items, out, text, IndexerConfig(batch_size=8, ann=AnnConfig(factory="Flat"), onnx=False),
-                        clip_encoder=clip, catalog_dir=toy_shop["root"], progress=False, runner=runner)
+    return build_bundle(items, out, text,
+                        IndexerConfig(batch_size=8, ann=AnnConfig(factory="Flat"), onnx=False, progress=False),
+                        clip_encoder=clip, source=CatalogSource(dir=toy_shop["root"]), runner=runner)
 
 
 def toy_ids(toy_shop) -> list[str]:  # noqa: F811
@@ -67,7 +68,7 @@ def same_bundle(a, b, queries, item_ids) -> None:
         for source in ba.vectors:
             va, vb = ba.vectors[source], bb.vectors[source]
             # Every item has a vector in both: text-only and photo-less items get CLIP's text vector.
-            ids = np.arange(ba.manifest["next_docno"], dtype=np.int64)
+            ids = np.arange(ba.manifest.next_docno, dtype=np.int64)
             assert va.ntotal == vb.ntotal == len(ids)
             np.testing.assert_array_equal(va.reconstruct(ids), vb.reconstruct(ids))
         assert [ba.docstore.get(i) for i in item_ids] == [bb.docstore.get(i) for i in item_ids]
@@ -95,10 +96,11 @@ def test_ray_bundle_equals_the_single_process_one(cluster, toy_shop, encoders, l
         manifest = build(toy_shop, encoders, tmp_path / "ray", runner)
     finally:
         runner.close()
-    assert manifest["built_by"] == {"ray": "auto", "workers": 2, "devices": ["cpu"]}
+    assert manifest.built_by == {"ray": "auto", "workers": 2, "devices": ["cpu"]}
     local = json.loads((local_bundle / "manifest.json").read_text())
-    assert manifest["counts"] == local["counts"] and manifest["format_version"] == local["format_version"]
-    assert local["counts"]["broken_images"] == 1 and manifest["broken_images"] == local["broken_images"]
+    ray = manifest.to_dict()
+    assert ray["counts"] == local["counts"] and ray["format_version"] == local["format_version"]
+    assert local["counts"]["broken_images"] == 1 and ray["broken_images"] == local["broken_images"]
     same_bundle(local_bundle, tmp_path / "ray", ["red box", "blue ball", "green"], toy_ids(toy_shop))
 
 
@@ -113,7 +115,7 @@ def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(cluster, toy_shop,
     finally:
         runner.close()
     assert marker.exists()   # a worker did die (SIGKILL) holding photo batch 2, and Ray retried it
-    assert manifest["counts"]["items"] == json.loads((local_bundle / "manifest.json").read_text())["counts"]["items"]
+    assert manifest.counts.items == json.loads((local_bundle / "manifest.json").read_text())["counts"]["items"]
     same_bundle(local_bundle, tmp_path / "ray", ["red box"], toy_ids(toy_shop))
 
 
@@ -153,7 +155,8 @@ def test_the_ray_bundle_serves_like_the_local_one_over_grpc(cluster, toy_shop, e
     """The serving path end to end (gRPC server, text and photo queries) on both bundles: the same hits and scores."""
     from vitrine.indexer.distributed import RayRunner
     from vitrine.ranking.pipeline import Searcher
-    from vitrine.server.app import create_server
+    from vitrine.server.app import create_server, single
+    from vitrine.serving.assemble import Served
     from vitrine.server.client import VitrineClient
 
     runner = RayRunner("auto", workers=2)
@@ -166,7 +169,7 @@ def test_the_ray_bundle_serves_like_the_local_one_over_grpc(cluster, toy_shop, e
     answers = []
     for path in (local_bundle, tmp_path / "ray"):
         bundle = Bundle(path)
-        served = create_server(Searcher(bundle, text, clip_encoder=clip), "127.0.0.1:0")
+        served = create_server(single(Served(Searcher(bundle, text, clip_encoder=clip))), "127.0.0.1:0")
         try:
             with VitrineClient(f"127.0.0.1:{served.port}") as c:
                 answers.append([[(h.id, round(h.score, 6)) for h in c.search(**q, k=5).hits]

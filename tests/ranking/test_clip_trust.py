@@ -3,6 +3,7 @@ query look like a paraphrase. A fake CLIP with one dimension per colour makes ev
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +14,10 @@ from PIL import Image
 from vitrine.encoders.base import l2_normalize
 from vitrine.indexer.ann import AnnConfig
 from vitrine.indexer.bm25 import STOP_WORDS, content_words
-from vitrine.indexer.bundle import Bundle, IndexerConfig, build_bundle
+from vitrine.indexer.bundle import Bundle, CatalogSource, IndexerConfig, build_bundle
 from vitrine.indexer.catalog import Item
 from vitrine.indexer.clip_check import MIN_HELDOUT
+from vitrine.indexer.manifest import Manifest
 from vitrine.ranking.pipeline import SearchConfig, Searcher, SearchRequest, clip_text_trust
 
 RGB = {"red": (220, 30, 30), "blue": (30, 40, 220), "green": (30, 200, 40), "black": (20, 20, 20)}
@@ -84,8 +86,8 @@ def shop(tmp_path_factory):
 def build(shop, tmp_path_factory, clip: ColourClip, keyword_encoder) -> str:
     root, items = shop
     out = tmp_path_factory.mktemp("clipbundle") / "b"
-    build_bundle(items, out, keyword_encoder, IndexerConfig(ann=AnnConfig(factory="Flat")), clip_encoder=clip,
-                 catalog_dir=root, progress=False)
+    build_bundle(items, out, keyword_encoder, IndexerConfig(ann=AnnConfig(factory="Flat"), progress=False),
+                 clip_encoder=clip, source=CatalogSource(dir=root))
     return str(out)
 
 
@@ -148,17 +150,17 @@ def test_the_check_queries_only_what_the_trainer_held_out(shop, tmp_path):
     model.mkdir()
     held = [it.id for it in items if it.image][:MIN_HELDOUT + 4] + ["not-in-this-catalog"]
     (model / "training.json").write_text(json.dumps({"heldout_ids": held}))
-    manifest = build_bundle(items, tmp_path / "b", None, IndexerConfig(ann=AnnConfig(factory="Flat")),
-                            clip_encoder=ColourClip(str(model)), catalog_dir=root, progress=False)
-    check = manifest["models"]["clip"]["check"]
+    manifest = build_bundle(items, tmp_path / "b", None, IndexerConfig(ann=AnnConfig(factory="Flat"), progress=False),
+                            clip_encoder=ColourClip(str(model)), source=CatalogSource(dir=root))
+    check = manifest.models["clip"].check
     assert check["heldout"] is True and check["queries"] == MIN_HELDOUT + 4 and check["pool"] == 60
     assert "held out" in check["how"]
     # Too few held-out items in this catalog: the whole catalog is sampled, and the check says so.
     (model / "training.json").write_text(json.dumps({"heldout_ids": held[:3]}))
-    manifest = build_bundle(items, tmp_path / "b", None, IndexerConfig(ann=AnnConfig(factory="Flat")),
-                            clip_encoder=ColourClip(str(model)), catalog_dir=root, progress=False, force=True)
-    assert manifest["models"]["clip"]["check"]["heldout"] is False
-    assert manifest["models"]["clip"]["check"]["queries"] == 60
+    manifest = build_bundle(items, tmp_path / "b", None, IndexerConfig(ann=AnnConfig(factory="Flat"), progress=False),
+                            clip_encoder=ColourClip(str(model)), source=CatalogSource(dir=root), force=True)
+    assert manifest.models["clip"].check["heldout"] is False
+    assert manifest.models["clip"].check["queries"] == 60
 
 
 def test_a_weak_clip_never_joins_a_text_query_but_serves_photos(weak_path, keyword_encoder):
@@ -193,35 +195,43 @@ def test_a_strong_clip_joins_a_paraphrase(strong_path, keyword_encoder):
     assert trusted and "passes" in why
 
 
+def with_check(manifest: Manifest, check: dict | None) -> Manifest:
+    """The manifest with its CLIP's check replaced (None: a bundle indexed before the check existed)."""
+    return replace(manifest, models={**manifest.models, "clip": replace(manifest.models["clip"], check=check)})
+
+
 def test_bundles_without_a_check_keep_the_old_behaviour(weak_path, keyword_encoder):
     """An older bundle (no check) lets CLIP text join as before; a check that could not be measured does not pass."""
     searcher = open_searcher(weak_path, keyword_encoder, shift=1)
-    del searcher.bundle.manifest["models"]["clip"]["check"]
+    manifest = searcher.bundle.manifest
+    searcher.bundle.manifest = with_check(manifest, None)
     result = searcher.search(SearchRequest(text="azure purse", k=5))
     assert result.dropped == {} and any("clip_text" in h.scores_by_source for h in result.hits)
-    searcher.bundle.manifest["models"]["clip"]["check"] = {"text_to_image_recall@10": None, "queries": 0,
-                                                          "how": "not measured: no item has both a photo and text"}
+    searcher.bundle.manifest = with_check(manifest, {"text_to_image_recall@10": None, "queries": 0,
+                                                     "how": "not measured: no item has both a photo and text"})
     result = searcher.search(SearchRequest(text="azure purse", k=5))
     assert "not measured" in result.dropped["clip_text"]
 
 
 def test_clip_text_trust_is_chance_corrected():
-    check = lambda r, c: {"models": {"clip": {"check": {"text_to_image_recall@10": r, "chance": c, "queries": 50}}}}  # noqa: E731
+    check = lambda r, c: Manifest.from_dict({"models": {"clip": {"name": "c", "dim": 2, "kind": "open_clip", "check": {  # noqa: E731
+        "text_to_image_recall@10": r, "chance": c, "queries": 50}}}})
     assert clip_text_trust(check(0.25, 0.01), 0.2)[0]
     assert not clip_text_trust(check(0.18, 0.01), 0.2)[0]
     # In a 20-photo catalog half the photos are in any top 10: recall 0.55 is barely above chance.
     assert not clip_text_trust(check(0.55, 0.5), 0.2)[0]
     assert clip_text_trust(check(0.7, 0.5), 0.2)[0]
-    assert not clip_text_trust({"models": {}}, 0.2)[0]
+    assert not clip_text_trust(Manifest.from_dict({"models": {}}), 0.2)[0]
     with pytest.raises(ValueError, match="search.clip_text_min_recall"):
         SearchConfig.from_dict({"clip_text_min_recall": 1.5})
 
 
 def test_the_explanation_over_grpc_says_why_clip_text_was_left_out(weak_path, keyword_encoder):
-    from vitrine.server.app import create_server
+    from vitrine.server.app import create_server, single
+    from vitrine.serving.assemble import Served
     from vitrine.server.client import VitrineClient
 
-    served = create_server(open_searcher(weak_path, keyword_encoder, shift=1), "127.0.0.1:0")
+    served = create_server(single(Served(open_searcher(weak_path, keyword_encoder, shift=1))), "127.0.0.1:0")
     try:
         with VitrineClient(f"127.0.0.1:{served.port}") as client:
             hits = client.search("azure purse", k=3, explain=True).hits

@@ -6,7 +6,8 @@ import pytest
 
 from vitrine.indexer.ann import AnnConfig
 from vitrine.indexer.bundle import IndexerConfig, build_bundle
-from vitrine.ranking.assemble import ModelPool, open_searcher, retire
+from vitrine.serving.assemble import open_served
+from vitrine.serving.pool import ModelPool
 from tests.conftest import make_items
 
 
@@ -41,7 +42,7 @@ def adapter_bundles(adapters, tmp_path_factory) -> list[str]:
     for n, adapter in enumerate(adapters):
         path = tmp_path_factory.mktemp("bundles") / f"lora{n}"
         build_bundle(make_items(), path, SentenceTransformerEncoder(adapter, device="cpu"),
-                     IndexerConfig(ann=AnnConfig(factory="Flat"), onnx=False), progress=False)
+                     IndexerConfig(ann=AnnConfig(factory="Flat"), onnx=False, progress=False))
         out.append(str(path))
     return out
 
@@ -50,8 +51,9 @@ def test_adapters_share_the_base_weights_and_encode_like_their_own_model(adapter
     from vitrine.encoders.text import SentenceTransformerEncoder
 
     pool = ModelPool()
-    a, b = (open_searcher(path, pool=pool) for path in adapter_bundles)
-    assert a.backends["text"] == b.backends["text"] == "torch+lora"
+    served_a, served_b = (open_served(path, pool=pool) for path in adapter_bundles)
+    assert served_a.backends["text"] == served_b.backends["text"] == "torch+lora"
+    a, b = served_a.searcher, served_b.searcher
     stats = {m["model"]: m for m in pool.stats()}
     base = [m for name, m in stats.items() if name.startswith("text base")]
     lora = [m for name, m in stats.items() if name.startswith("text adapter")]
@@ -63,9 +65,9 @@ def test_adapters_share_the_base_weights_and_encode_like_their_own_model(adapter
     ea, eb = a.text_encoder.encode_texts(texts), b.text_encoder.encode_texts(texts)
     assert not np.allclose(ea, eb, atol=1e-3)                            # each tenant its own adapter
     np.testing.assert_allclose(ea, SentenceTransformerEncoder(adapters[0], device="cpu").encode_texts(texts), atol=1e-5)
-    retire(a)
+    served_a.retire()
     assert [m["users"] for m in pool.stats() if m["model"].startswith("text base")] == [1]
-    retire(b)
+    served_b.retire()
     assert pool.stats() == []
 
 
@@ -76,13 +78,13 @@ def test_bundles_of_one_model_share_it_unless_sharing_is_off(small_bundle_path, 
     for n in range(2):
         paths.append(str(tmp_path / f"b{n}"))
         build_bundle(make_items()[n * 4:(n + 1) * 4], paths[-1], SentenceTransformerEncoder(tiny_st, device="cpu"),
-                     IndexerConfig(ann=AnnConfig(factory="Flat"), onnx=False), progress=False)
+                     IndexerConfig(ann=AnnConfig(factory="Flat"), onnx=False, progress=False))
     pool = ModelPool()
-    s1, s2 = (open_searcher(p, pool=pool) for p in paths)
-    assert s1.text_encoder is s2.text_encoder and [m["users"] for m in pool.stats()] == [2]
+    s1, s2 = (open_served(p, pool=pool) for p in paths)
+    assert s1.searcher.text_encoder is s2.searcher.text_encoder and [m["users"] for m in pool.stats()] == [2]
     private = ModelPool(share=False)
-    p1, p2 = (open_searcher(p, pool=private) for p in paths)
-    assert p1.text_encoder is not p2.text_encoder and len(private.stats()) == 2
+    p1, p2 = (open_served(p, pool=private) for p in paths)
+    assert p1.searcher.text_encoder is not p2.searcher.text_encoder and len(private.stats()) == 2
     for s in (s1, s2, p1, p2):
-        retire(s)
+        s.retire()
     assert pool.stats() == private.stats() == []

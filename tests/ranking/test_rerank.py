@@ -116,17 +116,14 @@ def test_reranker_generated_queries_only_train(tiny_cross_encoder_dir, tmp_path)
 
 
 def test_generated_reranker_queries_come_from_the_catalog():
-    import argparse
-
-    from vitrine.cli.rank import _generated_queries
     from vitrine.indexer.catalog import Item
+    from vitrine.trainer.text_pairs import generated_queries
 
     items = [Item(id=str(i), title=f"Red Shirt {i}", attributes={"color": "Red", "article_type": "Shirts"}) for i in range(5)]
-    args = argparse.Namespace(generators="attributes,title", max_generated=7)
-    got = _generated_queries(args, items, seed=0)
-    assert got == _generated_queries(args, items, seed=0) and len(got) == 7
+    got = generated_queries(items, ["attributes", "title"], 7, seed=0)
+    assert got == generated_queries(items, ["attributes", "title"], 7, seed=0) and len(got) == 7
     assert all(text and item_id in {it.id for it in items} for text, item_id in got.values())
-    assert _generated_queries(argparse.Namespace(generators=None, max_generated=7), items, seed=0) == {}
+    assert generated_queries(items, [], 7, seed=0) == {}
 
 
 def test_reranker_scores_are_cached_and_batched_consistently(tiny_cross_encoder_dir):

@@ -7,7 +7,8 @@ import grpc
 import pytest
 
 from vitrine.ranking.pipeline import Searcher
-from vitrine.server.app import create_server
+from vitrine.server.app import create_server, single
+from vitrine.serving.assemble import Served
 from vitrine.server.client import CatalogClient, VitrineClient
 from vitrine.server.query_log import LogConfig, QueryLog
 
@@ -15,7 +16,7 @@ from vitrine.server.query_log import LogConfig, QueryLog
 @pytest.fixture()
 def read_only_target(small_bundle, keyword_encoder):
     """A server over the small bundle with no live index (`serve --read-only`) and the default [logs]: no click log."""
-    served = create_server(Searcher(small_bundle, keyword_encoder), "127.0.0.1:0")
+    served = create_server(single(Served(Searcher(small_bundle, keyword_encoder))), "127.0.0.1:0")
     yield f"127.0.0.1:{served.port}"
     served.stop(0)
 
@@ -35,7 +36,7 @@ def test_feedback_without_a_click_log_says_how_to_enable_it(read_only_target):
 def test_feedback_with_a_click_log_writes_it_and_unknown_ids_are_not_found(tmp_path, small_bundle, keyword_encoder):
     clicks = tmp_path / "logs" / "clicks.jsonl"
     query_log = QueryLog(LogConfig(click_log=str(clicks)))
-    served = create_server(Searcher(small_bundle, keyword_encoder), "127.0.0.1:0", query_log=query_log)
+    served = create_server(single(Served(Searcher(small_bundle, keyword_encoder)), query_log=query_log), "127.0.0.1:0")
     try:
         with VitrineClient(f"127.0.0.1:{served.port}") as client:
             result = client.search("red shirt", k=3)
@@ -64,7 +65,7 @@ def test_get_works_on_a_read_only_server_and_writes_stay_refused(read_only_targe
 
 
 def test_get_while_loading_is_unavailable():
-    served = create_server(None, "127.0.0.1:0")
+    served = create_server(single(None), "127.0.0.1:0")
     try:
         with CatalogClient(f"127.0.0.1:{served.port}") as catalog, pytest.raises(grpc.RpcError) as err:
             catalog.get(["1"])

@@ -14,7 +14,8 @@ from vitrine.indexer.bundle import Bundle
 from vitrine.indexer.live import LiveIndex
 from vitrine.proto import search_pb2, search_pb2_grpc
 from vitrine.ranking.pipeline import Searcher
-from vitrine.server.app import create_server
+from vitrine.server.app import create_server, single
+from vitrine.serving.assemble import Served
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from fuzz import expected_item_status, fuzz  # noqa: E402
@@ -27,7 +28,7 @@ def target(small_bundle_path, keyword_encoder, tmp_path_factory):
     bundle = Bundle(path)
     live = LiveIndex(bundle, keyword_encoder)
     live.start()
-    served = create_server(Searcher(bundle, keyword_encoder), "127.0.0.1:0", live=live)
+    served = create_server(single(Served(Searcher(bundle, keyword_encoder)), live), "127.0.0.1:0")
     server, port = served.server, served.port
     yield f"127.0.0.1:{port}"
     server.stop(0)

@@ -1,6 +1,8 @@
 """A real server on port 0 with a real channel, over a bundle built with the keyword encoder."""
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 
 import grpc
@@ -10,13 +12,14 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from vitrine.proto import search_pb2, search_pb2_grpc
 from vitrine.ranking.pipeline import Searcher
-from vitrine.server.app import create_server
-from vitrine.server.client import VitrineClient
+from vitrine.server.app import create_server, single
+from vitrine.serving.assemble import Served
+from vitrine.server.client import Query, VitrineClient
 
 
 @pytest.fixture()
 def served(small_bundle, keyword_encoder):
-    served = create_server(Searcher(small_bundle, keyword_encoder), "127.0.0.1:0")
+    served = create_server(single(Served(Searcher(small_bundle, keyword_encoder))), "127.0.0.1:0")
     server, port = served.server, served.port
     yield f"127.0.0.1:{port}", served.search
     server.stop(0)
@@ -73,6 +76,17 @@ def test_raw_proto_with_unknown_fusion_enum_is_rejected(served):
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "fusion" in err.value.details()
         info = stub.Info(search_pb2.InfoRequest())
         assert json.loads(info.manifest_json)["counts"]["items"] == 8
+
+
+def test_the_client_keywords_are_the_query_fields_and_optional_ones_are_sent_only_when_given():
+    # search(text, image, *, keywords) passes them positionally: the same fields, in the same order, as Query
+    assert list(inspect.signature(VitrineClient.search).parameters)[1:] == [f.name for f in dataclasses.fields(Query)]
+    req = Query("red", k=3, price_max=50.0, rerank_depth=0, fusion="rrf").to_proto()
+    assert (req.text, req.k, req.price.max, req.rerank_depth, req.fusion) == ("red", 3, 50.0, 0, search_pb2.FUSION_RRF)
+    assert not req.price.HasField("min") and not req.HasField("composed_text_weight")
+    assert not Query("red").to_proto().HasField("rerank_depth")
+    with pytest.raises(ValueError, match="fusion must be one of"):
+        Query("red", fusion="best")
 
 
 def test_health_and_reflection(served):

@@ -11,10 +11,11 @@ from PIL import Image
 from tests.trainer.test_clip_trainer import TINY_CFG
 from vitrine.encoders.clip import ClipEncoder
 from vitrine.indexer.ann import AnnConfig
-from vitrine.indexer.bundle import Bundle, IndexerConfig, build_bundle
+from vitrine.indexer.bundle import Bundle, CatalogSource, IndexerConfig, build_bundle
 from vitrine.indexer.catalog import Item
 from vitrine.ranking.pipeline import SearchConfig, Searcher, SearchRequest
-from vitrine.server.app import create_server
+from vitrine.server.app import create_server, single
+from vitrine.serving.assemble import Served
 from vitrine.server.client import VitrineClient
 from vitrine.trainer.clip import ClipTrainConfig, ClipTrainer, load_pairs
 
@@ -64,9 +65,9 @@ def served(catalog, keyword_encoder, tmp_path_factory):
     trainer.fit(load_pairs(items, root, 16, progress=False), progress=False)
     clip = ClipEncoder(str(model_dir), device="cpu")
     out = tmp_path_factory.mktemp("b") / "bundle"
-    manifest = build_bundle(items, out, keyword_encoder, IndexerConfig(ann=AnnConfig(factory="Flat")),
-                            clip_encoder=clip, catalog_dir=root, progress=False)
-    served = create_server(Searcher(Bundle(out), keyword_encoder, clip_encoder=clip), "127.0.0.1:0")
+    manifest = build_bundle(items, out, keyword_encoder, IndexerConfig(ann=AnnConfig(factory="Flat"), progress=False),
+                            clip_encoder=clip, source=CatalogSource(dir=root))
+    served = create_server(single(Served(Searcher(Bundle(out), keyword_encoder, clip_encoder=clip))), "127.0.0.1:0")
     server, port = served.server, served.port
     yield f"127.0.0.1:{port}", manifest, items, out, clip, keyword_encoder
     server.stop(0)
@@ -74,10 +75,10 @@ def served(catalog, keyword_encoder, tmp_path_factory):
 
 def test_manifest_records_clip_and_broken_images(served):
     _, manifest, *_ = served
-    assert manifest["models"]["clip"]["dim"] == 32
-    assert manifest["counts"]["images"] == 48 and manifest["counts"]["broken_images"] == 1
-    assert manifest["broken_images"][0]["id"] == "broken"
-    assert manifest["vectors"]["clip_image"]["count"] == 50  # 48 images + 2 text-only stand-ins
+    assert manifest.models["clip"].dim == 32
+    assert manifest.counts.images == 48 and manifest.counts.broken_images == 1
+    assert manifest.broken_images[0].id == "broken"
+    assert manifest.vectors["clip_image"].count == 50  # 48 images + 2 text-only stand-ins
 
 
 def test_image_query_finds_same_colour_and_kind(served):

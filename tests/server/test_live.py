@@ -16,7 +16,8 @@ from vitrine.indexer.catalog import Item
 from vitrine.indexer.live import LiveConfig, LiveIndex, Wal, bm25_docnos, vector_ids
 from vitrine.proto import search_pb2
 from vitrine.ranking.pipeline import Searcher, SearchRequest
-from vitrine.server.app import create_server
+from vitrine.serving.assemble import Served
+from vitrine.server.app import ServerOptions, create_server, single
 from vitrine.server.catalog_service import CatalogConfig
 from vitrine.server.client import CatalogClient, VitrineClient
 from vitrine.server.status import Metrics
@@ -164,7 +165,7 @@ def test_snapshot_is_a_servable_copy(live, keyword_encoder, tmp_path):
     live.upsert([Item(id="9", title="Green Bag", price=15.0)])
     live.delete(["1"])
     manifest = live.snapshot(tmp_path / "snap")
-    assert manifest["counts"]["items"] == 8 and manifest["snapshot_of"] == live.bundle.version
+    assert manifest.counts.items == 8 and manifest.snapshot_of == live.bundle.version
     with pytest.raises(FileExistsError):
         live.snapshot(tmp_path / "snap")
     snap = Bundle(tmp_path / "snap")
@@ -183,8 +184,8 @@ def test_snapshot_is_a_servable_copy(live, keyword_encoder, tmp_path):
 @pytest.fixture()
 def served(live, keyword_encoder):
     metrics = Metrics()
-    served = create_server(Searcher(live.bundle, keyword_encoder), "127.0.0.1:0", live=live,
-                                              catalog=CatalogConfig(auth_token=TOKEN), metrics=metrics)
+    served = create_server(single(Served(Searcher(live.bundle, keyword_encoder)), live, catalog=CatalogConfig(auth_token=TOKEN)),
+                           "127.0.0.1:0", ServerOptions(metrics=metrics))
     server, port = served.server, served.port
     live.start()
     yield f"127.0.0.1:{port}", metrics
@@ -268,7 +269,7 @@ def test_metrics_report_rpcs_stages_and_wal(served):
 
 
 def test_health_is_not_serving_until_the_bundle_is_attached(bundle_copy, keyword_encoder):
-    served = create_server(None, "127.0.0.1:0")
+    served = create_server(single(None), "127.0.0.1:0")
     server, port = served.server, served.port
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -279,7 +280,7 @@ def test_health_is_not_serving_until_the_bundle_is_attached(bundle_copy, keyword
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
             bundle = Bundle(bundle_copy)
             live = LiveIndex(bundle, keyword_encoder)
-            served.attach(Searcher(bundle, keyword_encoder), live)
+            served.attach(Served(Searcher(bundle, keyword_encoder)), live)
             assert check(health_pb2.HealthCheckRequest(service="vitrine.v1.Catalog")).status == health_pb2.HealthCheckResponse.SERVING
             assert VitrineClient(f"127.0.0.1:{port}").search("red").hits
             live.close()

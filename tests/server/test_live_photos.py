@@ -20,13 +20,14 @@ from tests.server.test_images_e2e import draw, png
 from tests.trainer.test_clip_trainer import TINY_CFG
 from vitrine.encoders.clip import ClipEncoder
 from vitrine.indexer.ann import AnnConfig
-from vitrine.indexer.bundle import Bundle, IndexerConfig, build_bundle
+from vitrine.indexer.bundle import Bundle, CatalogSource, IndexerConfig, build_bundle
 from vitrine.indexer.catalog import Item
 from vitrine.indexer.live import BUNDLE_PHOTO, LiveConfig, LiveIndex
 from vitrine.indexer.lock import BundleLocked
 from vitrine.proto import search_pb2
 from vitrine.ranking.pipeline import Searcher, SearchRequest
-from vitrine.server.app import create_server
+from vitrine.server.app import create_server, single
+from vitrine.serving.assemble import Served
 from vitrine.server.client import CatalogClient
 from vitrine.trainer.clip import ClipTrainConfig, ClipTrainer, load_pairs
 
@@ -48,8 +49,8 @@ def clip_bundle(tmp_path_factory, keyword_encoder):
         load_pairs(items, root, 16, progress=False), progress=False)
     clip = ClipEncoder(str(model_dir), device="cpu")
     out = tmp_path_factory.mktemp("photo-bundle") / "bundle"
-    build_bundle(items, out, keyword_encoder, IndexerConfig(ann=AnnConfig(factory="Flat"), onnx=False),
-                 clip_encoder=clip, catalog_dir=root, catalog_path=str(root / "catalog.jsonl"), progress=False)
+    build_bundle(items, out, keyword_encoder, IndexerConfig(ann=AnnConfig(factory="Flat"), onnx=False, progress=False),
+                 clip_encoder=clip, source=CatalogSource(dir=root, path=str(root / "catalog.jsonl")))
     return out, clip, root
 
 
@@ -158,7 +159,7 @@ def served(bundle_path, clip_bundle, keyword_encoder):
     bundle = Bundle(bundle_path)
     live = LiveIndex(bundle, keyword_encoder, LiveConfig(commit_interval_s=0.05), clip)
     live.start()
-    served = create_server(Searcher(bundle, keyword_encoder, clip_encoder=clip), "127.0.0.1:0", live=live)
+    served = create_server(single(Served(Searcher(bundle, keyword_encoder, clip_encoder=clip)), live), "127.0.0.1:0")
     yield f"127.0.0.1:{served.port}", bundle, clip
     served.server.stop(0)
     live.close()
@@ -202,7 +203,7 @@ def _wait_listening(proc: subprocess.Popen, timeout_s: float = 120) -> str:
 
 def test_a_second_writable_server_on_one_bundle_refuses_to_start_and_read_only_ones_share_it(tmp_path):
     bundle = str(tmp_path / "b")
-    build_bundle(make_items(), bundle, None, IndexerConfig(onnx=False), progress=False)  # BM25 only: a fast start
+    build_bundle(make_items(), bundle, None, IndexerConfig(onnx=False, progress=False))  # BM25 only: a fast start
     first = _serve(bundle)
     try:
         target = _wait_listening(first)
@@ -306,8 +307,9 @@ def test_export_gives_a_catalog_whose_reindex_finds_live_photos(bundle_path, cli
     items, errors = read_catalog(tmp_path / "cat.jsonl")
     assert errors == []
     assert len(items) == 25 and all(Path(it.image).is_file() for it in items if it.image)
-    build_bundle(items, tmp_path / "re", keyword_encoder, IndexerConfig(ann=AnnConfig(factory="Flat"), onnx=False),
-                 clip_encoder=clip, catalog_dir=tmp_path, progress=False)
+    build_bundle(items, tmp_path / "re", keyword_encoder,
+                 IndexerConfig(ann=AnnConfig(factory="Flat"), onnx=False, progress=False), clip_encoder=clip,
+                 source=CatalogSource(dir=tmp_path))
     again = Bundle(tmp_path / "re")
     try:
         assert photo_hits(again, clip, keyword_encoder, photo)[0] == "exp"
@@ -374,6 +376,6 @@ def test_index_force_refuses_a_bundle_whose_wal_holds_writes_and_photo_reads_ref
     shutil.copytree(small_bundle_path, path)
     (path / "wal.log").write_bytes(b"VW\x01\x00\x00\x00\x00\x00\x00\x00{")
     with pytest.raises(FileExistsError, match="acknowledged writes in its WAL"):
-        build_bundle(make_items(), path, None, IndexerConfig(onnx=False), progress=False, force=True)
+        build_bundle(make_items(), path, None, IndexerConfig(onnx=False, progress=False), force=True)
     with pytest.raises(ValueError, match="not a regular file"):
         read_image_bytes("/dev/zero")

@@ -18,11 +18,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import make_items
-from vitrine.cli.demo import start_server
-from vitrine.cli.retrain import point_current
 from vitrine.indexer.ann import AnnConfig
 from vitrine.indexer.bundle import IndexerConfig, build_bundle
 from vitrine.indexer.catalog import Item
+from vitrine.serving.tenancy import point_current
 from vitrine.server.client import ROUND_ROBIN, VitrineClient
 
 TIMEOUT_S = 45.0  # every wait below polls up to this; a loaded 2-core CI box needs the margin, a quiet one seconds
@@ -95,21 +94,20 @@ def bundles(tmp_path_factory, tiny_st) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("shared-volume")
     encoder = SentenceTransformerEncoder(tiny_st, device="cpu")
-    config = IndexerConfig(ann=AnnConfig(factory="Flat"), onnx=False)
+    config = IndexerConfig(ann=AnnConfig(factory="Flat"), onnx=False, progress=False)
     items = make_items()
-    build_bundle(items, root / "v1", encoder, config, progress=False)
-    build_bundle([*items, Item(id="9", title="Green Bag", category="Accessories > Bags")], root / "v2", encoder, config,
-                 progress=False)
+    build_bundle(items, root / "v1", encoder, config)
+    build_bundle([*items, Item(id="9", title="Green Bag", category="Accessories > Bags")], root / "v2", encoder, config)
     point_current(root / "current", root / "v1")
     return {"v1": root / "v1", "v2": root / "v2", "current": root / "current"}
 
 
 @pytest.fixture(scope="module")
-def replicas(bundles) -> Iterator[list[Replica]]:
+def replicas(bundles, serve_process) -> Iterator[list[Replica]]:
     ports = [free_port(), free_port()]
 
     def start(metrics_port: int) -> Replica:
-        proc, target = start_server(bundles["current"], ["--read-only", "--watch", "0.2", "--metrics-port", str(metrics_port)],
+        proc, target = serve_process(bundles["current"], ["--read-only", "--watch", "0.2", "--metrics-port", str(metrics_port)],
                                     timeout_s=120)
         return Replica(proc, target, metrics_port)
 
@@ -199,11 +197,11 @@ def test_searches_keep_succeeding_while_a_replica_drains(replicas):
     assert replicas[0].proc.poll() is None
 
 
-def test_a_kill_9_fails_no_search(replicas, bundles):
+def test_a_kill_9_fails_no_search(replicas, bundles, serve_process):
     """Without a drain, the search in flight on the killed process fails with UNAVAILABLE; ROUND_ROBIN retries it on
     the survivor, and later ones go there directly."""
     survivor = replicas[0]
-    victim, victim_target = start_server(bundles["current"], ["--read-only"], timeout_s=120)
+    victim, victim_target = serve_process(bundles["current"], ["--read-only"], timeout_s=120)
     try:
         before = survivor.searches_answered()
         with VitrineClient(f"ipv4:{survivor.target},{victim_target}", timeout_s=20.0, options=ROUND_ROBIN) as client:

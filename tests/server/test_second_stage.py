@@ -16,7 +16,8 @@ from vitrine.ranking.features import FEATURES, features_from_dict
 from vitrine.ranking.ltr import LtrRanker, LtrRows, LtrTrainConfig, train_ranker
 from vitrine.ranking.pipeline import Searcher
 from vitrine.ranking.rerank import CrossEncoderReranker, RerankConfig
-from vitrine.server.app import create_server
+from vitrine.server.app import create_server, single
+from vitrine.serving.assemble import Served
 from vitrine.server.client import VitrineClient
 from vitrine.server.query_log import LogConfig, QueryLog
 from vitrine.trainer.ranker import collect_features, label_with_qrels
@@ -50,12 +51,12 @@ def served(tmp_path, small_bundle_path, keyword_encoder, second_stage):
     logs = LogConfig(feature_log=str(tmp_path / "features.jsonl"), click_log=str(tmp_path / "clicks.jsonl"))
     opened = []
 
-    def loader(path: str, _reranker: str | None, _ranker: str | None) -> Searcher:
+    def loader(path: str, _reranker: str | None, _ranker: str | None) -> Served:
         opened.append(Bundle(path))
-        return Searcher(opened[-1], keyword_encoder, reranker=reranker, ranker=ranker, rerank=reranker.config)
+        return Served(Searcher(opened[-1], keyword_encoder, reranker=reranker, ranker=ranker, rerank=reranker.config))
 
     searcher = loader(small_bundle_path, None, None)
-    served = create_server(searcher, "127.0.0.1:0", query_log=QueryLog(logs), loader=loader)
+    served = create_server(single(searcher, query_log=QueryLog(logs), loader=loader), "127.0.0.1:0")
     server, port = served.server, served.port
     yield f"127.0.0.1:{port}", served.search, tmp_path
     server.stop(0)

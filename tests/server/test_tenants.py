@@ -14,14 +14,14 @@ from pathlib import Path
 import grpc
 import pytest
 
-from vitrine.cli.serve import tenant_opener
 from vitrine.indexer.ann import AnnConfig
 from vitrine.indexer.bundle import IndexerConfig, build_bundle
 from vitrine.indexer.catalog import Item
 from vitrine.proto import search_pb2, search_pb2_grpc
-from vitrine.ranking.assemble import ModelPool
-from vitrine.server.admin import TenantManager
-from vitrine.server.app import create_server
+from vitrine.serving.pool import ModelPool
+from vitrine.server.admin import TenantManager, tenant_opener
+from vitrine.serving.assemble import Served
+from vitrine.server.app import ServerOptions, create_server, single
 from vitrine.server.auth import KeyStore, channel_credentials, create_key, server_credentials
 from vitrine.server.client import TENANT_HEADER, CatalogClient, VitrineClient
 from vitrine.server.tenants import Tenants
@@ -79,7 +79,7 @@ def shop_bundles(tmp_path_factory, tiny_st) -> dict[str, Path]:
     out = {}
     for shop in SHOPS:
         out[shop] = root / shop
-        build_bundle(shop_items(shop), out[shop], encoder, IndexerConfig(ann=AnnConfig(factory="Flat")), progress=False)
+        build_bundle(shop_items(shop), out[shop], encoder, IndexerConfig(ann=AnnConfig(factory="Flat"), progress=False))
     return out
 
 
@@ -99,7 +99,7 @@ def platform(tmp_path, shop_bundles):
     tenants = Tenants()
     manager = TenantManager(root, tenants, tenant_opener({}, pool, read_only=False), close_after_s=0.1)
     manager.load_all()
-    served = create_server(None, "127.0.0.1:0", tenants=tenants, manager=manager, keys=KeyStore.load(keys_file))
+    served = create_server(tenants, "127.0.0.1:0", ServerOptions(manager=manager, keys=KeyStore.load(keys_file)))
     yield {"target": f"127.0.0.1:{served.port}", "keys": keys, "root": root, "pool": pool, "served": served,
            "keys_file": keys_file}
     served.stop(0)
@@ -308,7 +308,8 @@ def test_tls_on_the_server_port(tmp_path, small_bundle, keyword_encoder):
     from vitrine.ranking.pipeline import Searcher
 
     cert, key = _self_signed(tmp_path)
-    served = create_server(Searcher(small_bundle, keyword_encoder), "localhost:0", credentials=server_credentials(cert, key))
+    served = create_server(single(Served(Searcher(small_bundle, keyword_encoder))), "localhost:0",
+                           ServerOptions(credentials=server_credentials(cert, key)))
     try:
         with VitrineClient(f"localhost:{served.port}", credentials=channel_credentials(cert)) as c:
             assert c.search("red shirt", k=1).hits[0].id == "1"
@@ -332,7 +333,7 @@ def test_interleaving_experiment_credits_clicks_to_teams(tmp_path, shop_bundles,
         f'[experiment]\nname = "ab1"\nkind = "ab"\nreranker = "{tiny_cross_encoder_dir}"\n')
     tenants = Tenants()
     TenantManager(root, tenants, tenant_opener({}, ModelPool(), read_only=True)).load_all()
-    served = create_server(None, "127.0.0.1:0", tenants=tenants)
+    served = create_server(tenants, "127.0.0.1:0")
     try:
         with VitrineClient(f"127.0.0.1:{served.port}", tenant="fashion") as c:
             for n in range(6):
@@ -411,10 +412,10 @@ def test_a_failed_tenant_load_gives_its_models_back(tmp_path, shop_bundles):
     pool = ModelPool()
     tenants = Tenants()
     opener = tenant_opener({}, pool, read_only=True)
-    tenants.add(opener(__import__("vitrine.ranking.tenancy", fromlist=["TenantSpec"]).TenantSpec.read(root / "ok")))
+    tenants.add(opener(__import__("vitrine.serving.tenancy", fromlist=["TenantSpec"]).TenantSpec.read(root / "ok")))
     before = pool.stats()
     with pytest.raises(Exception):
-        opener(__import__("vitrine.ranking.tenancy", fromlist=["TenantSpec"]).TenantSpec.read(root / "broken"))
+        opener(__import__("vitrine.serving.tenancy", fromlist=["TenantSpec"]).TenantSpec.read(root / "broken"))
     assert pool.stats() == before     # the text model it took for a moment is given back
     for t in list(tenants):
         t.close()

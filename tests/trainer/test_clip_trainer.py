@@ -166,17 +166,19 @@ def test_type_runs_put_one_article_type_together_and_keep_every_row():
 def test_indexer_writes_clip_onnx_variants_that_match_torch(toy_shop, base_clip, tmp_path):
     from vitrine.encoders import onnx
     from vitrine.indexer.ann import AnnConfig
-    from vitrine.indexer.bundle import CLIP_VARIANTS, IndexerConfig, build_bundle
+    from vitrine.indexer.bundle import CatalogSource, IndexerConfig, build_bundle
     from vitrine.indexer.catalog import read_catalog
-    from vitrine.ranking.assemble import open_searcher
+    from vitrine.indexer.variants import CLIP_VARIANTS
+    from vitrine.serving.assemble import open_served
+    from vitrine.serving.config import VitrineConfig
     from vitrine.ranking.pipeline import SearchRequest
 
     items, _ = read_catalog(toy_shop["catalog"])
     clip = ClipEncoder(str(base_clip), device="cpu")
-    manifest = build_bundle(items, tmp_path / "b", None, IndexerConfig(ann=AnnConfig(factory="Flat")), clip_encoder=clip,
-                            catalog_dir=toy_shop["root"], progress=False)
+    manifest = build_bundle(items, tmp_path / "b", None, IndexerConfig(ann=AnnConfig(factory="Flat"), progress=False),
+                            clip_encoder=clip, source=CatalogSource(dir=toy_shop["root"]))
     record = onnx.read_record(tmp_path / "b" / CLIP_VARIANTS)
-    assert set(record["variants"]) == {"onnx", "onnx-int8"} and "loss" in manifest["models"]["clip"]["variants"]["onnx"]
+    assert set(record["variants"]) == {"onnx", "onnx-int8"} and "loss" in manifest.models["clip"].variants["onnx"]
     fp32 = ClipEncoder(str(base_clip), device="cpu", variants=tmp_path / "b" / CLIP_VARIANTS, backend="onnx")
     int8 = ClipEncoder(str(base_clip), device="cpu", variants=tmp_path / "b" / CLIP_VARIANTS, backend="onnx-int8")
     texts = ["crimson square", "a blue stripe"]
@@ -187,8 +189,9 @@ def test_indexer_writes_clip_onnx_variants_that_match_torch(toy_shop, base_clip,
     np.testing.assert_allclose(fp32.encode_images(photos), clip.encode_images(photos), atol=1e-4)
     assert (int8.encode_texts(texts) * clip.encode_texts(texts)).sum(axis=1).min() > 0.95
     assert record["variants"]["onnx"]["loss"] == pytest.approx(0.0, abs=0.01)
-    searcher = open_searcher(str(tmp_path / "b"), ann=AnnConfig(factory="Flat"))
-    assert searcher.backends["clip"] == onnx.choose_backend(record, "auto", 0.005)
+    served = open_served(str(tmp_path / "b"), VitrineConfig(index=AnnConfig(factory="Flat")))
+    assert served.backends["clip"] == onnx.choose_backend(record, "auto", 0.005)
+    searcher = served.searcher
     image = (toy_shop["root"] / "images" / f"{toy_shop['ids'][0]}.png").read_bytes()
     assert searcher.search(SearchRequest(image=image, k=3)).hits
 

@@ -8,7 +8,8 @@ from pathlib import Path
 from vitrine.cli.main import main
 from vitrine.indexer.bundle import Bundle
 from vitrine.ranking.pipeline import Searcher
-from vitrine.server.app import create_server
+from vitrine.serving.assemble import Served
+from vitrine.server.app import create_server, single
 from vitrine.server.client import VitrineClient
 
 
@@ -33,9 +34,10 @@ def test_retrain_promotes_indexes_beside_repoints_and_switches_a_running_server(
 
     def loader(path, _r, _l):
         b = Bundle(path)
-        return Searcher(b, None, SearchConfig(), clip_encoder=ClipEncoder(b.manifest["models"]["clip"]["name"], device="cpu"))
+        return Served(Searcher(b, None, SearchConfig(), clip_encoder=ClipEncoder(b.manifest.models["clip"].name,
+                                                                                 device="cpu")))
 
-    served = create_server(loader(str(current.resolve()), None, None), "127.0.0.1:0", loader=loader)
+    served = create_server(single(loader(str(current.resolve()), None, None), loader=loader), "127.0.0.1:0")
     server, port = served.server, served.port
     try:
         before = VitrineClient(f"127.0.0.1:{port}").search("crimson box").bundle_version
@@ -85,14 +87,15 @@ def test_retrain_of_one_tenant_promotes_and_switches_that_tenant_only(toy_shop, 
 
     def loader(path, _r, _l):
         b = Bundle(path)
-        return Searcher(b, None, SearchConfig(), clip_encoder=ClipEncoder(b.manifest["models"]["clip"]["name"], device="cpu"))
+        return Served(Searcher(b, None, SearchConfig(), clip_encoder=ClipEncoder(b.manifest.models["clip"].name,
+                                                                                 device="cpu")))
 
     tenants = []
     for name in ("a", "b"):
         tenant = Tenant(name, ServingState(loader(str(root / name / "bundle"), None, None)))
         tenant.reloader = Reloader(tenant.state, loader)
         tenants.append(tenant)
-    served = create_server(None, "127.0.0.1:0", tenants=Tenants(tenants))
+    served = create_server(Tenants(tenants), "127.0.0.1:0")
     before_b = sorted((p.relative_to(root / "b"), p.stat().st_mtime_ns) for p in (root / "b").rglob("*"))
     try:
         versions = {n: VitrineClient(f"127.0.0.1:{served.port}", tenant=n).search("crimson box").bundle_version for n in "ab"}

@@ -9,6 +9,7 @@ The server, `vitrine retrain --tenant` and `vitrine ab report --tenant` all read
 """
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -102,6 +103,15 @@ def default_bundle(tenant_dir: Path) -> Path:
     """`current` (a pointer retrain re-points) when it exists, else `bundle/`."""
     current = tenant_dir / "current"
     return current if current.exists() or current.is_symlink() else tenant_dir / "bundle"
+
+
+def point_current(link: Path, target: Path) -> None:
+    """Re-points a symlink atomically: a reader sees the old target or the new one, never none."""
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(os.path.relpath(target, link.parent), tmp)
+    os.replace(tmp, link)
 
 
 def list_tenants(root: str | Path) -> list[TenantSpec]:

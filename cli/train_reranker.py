@@ -1,4 +1,4 @@
-"""`vitrine train reranker` and `vitrine train ranker`: harnesses over trainer/reranker.py, trainer/ranker.py and ranking/ltr.py."""
+"""`vitrine train reranker`: fine-tune a cross-encoder on judgments with hard negatives from the first stage (trainer/reranker.py)."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +11,7 @@ from vitrine.cli import ray_train
 
 
 def register(tsub: argparse._SubParsersAction) -> None:
-    """Adds `reranker` and `ranker` to the `vitrine train` group (cli/train.py)."""
+    """Adds this command to the `vitrine train` group (cli/train.py)."""
     p = tsub.add_parser("reranker", help="fine-tune a cross-encoder on judgments, with hard negatives from the first stage")
     p.add_argument("--catalog", required=True)
     p.add_argument("--queries", required=True, help="query JSONL (qid or _id, text)")
@@ -42,77 +42,30 @@ def register(tsub: argparse._SubParsersAction) -> None:
     ray_train.add_ray_arguments(p)
     p.set_defaults(handler=cmd_train_reranker)
 
-    p = tsub.add_parser("ranker", help="train the LightGBM LambdaRank model on second-stage features")
-    p.add_argument("--out", required=True, help="ranker directory to write")
-    p.add_argument("--queries", required=True, help="query JSONL (qid or _id, text)")
-    labels = p.add_mutually_exclusive_group(required=True)
-    labels.add_argument("--qrels", help="graded judgments (BEIR TSV)")
-    labels.add_argument("--clicks", help="click log (JSONL); labels from clicks with position-bias correction")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--bundle", help="compute features in-process with the server's pipeline over this bundle")
-    src.add_argument("--features", help="a feature log the server wrote ([logs] feature_log)")
-    p.add_argument("--reranker", help="cross-encoder directory used for the cross_* features (with --bundle)")
-    p.add_argument("--depth", type=int, default=None, help="candidates per query (default [rerank] depth)")
-    p.add_argument("--include-reranker-queries", action="store_true",
-                   help="also train on queries the cross-encoder trained on (its scores there are over-confident)")
-    p.add_argument("--forbid-qrels", action="append", default=[], metavar="TSV", help="held-out judgments never to train on")
-    p.add_argument("--no-sibling-guard", action="store_true")
-    p.add_argument("--config", help="vitrine.toml")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(handler=cmd_train_ranker)
-
-
-def forbidden_qids(qrels_path: str | None, forbid: list[str], siblings: bool) -> dict[str, str]:
-    """qid -> source file for every judgment set that must stay unseen: --forbid-qrels, plus --qrels's siblings."""
-    from vitrine.ranking.metrics import load_qrels
-
-    paths = [Path(f) for f in forbid]
-    if siblings and qrels_path:
-        own = Path(qrels_path).resolve()
-        paths += [p for p in sorted(own.parent.glob("*.tsv")) if p.resolve() != own]
-    out: dict[str, str] = {}
-    for p in paths:
-        for qid in load_qrels(p):
-            out.setdefault(qid, str(p))
-    return out
-
 
 def _mining_bundle(args: argparse.Namespace, config, items, tmp: Path):  # -> Searcher
-    from vitrine.cli.config import searcher_for
+    from vitrine.serving.assemble import open_served
     from vitrine.encoders.text import SentenceTransformerEncoder
     from vitrine.indexer.bundle import IndexerConfig, build_bundle
 
     if args.bundle:
-        return searcher_for(args.bundle, config)
+        return open_served(args.bundle, config).searcher
     out = tmp / "mining-bundle"
     print(f"indexing {len(items)} items into a temporary bundle to mine negatives (pass --bundle to reuse one)", file=sys.stderr)
     encoder = SentenceTransformerEncoder(config.encoders.text_model, device=config.encoders.device)
-    build_bundle(items, out, encoder, IndexerConfig(batch_size=config.encoders.batch_size, ann=config.index, bm25=config.bm25),
-                 progress=not args.quiet)
-    return searcher_for(str(out), config)
-
-
-def _generated_queries(args: argparse.Namespace, items: list, seed: int) -> dict[str, tuple[str, str]]:
-    """Pseudo-query id -> (text, the item it was generated from), seeded; at most --max-generated of them."""
-    import random
-
-    from vitrine.trainer.text_pairs import generate_pairs
-
-    if not args.generators:
-        return {}
-    pairs = generate_pairs(items, args.generators.split(","), 1, seed)
-    random.Random(seed).shuffle(pairs)
-    return {f"gen-{n}": (p.anchor, p.item_id) for n, p in enumerate(pairs[:args.max_generated])}
+    build_bundle(items, out, encoder, IndexerConfig(batch_size=config.encoders.batch_size, ann=config.index, bm25=config.bm25,
+                                                    progress=not args.quiet))
+    return open_served(str(out), config).searcher
 
 
 def cmd_train_reranker(args: argparse.Namespace) -> int:
-    from vitrine.cli.config import load_config
+    from vitrine.serving.config import load_config
     from vitrine.indexer.bundle import item_text
     from vitrine.indexer.catalog import read_catalog
     from vitrine.ranking.metrics import load_qrels, load_queries
     from vitrine.ranking.pipeline import SearchRequest
-    from vitrine.trainer.reranker import RerankerTask, RerankerTrainConfig, check_disjoint, train_reranker
+    from vitrine.trainer.reranker import RerankerTask, RerankerTrainConfig, check_disjoint, forbidden_qids, train_reranker
+    from vitrine.trainer.text_pairs import generated_queries
 
     ray = ray_train.ray_options(args, "train reranker")
     overrides = {k: v for k, v in {
@@ -137,7 +90,8 @@ def cmd_train_reranker(args: argparse.Namespace) -> int:
     train_qids = kept
     items, _ = read_catalog(args.catalog, skip_invalid=True)
     docs = {it.id: item_text(it) for it in items}
-    generated = _generated_queries(args, items, tconfig.seed)
+    generated = generated_queries(items, args.generators.split(",") if args.generators else [], args.max_generated,
+                                  tconfig.seed)
     texts.update({q: text for q, (text, _) in generated.items()})
     qrels = {**qrels, **{q: {item_id: 1} for q, (_, item_id) in generated.items()}}
     train_qids += list(generated)
@@ -164,59 +118,4 @@ def cmd_train_reranker(args: argparse.Namespace) -> int:
                                                  **train}, ray, Path(args.out), log=log)
     print(json.dumps({"out": args.out, "best_epoch": summary["best_epoch"], "heldout": summary["heldout"],
                       "seconds": summary["seconds"]} | ray_train.summary_fields(ray)))
-    return 0
-
-
-def cmd_train_ranker(args: argparse.Namespace) -> int:
-    from vitrine.cli.config import load_config
-    from vitrine.ranking.ltr import LtrRows, LtrTrainConfig, train_ranker
-    from vitrine.ranking.metrics import load_qrels, load_queries
-    from vitrine.trainer.ranker import collect_features, label_with_clicks, label_with_qrels, read_feature_log, reranker_seen_qids
-    from vitrine.trainer.reranker import check_disjoint
-
-    config = load_config(args.config)
-    queries = load_queries(args.queries)
-    texts = {q["qid"]: q.get("text", "") for q in queries}
-    click_table = None
-    if args.clicks:
-        from vitrine.trainer.ranker import click_label_table
-
-        click_table, queries = click_label_table(args.clicks, queries)
-        labelled = set(click_table)
-    else:
-        qrels = load_qrels(args.qrels)
-        labelled = set(qrels)
-    seen = set() if args.include_reranker_queries else reranker_seen_qids(args.reranker)
-    use = [q for q in queries if q["qid"] in labelled and q["qid"] not in seen and q.get("text")]
-    if seen:
-        print(f"leaving out {len(labelled & seen)} queries the cross-encoder trained on; {len(use)} remain", file=sys.stderr)
-    kept = set(check_disjoint([q["qid"] for q in use], forbidden_qids(args.qrels, args.forbid_qrels, not args.no_sibling_guard), texts))
-    if len(kept) < len(use):
-        print(f"dropped {len(use) - len(kept)} queries whose text equals a held-out query's", file=sys.stderr)
-    use = [q for q in use if q["qid"] in kept]
-    depth = args.depth or config.rerank.depth
-    if args.features:
-        wanted = {" ".join(q["text"].split()): q["qid"] for q in use}
-        groups, skipped = read_feature_log(args.features, wanted)
-        print(f"read {len(groups)} queries from {args.features} ({skipped} lines for other queries)", file=sys.stderr)
-    else:
-        from vitrine.cli.config import searcher_for
-
-        searcher = searcher_for(args.bundle, config, reranker=args.reranker)
-        try:
-            groups = list(collect_features(searcher, use, depth, progress=not args.quiet))
-        finally:
-            searcher.bundle.close()
-    meta = {"reranker": args.reranker, "bundle": args.bundle, "features_log": args.features, "depth": depth,
-            "labels": "clicks" if args.clicks else "qrels", "train_qids": sorted({g.qid for g in groups})}
-    if click_table is not None:
-        X, y, qids, positions = label_with_clicks(groups, click_table)
-        ltr_config = LtrTrainConfig(seed=args.seed, position_bias_regularization=0.0)
-    else:
-        X, y, qids = label_with_qrels(groups, qrels)
-        positions, ltr_config = None, LtrTrainConfig(seed=args.seed)
-    summary = train_ranker(LtrRows(X, y, qids, positions), Path(args.out), ltr_config, extra_meta=meta,
-                           log=lambda m: print(m, file=sys.stderr))
-    print(json.dumps({"out": args.out, "best_iteration": summary["best_iteration"], "valid": summary["valid"],
-                      "queries": summary["train_queries"] + summary["valid_queries"], "rows": summary["rows"]}))
     return 0

@@ -1,4 +1,4 @@
-"""`vitrine upsert | delete | get | snapshot`: live catalog changes sent to a running server over gRPC."""
+"""`vitrine upsert`: stream catalog items (or --patch partial updates) to a running server; `ack ID` per durable write."""
 from __future__ import annotations
 
 import argparse
@@ -9,29 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from vitrine.cli.target import add_target, client_options
 from vitrine.indexer.catalog import UnknownFields, check_catalog_path, collect_items, iter_catalog_jsonl, iter_utf8_jsonl
 from vitrine.proto import search_pb2
-from vitrine.server.client import TOKEN_ENV, CatalogClient, item_to_proto, local_photo, with_photo_bytes
 
-
-def add_target(p: argparse.ArgumentParser, token: bool = True) -> None:
-    """--target, --tenant and TLS options of every command that calls a server; the API key comes from $VITRINE_AUTH_TOKEN."""
-    p.add_argument("--target", required=True, help="HOST:PORT")
-    if token:
-        p.add_argument("--token", default=None, help=f"legacy shared write secret (default: ${TOKEN_ENV}, which also "
-                                                     "holds an API key)")
-    p.add_argument("--tenant", default=None, help="the tenant to act on (metadata x-vitrine-tenant)")
-    p.add_argument("--tls-ca", default=None, help="PEM CA to verify a TLS server with (default: plaintext)")
-
-
-def client_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The key, tenant and TLS credentials for a client from add_target's options."""
-    from vitrine.server.auth import channel_credentials
-
-    return {"token": getattr(args, "token", None) or os.environ.get(TOKEN_ENV) or None, "tenant": args.tenant,
-            "credentials": channel_credentials(args.tls_ca) if args.tls_ca else None}
-
-
+PATCH_FIELDS = ("id", "price", "attributes")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,31 +23,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--patch", action="store_true", help="lines are partial updates: {id, price?, attributes?}; an "
                                                         "attribute set to \"\" or null is removed")
     p.set_defaults(handler=cmd_upsert)
-
-    p = sub.add_parser("delete", help="delete items by id from a running server")
-    add_target(p)
-    p.add_argument("--ids", required=True, help="comma-separated ids")
-    p.set_defaults(handler=cmd_delete)
-
-    p = sub.add_parser("get", help="print stored items by id as JSON lines")
-    add_target(p)
-    p.add_argument("--ids", required=True, help="comma-separated ids")
-    p.set_defaults(handler=cmd_get)
-
-    p = sub.add_parser("snapshot", help="write a consistent copy of the live index to a directory on the server")
-    add_target(p)
-    p.add_argument("--out", required=True, help="directory to create (on the server's machine)")
-    p.set_defaults(handler=cmd_snapshot)
-
-
-def _ids(spec: str) -> list[str]:
-    ids = [i.strip() for i in spec.split(",") if i.strip()]
-    if not ids:
-        raise ValueError("--ids must list at least one id")
-    return ids
-
-
-PATCH_FIELDS = ("id", "price", "attributes")
 
 
 def _got(value: Any) -> str:
@@ -110,6 +67,8 @@ def patch_from_dict(obj: Any) -> search_pb2.UpsertRequest:
 def read_upserts(path: str | Path, patch: bool) -> list[search_pb2.UpsertRequest]:
     """Every line of an upsert (or --patch) file as a request, or CatalogError listing each bad line and each
     duplicate id, as `vitrine index` refuses them, before anything is sent. Unknown item fields get one warning each."""
+    from vitrine.server.client import item_to_proto, local_photo
+
     path = check_catalog_path(path)
     if patch:
         requests, _ = collect_items(iter_utf8_jsonl(path, patch_from_dict), path, skip_invalid=False,
@@ -128,6 +87,8 @@ def read_upserts(path: str | Path, patch: bool) -> list[search_pb2.UpsertRequest
 
 
 def cmd_upsert(args: argparse.Namespace) -> int:
+    from vitrine.server.client import CatalogClient, with_photo_bytes
+
     requests = read_upserts(args.catalog, args.patch)
     base_dir = Path(args.catalog).parent  # as read_upserts checked the photos
     failed: list[ValueError] = []
@@ -145,24 +106,4 @@ def cmd_upsert(args: argparse.Namespace) -> int:
             print(f"ack {ack.id}", flush=True)
     if failed:
         raise failed[0]  # every item acked above is durable; this one and the rest were not sent
-    return 0
-
-
-def cmd_delete(args: argparse.Namespace) -> int:
-    with CatalogClient(args.target, **client_options(args)) as client:
-        print(json.dumps({"deleted": client.delete(_ids(args.ids))}))
-    return 0
-
-
-def cmd_get(args: argparse.Namespace) -> int:
-    with CatalogClient(args.target, **client_options(args)) as client:
-        for item in client.get(_ids(args.ids)):
-            print(json.dumps(item, ensure_ascii=False))
-    return 0
-
-
-def cmd_snapshot(args: argparse.Namespace) -> int:
-    with CatalogClient(args.target, **client_options(args)) as client:
-        resp = client.snapshot(args.out)
-    print(json.dumps({"path": resp.path, "bundle_version": resp.bundle_version, "items": resp.items}))
     return 0

@@ -59,19 +59,20 @@ def serving(args: argparse.Namespace) -> Iterator[str]:
     if args.target:
         yield args.target
         return
-    from vitrine.cli.config import load_config, searcher_for
-    from vitrine.server.app import create_server
+    from vitrine.server.app import ServerOptions, create_server, single
+    from vitrine.serving.assemble import open_served
+    from vitrine.serving.config import load_config
 
     if not (Path(args.bundle) / "manifest.json").is_file():
         raise FileNotFoundError(f"bundle {args.bundle} does not exist or is not a Vitrine bundle (no manifest.json)")
     config = load_config(args.config)
-    searcher = searcher_for(args.bundle, config, getattr(args, "reranker", None), getattr(args, "ranker", None))
-    served = create_server(searcher, "127.0.0.1:0", config.server)
+    opened = open_served(args.bundle, config, reranker=getattr(args, "reranker", None), ranker=getattr(args, "ranker", None))
+    served = create_server(single(opened), "127.0.0.1:0", ServerOptions(config.server))
     try:
         yield f"127.0.0.1:{served.port}"
     finally:
         served.stop(0)
-        searcher.bundle.close()
+        opened.bundle.close()
 
 
 def served_plan(info: Mapping[str, Any], known_sources: Sequence[str]) -> tuple[list[str], dict[str, list[Any]]]:
