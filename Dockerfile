@@ -37,6 +37,7 @@ COPY indexer indexer
 COPY proto proto
 COPY ranking ranking
 COPY server server
+COPY serving serving
 COPY trainer trainer
 # --no-deps: everything it needs is installed above; `pip check` fails the build if that stopped being true.
 RUN pip install --no-deps . \

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vitrine.encoders.base import l2_normalize, pick_device
-from vitrine.encoders.config import Backend
+from vitrine.encoders.config import Backend, as_backend
 
 if TYPE_CHECKING:
     import torch
@@ -182,7 +182,7 @@ class ClipEncoder:
         self._channels_last = hasattr(getattr(self.model, "visual", None), "trunk")  # a timm CNN tower
         if self._channels_last:
             self.model.visual.to(memory_format=torch.channels_last)
-        self.backend = backend = Backend(backend)
+        self.backend = backend = as_backend(backend)
         self._text_session = self._image_session = None
         self._text_trims = False
         if backend != Backend.TORCH:
@@ -190,7 +190,7 @@ class ClipEncoder:
 
             record = onnx.read_record(variants) if variants else {}
             if backend not in record.get("variants", {}):
-                raise ValueError(f"{variants} has no {backend.value!r} CLIP variant; have: {', '.join(record.get('variants', {})) or 'none'}.")
+                raise ValueError(f"{variants} has no {str(backend)!r} CLIP variant; have: {', '.join(record.get('variants', {})) or 'none'}.")
             files = record["variants"][backend]["files"]
             self._text_session = onnx.session(Path(variants) / files["text"], threads)
             self._text_trims = bool(record.get("text_dynamic_length"))

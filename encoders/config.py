@@ -20,6 +20,14 @@ class Backend(enum.StrEnum):
     TORCH_LORA = "torch+lora"
 
 
+REQUESTABLE = (Backend.AUTO, Backend.ONNX_INT8, Backend.ONNX, Backend.TORCH)
+
+
+def as_backend(name: str) -> Backend | str:
+    """The Backend a name is, or the name itself when it is none (a model's check then names what it has instead)."""
+    return Backend(name) if name in {b.value for b in Backend} else name
+
+
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig:
     """[encoders] section: the text model the indexer uses, batch size, the device (CUDA when present), and how the
@@ -49,13 +57,13 @@ class EncoderConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> EncoderConfig:
+        if isinstance(d, Mapping) and "backend" in d:   # the values one may ask for (torch+lora is only reported)
+            check(d["backend"] in REQUESTABLE, "encoders.backend", '"auto", "onnx-int8", "onnx" or "torch"', d["backend"])
         cfg = config_from_dict(cls, d, "encoders")
         check_positive_ints(cfg, "encoders", ("batch_size", "threads", "batch_max", "batch_queue"))
         check_positive_ints(cfg, "encoders", ("cache_size",), minimum=0)
         check(cfg.device in (None, "cpu", "cuda") or str(cfg.device).startswith("cuda:"), "encoders.device",
               '"cpu", "cuda" or "cuda:N"', cfg.device)
-        check(cfg.backend is not Backend.TORCH_LORA, "encoders.backend", '"auto", "onnx-int8", "onnx" or "torch"',
-              cfg.backend.value)
         check(cfg.max_backend_loss >= 0, "encoders.max_backend_loss", "a non-negative number", cfg.max_backend_loss)
         check(cfg.batch_window_ms >= 0, "encoders.batch_window_ms", "a non-negative number", cfg.batch_window_ms)
         return cfg

@@ -49,11 +49,12 @@ def choose_backend(record: Mapping[str, Any], requested: str, max_loss: float) -
     """
     variants = record.get("variants", {})
     if requested != AUTO:
-        if requested != Backend.TORCH and requested not in variants:
+        if requested not in BACKENDS or (requested != Backend.TORCH and requested not in variants):
             raise ValueError(f"backend {str(requested)!r} was not exported for this model (have: "
                              f"{', '.join(variants) or 'none'}); run `vitrine export onnx`.")
         return Backend(requested)
-    ok = {name: v for name, v in variants.items() if v.get("loss") is not None and v["loss"] <= max_loss}
+    # A variant this version does not know (written by a later one) is not served.
+    ok = {name: v for name, v in variants.items() if name in BACKENDS and v.get("loss") is not None and v["loss"] <= max_loss}
     if not ok:
         return Backend.TORCH
     ok[Backend.TORCH] = record.get("torch", {})
@@ -65,7 +66,7 @@ def choose_backend(record: Mapping[str, Any], requested: str, max_loss: float) -
 def acceptable(record: Mapping[str, Any], max_loss: float) -> list[Backend]:
     """Every backend within `max_loss` of torch for this record (torch itself included)."""
     return [Backend.TORCH, *(Backend(name) for name, v in record.get("variants", {}).items()
-                             if v.get("loss") is not None and v["loss"] <= max_loss)]
+                             if name in BACKENDS and v.get("loss") is not None and v["loss"] <= max_loss)]
 
 
 def session(path: str | Path, threads: int) -> "onnxruntime.InferenceSession":  # noqa: F821

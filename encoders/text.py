@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from vitrine.encoders.base import l2_normalize, pick_device
-from vitrine.encoders.config import Backend
+from vitrine.encoders.config import Backend, as_backend
 
 DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
 _OFFLINE_ALIASES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2", "minilm"}
@@ -168,8 +168,8 @@ class OnnxTextEncoder:
         self.folder = Path(folder)
         record = onnx.read_record(self.folder)
         if backend not in record.get("variants", {}):
-            raise ValueError(f"{folder} has no {Backend(backend).value!r} variant; have: {', '.join(record.get('variants', {})) or 'none'}.")
-        self.backend = Backend(backend)
+            raise ValueError(f"{folder} has no {str(backend)!r} variant; have: {', '.join(record.get('variants', {})) or 'none'}.")
+        self.backend = as_backend(backend)
         self.session = onnx.session(self.folder / record["variants"][backend]["file"], threads)
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.folder), local_files_only=True)
         self.inputs = tuple(record["inputs"])

@@ -34,8 +34,8 @@ def _plain(value: Any) -> Any:
     """A field's value as JSON: records as objects, tuples as lists, and a copy of anything mutable."""
     if hasattr(value, "to_dict"):
         return value.to_dict()
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, Mapping):   # keys sorted, as manifest.json is written (and Info shows it)
+        return {k: _plain(value[k]) for k in sorted(value)}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return copy.deepcopy(value)
@@ -50,7 +50,7 @@ class _Json:
             value = getattr(self, f.name)
             if f.name != "extra" and not (value is None and f.default is None):
                 out[f.name] = _plain(value)
-        return {**out, **_plain(self.extra)}  # type: ignore[attr-defined]
+        return _plain({**out, **_plain(self.extra)})  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -143,10 +143,17 @@ class Manifest(_Json):
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str = "this manifest") -> Manifest:
-        # A manifest without "format_version" predates the key: it is this format's first version.
-        version = d.get("format_version", FORMAT_VERSION)
+        # Every writer has written "format_version"; a manifest without it is not one of this format's.
+        version = d.get("format_version")
         if version != FORMAT_VERSION:
             raise ValueError(f"{source} has format version {version}; this Vitrine reads {FORMAT_VERSION}")
+        try:
+            return cls._from_dict(d)
+        except (TypeError, AttributeError) as exc:   # a record without a key every writer writes, or not an object
+            raise ValueError(f"{source}: manifest.json is damaged ({exc}); re-index the catalog.") from None
+
+    @classmethod
+    def _from_dict(cls, d: Mapping[str, Any]) -> Manifest:
         broken = d.get("broken_images")
         return _record(
             cls, {"bundle_version": "", "created": "", "catalog": None, "next_docno": 0, "config": {}, "timings": {},

@@ -17,7 +17,7 @@ import numpy as np
 
 from vitrine.encoders.batching import current_scope
 from vitrine.encoders.base import pick_device
-from vitrine.encoders.config import Backend
+from vitrine.encoders.config import Backend, as_backend
 from vitrine.serving.schema import check, check_positive_ints, config_from_dict
 from vitrine.ranking.types import Hit, SourceHit
 
@@ -136,14 +136,14 @@ class CrossEncoderReranker:
         self._cache: OrderedDict[tuple[str, str, str], float] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._net_lock = threading.Lock()   # torch inference on CPU already uses every core; queue, don't thrash
-        self.backend = backend = Backend(backend)
+        self.backend = backend = as_backend(backend)
         self.session = None
         if backend != Backend.TORCH:
             from vitrine.encoders import onnx
 
             record = onnx.read_record(Path(path) / ONNX_DIR)
             if backend not in record.get("variants", {}):
-                raise ValueError(f"{path} has no {backend.value!r} variant in {ONNX_DIR}/; run `vitrine export onnx --reranker {path}`.")
+                raise ValueError(f"{path} has no {str(backend)!r} variant in {ONNX_DIR}/; run `vitrine export onnx --reranker {path}`.")
             self.session = onnx.session(Path(path) / ONNX_DIR / record["variants"][backend]["file"], threads)
             self.inputs = tuple(record["inputs"])
             self._net_lock = _NoLock()  # ONNX Runtime sessions are thread-safe, each call uses `threads` threads

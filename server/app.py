@@ -114,7 +114,7 @@ def create_server(tenants: Tenants, address: str = "127.0.0.1:0", options: Serve
                ("grpc.max_connection_age_grace_ms", int(config.grace_s * 1000))] if config.max_connection_age_s > 0 else []),
         ],
     )
-    default = tenants.get(DEFAULT_TENANT)
+    default = tenants.get(DEFAULT_TENANT) if options.manager is None else None   # a one-bundle server's tenant
     if metrics is not None and default is not None and default.state.live is not None:
         metrics.watch(default.state.live.stats)
     search = SearchServicer(tenants, metrics)

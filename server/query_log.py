@@ -65,7 +65,7 @@ class Answered:
     session: str                     # as the client sent it; "" = none, and the request id stands in where a log needs one
     request: SearchRequest           # as served: `log_features` says whether this search's features are logged
     result: SearchResult
-    models: Mapping[str, str]        # model versions, as the response reports them
+    models: Mapping[str, str]        # model versions, the response's own map (copied only when a line is written)
     assignment: Assignment | None = None   # the experiment's arm or teams, when an experiment answered
 
 
@@ -107,7 +107,7 @@ class QueryLog:
         shown = [h.id for h in result.hits]
         if req.log_features and result.features:
             query = {"text": req.text, "mode": result.mode, **({"filters": dict(req.filters)} if req.filters else {})}
-            self.features.write(feature_record(request_id, query, result.bundle_version, answered.models, shown,
+            self.features.write(feature_record(request_id, query, result.bundle_version, dict(answered.models), shown,
                                                result.features))
         self._remember(request_id, req.text, shown, answered.session, req.image, answered.assignment)
         if answered.assignment is not None and experiment_log is not None:

@@ -110,7 +110,7 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         with state.reading():
             response = self._response(searcher, req, result, fields)
         response.request_id = request_id
-        query_log.log_answer(Answered(request_id, request.session, req, result, dict(response.model_versions), assignment),
+        query_log.log_answer(Answered(request_id, request.session, req, result, response.model_versions, assignment),
                              tenant.experiment_log)
         if self.metrics is not None:
             for stage, ms in result.timings_ms.items():

@@ -99,3 +99,13 @@ def test_requirements_expand_extras_that_name_the_project():
     assert not any(r.startswith("vitrine-search") for r in train)
     with pytest.raises(ValueError, match="extra 'nope' is not in pyproject.toml"):
         requirements.requirements(project, ["nope"])
+
+
+def test_the_image_copies_every_package_the_distribution_installs():
+    """`pip install .` in the Dockerfile needs every folder pyproject.toml maps to a package (serving/ was once left
+    out, and the image would not build)."""
+    root = Path(__file__).resolve().parents[1]
+    folders = {d.split("/")[0] for d in tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values()}
+    copied = {line.split()[1] for line in (root / "Dockerfile").read_text().splitlines() if line.startswith("COPY ")
+              and "--from" not in line}
+    assert folders <= copied, f"not copied into the image: {sorted(folders - copied)}"

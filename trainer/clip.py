@@ -27,8 +27,12 @@ from vitrine.encoders.clip import HEAD_SCALE, save_attribute_heads, save_checkpo
 from vitrine.encoders.towers import tower_preset
 from vitrine.trainer.clip_data import (ClipTask, ClipTrainConfig, GeneralPairs, Pairs, attribute_labels, attribute_vocab,
                                        fingerprint)
-# Re-exported: the commands, the gate and the benches load pairs and split flickr8k through this module.
-from vitrine.trainer.clip_data import general_split, load_general, load_pairs  # noqa: F401
+# Re-exported: the commands, the gate and the benches load pairs and split flickr8k through this module, and the
+# names it held before the split (losses, image loading, tower presets) still import from here.
+from vitrine.trainer.clip_data import (default_model_cfg, general_split, load_general, load_pairs,  # noqa: F401
+                                       load_square, normalize_pixels)
+from vitrine.trainer.clip_loss import attribute_loss, info_nce  # noqa: F401
+from vitrine.trainer.clip_towers import HUB_PREFIX, hub_model  # noqa: F401
 from vitrine.trainer.clip_loss import BatchLoss, batch_order, retrieval_recall
 from vitrine.trainer.clip_towers import ClipTowers
 from vitrine.trainer.distributed import broadcast, shard, world, wrap_ddp

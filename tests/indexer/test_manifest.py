@@ -46,9 +46,20 @@ def test_an_older_manifest_reads_and_writes_back_unchanged(tmp_path):
     assert json.loads((tmp_path / "copy.json").read_text()) == old
 
 
-def test_a_manifest_without_a_format_version_is_the_first_format(tmp_path):
+def test_a_manifest_without_a_format_version_or_a_required_key_is_refused_by_name(tmp_path):
     (tmp_path / MANIFEST).write_text(json.dumps({k: v for k, v in FIRST.items() if k != "format_version"}))
-    assert Manifest.read(tmp_path).to_dict() == FIRST
+    with pytest.raises(ValueError, match=f"bundle {tmp_path} has format version None"):
+        Manifest.read(tmp_path)
+    damaged = {**FIRST, "vectors": {"text": {"file": "vectors/text.faiss"}}}   # no factory, dim, count, model
+    (tmp_path / MANIFEST).write_text(json.dumps(damaged))
+    with pytest.raises(ValueError, match=f"bundle {tmp_path}: manifest.json is damaged .*re-index"):
+        Manifest.read(tmp_path)
+
+
+def test_to_dict_orders_keys_as_the_file_does(small_bundle_path):
+    """Info serves to_dict(): its text keeps the sorted key order manifest.json is written in, nested records too."""
+    text = (Path(small_bundle_path) / MANIFEST).read_text()
+    assert json.dumps(Manifest.read(small_bundle_path).to_dict(), indent=2) == json.dumps(json.loads(text), indent=2)
 
 
 def test_another_format_version_is_refused(tmp_path):

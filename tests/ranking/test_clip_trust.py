@@ -214,14 +214,14 @@ def test_bundles_without_a_check_keep_the_old_behaviour(weak_path, keyword_encod
 
 
 def test_clip_text_trust_is_chance_corrected():
-    check = lambda r, c: Manifest.from_dict({"models": {"clip": {"name": "c", "dim": 2, "kind": "open_clip", "check": {  # noqa: E731
+    check = lambda r, c: Manifest.from_dict({"format_version": 1, "models": {"clip": {"name": "c", "dim": 2, "kind": "open_clip", "check": {  # noqa: E731
         "text_to_image_recall@10": r, "chance": c, "queries": 50}}}})
     assert clip_text_trust(check(0.25, 0.01), 0.2)[0]
     assert not clip_text_trust(check(0.18, 0.01), 0.2)[0]
     # In a 20-photo catalog half the photos are in any top 10: recall 0.55 is barely above chance.
     assert not clip_text_trust(check(0.55, 0.5), 0.2)[0]
     assert clip_text_trust(check(0.7, 0.5), 0.2)[0]
-    assert not clip_text_trust(Manifest.from_dict({"models": {}}), 0.2)[0]
+    assert not clip_text_trust(Manifest.from_dict({"format_version": 1, "models": {}}), 0.2)[0]
     with pytest.raises(ValueError, match="search.clip_text_min_recall"):
         SearchConfig.from_dict({"clip_text_min_recall": 1.5})
 
