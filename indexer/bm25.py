@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -12,6 +13,8 @@ import tantivy
 from vitrine.serving.schema import check, config_from_dict
 from vitrine.indexer.catalog import Item
 from vitrine.indexer.docstore import filter_term, filter_terms
+from vitrine.indexer.units import unit_tokens
+from vitrine.indexer.vocabulary import Vocabulary
 
 TEXT_FIELDS = ("title", "description", "category", "attributes")
 # Characters Tantivy's query parser treats as syntax; user text is searched as plain words.
@@ -72,13 +75,22 @@ def _schema(tokenizer: str) -> tantivy.Schema:
     return sb.build()
 
 
+def _texts(item: Item) -> list[str]:
+    """What BM25 indexes of an item, field by field (the vocabulary counts the same words)."""
+    return [item.title, item.description, item.category.replace(">", " "),
+            " ".join(v for k, v in item.attributes.items() if k not in CONTEXT_ATTRIBUTES)]
+
+
 def _document(docno: int, item: Item) -> tantivy.Document:
     doc = tantivy.Document()
     doc.add_unsigned("docno", docno)
     doc.add_text("docno_key", str(docno))
     doc.add_text("title", item.title)
-    # The body field is title + description, so a long abstract's title counts in the same BM25 document.
-    doc.add_text("description", f"{item.title}. {item.description}" if item.title and item.description else item.description)
+    # The body field is title + description, so a long abstract's title counts in the same BM25 document; the
+    # item's sizes and measures ("30 in." -> 30in) join it as one token each (indexer/units.py).
+    body = f"{item.title}. {item.description}" if item.title and item.description else item.description
+    units = unit_tokens(" ".join(_texts(item)))
+    doc.add_text("description", " ".join([body, *units]) if units else body)
     doc.add_text("category", item.category.replace(">", " "))
     doc.add_text("attributes", " ".join(v for k, v in item.attributes.items() if k not in CONTEXT_ATTRIBUTES))
     for term in filter_terms(item):
@@ -91,7 +103,8 @@ def _document(docno: int, item: Item) -> tantivy.Document:
 class Bm25Index:
     """BM25 over one Tantivy index directory; writes go through one writer, searches through a reloaded searcher."""
 
-    def __init__(self, path: str | Path, config: Bm25Config = Bm25Config(), create: bool = False) -> None:
+    def __init__(self, path: str | Path, config: Bm25Config = Bm25Config(), create: bool = False,
+                 known_words: frozenset[str] = frozenset()) -> None:
         self.path = Path(path)
         self.config = config
         if create:
@@ -102,6 +115,12 @@ class Bm25Index:
                 raise FileNotFoundError(f"no Tantivy index at {self.path}")
             self.index = tantivy.Index.open(str(self.path))
         self.schema = self.index.schema
+        # None for a bundle indexed before the vocabulary was kept: typo tolerance is off there until a re-index.
+        self.vocabulary = Vocabulary() if create else Vocabulary.load(self.path)
+        # Real words the catalog does not use (from the bundle's text model, vocabulary.model_words): never typos;
+        # a typo of one is respelt for the dense encoders (respellings), though BM25 has nothing to find with it.
+        self.known_words = known_words
+        self._model_vocabulary = Vocabulary(Counter(known_words)) if known_words else None
         self._writer: tantivy.IndexWriter | None = None
         self._lock = threading.Lock()
 
@@ -118,6 +137,8 @@ class Bm25Index:
             w = self.writer()
             for docno, item in rows:
                 w.add_document(_document(docno, item))
+                if self.vocabulary is not None:
+                    self.vocabulary.add(_texts(item))
 
     def delete(self, docnos: Iterable[int]) -> None:
         with self._lock:
@@ -140,6 +161,7 @@ class Bm25Index:
         with self._lock:
             if self._writer is not None:
                 self._writer.commit()
+            self._save_vocabulary()
         self.index.reload()
 
     def close(self) -> None:
@@ -148,6 +170,66 @@ class Bm25Index:
                 self._writer.commit()
                 self._writer.wait_merging_threads()
                 self._writer = None
+            self._save_vocabulary()
+
+    def _save_vocabulary(self) -> None:
+        # Words of deleted items stay counted: a correction to a word no item uses any more just finds nothing.
+        if self.vocabulary is not None and self.vocabulary.dirty:
+            self.vocabulary.save(self.path)
+
+    def compounds(self, words: list[str]) -> list[str]:
+        """Words the catalog writes joined or split where the query does the other: "deck over" -> deckover, and
+        "deckover" -> "deck over" (both halves catalog words of 3+ letters; the split whose rarer half is commonest)."""
+        vocab = self.vocabulary
+        if not vocab:
+            return []
+        alpha = [w for w in words if w.isalpha()]
+        out = [a + b for a, b in zip(alpha, alpha[1:]) if a + b in vocab and a + b not in words]
+        for w in alpha:
+            if w in vocab or len(w) < 6:
+                continue
+            splits = [(w[:i], w[i:]) for i in range(3, len(w) - 2) if w[:i] in vocab and w[i:] in vocab]
+            if splits:
+                out += max(splits, key=lambda pair: min(vocab.counts[pair[0]], vocab.counts[pair[1]]))
+        return out
+
+    def respellings(self, words: list[str]) -> dict[str, str]:
+        """Typo -> word for the dense encoders: the catalog's correction when there is one, else the nearest word
+        the text model knows (same rules), so "azrue purse" is encoded as "azure purse" though no item says azure."""
+        out = {typo: fix for typo, (fix, _) in self.corrections(words).items()}
+        if self._model_vocabulary is None:
+            return out
+        searcher = None
+        for w in dict.fromkeys(words):
+            if w in out or len(w) <= 2 or w in STOP_WORDS or w in self.known_words or (self.vocabulary and w in self.vocabulary):
+                continue
+            searcher = searcher or self.index.searcher()
+            if searcher.search(self.index.parse_query(w, list(TEXT_FIELDS)), limit=1, count=False).hits:
+                continue
+            # One edit only: a general vocabulary is large, and two edits from a word it lacks ("joggers") is
+            # often another real word ("jagger").
+            fix = self._model_vocabulary.correct(w, max_edits=1)
+            if fix is not None and fix[0] not in STOP_WORDS:
+                out[w] = fix[0]
+        return out
+
+    def corrections(self, words: list[str]) -> dict[str, tuple[str, int]]:
+        """Query word -> (catalog word, edits) for each informative word (stop words and words with digits aside)
+        that no item matches, even after stemming, and that is within AUTO edits of a catalog word."""
+        if not self.vocabulary:
+            return {}
+        out = {}
+        searcher = None
+        for w in dict.fromkeys(words):
+            if len(w) <= 2 or w in STOP_WORDS or w in self.vocabulary or w in self.known_words:
+                continue
+            searcher = searcher or self.index.searcher()
+            if searcher.search(self.index.parse_query(w, list(TEXT_FIELDS)), limit=1, count=False).hits:
+                continue   # known after stemming ("dresses" finds "dress")
+            fix = self.vocabulary.correct(w)
+            if fix is not None and fix[0] not in STOP_WORDS:
+                out[w] = fix
+        return out
 
     def num_docs(self) -> int:
         return self.index.searcher().num_docs
@@ -194,14 +276,27 @@ class Bm25Index:
         filters: Mapping[str, str] | None = None,
         price_min: float | None = None,
         price_max: float | None = None,
+        typos: bool = True,
+        also: tuple[str, ...] = (),
     ) -> list[tuple[int, float]]:
-        """Returns up to k (docno, BM25 score) pairs, best first; an all-punctuation query returns []."""
+        """Returns up to k (docno, BM25 score) pairs, best first; an all-punctuation query returns []. With `typos`,
+        misspelt words and compounds written the other way also search as the catalog writes them; `also` adds
+        terms (a shop's synonyms) beside the query's own words."""
         # Lower-cased so that AND/OR/NOT in a user's text are words, not operators.
         joined = [a + b for a, b in _HYPHENATED.findall(text)]
         # split() also folds \v, \f and Unicode spaces, which Tantivy's parser rejects.
         words = " ".join(_SYNTAX.sub(" ", " ".join([text, *joined])).split()).lower()
         if not words:
             return []
+        # Each typo's catalog word joins the query, its weight cut by the share of letters changed: the
+        # misspelt word itself matches nothing, so the correction scores below an exact word of the same rarity.
+        if typos:
+            fixes = self.corrections(words.split())
+            words += "".join(f" {fix}^{1 - edits / len(typo):.3f}" for typo, (fix, edits) in fixes.items())
+            words = " ".join([words, *self.compounds(words.split())])
+        # Sizes and measures as the index holds them ("30 inch" -> 30in), and the shop's synonyms.
+        extra = " ".join(_SYNTAX.sub(" ", t) for t in also).lower()
+        words = " ".join([words, *unit_tokens(text), *extra.split()])
         query = self.index.parse_query(words, list(TEXT_FIELDS), field_boosts=dict(self.config.boosts))
         restrictions = [(tantivy.Occur.Must, tantivy.Query.term_query(self.schema, "filters", filter_term(f, v)))
                         for f, v in (filters or {}).items()]

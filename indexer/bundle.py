@@ -29,7 +29,8 @@ from vitrine.indexer.clip_check import clip_check, trainer_heldout_ids
 from vitrine.indexer.docstore import DocStore
 from vitrine.indexer.lock import WriterLock
 from vitrine.indexer.manifest import MANIFEST, Bm25Record, BrokenImage, Counts, Manifest, ModelRecord, VectorRecord
-from vitrine.indexer.variants import clip_variants, text_variants
+from vitrine.indexer.variants import TEXT_VARIANTS, clip_variants, text_variants
+from vitrine.indexer.vocabulary import model_words
 
 if TYPE_CHECKING:
     from vitrine.encoders.clip import ClipEncoder
@@ -320,7 +321,8 @@ class Bundle:
         self.docstore = DocStore(self.path / "docstore.sqlite")
         bm = self.manifest.bm25
         self.bm25 = Bm25Index(self.path / bm.dir, Bm25Config(tokenizer=bm.tokenizer,
-                                                             boosts=Bm25Config().boosts if bm.boosts is None else bm.boosts))
+                                                             boosts=Bm25Config().boosts if bm.boosts is None else bm.boosts),
+                              known_words=model_words(self.path / TEXT_VARIANTS / "tokenizer.json"))
         self.vectors: dict[str, VectorIndex] = {}
         for source, meta in self.manifest.vectors.items():
             cfg = ann or AnnConfig()

@@ -1,6 +1,7 @@
 """The search pipeline over an opened bundle: validate, filter, retrieve from each source, fuse, paginate."""
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
@@ -12,8 +13,10 @@ import numpy as np
 from vitrine.encoders.base import TextEncoder, l2_normalize
 from vitrine.serving.schema import check, check_positive_ints, config_from_dict
 from vitrine.encoders.images import decode_image
+from vitrine.indexer.bm25 import query_words
 from vitrine.indexer.bundle import Bundle, item_text
 from vitrine.indexer.manifest import Manifest
+from vitrine.indexer.synonyms import Synonyms
 from vitrine.ranking.features import QueryContext, candidate_features
 from vitrine.ranking.fusion import FusionMethod, fuse
 from vitrine.ranking.ltr import LTR, LtrRanker
@@ -68,6 +71,14 @@ class SearchConfig:
     # but on a catalog without full matches (bench/regress.py's fashion subset) it drops literal 0.894 -> 0.772.
     bm25_gate_words: int = 0
     bm25_explain_min: float = 0.8
+    # Typo tolerance in BM25 (indexer/vocabulary.py): a query word no item contains is also searched as the nearest
+    # catalog word within Elasticsearch's AUTO edits (its weight cut by the share of letters changed), and compounds
+    # the catalog writes joined or split the other way are searched as it writes them. Needs a bundle indexed with
+    # its vocabulary (older ones search without corrections).
+    typos: bool = True
+    # A synonyms file (Solr / Elasticsearch syntax, indexer/synonyms.py) for the lexical source: "tv, television"
+    # or "pc => personal computer". Read when the searcher is built, so a tenant's Reload picks up an edit. "" = none.
+    synonyms: str = ""
     stages: Stage = Stage.FULL  # the deepest stage applied when a request does not say (only loaded models run)
     default_k: int = 10
     max_k: int = 1000
@@ -120,6 +131,13 @@ def clip_text_trust(manifest: Manifest, min_recall: float) -> tuple[bool, str]:
                                  f"{chance:.3f}, so {above:.3f} of the way from chance to perfect")
 
 
+def _respell(text: str, corrected: Mapping[str, str]) -> str:
+    """`text` with each corrected word (whole words, any case) replaced by its catalog spelling."""
+    for typo, fix in corrected.items():
+        text = re.sub(rf"(?<!\w){re.escape(typo)}(?!\w)", fix, text, flags=re.IGNORECASE)
+    return text
+
+
 class Searcher:
     """Answers SearchRequests over one bundle with the given encoders; safe to call from many threads."""
 
@@ -133,6 +151,7 @@ class Searcher:
         self.reranker = reranker
         self.ranker = ranker
         self.rerank = rerank or (reranker.config if reranker is not None else RerankConfig())
+        self.synonyms = Synonyms.load(config.synonyms) if config.synonyms else None
 
     def with_second_stage(self, reranker: CrossEncoderReranker | None = None, ranker: LtrRanker | None = None,
                           rerank: RerankConfig | None = None) -> Searcher:
@@ -181,14 +200,17 @@ class Searcher:
                 sources.remove("clip_text")
                 dropped["clip_text"] = why
         queries: dict[str, np.ndarray] = {}  # source -> (1, D) query vector
+        corrected = self._corrected(text, sources)
+        # The dense encoders read the query as spelt right: a typo splits a word into pieces no item's text has.
+        dense_text = _respell(text, corrected)
         if "text" in sources and text:
             t0 = time.perf_counter()
-            queries["text"] = self.text_encoder.encode_texts([text])  # (1, D)
+            queries["text"] = self.text_encoder.encode_texts([dense_text])  # (1, D)
             timings["text_encode"] = (time.perf_counter() - t0) * 1e3
         clip_text = None
         if ("clip_text" in sources or mode == "composed") and text and self.clip_encoder is not None:
             t0 = time.perf_counter()
-            clip_text = self.clip_encoder.encode_texts([text])  # (1, D)
+            clip_text = self.clip_encoder.encode_texts([dense_text])  # (1, D)
             timings["clip_text_encode"] = (time.perf_counter() - t0) * 1e3
             if "clip_text" in sources:
                 queries["clip_text"] = clip_text
@@ -210,7 +232,13 @@ class Searcher:
         return SearchResult(hits=ranked[req.offset:req.offset + k], total_candidates=len(fused),
                             timings_ms=timings, bundle_version=self.bundle.version, constraints=constraints,
                             predicted=predicted, mode=mode, stages=applied, features=features, contributions=contributions,
-                            dropped=dropped)
+                            dropped=dropped, corrected=corrected)
+
+    def _corrected(self, text: str, sources: list[str]) -> dict[str, str]:
+        """Typo -> catalog word for the query's words no item contains (BM25 searches both; see indexer/bm25.py)."""
+        if not (self.config.typos and text and set(sources) & {"bm25", "text", "clip_text"}):
+            return {}
+        return self.bundle.bm25.respellings(query_words(text))
 
     def _first_stage(self, req: SearchRequest, text: str, mode: str, sources: list[str], queries: Mapping[str, np.ndarray],
                      seen: Mapping[str, tuple[str, float]], timings: dict[str, float],
@@ -237,7 +265,8 @@ class Searcher:
         lists: dict[str, list[tuple[str, float]]] = {}
         if "bm25" in sources and text:
             t0 = time.perf_counter()
-            pairs = self.bundle.bm25.search(text, depth, req.filters, req.price_min, req.price_max)
+            also = tuple(self.synonyms.expand(text)) if self.synonyms is not None else ()
+            pairs = self.bundle.bm25.search(text, depth, req.filters, req.price_min, req.price_max, self.config.typos, also)
             lists["bm25"] = self._to_ids(pairs, exclude)
             timings["bm25"] = (time.perf_counter() - t0) * 1e3
         for source, index in (("text", "text"), ("clip_text", "clip_image"), ("clip_image", "clip_image")):

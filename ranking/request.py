@@ -72,3 +72,6 @@ class SearchResult:
     contributions: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     # Sources the request would have used but a rule left out, each with the reason a person can read (explanations).
     dropped: Mapping[str, str] = field(default_factory=dict)
+    # Typo tolerance: query words no item contains and no model knows, each with the word the dense encoders read
+    # instead (BM25 also searches it when the catalog uses it).
+    corrected: Mapping[str, str] = field(default_factory=dict)

@@ -181,6 +181,8 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
                 h.explanation = explain_hit(hit, method, weights, contrib)
                 if result.dropped:  # a source the request would have used, left out, and why (e.g. a weak CLIP)
                     h.explanation += "; " + "; ".join(f"{s} left out: {why}" for s, why in sorted(result.dropped.items()))
+                if result.corrected:  # typo tolerance: each word no item contains, and what it was also searched as
+                    h.explanation += "; searched " + ", ".join(f"{t!r} also as {f!r}" for t, f in sorted(result.corrected.items()))
                 if contrib:
                     h.contributions.update(contrib)
                 x = result.features.get(hit.id)
