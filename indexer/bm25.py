@@ -193,42 +193,41 @@ class Bm25Index:
                 out += max(splits, key=lambda pair: min(vocab.counts[pair[0]], vocab.counts[pair[1]]))
         return out
 
-    def respellings(self, words: list[str]) -> dict[str, str]:
-        """Typo -> word for the dense encoders: the catalog's correction when there is one, else the nearest word
-        the text model knows (same rules), so "azrue purse" is encoded as "azure purse" though no item says azure."""
-        out = {typo: fix for typo, (fix, _) in self.corrections(words).items()}
-        if self._model_vocabulary is None:
-            return out
-        searcher = None
-        for w in dict.fromkeys(words):
-            if w in out or len(w) <= 2 or w in STOP_WORDS or w in self.known_words or (self.vocabulary and w in self.vocabulary):
-                continue
-            searcher = searcher or self.index.searcher()
-            if searcher.search(self.index.parse_query(w, list(TEXT_FIELDS)), limit=1, count=False).hits:
-                continue
-            # One edit only: a general vocabulary is large, and two edits from a word it lacks ("joggers") is
-            # often another real word ("jagger").
-            fix = self._model_vocabulary.correct(w, max_edits=1)
-            if fix is not None and fix[0] not in STOP_WORDS:
-                out[w] = fix[0]
-        return out
-
-    def corrections(self, words: list[str]) -> dict[str, tuple[str, int]]:
-        """Query word -> (catalog word, edits) for each informative word (stop words and words with digits aside)
-        that no item matches, even after stemming, and that is within AUTO edits of a catalog word."""
+    def unknown_words(self, words: list[str]) -> list[str]:
+        """The informative words (3+ letters, not stop words) that neither the catalog's vocabulary, nor the text
+        model's words, nor the index after stemming ("dresses" finds "dress") knows: the candidates for a typo."""
         if not self.vocabulary:
-            return {}
-        out = {}
-        searcher = None
+            return []
+        out, searcher = [], None
         for w in dict.fromkeys(words):
             if len(w) <= 2 or w in STOP_WORDS or w in self.vocabulary or w in self.known_words:
                 continue
             searcher = searcher or self.index.searcher()
-            if searcher.search(self.index.parse_query(w, list(TEXT_FIELDS)), limit=1, count=False).hits:
-                continue   # known after stemming ("dresses" finds "dress")
+            if not searcher.search(self.index.parse_query(w, list(TEXT_FIELDS)), limit=1, count=False).hits:
+                out.append(w)
+        return out
+
+    def corrections(self, words: list[str], unknown: list[str] | None = None) -> dict[str, tuple[str, int]]:
+        """Query word -> (catalog word, edits) for each unknown word (unknown_words; pass them when already found)
+        within AUTO edits of a catalog word."""
+        out = {}
+        for w in self.unknown_words(words) if unknown is None else unknown:
             fix = self.vocabulary.correct(w)
             if fix is not None and fix[0] not in STOP_WORDS:
                 out[w] = fix
+        return out
+
+    def respellings(self, unknown: list[str], corrections: Mapping[str, tuple[str, int]]) -> dict[str, str]:
+        """Typo -> word for the dense encoders: the catalog's correction when there is one, else the nearest word
+        the text model knows, so "azrue purse" is encoded as "azure purse" though no item says azure. One edit only
+        there: a general vocabulary is large, and two edits from a word it lacks ("joggers") is often another real
+        word ("jagger")."""
+        out = {typo: fix for typo, (fix, _) in corrections.items()}
+        for w in unknown:
+            if w not in out and self._model_vocabulary is not None:
+                fix = self._model_vocabulary.correct(w, max_edits=1)
+                if fix is not None and fix[0] not in STOP_WORDS:
+                    out[w] = fix[0]
         return out
 
     def num_docs(self) -> int:
@@ -278,10 +277,12 @@ class Bm25Index:
         price_max: float | None = None,
         typos: bool = True,
         also: tuple[str, ...] = (),
+        fixes: Mapping[str, tuple[str, int]] | None = None,
     ) -> list[tuple[int, float]]:
         """Returns up to k (docno, BM25 score) pairs, best first; an all-punctuation query returns []. With `typos`,
         misspelt words and compounds written the other way also search as the catalog writes them; `also` adds
-        terms (a shop's synonyms) beside the query's own words."""
+        terms (a shop's synonyms) beside the query's own words; `fixes` are the corrections when the caller has
+        already found them (the pipeline does, once per query)."""
         # Lower-cased so that AND/OR/NOT in a user's text are words, not operators.
         joined = [a + b for a, b in _HYPHENATED.findall(text)]
         # split() also folds \v, \f and Unicode spaces, which Tantivy's parser rejects.
@@ -291,7 +292,7 @@ class Bm25Index:
         # Each typo's catalog word joins the query, its weight cut by the share of letters changed: the
         # misspelt word itself matches nothing, so the correction scores below an exact word of the same rarity.
         if typos:
-            fixes = self.corrections(words.split())
+            fixes = self.corrections(words.split()) if fixes is None else fixes
             words += "".join(f" {fix}^{1 - edits / len(typo):.3f}" for typo, (fix, edits) in fixes.items())
             words = " ".join([words, *self.compounds(words.split())])
         # Sizes and measures as the index holds them ("30 inch" -> 30in), and the shop's synonyms.

@@ -200,7 +200,7 @@ class Searcher:
                 sources.remove("clip_text")
                 dropped["clip_text"] = why
         queries: dict[str, np.ndarray] = {}  # source -> (1, D) query vector
-        corrected = self._corrected(text, sources)
+        fixes, corrected = self._corrected(text, sources)
         # The dense encoders read the query as spelt right: a typo splits a word into pieces no item's text has.
         dense_text = _respell(text, corrected)
         if "text" in sources and text:
@@ -225,7 +225,7 @@ class Searcher:
             queries["clip_image"] = xq
             timings["clip_image_encode"] = (time.perf_counter() - t0) * 1e3
         with reading():
-            fused, constraints, predicted, items = self._first_stage(req, text, mode, sources, queries, seen, timings)
+            fused, constraints, predicted, items = self._first_stage(req, text, mode, sources, queries, seen, timings, fixes)
         query = QueryContext(text, mode, dict(req.filters), {}, self.config.candidates)
         ranked, applied, features, contributions = self._second_stage(req, query, fused, items, timings, reading)
         timings["total"] = (time.perf_counter() - t_start) * 1e3
@@ -234,14 +234,21 @@ class Searcher:
                             predicted=predicted, mode=mode, stages=applied, features=features, contributions=contributions,
                             dropped=dropped, corrected=corrected)
 
-    def _corrected(self, text: str, sources: list[str]) -> dict[str, str]:
-        """Typo -> catalog word for the query's words no item contains (BM25 searches both; see indexer/bm25.py)."""
+    def _corrected(self, text: str, sources: list[str]) -> tuple[dict[str, tuple[str, int]], dict[str, str]]:
+        """Found once per query: BM25's corrections (typo -> (catalog word, edits)) and the dense encoders'
+        respellings (typo -> word), for the words nothing knows (indexer/bm25.py)."""
         if not (self.config.typos and text and set(sources) & {"bm25", "text", "clip_text"}):
-            return {}
-        return self.bundle.bm25.respellings(query_words(text))
+            return {}, {}
+        bm25, words = self.bundle.bm25, query_words(text)
+        unknown = bm25.unknown_words(words)
+        if not unknown:
+            return {}, {}
+        fixes = bm25.corrections(words, unknown)
+        return fixes, bm25.respellings(unknown, fixes)
 
     def _first_stage(self, req: SearchRequest, text: str, mode: str, sources: list[str], queries: Mapping[str, np.ndarray],
                      seen: Mapping[str, tuple[str, float]], timings: dict[str, float],
+                     fixes: Mapping[str, tuple[str, int]] | None = None,
                      ) -> tuple[list[Hit], dict[str, str], dict[str, tuple[str, float]], dict[str, Any]]:
         """Filters, BM25 and ANN retrieval, fusion and boosts over the encoded query; also fetches the items the
         second stage will read. Runs under the live index's read lock."""
@@ -266,7 +273,8 @@ class Searcher:
         if "bm25" in sources and text:
             t0 = time.perf_counter()
             also = tuple(self.synonyms.expand(text)) if self.synonyms is not None else ()
-            pairs = self.bundle.bm25.search(text, depth, req.filters, req.price_min, req.price_max, self.config.typos, also)
+            pairs = self.bundle.bm25.search(text, depth, req.filters, req.price_min, req.price_max, self.config.typos, also,
+                                            fixes)
             lists["bm25"] = self._to_ids(pairs, exclude)
             timings["bm25"] = (time.perf_counter() - t0) * 1e3
         for source, index in (("text", "text"), ("clip_text", "clip_image"), ("clip_image", "clip_image")):
