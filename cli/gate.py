@@ -17,13 +17,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clicks", required=True, help="held-out click log JSONL")
     p.add_argument("--catalog", required=True)
     p.add_argument("--flickr", help="flickr8k folder for general image<->caption recall")
+    add_gate_options(p)
+    p.set_defaults(handler=cmd_gate)
+
+
+def add_gate_options(p: argparse.ArgumentParser) -> None:
+    """What both gates (gate, gate-text) take after their own inputs: the registry, the margins, the report."""
     p.add_argument("--registry", help="model registry dir: a promoted candidate is written here")
     p.add_argument("--config", help="vitrine.toml; its [gate] section sets the margins")
     p.add_argument("--min-gain", type=float, default=None, help="overrides gate.min_gain")
     p.add_argument("--max-general-drop", type=float, default=None, help="overrides gate.max_general_drop")
     p.add_argument("--report", help="write the JSON report here as well")
     p.add_argument("--device", default=None)
-    p.set_defaults(handler=cmd_gate)
 
 
 def cmd_gate(args: argparse.Namespace) -> int:

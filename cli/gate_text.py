@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from vitrine.cli.gate import finish_gate, gate_setup
+from vitrine.cli.gate import add_gate_options, finish_gate, gate_setup
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,12 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--qrels", required=True, help="HELD-OUT judgments (never the ones the candidate trained on)")
     p.add_argument("--general", help="flickr8k captions.txt for the general paraphrase check")
     p.add_argument("--general-photos", type=int, default=300, help="photos in the general check (default 300)")
-    p.add_argument("--registry", help="model registry dir: a promoted candidate is written here")
-    p.add_argument("--config", help="vitrine.toml; its [gate] section sets the margins")
-    p.add_argument("--min-gain", type=float, default=None, help="overrides gate.min_gain")
-    p.add_argument("--max-general-drop", type=float, default=None, help="overrides gate.max_general_drop")
-    p.add_argument("--report", help="write the JSON report here as well")
-    p.add_argument("--device", default=None)
+    add_gate_options(p)
     p.set_defaults(handler=cmd_gate_text)
 
 

@@ -81,7 +81,7 @@ def _texts(item: Item) -> list[str]:
             " ".join(v for k, v in item.attributes.items() if k not in CONTEXT_ATTRIBUTES)]
 
 
-def _document(docno: int, item: Item) -> tantivy.Document:
+def _document(docno: int, item: Item, texts: list[str]) -> tantivy.Document:
     doc = tantivy.Document()
     doc.add_unsigned("docno", docno)
     doc.add_text("docno_key", str(docno))
@@ -89,7 +89,7 @@ def _document(docno: int, item: Item) -> tantivy.Document:
     # The body field is title + description, so a long abstract's title counts in the same BM25 document; the
     # item's sizes and measures ("30 in." -> 30in) join it as one token each (indexer/units.py).
     body = f"{item.title}. {item.description}" if item.title and item.description else item.description
-    units = unit_tokens(" ".join(_texts(item)))
+    units = unit_tokens(" ".join(texts))
     doc.add_text("description", " ".join([body, *units]) if units else body)
     doc.add_text("category", item.category.replace(">", " "))
     doc.add_text("attributes", " ".join(v for k, v in item.attributes.items() if k not in CONTEXT_ATTRIBUTES))
@@ -136,9 +136,10 @@ class Bm25Index:
         with self._lock:
             w = self.writer()
             for docno, item in rows:
-                w.add_document(_document(docno, item))
+                texts = _texts(item)
+                w.add_document(_document(docno, item, texts))
                 if self.vocabulary is not None:
-                    self.vocabulary.add(_texts(item))
+                    self.vocabulary.add(texts)
 
     def delete(self, docnos: Iterable[int]) -> None:
         with self._lock:
@@ -203,7 +204,7 @@ class Bm25Index:
             if len(w) <= 2 or w in STOP_WORDS or w in self.vocabulary or w in self.known_words:
                 continue
             searcher = searcher or self.index.searcher()
-            if not searcher.search(self.index.parse_query(w, list(TEXT_FIELDS)), limit=1, count=False).hits:
+            if not self._matches(searcher, w):
                 out.append(w)
         return out
 
@@ -262,11 +263,11 @@ class Bm25Index:
         if not words:
             return 0.0
         searcher = self.index.searcher()
-        found = 0
-        for w in words:
-            q = self.index.parse_query(w, list(TEXT_FIELDS))
-            found += searcher.search(q, limit=1, count=False).hits != []
-        return found / len(words)
+        return sum(self._matches(searcher, w) for w in words) / len(words)
+
+    def _matches(self, searcher: tantivy.Searcher, word: str) -> bool:
+        """Whether any item matches `word` after the index's tokenizer (stemming: "dresses" finds "dress")."""
+        return bool(searcher.search(self.index.parse_query(word, list(TEXT_FIELDS)), limit=1, count=False).hits)
 
     def search(
         self,

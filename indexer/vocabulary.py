@@ -38,6 +38,11 @@ def model_words(tokenizer_json: str | Path) -> frozenset[str]:
     return frozenset(w for w in vocab if len(w) >= MIN_LENGTH and w.isalpha() and w.islower())
 
 
+def _correctable(word: str) -> bool:
+    """A catalog word a typo may be corrected to: 3+ letters, no digits."""
+    return len(word) >= 3 and not any(c.isdigit() for c in word)
+
+
 def auto_edits(word: str) -> int:
     """Elasticsearch's `fuzziness: AUTO`: the edits a word of this length may be away from a catalog word."""
     return 0 if len(word) <= 2 else 1 if len(word) <= 5 else 2
@@ -62,8 +67,11 @@ class Vocabulary:
         """One item's texts: each of its words counts once."""
         item_words = {w for text in texts for w in words(text)}
         with self._lock:
+            if self._choices is not None:   # kept up to date, not rebuilt at the next typo after every live write
+                for w in filter(_correctable, item_words - self.counts.keys()):
+                    # a new list, not an append: a correction running now reads the list it took
+                    self._choices[w[0]] = [*self._choices.get(w[0], ()), w]
             self.counts.update(item_words)
-            self._choices = None
             self.dirty = True
 
     def correct(self, word: str, max_edits: int = 2) -> tuple[str, int] | None:
@@ -78,9 +86,8 @@ class Vocabulary:
         with self._lock:
             if self._choices is None:
                 by_letter: dict[str, list[str]] = {}
-                for w in self.counts:
-                    if len(w) >= 3 and not any(c.isdigit() for c in w):
-                        by_letter.setdefault(w[0], []).append(w)
+                for w in filter(_correctable, self.counts):
+                    by_letter.setdefault(w[0], []).append(w)
                 self._choices = by_letter
             choices = self._choices.get(word[0], [])
         found = process.extract(word, choices, scorer=OSA.distance, score_cutoff=edits, limit=None)

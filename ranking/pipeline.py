@@ -156,14 +156,17 @@ class Searcher:
     def with_second_stage(self, reranker: CrossEncoderReranker | None = None, ranker: LtrRanker | None = None,
                           rerank: RerankConfig | None = None) -> Searcher:
         """The same bundle and encoders with other second-stage models (None keeps this one's): an experiment's arm."""
-        return Searcher(self.bundle, self.text_encoder, self.config, clip_encoder=self.clip_encoder,
-                        reranker=reranker or self.reranker, ranker=ranker or self.ranker,
-                        rerank=rerank if reranker is not None and rerank is not None else self.rerank)
+        return self._copy(reranker=reranker or self.reranker, ranker=ranker or self.ranker,
+                          rerank=rerank if reranker is not None and rerank is not None else self.rerank)
 
     def with_config(self, config: SearchConfig) -> Searcher:
         """The same bundle and models searched with other [search] settings (a sweep in bench/, no reload)."""
-        return Searcher(self.bundle, self.text_encoder, config, clip_encoder=self.clip_encoder, reranker=self.reranker,
-                        ranker=self.ranker, rerank=self.rerank)
+        return self._copy(config=config)
+
+    def _copy(self, **changes: Any) -> Searcher:
+        args = {"bundle": self.bundle, "text_encoder": self.text_encoder, "config": self.config,
+                "clip_encoder": self.clip_encoder, "reranker": self.reranker, "ranker": self.ranker, "rerank": self.rerank}
+        return Searcher(**{**args, **changes})
 
     def available_stages(self) -> list[str]:
         return [Stage.FIRST, *([Stage.CROSS] if self.reranker is not None else []),

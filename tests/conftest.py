@@ -6,8 +6,6 @@ import os
 import random
 import re
 import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -171,18 +169,6 @@ def tiny_st(tmp_path_factory) -> str:
 def serve_process() -> Callable[..., tuple[subprocess.Popen, str]]:
     """Starts `vitrine serve --bundle B --port 0 ...` as its own process, as a shop runs it, and returns it with its
     HOST:PORT once it prints it (the caller stops it)."""
-    def start(bundle: Path, extra: list[str] | None = None, timeout_s: float = 300.0) -> tuple[subprocess.Popen, str]:
-        proc = subprocess.Popen([sys.executable, "-m", "vitrine.cli.main", "serve", "--port", "0", "--bundle", str(bundle),
-                                 *(extra or [])], stdout=subprocess.PIPE, text=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if line.startswith("listening on "):
-                return proc, line.split("listening on ", 1)[1].strip()
-            if not line and proc.poll() is not None:
-                raise RuntimeError(f"server exited with status {proc.returncode} before listening")
-        proc.kill()
-        raise RuntimeError("server did not start listening in time")
+    from vitrine.serving.process import start_server
 
-    return start
+    return start_server

@@ -144,3 +144,10 @@ def test_a_real_word_the_catalog_does_not_use_is_not_a_typo(tmp_path):
     index.commit()
     assert index.corrections(["snow", "shwer"]) == {"shwer": ("shower", 1)}
     index.close()
+
+
+def test_a_word_written_live_is_a_correction_at_once():
+    v = Vocabulary(Counter({"drill": 2}))
+    assert v.correct("drilll") == ("drill", 1)            # the candidates are built now ...
+    v.add(["Jigsaw Blades"])
+    assert v.correct("jigsae") == ("jigsaw", 1)           # ... and a live write's words join them
