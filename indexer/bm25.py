@@ -1,6 +1,7 @@
 """The Tantivy BM25 index over title, description, category and attributes, with exact-match filters."""
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 import threading
@@ -8,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import tantivy
 
 from vitrine.serving.schema import check, config_from_dict
@@ -32,6 +34,22 @@ STOP_WORDS = frozenset({
     "a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "if", "in", "into", "is", "it", "no", "not", "of",
     "on", "or", "such", "that", "the", "their", "then", "there", "these", "they", "this", "to", "was", "will", "with",
 })
+
+
+# A filter that keeps at most this many items is given to Tantivy as a set of doc numbers; a wider one is applied
+# to an over-fetched result (a term set of tens of thousands of terms costs more than the over-fetch).
+ONLY_AS_TERMS = 8192
+
+
+@dataclass(frozen=True)
+class Restrict:
+    """What a request's filters allow: exact values and the price range as Tantivy terms, and the doc numbers that
+    every other condition (FieldFilter: any/none of, ranges, presence) allows."""
+
+    filters: Mapping[str, str] = field(default_factory=dict)
+    price_min: float | None = None
+    price_max: float | None = None
+    only: np.ndarray | None = None
 
 
 def query_words(text: str) -> list[str]:
@@ -269,27 +287,61 @@ class Bm25Index:
         """Whether any item matches `word` after the index's tokenizer (stemming: "dresses" finds "dress")."""
         return bool(searcher.search(self.index.parse_query(word, list(TEXT_FIELDS)), limit=1, count=False).hits)
 
-    def search(
-        self,
-        text: str,
-        k: int,
-        filters: Mapping[str, str] | None = None,
-        price_min: float | None = None,
-        price_max: float | None = None,
-        typos: bool = True,
-        also: tuple[str, ...] = (),
-        fixes: Mapping[str, tuple[str, int]] | None = None,
-    ) -> list[tuple[int, float]]:
+    def search(self, text: str, k: int, restrict: Restrict | None = None, typos: bool = True, also: tuple[str, ...] = (),
+               fixes: Mapping[str, tuple[str, int]] | None = None) -> list[tuple[int, float]]:
         """Returns up to k (docno, BM25 score) pairs, best first; an all-punctuation query returns []. With `typos`,
         misspelt words and compounds written the other way also search as the catalog writes them; `also` adds
         terms (a shop's synonyms) beside the query's own words; `fixes` are the corrections when the caller has
-        already found them (the pipeline does, once per query)."""
+        already found them (the pipeline does, once per query). `restrict` keeps only the items a request's filters
+        allow."""
+        words = self._words(text, typos, also, fixes)
+        if not words:
+            return []
+        query = self.index.parse_query(words, list(TEXT_FIELDS), field_boosts=dict(self.config.boosts))
+        restrict = restrict or Restrict()
+        only = restrict.only
+        if only is not None and len(only) == 0:
+            return []
+        restrictions = [(tantivy.Occur.Must, tantivy.Query.term_query(self.schema, "filters", filter_term(f, v)))
+                        for f, v in restrict.filters.items()]
+        if restrict.price_min is not None or restrict.price_max is not None:
+            restrictions.append((tantivy.Occur.Must, tantivy.Query.range_query(
+                self.schema, "price", tantivy.FieldType.Float, restrict.price_min, restrict.price_max)))
+        searcher = self.index.searcher()
+        limit = k
+        if only is not None and len(only) <= ONLY_AS_TERMS:
+            restrictions.append((tantivy.Occur.Must, tantivy.Query.term_set_query(
+                self.schema, "docno_key", [str(int(d)) for d in only])))
+            only = None
+        elif only is not None:  # a wide filter: over-fetch by its selectivity, then keep the allowed
+            limit = min(max(searcher.num_docs, 1), k * math.ceil(2 * searcher.num_docs / len(only)))
+        if restrictions:
+            # The filter clauses only restrict; const_score(0) keeps them out of the BM25 score.
+            restrictions = [(occ, tantivy.Query.const_score_query(q, 0.0)) for occ, q in restrictions]
+            query = tantivy.Query.boolean_query([(tantivy.Occur.Must, query), *restrictions])
+        result = searcher.search(query, limit=limit, count=False)
+        addrs = [addr for _, addr in result.hits]
+        docnos = searcher.fast_field_values("docno", addrs)
+        pairs = [(int(d), float(s)) for (s, _), d in zip(result.hits, docnos)]
+        if only is not None:
+            keep = np.isin(np.array([d for d, _ in pairs], dtype=np.int64), only)
+            pairs = [pair for pair, ok in zip(pairs, keep) if ok][:k]
+        return pairs
+
+    def highlight_query(self, text: str, fixes: Mapping[str, tuple[str, int]] | None = None) -> tantivy.Query | None:
+        """The query as search() reads it, over title and description only: what a snippet marks."""
+        words = self._words(text, True, (), fixes)
+        return self.index.parse_query(words, ["title", "description"]) if words else None
+
+    def _words(self, text: str, typos: bool, also: tuple[str, ...], fixes: Mapping[str, tuple[str, int]] | None) -> str:
+        """The query text Tantivy parses: the user's words as plain words, typo corrections, compounds, sizes and
+        synonyms."""
         # Lower-cased so that AND/OR/NOT in a user's text are words, not operators.
         joined = [a + b for a, b in _HYPHENATED.findall(text)]
         # split() also folds \v, \f and Unicode spaces, which Tantivy's parser rejects.
         words = " ".join(_SYNTAX.sub(" ", " ".join([text, *joined])).split()).lower()
         if not words:
-            return []
+            return ""
         # Each typo's catalog word joins the query, its weight cut by the share of letters changed: the
         # misspelt word itself matches nothing, so the correction scores below an exact word of the same rarity.
         if typos:
@@ -298,19 +350,4 @@ class Bm25Index:
             words = " ".join([words, *self.compounds(words.split())])
         # Sizes and measures as the index holds them ("30 inch" -> 30in), and the shop's synonyms.
         extra = " ".join(_SYNTAX.sub(" ", t) for t in also).lower()
-        words = " ".join([words, *unit_tokens(text), *extra.split()])
-        query = self.index.parse_query(words, list(TEXT_FIELDS), field_boosts=dict(self.config.boosts))
-        restrictions = [(tantivy.Occur.Must, tantivy.Query.term_query(self.schema, "filters", filter_term(f, v)))
-                        for f, v in (filters or {}).items()]
-        if price_min is not None or price_max is not None:
-            restrictions.append((tantivy.Occur.Must, tantivy.Query.range_query(
-                self.schema, "price", tantivy.FieldType.Float, price_min, price_max)))
-        if restrictions:
-            # The filter clauses only restrict; const_score(0) keeps them out of the BM25 score.
-            restrictions = [(occ, tantivy.Query.const_score_query(q, 0.0)) for occ, q in restrictions]
-            query = tantivy.Query.boolean_query([(tantivy.Occur.Must, query), *restrictions])
-        searcher = self.index.searcher()
-        result = searcher.search(query, limit=k, count=False)
-        addrs = [addr for _, addr in result.hits]
-        docnos = searcher.fast_field_values("docno", addrs)
-        return [(int(d), float(s)) for (s, _), d in zip(result.hits, docnos)]
+        return " ".join([words, *unit_tokens(text), *extra.split()])

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from vitrine.indexer.catalog import Item, item_from_dict
+from vitrine.indexer.columns import Columns, FieldFilter, FilterError
 
 CATEGORY = "category"
 
@@ -56,6 +57,7 @@ class DocStore:
         self._postings: dict[str, set[int]] = defaultdict(set)
         self.filter_fields: set[str] = {CATEGORY}
         self._prices: dict[int, float] = {}
+        self.columns = Columns()  # per-field value codes and numbers: filters beyond one value, facets, sorting
         for docno, doc in self._db.execute("SELECT docno, doc FROM items"):
             self._index(docno, item_from_dict(json.loads(doc)))
         row = self._db.execute("SELECT value FROM meta WHERE key='next_docno'").fetchone()
@@ -113,12 +115,16 @@ class DocStore:
         return None if docno is None else self.items[docno]
 
     def allowed(
-        self, filters: Mapping[str, str], price_min: float | None = None, price_max: float | None = None
+        self, filters: Mapping[str, str], price_min: float | None = None, price_max: float | None = None,
+        where: Sequence[FieldFilter] = (),
     ) -> np.ndarray | None:
-        """Doc numbers matching every filter and the price range, or None when nothing restricts.
+        """Doc numbers matching every filter, the price range and every `where` condition, or None when nothing
+        restricts.
 
-        Raises ValueError naming an unknown filter field.
+        Raises ValueError naming an unknown filter field (FilterError, naming the request field, for `where`).
         """
+        if where:
+            return np.flatnonzero(self.columns.mask(self.conditions(filters, price_min, price_max, where)))
         if not filters and price_min is None and price_max is None:
             return None
         sets: list[set[int]] = []
@@ -136,6 +142,18 @@ class DocStore:
         sets.sort(key=len)
         result = set(sets[0]).intersection(*sets[1:]) if sets else set()
         return np.fromiter(result, dtype=np.int64, count=len(result))
+
+    def conditions(self, filters: Mapping[str, str], price_min: float | None = None, price_max: float | None = None,
+                   where: Sequence[FieldFilter] = ()) -> list[FieldFilter]:
+        """Every restriction of a request as FieldFilters: the exact `filters`, the price range, then `where`."""
+        out = []
+        for field, value in filters.items():
+            if field.casefold() not in self.filter_fields:
+                raise FilterError("filters", f"unknown filter field {field!r}; this catalog has: {self.columns.known()}.")
+            out.append(FieldFilter(field, any_of=(value,)))
+        if price_min is not None or price_max is not None:
+            out.append(FieldFilter("price", min=price_min, max=price_max))
+        return out + list(where)
 
     def mentioned_values(self, text: str, fields: Sequence[str] = ()) -> dict[str, str]:
         """Attribute values of this catalog that the text names as whole words, longest per field.
@@ -169,6 +187,7 @@ class DocStore:
             self.filter_fields.add(key.casefold())
         if item.price is not None:
             self._prices[docno] = item.price
+        self.columns.add(docno, item.category, item.attributes, item.price)
 
     def _unindex(self, docno: int) -> None:
         item = self.items.pop(docno, None)
@@ -179,3 +198,4 @@ class DocStore:
         for term in filter_terms(item):
             self._postings[term].discard(docno)
         self._prices.pop(docno, None)
+        self.columns.remove(docno)

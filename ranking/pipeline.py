@@ -5,130 +5,32 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
 
 from vitrine.encoders.base import TextEncoder, l2_normalize
-from vitrine.serving.schema import check, check_positive_ints, config_from_dict
 from vitrine.encoders.images import decode_image
-from vitrine.indexer.bm25 import query_words
+from vitrine.indexer.bm25 import Restrict, query_words
+from vitrine.indexer.columns import FilterError
 from vitrine.indexer.bundle import Bundle, item_text
-from vitrine.indexer.manifest import Manifest
 from vitrine.indexer.synonyms import Synonyms
+from vitrine.ranking.arrange import CANDIDATES, CATALOG, arrange, browse, check_like, check_shop_fields, docnos_of, without_field
 from vitrine.ranking.features import QueryContext, candidate_features
-from vitrine.ranking.fusion import FusionMethod, fuse
+from vitrine.ranking.fusion import fuse
 from vitrine.ranking.ltr import LTR, LtrRanker
 # The request and result types live in ranking/request.py; the doors import them from here too.
-from vitrine.ranking.request import InvalidRequest, SearchRequest, SearchResult, Unsupported, parse_enum
+from vitrine.ranking.request import SOURCES, InvalidRequest, SearchRequest, SearchResult, Unsupported, validate
+from vitrine.ranking.rules import Rules, apply_boosts
 from vitrine.ranking.rerank import CrossEncoderReranker, RerankConfig, blend_scores, rerank_scores
+# The [search] section lives in ranking/search_config.py; the doors import it from here too.
+from vitrine.ranking.search_config import SearchConfig, clip_text_trust  # noqa: F401
 from vitrine.ranking.types import Constraint, Hit, SourceHit, Stage
-
-SOURCES = ("bm25", "text", "clip_text", "clip_image")
 
 
 class ClipLike(TextEncoder, Protocol):
     def encode_images(self, images: list, batch_size: int = 64, progress: bool = False) -> np.ndarray: ...
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    fusion: FusionMethod = FusionMethod.WEIGHTED_MAX
-    # bm25/text measured by bench/tune_first_stage.py on scifact claims and fashion text-literal/paraphrase
-    # (one setting for all three; 0.4-0.5 for bm25 is a plateau); see README "Fusion defaults".
-    weights: Mapping[str, float] = field(default_factory=lambda: {"bm25": 0.45, "text": 0.55, "clip_text": 0.5, "clip_image": 1.0})
-    rrf_k: int = 60
-    candidates: int = 100       # depth each source retrieves before fusion
-    # Composed queries: q = normalise(image + composed_text_weight * text) in CLIP space, and attribute
-    # values named in the text ("in red") used as a hard filter, a soft boost, or not at all.
-    composed_text_weight: float = 0.5
-    constraint: Constraint = Constraint.HARD
-    constraint_bonus: float = 0.3
-    constraint_fields: tuple[str, ...] = ()   # empty: every attribute
-    # Image and composed queries, with a CLIP that has attribute heads: each attribute the query photo is predicted
-    # to have (probability >= attribute_min_prob; fields the text names are left to the text) adds
-    # attribute_bonus x probability to the fused score of items that have it. 0 = off. Chosen by
-    # bench/clip_settings.py on fashion image queries: bonus 0 / 0.15 / 0.3 / 0.5 at min_prob 0.5 gave
-    # 0.724 / 0.810 / 0.833 / 0.840; min_prob 0.3 / 0.5 / 0.7 at bonus 0.3 gave 0.846 / 0.833 / 0.786.
-    attribute_bonus: float = 0.3
-    attribute_min_prob: float = 0.3
-    # CLIP text joins fully when under this fraction of the query's words occur in the catalog
-    # (paraphrases); above it, BM25 + MiniLM already win and clip_text's weight is scaled by literal_clip_scale.
-    literal_coverage: float = 1.0
-    literal_clip_scale: float = 0.0
-    # CLIP text joins text queries at all only when the bundle's check of its CLIP (indexer/clip_check.py: an item's
-    # text finding the item's own photo, recall@10 among up to 1,000 catalog photos, on items the CLIP never trained
-    # on) beats chance by at least this much, as a share of the way from chance to perfect: (recall - chance) /
-    # (1 - chance). Photo and composed queries use CLIP whatever the check says. 0 = always trust it. Measured by
-    # bench/clip_trust.py, not tuned on qrels: chance is 0; `make demo`'s 3-epoch CLIP 0.077 (its text results were
-    # shoes for "shirt") and the fashion CLIP on flickr8k photos outside its shop 0.061, against 0.64 / 1.0 for the
-    # demo CLIP trained 8 / 14 epochs and 0.855 for the default fashion CLIP in its shop. 0.2 sits well between.
-    clip_text_min_recall: float = 0.2
-    # Opt-in BM25 gate: a short keyword query (at most bm25_gate_words informative words) keeps BM25 in the fusion
-    # only when its best hit explains at least bm25_explain_min of the query (Bm25Index.explained_share), else the
-    # dense sources rank alone. Off (0) by default: on the full fashion catalog it lifts paraphrase 0.339 -> 0.425,
-    # but on a catalog without full matches (bench/regress.py's fashion subset) it drops literal 0.894 -> 0.772.
-    bm25_gate_words: int = 0
-    bm25_explain_min: float = 0.8
-    # Typo tolerance in BM25 (indexer/vocabulary.py): a query word no item contains is also searched as the nearest
-    # catalog word within Elasticsearch's AUTO edits (its weight cut by the share of letters changed), and compounds
-    # the catalog writes joined or split the other way are searched as it writes them. Needs a bundle indexed with
-    # its vocabulary (older ones search without corrections).
-    typos: bool = True
-    # A synonyms file (Solr / Elasticsearch syntax, indexer/synonyms.py) for the lexical source: "tv, television"
-    # or "pc => personal computer". Read when the searcher is built, so a tenant's Reload picks up an edit. "" = none.
-    synonyms: str = ""
-    stages: Stage = Stage.FULL  # the deepest stage applied when a request does not say (only loaded models run)
-    default_k: int = 10
-    max_k: int = 1000
-    max_offset: int = 10_000
-    max_text_chars: int = 2048
-    max_image_bytes: int = 10 * 1024 * 1024
-    max_image_pixels: int = 40_000_000
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> SearchConfig:
-        cfg = config_from_dict(cls, d, "search")
-        for name, w in cfg.weights.items():
-            check(name in SOURCES, f"search.weights.{name}", f"a source ({', '.join(SOURCES)})", name)
-            check(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0, f"search.weights.{name}",
-                  "a non-negative number", w)
-        check(cfg.attribute_bonus >= 0, "search.attribute_bonus", "a non-negative number", cfg.attribute_bonus)
-        check(0 <= cfg.attribute_min_prob <= 1, "search.attribute_min_prob", "a probability in [0, 1]", cfg.attribute_min_prob)
-        check(0 <= cfg.clip_text_min_recall <= 1, "search.clip_text_min_recall", "a number in [0, 1]",
-              cfg.clip_text_min_recall)
-        check_positive_ints(cfg, "search", ("rrf_k", "candidates", "default_k", "max_k", "max_text_chars",
-                                            "max_image_bytes", "max_image_pixels"))
-        # A [search.weights] table overrides the sources it names; the others keep their defaults.
-        return replace(cfg, weights={**cls().weights, **{k: float(v) for k, v in cfg.weights.items()}})
-
-
-def clip_text_trust(manifest: Manifest, min_recall: float) -> tuple[bool, str]:
-    """Whether the bundle's CLIP text tower may join text queries, and why, from its check in the manifest.
-
-    A bundle without a check (indexed before the check existed) keeps the earlier behaviour, CLIP text joining as the
-    coverage rule says: its CLIP was what its operator chose and measured, and an upgrade should not change served
-    results silently (serving/assemble.py logs that a re-index would check it). A check that could not be measured (no
-    item has both a photo and text) does not pass: nothing shows that the text tower finds anything.
-    """
-    clip = manifest.models.get("clip")
-    if clip is None:
-        return False, "this bundle has no CLIP"
-    check = clip.check
-    if min_recall <= 0:
-        return True, "[search] clip_text_min_recall = 0: CLIP text joins whatever its check says"
-    if check is None:
-        return True, "this bundle has no CLIP check (indexed before it existed): CLIP text joins as before"
-    recall = check.get("text_to_image_recall@10")
-    if recall is None:
-        return False, f"its CLIP check was not measured ({check.get('how', 'no reason recorded')})"
-    chance = float(check.get("chance", 0.0))
-    above = (recall - chance) / (1 - chance) if chance < 1 else 0.0
-    verdict = "passes" if above >= min_recall else "is below"
-    return above >= min_recall, (f"its CLIP check {verdict} [search] clip_text_min_recall = {min_recall:g}: "
-                                 f"text->image recall@10 {recall:.3f} on {check.get('queries')} catalog items, chance "
-                                 f"{chance:.3f}, so {above:.3f} of the way from chance to perfect")
 
 
 def _respell(text: str, corrected: Mapping[str, str]) -> str:
@@ -136,6 +38,28 @@ def _respell(text: str, corrected: Mapping[str, str]) -> str:
     for typo, fix in corrected.items():
         text = re.sub(rf"(?<!\w){re.escape(typo)}(?!\w)", fix, text, flags=re.IGNORECASE)
     return text
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A query as the first stage reads it: its text, mode, sources, query vectors, what its photo shows, and
+    BM25's typo corrections."""
+
+    text: str
+    mode: str
+    sources: tuple[str, ...]
+    queries: Mapping[str, np.ndarray]
+    seen: Mapping[str, tuple[str, float]]
+    fixes: Mapping[str, tuple[str, int]]
+
+
+@dataclass(frozen=True)
+class FirstStage:
+    fused: list[Hit]
+    constraints: dict[str, str]
+    predicted: dict[str, tuple[str, float]]
+    items: dict[str, Any]                 # the items the second stage reads
+    moved: dict[str, list[str]]           # id -> the merchandising boosts that changed its score
 
 
 class Searcher:
@@ -185,7 +109,18 @@ class Searcher:
         only index and docstore reads hold it, so a write waiting for the lock never waits on a model."""
         t_start = time.perf_counter()
         timings: dict[str, float] = {}
-        k = self._validate(req)
+        with reading():
+            k = self._validate(req)
+            req = replace(req, k=k)
+            rules = self.config.rules.for_query(req.text).then(req.rules) if not req.no_rules else req.rules
+            if req.browse:
+                arranged, total, moved = browse(self.bundle, req, rules, timings)
+                timings["total"] = (time.perf_counter() - t_start) * 1e3
+                return SearchResult(hits=arranged.hits[req.offset:req.offset + k], total_candidates=total,
+                                    timings_ms=timings, bundle_version=self.bundle.version, mode="browse",
+                                    facets=arranged.facets, facet_scope=CATALOG if req.facets else "", rules=moved,
+                                    sort_values=arranged.sort_values, highlights=arranged.highlights)
+            liked = self._liked(req) if req.like_id else {}
         image = None
         if req.image:
             image = decode_image(req.image, self.config.max_image_bytes, self.config.max_image_pixels)
@@ -194,7 +129,7 @@ class Searcher:
                                   "build one with `vitrine index --clip-model`.")
         text = req.text.strip()
         mode = "composed" if image is not None and text else "image" if image is not None else "text"
-        sources = self._active_sources(req, mode)
+        sources = self._active_sources(req, mode, liked)
         dropped: dict[str, str] = {}
         # A request that names clip_text (in sources or weights) gets it; otherwise the bundle's check decides.
         if mode == "text" and "clip_text" in sources and not req.sources and "clip_text" not in req.weights:
@@ -202,8 +137,36 @@ class Searcher:
             if not trusted:
                 sources.remove("clip_text")
                 dropped["clip_text"] = why
-        queries: dict[str, np.ndarray] = {}  # source -> (1, D) query vector
         fixes, corrected = self._corrected(text, sources)
+        queries, seen = self._encode(req, text, image, mode, sources, corrected, timings)
+        queries = {**liked, **queries}
+        if req.like_id:
+            mode = "like"
+        encoded = Encoded(text, mode, tuple(sources), queries, seen, fixes)
+        with reading():
+            first = self._first_stage(req, encoded, timings, rules)
+        query = QueryContext(text, mode, dict(req.filters), {}, self.config.candidates)
+        ranked, applied, features, contributions = self._second_stage(req, query, first.fused, first.items, timings, reading)
+        with reading():
+            t0 = time.perf_counter()
+            arranged = arrange(self.bundle, req, ranked, rules, first.moved,
+                               lambda field: docnos_of(self.bundle, self._first_stage(
+                                   without_field(req, field), encoded, {}, rules).fused),
+                               fixes)
+            if req.facets or req.sorted_by or req.highlight or rules.pin:
+                timings["arrange"] = (time.perf_counter() - t0) * 1e3
+        timings["total"] = (time.perf_counter() - t_start) * 1e3
+        return SearchResult(hits=arranged.hits[req.offset:req.offset + k], total_candidates=len(arranged.hits),
+                            timings_ms=timings, bundle_version=self.bundle.version, constraints=first.constraints,
+                            predicted=first.predicted, mode=mode, stages=applied, features=features,
+                            contributions=contributions, dropped=dropped, corrected=corrected, facets=arranged.facets,
+                            facet_scope=CANDIDATES if req.facets else "", highlights=arranged.highlights,
+                            rules=first.moved, sort_values=arranged.sort_values)
+
+    def _encode(self, req: SearchRequest, text: str, image: Any, mode: str, sources: list[str], corrected: Mapping[str, str],
+                timings: dict[str, float]) -> tuple[dict[str, np.ndarray], dict[str, tuple[str, float]]]:
+        """The query vector of each dense source ((1, D) each), and what the query photo shows (attribute heads)."""
+        queries: dict[str, np.ndarray] = {}
         # The dense encoders read the query as spelt right: a typo splits a word into pieces no item's text has.
         dense_text = _respell(text, corrected)
         if "text" in sources and text:
@@ -227,15 +190,22 @@ class Searcher:
                 xq = l2_normalize(xq + w * clip_text)
             queries["clip_image"] = xq
             timings["clip_image_encode"] = (time.perf_counter() - t0) * 1e3
-        with reading():
-            fused, constraints, predicted, items = self._first_stage(req, text, mode, sources, queries, seen, timings, fixes)
-        query = QueryContext(text, mode, dict(req.filters), {}, self.config.candidates)
-        ranked, applied, features, contributions = self._second_stage(req, query, fused, items, timings, reading)
-        timings["total"] = (time.perf_counter() - t_start) * 1e3
-        return SearchResult(hits=ranked[req.offset:req.offset + k], total_candidates=len(fused),
-                            timings_ms=timings, bundle_version=self.bundle.version, constraints=constraints,
-                            predicted=predicted, mode=mode, stages=applied, features=features, contributions=contributions,
-                            dropped=dropped, corrected=corrected)
+        return queries, seen
+
+    def _liked(self, req: SearchRequest) -> dict[str, np.ndarray]:
+        """A like_id request's query vectors: the item's stored text vector and photo (or CLIP stand-in) vector."""
+        docno = check_like(self.bundle, req)
+        out = {}
+        for source in ("text", "clip_image"):
+            index = self.bundle.vectors.get(source)
+            if index is not None and source in self.available_sources():
+                x = index.reconstruct(np.array([docno]))
+                if x is not None:
+                    out[source] = l2_normalize(x.astype(np.float32))
+        if "text" not in out and "text" in self.available_sources():   # a PQ-only index keeps no exact vectors
+            item = self.bundle.docstore.items[docno]
+            out["text"] = self.text_encoder.encode_texts([item_text(item)])
+        return out
 
     def _corrected(self, text: str, sources: list[str]) -> tuple[dict[str, tuple[str, int]], dict[str, str]]:
         """Found once per query: BM25's corrections (typo -> (catalog word, edits)) and the dense encoders'
@@ -249,54 +219,25 @@ class Searcher:
         fixes = bm25.corrections(words, unknown)
         return fixes, bm25.respellings(unknown, fixes)
 
-    def _first_stage(self, req: SearchRequest, text: str, mode: str, sources: list[str], queries: Mapping[str, np.ndarray],
-                     seen: Mapping[str, tuple[str, float]], timings: dict[str, float],
-                     fixes: Mapping[str, tuple[str, int]] | None = None,
-                     ) -> tuple[list[Hit], dict[str, str], dict[str, tuple[str, float]], dict[str, Any]]:
-        """Filters, BM25 and ANN retrieval, fusion and boosts over the encoded query; also fetches the items the
-        second stage will read. Runs under the live index's read lock."""
-        k = req.k or self.config.default_k
-        try:
-            allowed = self.bundle.docstore.allowed(req.filters, req.price_min, req.price_max)
-        except ValueError as exc:
-            raise InvalidRequest("filters", str(exc).removeprefix("filters: ")) from None
-        constraints, constraint_mode = {}, Constraint(req.constraint or self.config.constraint)
-        if mode == "composed" and constraint_mode is not Constraint.OFF:
-            constraints = self.bundle.docstore.mentioned_values(text, self.config.constraint_fields)
-            if constraints and constraint_mode is Constraint.HARD:
-                narrowed = self.bundle.docstore.allowed({**req.filters, **constraints}, req.price_min, req.price_max)
-                if narrowed is not None and len(narrowed):
-                    allowed = narrowed
-                else:
-                    constraint_mode = Constraint.SOFT  # nothing matches every named value: rank by them instead
-        predicted = {f: vp for f, vp in seen.items() if f not in constraints}  # fields the text names are the text's
-        exclude = set(req.exclude_ids)
-        depth = max(self.config.candidates, req.offset + k) + len(exclude)
-        lists: dict[str, list[tuple[str, float]]] = {}
-        if "bm25" in sources and text:
-            t0 = time.perf_counter()
-            also = tuple(self.synonyms.expand(text)) if self.synonyms is not None else ()
-            pairs = self.bundle.bm25.search(text, depth, req.filters, req.price_min, req.price_max, self.config.typos, also,
-                                            fixes)
-            lists["bm25"] = self._to_ids(pairs, exclude)
-            timings["bm25"] = (time.perf_counter() - t0) * 1e3
-        for source, index in (("text", "text"), ("clip_text", "clip_image"), ("clip_image", "clip_image")):
-            if source in queries:
-                t0 = time.perf_counter()
-                lists[source] = self._ann(index, queries[source], depth, allowed, exclude)
-                timings[f"{source}_ann"] = (time.perf_counter() - t0) * 1e3
+    def _first_stage(self, req: SearchRequest, q: Encoded, timings: dict[str, float], rules: Rules) -> FirstStage:
+        """Filters, BM25 and ANN retrieval, fusion, boosts and the merchandising boosts over the encoded query; also
+        fetches the items the second stage will read. Runs under the live index's read lock."""
+        allowed, constraints, constraint_mode = self._allowed(req, q)
+        predicted = {f: vp for f, vp in q.seen.items() if f not in constraints}  # fields the text names are the text's
+        exclude = set(req.exclude_ids) | set(rules.hide) | ({req.like_id} if req.like_id else set())
+        lists = self._lists(req, q, allowed, exclude, timings)
         t0 = time.perf_counter()
         weights = {**self.config.weights, **req.weights}
         clip_rule = "clip_text" in lists and "clip_text" not in req.weights and ("bm25" in lists or "text" in lists)
         if clip_rule:
-            coverage = self.bundle.bm25.term_coverage(text)
+            coverage = self.bundle.bm25.term_coverage(q.text)
             timings["coverage"] = (time.perf_counter() - t0) * 1e3
             if coverage >= self.config.literal_coverage:
                 weights["clip_text"] = weights.get("clip_text", 0.0) * self.config.literal_clip_scale
         if (lists.get("bm25") and len(lists) > 1 and "bm25" not in req.weights
-                and 0 < len(self.bundle.bm25.query_words(text)) <= self.config.bm25_gate_words):
+                and 0 < len(self.bundle.bm25.query_words(q.text)) <= self.config.bm25_gate_words):
             t1 = time.perf_counter()
-            if self.bundle.bm25.explained_share(text, lists["bm25"][0][1]) < self.config.bm25_explain_min:
+            if self.bundle.bm25.explained_share(q.text, lists["bm25"][0][1]) < self.config.bm25_explain_min:
                 weights["bm25"] = 0.0
             timings["bm25_gate"] = (time.perf_counter() - t1) * 1e3
         fused = fuse(lists, req.fusion or self.config.fusion, weights, self.config.rrf_k)
@@ -305,11 +246,56 @@ class Searcher:
         if predicted:
             fused = self._boost(fused, {f: (v, self.config.attribute_bonus * p) for f, (v, p) in predicted.items()},
                                 source="attributes")
+        moved: dict[str, list[str]] = {}
+        if rules.boost:
+            fused = apply_boosts(fused, rules.boost, self.bundle.docstore.columns, self.bundle.docstore.docno_by_id, moved)
+        if rules.min_score is not None:
+            fused = [h for h in fused if h.score >= rules.min_score]
         timings["fusion"] = (time.perf_counter() - t0) * 1e3
         depth2 = self.rerank.depth if req.rerank_depth is None else req.rerank_depth
         later = self.reranker is not None or self.ranker is not None or req.log_features  # a second stage may read them
         items = {h.id: self.bundle.docstore.get(h.id) for h in fused[:depth2]} if later else {}
-        return fused, constraints, predicted, items
+        return FirstStage(fused, constraints, predicted, items, moved)
+
+    def _allowed(self, req: SearchRequest, q: Encoded) -> tuple[np.ndarray | None, dict[str, str], Constraint]:
+        """The doc numbers the filters allow (None: all), and a composed query's named values ("in red") as hard
+        constraints (narrowing them) or soft ones."""
+        docstore = self.bundle.docstore
+        try:
+            allowed = docstore.allowed(req.filters, req.price_min, req.price_max, req.where)
+        except FilterError as exc:
+            raise InvalidRequest(exc.field, str(exc)) from None
+        except ValueError as exc:
+            raise InvalidRequest("filters", str(exc).removeprefix("filters: ")) from None
+        constraints, constraint_mode = {}, Constraint(req.constraint or self.config.constraint)
+        if q.mode == "composed" and constraint_mode is not Constraint.OFF:
+            constraints = docstore.mentioned_values(q.text, self.config.constraint_fields)
+            if constraints and constraint_mode is Constraint.HARD:
+                narrowed = docstore.allowed({**req.filters, **constraints}, req.price_min, req.price_max, req.where)
+                if narrowed is not None and len(narrowed):
+                    allowed = narrowed
+                else:
+                    constraint_mode = Constraint.SOFT  # nothing matches every named value: rank by them instead
+        return allowed, constraints, constraint_mode
+
+    def _lists(self, req: SearchRequest, q: Encoded, allowed: np.ndarray | None, exclude: set[str],
+               timings: dict[str, float]) -> dict[str, list[tuple[str, float]]]:
+        """Each source's (id, score) list, best first, `depth` deep."""
+        depth = max(self.config.candidates, req.offset + req.k) + len(exclude)
+        lists: dict[str, list[tuple[str, float]]] = {}
+        if "bm25" in q.sources and q.text:
+            t0 = time.perf_counter()
+            also = tuple(self.synonyms.expand(q.text)) if self.synonyms is not None else ()
+            restrict = Restrict(req.filters, req.price_min, req.price_max, allowed if req.where else None)
+            pairs = self.bundle.bm25.search(q.text, depth, restrict, self.config.typos, also, q.fixes)
+            lists["bm25"] = self._to_ids(pairs, exclude)
+            timings["bm25"] = (time.perf_counter() - t0) * 1e3
+        for source, index in (("text", "text"), ("clip_text", "clip_image"), ("clip_image", "clip_image")):
+            if source in q.queries:
+                t0 = time.perf_counter()
+                lists[source] = self._ann(index, q.queries[source], depth, allowed, exclude)
+                timings[f"{source}_ann"] = (time.perf_counter() - t0) * 1e3
+        return lists
 
     def _second_stage(self, req: SearchRequest, query: QueryContext, fused: list[Hit], items: Mapping[str, Any],
                       timings: dict[str, float], reading: Callable[[], AbstractContextManager] = nullcontext,
@@ -393,8 +379,12 @@ class Searcher:
                 out.append((item.id, score))
         return out
 
-    def _active_sources(self, req: SearchRequest, mode: str = "text") -> list[str]:
+    def _active_sources(self, req: SearchRequest, mode: str = "text", liked: Mapping[str, np.ndarray] | None = None,
+                        ) -> list[str]:
         available = self.available_sources()
+        if liked and not req.sources:
+            # More like this: the item's own vectors, and BM25 and the text encoder for text sent with it.
+            return [s for s in available if s in liked or (s == "bm25" and req.text.strip())]
         if not req.sources:
             # Words like "the same but in red" mean nothing to BM25 on their own: composed queries go through CLIP.
             wanted = {"text": ("bm25", "text", "clip_text"), "image": ("clip_image",), "composed": ("clip_image",)}[mode]
@@ -407,40 +397,9 @@ class Searcher:
         return list(req.sources)
 
     def _validate(self, req: SearchRequest) -> int:
-        cfg = self.config
-        if not req.text.strip() and not req.image:
-            raise InvalidRequest("text", "the query is empty; give text, an image, or both.")
-        if len(req.text) > cfg.max_text_chars:
-            raise InvalidRequest("text", f"is {len(req.text)} characters; the limit is {cfg.max_text_chars}.")
-        if len(req.image) > cfg.max_image_bytes:
-            raise InvalidRequest("image", f"is {len(req.image)} bytes; the limit is {cfg.max_image_bytes}.")
-        k = req.k or cfg.default_k
-        if k < 0 or k > cfg.max_k:
-            raise InvalidRequest("k", f"must be between 1 and {cfg.max_k}, got {req.k}.")
-        if req.offset < 0 or req.offset > cfg.max_offset:
-            raise InvalidRequest("offset", f"must be between 0 and {cfg.max_offset}, got {req.offset}.")
-        for name, value in (("price.min", req.price_min), ("price.max", req.price_max)):
-            if value is not None and not np.isfinite(value):
-                raise InvalidRequest(name, f"must be a finite number, got {value}.")
-        if req.price_min is not None and req.price_max is not None and req.price_min > req.price_max:
-            raise InvalidRequest("price", f"min {req.price_min} is greater than max {req.price_max}.")
-        if req.constraint:
-            parse_enum(Constraint, req.constraint, "constraint")
-        if req.stages:
-            stage = parse_enum(Stage, req.stages, "stages")
-            if stage not in self.available_stages():
-                raise InvalidRequest("stages", f"stage {stage.value!r} needs a "
-                                               f"{'cross-encoder' if stage is Stage.CROSS else 'ranker'} and this server has "
-                                               f"none loaded; available: {', '.join(self.available_stages())}.")
-        if req.rerank_depth is not None and not 0 <= req.rerank_depth <= self.rerank.max_depth:
-            raise InvalidRequest("rerank_depth", f"must be between 0 and {self.rerank.max_depth}, got {req.rerank_depth}.")
-        if req.composed_text_weight is not None and not (np.isfinite(req.composed_text_weight) and req.composed_text_weight >= 0):
-            raise InvalidRequest("composed_text_weight", f"must be a non-negative finite number, got {req.composed_text_weight}.")
-        for name, w in req.weights.items():
-            if name not in SOURCES:
-                raise InvalidRequest("weights", f"unknown source {name!r}; sources are {', '.join(SOURCES)}.")
-            if not np.isfinite(w) or w < 0:
-                raise InvalidRequest(f"weights.{name}", f"must be a non-negative finite number, got {w}.")
-        if len(req.exclude_ids) > cfg.max_k:
-            raise InvalidRequest("exclude_ids", f"has {len(req.exclude_ids)} ids; the limit is {cfg.max_k}.")
+        k = validate(req, self.config, self.available_stages(), self.rerank.max_depth)
+        try:
+            check_shop_fields(self.bundle, req)
+        except FilterError as exc:
+            raise InvalidRequest(exc.field, str(exc)) from None
         return k

@@ -9,9 +9,12 @@ import grpc
 
 from vitrine.encoders.batching import cache_scope, deadline
 from vitrine.proto import search_pb2, search_pb2_grpc
+from vitrine.indexer.columns import FieldFilter
+from vitrine.ranking.facets import FacetSpec
 from vitrine.ranking.features import FEATURES
 from vitrine.ranking.fusion import FusionMethod
 from vitrine.ranking.pipeline import InvalidRequest, Searcher, SearchRequest, SearchResult
+from vitrine.ranking.rules import BoostRule, PinRule, Rules
 from vitrine.server.experiment import run_experiment
 from vitrine.server.query_log import Answered
 from vitrine.server.state import model_versions
@@ -51,10 +54,23 @@ def request_from_proto(req: search_pb2.SearchRequest) -> tuple[SearchRequest, li
         stages=req.stages,
         rerank_depth=req.rerank_depth if req.HasField("rerank_depth") else None,
         log_features=req.log_features,
+        where=tuple(FieldFilter(w.field, tuple(w.any_of), tuple(w.none_of), w.min if w.HasField("min") else None,
+                                w.max if w.HasField("max") else None, w.exists if w.HasField("exists") else None)
+                    for w in req.where),
+        facets=tuple(FacetSpec(f.field, f.size, tuple(f.ranges)) for f in req.facets),
+        sort=req.sort.field,
+        descending=req.sort.descending,
+        highlight=req.highlight,
+        rules=Rules(boost=tuple(BoostRule(b.field, b.value, b.factor if b.HasField("factor") else 1.0,
+                                          b.add if b.HasField("add") else 0.0) for b in req.boosts),
+                    pin=tuple(PinRule(p.id, p.position) for p in req.pins), hide=tuple(req.hide_ids),
+                    min_score=req.min_score if req.HasField("min_score") else None),
+        no_rules=req.no_rules,
+        like_id=req.like_id,
     ), fields
 
 
-_LATER_STAGES = ("fused", "cross", "ltr", "attributes")
+_LATER_STAGES = ("fused", "cross", "ltr", "attributes", "rules")
 
 
 def explain_hit(hit: Any, method: FusionMethod, weights: dict[str, float], contributions: dict[str, float] | None = None) -> str:
@@ -66,6 +82,8 @@ def explain_hit(hit: Any, method: FusionMethod, weights: dict[str, float], contr
     out = f"fused={fused:.4f} by {method.value} of [" + "; ".join(parts) + "]"
     if "attributes" in by:
         out += f" + {by['attributes'].score:.4f} for attributes the query photo shows"
+    if "rules" in by:
+        out += f" {by['rules'].score:+.4f} by merchandising rules"
     if "cross" in by:
         out += f"; cross-encoder={by['cross'].score:.4f} (rank {by['cross'].rank})"
     if "ltr" in by:
@@ -74,6 +92,38 @@ def explain_hit(hit: Any, method: FusionMethod, weights: dict[str, float], contr
             top = sorted(((k, v) for k, v in contributions.items() if k != "bias"), key=lambda kv: -abs(kv[1]))[:5]
             out += " = bias {:+.3f} ".format(contributions.get("bias", 0.0)) + " ".join(f"{k} {v:+.3f}" for k, v in top) + " ..."
     return out
+
+
+def add_facets(resp: search_pb2.SearchResponse, result: SearchResult) -> None:
+    resp.facet_scope = result.facet_scope
+    for f in result.facets:
+        out = resp.facets.add(field=f.field, missing=f.missing, other=f.other, disjunctive=f.disjunctive,
+                              counted=f.counted)
+        for v in f.values:
+            out.values.add(value=v.value, count=v.count, selected=v.selected)
+        for b in f.buckets:
+            bucket = out.buckets.add(count=b.count)
+            if b.min is not None:
+                bucket.min = b.min
+            if b.max is not None:
+                bucket.max = b.max
+
+
+def add_arranged(h: search_pb2.Hit, hit_id: str, result: SearchResult, explain: bool) -> None:
+    """A hit's highlights, the rules that moved it and its sort value."""
+    if hit_id in result.highlights:
+        snippets = result.highlights[hit_id]
+        h.lexical_match = bool(snippets)
+        for sn in snippets:
+            h.highlights.add(field=sn.field, fragment=sn.fragment, html=sn.html, starts=[a for a, _ in sn.spans],
+                             ends=[b for _, b in sn.spans])
+    h.rules.extend(result.rules.get(hit_id, ()))
+    if hit_id in result.sort_values:
+        h.sort_value = result.sort_values[hit_id]
+    if explain and result.rules.get(hit_id):
+        h.explanation += "; rules: " + ", ".join(result.rules[hit_id])
+    if explain and hit_id in result.highlights and not result.highlights[hit_id]:
+        h.explanation += "; no lexical match (no query word occurs in its title or description)"
 
 
 class SearchServicer(search_pb2_grpc.SearchServicer):
@@ -165,6 +215,7 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
             stage_ms=result.timings_ms,
         )
         resp.model_versions.update(model_versions(searcher))
+        add_facets(resp, result)
         docstore = searcher.bundle.docstore
         for hit in result.hits:
             h = resp.hits.add(id=hit.id, score=hit.score)
@@ -176,7 +227,9 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
                 if "*" not in fields:
                     stored = {f: stored[f] for f in fields if f in stored}
                 h.fields_json = json.dumps(stored, ensure_ascii=False)
-            if req.explain:
+            if req.explain and result.mode == "browse":
+                h.explanation = f"browse (no query): {'by ' + req.sort + (' descending' if req.descending else '') if req.sorted_by else 'catalog order'}"
+            elif req.explain:
                 contrib = result.contributions.get(hit.id)
                 h.explanation = explain_hit(hit, method, weights, contrib)
                 if result.dropped:  # a source the request would have used, left out, and why (e.g. a weak CLIP)
@@ -188,4 +241,5 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
                 x = result.features.get(hit.id)
                 if x is not None:
                     h.features.update({n: float(v) for n, v in zip(FEATURES, x) if v == v})  # NaN = absent
+            add_arranged(h, hit.id, result, req.explain)
         return resp

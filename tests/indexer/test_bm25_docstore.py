@@ -1,8 +1,9 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from vitrine.indexer.bm25 import Bm25Config, Bm25Index
+from vitrine.indexer.bm25 import Bm25Config, Bm25Index, Restrict
 from vitrine.indexer.catalog import Item
 from vitrine.indexer.docstore import DocStore, filter_terms
 
@@ -30,10 +31,22 @@ def test_bm25_ranks_and_stems(three):
 
 
 def test_bm25_filters_and_price_range(three):
-    assert {d for d, _ in three.search("red", 10, filters={"color": "red"})} == {0, 2}
-    assert {d for d, _ in three.search("red", 10, filters={"category": "Footwear"})} == {0}
-    assert three.search("red", 10, filters={"color": "Blue"}) == []
-    assert {d for d, _ in three.search("red blue", 10, price_min=40, price_max=60)} == {0}
+    assert {d for d, _ in three.search("red", 10, Restrict({"color": "red"}))} == {0, 2}
+    assert {d for d, _ in three.search("red", 10, Restrict({"category": "Footwear"}))} == {0}
+    assert three.search("red", 10, Restrict({"color": "Blue"})) == []
+    assert {d for d, _ in three.search("red blue", 10, Restrict(price_min=40, price_max=60))} == {0}
+
+
+def test_bm25_restricted_to_doc_numbers(three):
+    # Any other condition arrives as the doc numbers it allows: a short list as Tantivy terms, a long one after.
+    assert {d for d, _ in three.search("red", 10, Restrict(only=np.array([2, 1])))} == {2}
+    assert three.search("red", 10, Restrict(only=np.array([], dtype=np.int64))) == []
+
+
+def test_bm25_wide_filters_are_applied_after_an_over_fetch(three, monkeypatch):
+    monkeypatch.setattr("vitrine.indexer.bm25.ONLY_AS_TERMS", 0)
+    assert {d for d, _ in three.search("red", 10, Restrict(only=np.array([2, 1])))} == {2}
+    assert {d for d, _ in three.search("red", 10, Restrict(only=np.array([0, 2])))} == {0, 2}
 
 
 def test_bm25_query_syntax_is_plain_text(three):

@@ -26,8 +26,62 @@ class PriceRange(_message.Message):
     max: float
     def __init__(self, min: _Optional[float] = ..., max: _Optional[float] = ...) -> None: ...
 
+class FieldFilter(_message.Message):
+    __slots__ = ("field", "any_of", "none_of", "min", "max", "exists")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    ANY_OF_FIELD_NUMBER: _ClassVar[int]
+    NONE_OF_FIELD_NUMBER: _ClassVar[int]
+    MIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    EXISTS_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    any_of: _containers.RepeatedScalarFieldContainer[str]
+    none_of: _containers.RepeatedScalarFieldContainer[str]
+    min: float
+    max: float
+    exists: bool
+    def __init__(self, field: _Optional[str] = ..., any_of: _Optional[_Iterable[str]] = ..., none_of: _Optional[_Iterable[str]] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., exists: _Optional[bool] = ...) -> None: ...
+
+class FacetRequest(_message.Message):
+    __slots__ = ("field", "size", "ranges")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    RANGES_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    size: int
+    ranges: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, field: _Optional[str] = ..., size: _Optional[int] = ..., ranges: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class Sort(_message.Message):
+    __slots__ = ("field", "descending")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    DESCENDING_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    descending: bool
+    def __init__(self, field: _Optional[str] = ..., descending: _Optional[bool] = ...) -> None: ...
+
+class Boost(_message.Message):
+    __slots__ = ("field", "value", "factor", "add")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    FACTOR_FIELD_NUMBER: _ClassVar[int]
+    ADD_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    value: str
+    factor: float
+    add: float
+    def __init__(self, field: _Optional[str] = ..., value: _Optional[str] = ..., factor: _Optional[float] = ..., add: _Optional[float] = ...) -> None: ...
+
+class Pin(_message.Message):
+    __slots__ = ("id", "position")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    position: int
+    def __init__(self, id: _Optional[str] = ..., position: _Optional[int] = ...) -> None: ...
+
 class SearchRequest(_message.Message):
-    __slots__ = ("text", "image", "filters", "price", "k", "offset", "exclude_ids", "fusion", "weights", "sources", "fields", "explain", "constraint", "composed_text_weight", "stages", "rerank_depth", "log_features", "session")
+    __slots__ = ("text", "image", "filters", "price", "k", "offset", "exclude_ids", "fusion", "weights", "sources", "fields", "explain", "constraint", "composed_text_weight", "stages", "rerank_depth", "log_features", "session", "where", "facets", "sort", "highlight", "boosts", "pins", "hide_ids", "min_score", "no_rules", "like_id")
     class FiltersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -60,6 +114,16 @@ class SearchRequest(_message.Message):
     RERANK_DEPTH_FIELD_NUMBER: _ClassVar[int]
     LOG_FEATURES_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
+    WHERE_FIELD_NUMBER: _ClassVar[int]
+    FACETS_FIELD_NUMBER: _ClassVar[int]
+    SORT_FIELD_NUMBER: _ClassVar[int]
+    HIGHLIGHT_FIELD_NUMBER: _ClassVar[int]
+    BOOSTS_FIELD_NUMBER: _ClassVar[int]
+    PINS_FIELD_NUMBER: _ClassVar[int]
+    HIDE_IDS_FIELD_NUMBER: _ClassVar[int]
+    MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
+    NO_RULES_FIELD_NUMBER: _ClassVar[int]
+    LIKE_ID_FIELD_NUMBER: _ClassVar[int]
     text: str
     image: bytes
     filters: _containers.ScalarMap[str, str]
@@ -78,7 +142,69 @@ class SearchRequest(_message.Message):
     rerank_depth: int
     log_features: bool
     session: str
-    def __init__(self, text: _Optional[str] = ..., image: _Optional[bytes] = ..., filters: _Optional[_Mapping[str, str]] = ..., price: _Optional[_Union[PriceRange, _Mapping]] = ..., k: _Optional[int] = ..., offset: _Optional[int] = ..., exclude_ids: _Optional[_Iterable[str]] = ..., fusion: _Optional[_Union[Fusion, str]] = ..., weights: _Optional[_Mapping[str, float]] = ..., sources: _Optional[_Iterable[str]] = ..., fields: _Optional[_Iterable[str]] = ..., explain: _Optional[bool] = ..., constraint: _Optional[str] = ..., composed_text_weight: _Optional[float] = ..., stages: _Optional[str] = ..., rerank_depth: _Optional[int] = ..., log_features: _Optional[bool] = ..., session: _Optional[str] = ...) -> None: ...
+    where: _containers.RepeatedCompositeFieldContainer[FieldFilter]
+    facets: _containers.RepeatedCompositeFieldContainer[FacetRequest]
+    sort: Sort
+    highlight: bool
+    boosts: _containers.RepeatedCompositeFieldContainer[Boost]
+    pins: _containers.RepeatedCompositeFieldContainer[Pin]
+    hide_ids: _containers.RepeatedScalarFieldContainer[str]
+    min_score: float
+    no_rules: bool
+    like_id: str
+    def __init__(self, text: _Optional[str] = ..., image: _Optional[bytes] = ..., filters: _Optional[_Mapping[str, str]] = ..., price: _Optional[_Union[PriceRange, _Mapping]] = ..., k: _Optional[int] = ..., offset: _Optional[int] = ..., exclude_ids: _Optional[_Iterable[str]] = ..., fusion: _Optional[_Union[Fusion, str]] = ..., weights: _Optional[_Mapping[str, float]] = ..., sources: _Optional[_Iterable[str]] = ..., fields: _Optional[_Iterable[str]] = ..., explain: _Optional[bool] = ..., constraint: _Optional[str] = ..., composed_text_weight: _Optional[float] = ..., stages: _Optional[str] = ..., rerank_depth: _Optional[int] = ..., log_features: _Optional[bool] = ..., session: _Optional[str] = ..., where: _Optional[_Iterable[_Union[FieldFilter, _Mapping]]] = ..., facets: _Optional[_Iterable[_Union[FacetRequest, _Mapping]]] = ..., sort: _Optional[_Union[Sort, _Mapping]] = ..., highlight: _Optional[bool] = ..., boosts: _Optional[_Iterable[_Union[Boost, _Mapping]]] = ..., pins: _Optional[_Iterable[_Union[Pin, _Mapping]]] = ..., hide_ids: _Optional[_Iterable[str]] = ..., min_score: _Optional[float] = ..., no_rules: _Optional[bool] = ..., like_id: _Optional[str] = ...) -> None: ...
+
+class Highlight(_message.Message):
+    __slots__ = ("field", "fragment", "html", "starts", "ends")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    FRAGMENT_FIELD_NUMBER: _ClassVar[int]
+    HTML_FIELD_NUMBER: _ClassVar[int]
+    STARTS_FIELD_NUMBER: _ClassVar[int]
+    ENDS_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    fragment: str
+    html: str
+    starts: _containers.RepeatedScalarFieldContainer[int]
+    ends: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, field: _Optional[str] = ..., fragment: _Optional[str] = ..., html: _Optional[str] = ..., starts: _Optional[_Iterable[int]] = ..., ends: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class FacetValue(_message.Message):
+    __slots__ = ("value", "count", "selected")
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    SELECTED_FIELD_NUMBER: _ClassVar[int]
+    value: str
+    count: int
+    selected: bool
+    def __init__(self, value: _Optional[str] = ..., count: _Optional[int] = ..., selected: _Optional[bool] = ...) -> None: ...
+
+class FacetBucket(_message.Message):
+    __slots__ = ("min", "max", "count")
+    MIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    min: float
+    max: float
+    count: int
+    def __init__(self, min: _Optional[float] = ..., max: _Optional[float] = ..., count: _Optional[int] = ...) -> None: ...
+
+class Facet(_message.Message):
+    __slots__ = ("field", "values", "buckets", "missing", "other", "disjunctive", "counted")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_FIELD_NUMBER: _ClassVar[int]
+    OTHER_FIELD_NUMBER: _ClassVar[int]
+    DISJUNCTIVE_FIELD_NUMBER: _ClassVar[int]
+    COUNTED_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    values: _containers.RepeatedCompositeFieldContainer[FacetValue]
+    buckets: _containers.RepeatedCompositeFieldContainer[FacetBucket]
+    missing: int
+    other: int
+    disjunctive: bool
+    counted: int
+    def __init__(self, field: _Optional[str] = ..., values: _Optional[_Iterable[_Union[FacetValue, _Mapping]]] = ..., buckets: _Optional[_Iterable[_Union[FacetBucket, _Mapping]]] = ..., missing: _Optional[int] = ..., other: _Optional[int] = ..., disjunctive: _Optional[bool] = ..., counted: _Optional[int] = ...) -> None: ...
 
 class SourceScore(_message.Message):
     __slots__ = ("source", "score", "rank")
@@ -91,7 +217,7 @@ class SourceScore(_message.Message):
     def __init__(self, source: _Optional[str] = ..., score: _Optional[float] = ..., rank: _Optional[int] = ...) -> None: ...
 
 class Hit(_message.Message):
-    __slots__ = ("id", "score", "sources", "fields_json", "explanation", "contributions", "features")
+    __slots__ = ("id", "score", "sources", "fields_json", "explanation", "contributions", "features", "highlights", "lexical_match", "rules", "sort_value")
     class ContributionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -113,6 +239,10 @@ class Hit(_message.Message):
     EXPLANATION_FIELD_NUMBER: _ClassVar[int]
     CONTRIBUTIONS_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
+    HIGHLIGHTS_FIELD_NUMBER: _ClassVar[int]
+    LEXICAL_MATCH_FIELD_NUMBER: _ClassVar[int]
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    SORT_VALUE_FIELD_NUMBER: _ClassVar[int]
     id: str
     score: float
     sources: _containers.RepeatedCompositeFieldContainer[SourceScore]
@@ -120,10 +250,14 @@ class Hit(_message.Message):
     explanation: str
     contributions: _containers.ScalarMap[str, float]
     features: _containers.ScalarMap[str, float]
-    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., sources: _Optional[_Iterable[_Union[SourceScore, _Mapping]]] = ..., fields_json: _Optional[str] = ..., explanation: _Optional[str] = ..., contributions: _Optional[_Mapping[str, float]] = ..., features: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    highlights: _containers.RepeatedCompositeFieldContainer[Highlight]
+    lexical_match: bool
+    rules: _containers.RepeatedScalarFieldContainer[str]
+    sort_value: float
+    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., sources: _Optional[_Iterable[_Union[SourceScore, _Mapping]]] = ..., fields_json: _Optional[str] = ..., explanation: _Optional[str] = ..., contributions: _Optional[_Mapping[str, float]] = ..., features: _Optional[_Mapping[str, float]] = ..., highlights: _Optional[_Iterable[_Union[Highlight, _Mapping]]] = ..., lexical_match: _Optional[bool] = ..., rules: _Optional[_Iterable[str]] = ..., sort_value: _Optional[float] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("hits", "total_candidates", "bundle_version", "model_versions", "took_ms", "stages", "request_id", "stage_ms")
+    __slots__ = ("hits", "total_candidates", "bundle_version", "model_versions", "took_ms", "stages", "request_id", "stage_ms", "facets", "facet_scope")
     class ModelVersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -146,6 +280,8 @@ class SearchResponse(_message.Message):
     STAGES_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     STAGE_MS_FIELD_NUMBER: _ClassVar[int]
+    FACETS_FIELD_NUMBER: _ClassVar[int]
+    FACET_SCOPE_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[Hit]
     total_candidates: int
     bundle_version: str
@@ -154,7 +290,9 @@ class SearchResponse(_message.Message):
     stages: str
     request_id: str
     stage_ms: _containers.ScalarMap[str, float]
-    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., total_candidates: _Optional[int] = ..., bundle_version: _Optional[str] = ..., model_versions: _Optional[_Mapping[str, str]] = ..., took_ms: _Optional[float] = ..., stages: _Optional[str] = ..., request_id: _Optional[str] = ..., stage_ms: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    facets: _containers.RepeatedCompositeFieldContainer[Facet]
+    facet_scope: str
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., total_candidates: _Optional[int] = ..., bundle_version: _Optional[str] = ..., model_versions: _Optional[_Mapping[str, str]] = ..., took_ms: _Optional[float] = ..., stages: _Optional[str] = ..., request_id: _Optional[str] = ..., stage_ms: _Optional[_Mapping[str, float]] = ..., facets: _Optional[_Iterable[_Union[Facet, _Mapping]]] = ..., facet_scope: _Optional[str] = ...) -> None: ...
 
 class FeedbackRequest(_message.Message):
     __slots__ = ("request_id", "clicked", "dwell_ms")
@@ -221,7 +359,7 @@ class InfoResponse(_message.Message):
     def __init__(self, bundle_version: _Optional[str] = ..., manifest_json: _Optional[str] = ...) -> None: ...
 
 class Item(_message.Message):
-    __slots__ = ("id", "title", "description", "category", "attributes", "price", "image_uri", "image")
+    __slots__ = ("id", "title", "description", "category", "attributes", "price", "image_uri", "image", "image_uris", "images")
     class AttributesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -237,6 +375,8 @@ class Item(_message.Message):
     PRICE_FIELD_NUMBER: _ClassVar[int]
     IMAGE_URI_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_URIS_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
     id: str
     title: str
     description: str
@@ -245,7 +385,9 @@ class Item(_message.Message):
     price: float
     image_uri: str
     image: bytes
-    def __init__(self, id: _Optional[str] = ..., title: _Optional[str] = ..., description: _Optional[str] = ..., category: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ..., price: _Optional[float] = ..., image_uri: _Optional[str] = ..., image: _Optional[bytes] = ...) -> None: ...
+    image_uris: _containers.RepeatedScalarFieldContainer[str]
+    images: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, id: _Optional[str] = ..., title: _Optional[str] = ..., description: _Optional[str] = ..., category: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ..., price: _Optional[float] = ..., image_uri: _Optional[str] = ..., image: _Optional[bytes] = ..., image_uris: _Optional[_Iterable[str]] = ..., images: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class ItemPatch(_message.Message):
     __slots__ = ("id", "price", "attributes")
