@@ -225,12 +225,22 @@ class VectorIndex:
         else:
             sel = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=np.int64))
             ivf = _try_extract_ivf(self.index)
+            if ivf is not None and self.refine is not None and self._too_few_probed(ivf, len(allowed), k_base):
+                # The probed lists would hold fewer allowed vectors than the shortlist needs (a narrow filter): scan
+                # the exact store over the allowed ids instead, which is exact and, for so few ids, as fast.
+                return self.refine.search(xq, k, params=faiss.SearchParameters(sel=sel))
             params = (faiss.SearchParametersIVF(sel=sel, nprobe=self.config.nprobe) if ivf is not None
                       else faiss.SearchParameters(sel=sel))
             D, I = self.index.search(xq, k_base, params=params)
         if self.refine is None:
             return D, I
         return self._rerank(xq, I, k)
+
+    def _too_few_probed(self, ivf: faiss.IndexIVF, allowed: int, k_base: int) -> bool:
+        """Whether an IVF search restricted to `allowed` ids would find fewer than `k_base` of them: it visits about
+        nprobe / nlist of the vectors, so about that share of the allowed ones (Qdrant and Weaviate switch a narrow
+        filter to a flat scan by the same reasoning)."""
+        return allowed * min(1.0, self.config.nprobe / ivf.nlist) < k_base
 
     def _rerank(self, xq: np.ndarray, I: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         D_out = np.full((len(xq), k), -np.inf, dtype=np.float32)

@@ -126,3 +126,21 @@ def test_loading_a_fast_scan_file_saved_with_stale_slots_clears_them(tmp_path):
     loaded.add(xb[rows], rows + 10_000)
     _, I = loaded.index.search(xb[rows], 10)
     assert all(r + 10_000 in I[j] for j, r in enumerate(rows))
+
+
+def test_a_narrow_filter_on_an_ivf_index_is_exact_and_full():
+    """A filter keeping 1% of the catalog: IVF alone visits nprobe/nlist of it and returns fewer than k; the index
+    scans the exact store over the allowed ids instead, so the top 10 equal the exact filtered top 10."""
+    xb = clustered(6000, 32, seed=3)
+    ids = np.arange(6000, dtype=np.int64) * 2
+    index = VectorIndex.build(xb, ids, AnnConfig(factory="IVF128,PQ16x4fs,RFlat", nprobe=8))
+    rng = np.random.default_rng(4)
+    allowed = np.sort(rng.choice(ids, 60, replace=False))
+    xq = clustered(20, 32, seed=5)
+    _, got = index.search(xq, 10, allowed)
+    exact = (xq @ xb[allowed // 2].T).argsort(axis=1)[:, ::-1][:, :10]
+    assert (got == allowed[exact]).all()
+    # A wide filter still goes through the IVF lists (and finds allowed ids only).
+    wide = ids[::2]
+    _, got = index.search(xq, 10, wide)
+    assert np.isin(got, wide).all()
