@@ -36,7 +36,7 @@ def patch_from_dict(obj: Any) -> search_pb2.UpsertRequest:
     for key in obj:
         if key not in PATCH_FIELDS:
             raise ValueError(f"{key}: a patch changes only price and attributes; send the whole item without --patch "
-                             f"to change {key}" if key in ("title", "description", "category", "image")
+                             f"to change {key}" if key in ("title", "description", "category", "image", "images")
                              else f"{key}: not a patch field (a patch is {{id, price?, attributes?}})")
     raw_id = obj.get("id")
     if raw_id is None:
@@ -78,7 +78,7 @@ def read_upserts(path: str | Path, patch: bool) -> list[search_pb2.UpsertRequest
     items, _ = collect_items(iter_catalog_jsonl(path, unknown), path, skip_invalid=False)
     for line in unknown.warnings():
         print(line, file=sys.stderr)
-    missing = [(it.id, str(photo)) for it in items if (photo := local_photo(it.image, path.parent))
+    missing = [(it.id, str(photo)) for it in items for image in it.photos if (photo := local_photo(image, path.parent))
                and not (photo.is_file() and os.access(photo, os.R_OK))]
     if missing:
         raise ValueError(f"{path}: {len(missing)} item(s) name a photo that is not a readable file here, e.g. item "

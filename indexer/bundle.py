@@ -29,6 +29,7 @@ from vitrine.indexer.clip_check import clip_check, trainer_heldout_ids
 from vitrine.indexer.docstore import DocStore
 from vitrine.indexer.lock import WriterLock
 from vitrine.indexer.manifest import MANIFEST, Bm25Record, BrokenImage, Counts, Manifest, ModelRecord, VectorRecord
+from vitrine.indexer.multiphoto import docnos_of, max_extra_photos, photo_numbers
 from vitrine.indexer.variants import TEXT_VARIANTS, clip_variants, text_variants
 from vitrine.indexer.vocabulary import model_words
 
@@ -246,24 +247,29 @@ class _Build:
         with self.timed("clip_s"):
             self.vectors["clip_image"], self.broken, ids, xb = _build_clip_index(rows, catalog_dir, clip, config,
                                                                                  self.tmp, self.runner)
+        # The check and the variants' check score each item by its main photo (or text stand-in): rows of one id each,
+        # so a catalog of one photo per item gives the figures it always gave.
+        main = photo_numbers(ids) == 0
         with self.timed("clip_check_s"):
             photos = self.vectors["clip_image"].images  # the first rows of ids / xb are photo vectors, then text stand-ins
             check = clip_check(
-                dict(rows), ids[:photos], xb[:photos],
+                dict(rows), ids[:photos][main[:photos]], xb[:photos][main[:photos]],
                 lambda texts: self.runner.encode_texts(clip, texts, config.batch_size, "check clip text", False),
                 text=clip_item_text, heldout=trainer_heldout_ids(clip.name))
         variants = None
         if config.onnx and hasattr(clip, "model") and len(ids):
             with self.timed("clip_onnx_s"):
                 by_docno = dict(rows)
-                variants = clip_variants(clip, self.tmp, xb, [by_docno[int(d)] for d in ids], catalog_dir)
+                variants = clip_variants(clip, self.tmp, xb[main], [by_docno[int(d)] for d in ids[main]], catalog_dir)
         self.models["clip"] = ModelRecord(name=clip.name, dim=clip.dim, kind="open_clip",
                                           version=getattr(clip, "version", ""), check=check, variants=variants)
 
     def manifest(self, rows: Sequence[tuple[int, Item]], next_docno: int, source: CatalogSource) -> Manifest:
         text, clip, bm25 = self.vectors.get("text"), self.vectors.get("clip_image"), self.config.bm25
         counts = Counts(items=len(rows), text_vectors=text.count if text else 0, clip_vectors=clip.count if clip else 0,
-                        images=clip.images if clip else 0, broken_images=len(self.broken))
+                        images=clip.images if clip else 0, broken_images=len(self.broken),
+                        items_with_images=clip.items_with_images if clip else 0,
+                        max_extra_photos=max_extra_photos(it for _, it in rows))
         return Manifest(
             bundle_version=time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6],
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -280,12 +286,12 @@ class _Build:
 def _build_clip_index(rows: Sequence[tuple[int, Item]], catalog_dir: Path, clip: ClipEncoder, config: IndexerConfig,
                       tmp: Path, runner: LocalRunner
                       ) -> tuple[VectorRecord, list[tuple[str, str]], np.ndarray, np.ndarray]:
-    """CLIP image vectors for items with an image; for text-only items (or broken images) their CLIP text vector,
-    so that photo queries can still reach them."""
+    """CLIP image vectors of every photo of every item (ids: indexer/multiphoto.py); for text-only items (or items
+    none of whose photos can be read) their CLIP text vector, so that photo queries can still reach them."""
     t0 = time.perf_counter()
     img_ids, xb_img, broken = runner.encode_images(clip, rows, catalog_dir, config.batch_size, config.progress)
     images_per_s = len(img_ids) / max(time.perf_counter() - t0, 1e-9)
-    have = set(img_ids.tolist())
+    have = set(docnos_of(img_ids).tolist())
     text_rows = [(d, it) for d, it in rows if d not in have and it.has_text()]
     xb_txt = runner.encode_texts(clip, [clip_item_text(it) for _, it in text_rows], config.batch_size,
                                  "encode clip text", config.progress) if text_rows else np.zeros((0, clip.dim), np.float32)
@@ -297,7 +303,8 @@ def _build_clip_index(rows: Sequence[tuple[int, Item]], catalog_dir: Path, clip:
         index = runner.build_vectors(xb, ids, config.ann)
     index.save(tmp / "vectors" / "clip_image.faiss")
     return VectorRecord(file="vectors/clip_image.faiss", factory=index.factory, dim=index.dim, count=index.ntotal,
-                        images=int(len(img_ids)), text_only=len(text_rows), images_per_s=round(images_per_s, 1),
+                        images=int(len(img_ids)), text_only=len(text_rows), items_with_images=len(have),
+                        images_per_s=round(images_per_s, 1),
                         model="clip", metric="inner_product"), broken, ids, xb
 
 
@@ -319,6 +326,9 @@ class Bundle:
         # Rebound, never changed in place, when a live index checkpoints (indexer/live.py): a reader holds a whole one.
         self.manifest: Manifest = Manifest.read(manifest_path)
         self.docstore = DocStore(self.path / "docstore.sqlite")
+        # The most extra photos an item has: an image search asks the photo index for that many more neighbours
+        # (indexer/multiphoto.search_items). Counted once here; a live write that adds more raises it (never lowers).
+        self.max_extra_photos: int = max_extra_photos(self.docstore.items.values())
         bm = self.manifest.bm25
         self.bm25 = Bm25Index(self.path / bm.dir, Bm25Config(tokenizer=bm.tokenizer,
                                                              boosts=Bm25Config().boosts if bm.boosts is None else bm.boosts),

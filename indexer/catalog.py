@@ -14,14 +14,16 @@ from typing import Any, TypeVar
 from vitrine.indexer.jsonl import LineError, parse_jsonl_lines
 
 TEXT_FIELDS = ("title", "description", "category")
-KNOWN_FIELDS = ("id", "title", "description", "category", "attributes", "price", "image")
+KNOWN_FIELDS = ("id", "title", "description", "category", "attributes", "price", "image", "images")
 MAX_ID_LENGTH = 256
+MAX_EXTRA_PHOTOS = 15  # photos of one item besides its main one (indexer/multiphoto.py numbers them 1..15)
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Item:
-    """One catalog item. Only `id` is required; an item may carry text, an image, or both."""
+    """One catalog item. Only `id` is required; an item may carry text, photos, or both. `image` is its main photo and
+    `extra_images` are up to MAX_EXTRA_PHOTOS more of the same product (never without a main one)."""
 
     id: str
     title: str = ""
@@ -30,6 +32,20 @@ class Item:
     attributes: Mapping[str, str] = field(default_factory=dict)
     price: float | None = None
     image: str | None = None  # a path (relative to the catalog, or absolute) or an http(s) URL
+    extra_images: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.extra_images, tuple):  # a list compares unequal to the same photos as a tuple
+            object.__setattr__(self, "extra_images", tuple(self.extra_images))
+        if self.extra_images and not self.image:
+            raise ValueError(f"item {self.id!r}: extra_images without a main image; the first photo is the main one.")
+        if len(self.extra_images) > MAX_EXTRA_PHOTOS:
+            raise ValueError(f"item {self.id!r}: {len(self.extra_images)} extra photos; the limit is {MAX_EXTRA_PHOTOS}.")
+
+    @property
+    def photos(self) -> tuple[str, ...]:
+        """Every photo of the item, the main one first (photo number j is photos[j])."""
+        return ((self.image,) if self.image else ()) + self.extra_images
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id}
@@ -42,6 +58,8 @@ class Item:
             out["price"] = self.price
         if self.image:
             out["image"] = self.image
+        if self.extra_images:  # every photo, main first: read again, it gives the same item
+            out["images"] = list(self.photos)
         return out
 
     def has_text(self) -> bool:
@@ -97,10 +115,28 @@ def item_from_dict(obj: Any) -> Item:
         if isinstance(price, bool) or not isinstance(price, (int, float)) or not math.isfinite(price):
             raise ValueError(f"field 'price' must be a finite number, got {price!r}")
         price = float(price)
-    image = obj.get("image")
+    photos = _photos(obj.get("image"), obj.get("images"))
+    return Item(id=item_id, attributes=clean_attrs, price=price, image=photos[0] if photos else None,
+                extra_images=photos[1:], **texts)
+
+
+def _photos(image: Any, images: Any) -> tuple[str, ...]:
+    """`image` then `images`, each photo once in order of appearance: the first is the main photo."""
     if image is not None and not isinstance(image, str):
         raise ValueError(f"field 'image' must be a string path or URL, got {type(image).__name__}")
-    return Item(id=item_id, attributes=clean_attrs, price=price, image=image or None, **texts)
+    if images is None:
+        images = []
+    if not isinstance(images, (list, tuple)):
+        raise ValueError(f"field 'images' must be a list of photo paths or URLs, got {type(images).__name__}")
+    for n, photo in enumerate(images):
+        if not isinstance(photo, str) or not photo.strip():
+            got = type(photo).__name__ if not isinstance(photo, str) else "an empty string"
+            raise ValueError(f"field 'images[{n}]' must be a non-empty string path or URL, got {got}")
+    photos = tuple(dict.fromkeys(([image] if image else []) + list(images)))
+    if len(photos) > 1 + MAX_EXTRA_PHOTOS:
+        raise ValueError(f"field 'images' gives {len(photos)} different photos; an item has at most "
+                         f"{1 + MAX_EXTRA_PHOTOS} (its main photo and {MAX_EXTRA_PHOTOS} more)")
+    return photos
 
 
 @dataclass
@@ -228,6 +264,8 @@ def iter_csv(path: Path, column_map: Mapping[str, str]) -> Iterator[tuple[int, I
                         obj["price"] = float(value)
                     except ValueError:
                         obj["price"] = value  # rejected with a message by item_from_dict
+                elif key == "images":
+                    obj["images"] = csv_photos(value)
                 else:
                     obj[key] = value
             try:
@@ -315,11 +353,24 @@ def iter_parquet(path: Path, unknown: UnknownFields | None = None) -> Iterator[t
     return parquet_rows(records, unknown)
 
 
+def csv_photos(cell: str) -> Any:
+    """A CSV cell of photos: a JSON array, or locations separated by "|" (validated by item_from_dict)."""
+    if cell.lstrip().startswith("["):
+        try:
+            return json.loads(cell)
+        except json.JSONDecodeError:
+            return cell  # refused with a message by item_from_dict
+    return [p.strip() for p in cell.split("|") if p.strip()]
+
+
 def resolve_image(item: Item, catalog_dir: Path) -> str | None:
-    """Returns the item's image as an absolute path or URL, or None."""
-    if not item.image:
-        return None
-    if item.image.startswith(("http://", "https://")):
-        return item.image
-    p = Path(item.image)
+    """Returns the item's (main) image as an absolute path or URL, or None."""
+    return resolve_location(item.image, catalog_dir) if item.image else None
+
+
+def resolve_location(image: str, catalog_dir: Path) -> str:
+    """One photo location as an absolute path or URL (a relative path is relative to the catalog's folder)."""
+    if image.startswith(("http://", "https://")):
+        return image
+    p = Path(image)
     return str(p if p.is_absolute() else (catalog_dir / p).resolve())

@@ -92,7 +92,7 @@ class _Worker:
 
     def encode(self, key: str, factory: Callable[[], Any], kind: str, number: int, payload: str
                ) -> tuple[int, bytes, bytes, str]:
-        """One batch: (its number, float32 vectors, the doc numbers of the photos that decoded, broken photos)."""
+        """One batch: (its number, float32 vectors, the vector ids of the photos that decoded, broken photos)."""
         self.load(key, factory)
         encoder = self.models[key]
         self._maybe_die(kind, number)
@@ -257,9 +257,10 @@ class RayRunner:
 
     def encode_images(self, encoder: Any, rows: Sequence[tuple[int, Item]], catalog_dir: Path, batch_size: int,
                       progress: bool) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
-        from vitrine.indexer.catalog import resolve_image
+        from vitrine.indexer.multiphoto import photo_jobs
 
-        todo = [(docno, item.id, resolve_image(item, catalog_dir)) for docno, item in rows if item.image]
+        # Every photo of every item, keyed by its vector id (indexer/multiphoto.py), as the local indexer does.
+        todo = [(vid, item.id, location) for vid, item, location in photo_jobs(rows, catalog_dir)]
         batches = [todo[s:s + batch_size] for s in range(0, len(todo), batch_size)]
         docnos: list[np.ndarray] = []
         vectors: list[np.ndarray] = []

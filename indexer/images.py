@@ -14,7 +14,8 @@ from tqdm import tqdm
 
 from vitrine.encoders.clip import ClipEncoder
 from vitrine.encoders.images import ImageError, decode_image
-from vitrine.indexer.catalog import Item, resolve_image
+from vitrine.indexer.catalog import Item
+from vitrine.indexer.multiphoto import photo_jobs
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 URL_TIMEOUT_S = 10.0
@@ -61,13 +62,15 @@ def encode_catalog_images(
     rows: Sequence[tuple[int, Item]], catalog_dir: Path, encoder: ClipEncoder, batch_size: int = 64,
     workers: int = 2, progress: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
-    """Encodes every row's image. Returns (doc numbers, (N, D) vectors, [(item id, reason)] for broken images).
+    """Encodes every photo of every row. Returns (vector ids: the doc number for an item's main photo, see
+    indexer/multiphoto.py for the others; (N, D) vectors; [(item id, reason)] for broken photos).
 
-    A broken, missing or unreachable image is reported with its item id and does not stop the job.
+    A broken, missing or unreachable photo is reported with its item id and location and does not stop the job (the
+    item keeps its other photos).
     """
     import torch
 
-    todo = [(docno, item, resolve_image(item, catalog_dir)) for docno, item in rows if item.image]
+    todo = photo_jobs(rows, catalog_dir)
     batches = [todo[s:s + batch_size] for s in range(0, len(todo), batch_size)]
     docnos: list[int] = []
     vectors: list[np.ndarray] = []

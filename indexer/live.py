@@ -45,6 +45,7 @@ from vitrine.indexer.catalog import Item, item_from_dict
 from vitrine.indexer.live_vectors import WriteEncoder
 from vitrine.indexer.lock import ReadWriteLock, WriterLock
 from vitrine.indexer.manifest import MANIFEST, Manifest
+from vitrine.indexer.multiphoto import item_vector_ids, max_extra_photos, photo_id, split_key
 # BUNDLE_PHOTO, MAX_PHOTO_BYTES, BadPhoto, export_catalog, bm25_docnos and vector_ids are imported from here by the
 # server, the commands and the tests: what live writes raise and keep, and what a bundle's stores hold.
 from vitrine.indexer.photos import BUNDLE_PHOTO, MAX_PHOTO_BYTES, PHOTOS_DIR, BadPhoto, export_catalog
@@ -87,16 +88,15 @@ def merge_patch(item: Item, price: float | None, attributes: Mapping[str, str]) 
             attrs.pop(key, None)
         else:
             attrs[key] = value
-    return Item(id=item.id, title=item.title, description=item.description, category=item.category,
-                attributes=attrs, price=item.price if price is None else price, image=item.image)
+    return replace(item, attributes=attrs, price=item.price if price is None else price)
 
 
 class LiveIndex:
     """Applies upserts and deletes to an open bundle durably; searches take `lock.read()`.
 
     Every dense source is encoded for a write as the indexer would: the text model for "text", CLIP for
-    "clip_image" (the item's photo; its CLIP text vector when it has none). `clip_encoder` is needed when the bundle
-    has CLIP vectors.
+    "clip_image" (each of the item's photos; its CLIP text vector when it has none). `clip_encoder` is needed when the
+    bundle has CLIP vectors.
     """
 
     def __init__(self, bundle: Bundle, text_encoder: TextEncoder | None, config: LiveConfig = LiveConfig(),
@@ -187,13 +187,15 @@ class LiveIndex:
             with self._pending_lock:
                 self._pending -= 1
 
-    def upsert(self, items: Sequence[Item], photos: Mapping[str, bytes] | None = None) -> int:
+    def upsert(self, items: Sequence[Item], photos: Mapping[str, bytes] | None = None,
+               extra_photos: Mapping[str, Sequence[bytes]] | None = None) -> int:
         """Durably inserts or replaces whole items; returns how many changed. Ids must be unique within one call (as
         in a catalog file): a batch that names an item twice is refused, not silently resolved.
 
-        `photos` maps an item id to its photo's bytes (which replace the item's `image`); an item's `image` path or
-        URL is read here. A photo that cannot be read or decoded raises BadPhoto and nothing is written. A bundle
-        without CLIP vectors keeps sent photos (for display, and for a re-index with a CLIP) and encodes none.
+        `photos` maps an item id to its main photo's bytes (the item's own `image` and `extra_images`, if any, follow
+        it), `extra_photos` to the bytes of more photos (after those); every photo path or URL is read here. A photo that
+        cannot be read or decoded raises BadPhoto and nothing is written. A bundle without CLIP vectors keeps sent
+        photos (for display, and for a re-index with a CLIP) and encodes none.
         """
         items = list(items)
         dup = sorted(i for i, n in Counter(it.id for it in items).items() if n > 1)
@@ -202,7 +204,8 @@ class LiveIndex:
                              "send each item once.")
         # Outside every lock, on the low-priority encoding thread: reading photos and encoding are the slow part,
         # and searches come first.
-        items, vectors = self._encode_pool.submit(self._vectors.encode, items, dict(photos or {})).result()
+        items, vectors = self._encode_pool.submit(self._vectors.encode, items, dict(photos or {}),
+                                                  extra_photos=dict(extra_photos or {})).result()
         with self._writing():
             docstore = self.bundle.docstore
             changed = [i for i, it in enumerate(items) if docstore.get(it.id) != it]
@@ -251,12 +254,21 @@ class LiveIndex:
             docstore.put_many(rows)
             bundle.bm25.delete(old)
             bundle.bm25.add(rows)
+            # Photo j of an item is keyed "clip_image/j" in its row and has id (j << 40) | docno (indexer/multiphoto.py);
+            # a replaced item loses every vector of its old doc number, all its photos included.
             for source, vi in bundle.vectors.items():
                 if old:
-                    vi.remove(np.array(old, dtype=np.int64))
-                keep = [i for i, row in enumerate(vectors) if source in row]
-                if keep:
-                    vi.add(np.stack([vectors[i][source] for i in keep]), np.array([rows[i][0] for i in keep], dtype=np.int64))
+                    vi.remove(item_vector_ids(old, source))
+                xb, ids = [], []
+                for (docno, _), row in zip(rows, vectors):
+                    for key, x in row.items():
+                        of, j = split_key(key)
+                        if of == source:
+                            xb.append(x)
+                            ids.append(photo_id(docno, j))
+                if xb:
+                    vi.add(np.stack(xb), np.array(ids, dtype=np.int64))
+            bundle.max_extra_photos = max(bundle.max_extra_photos, max_extra_photos(items))
             self._dirty = True
 
     def _apply_patch(self, item: Item) -> None:
@@ -279,8 +291,8 @@ class LiveIndex:
             docnos = self.bundle.docstore.delete_ids(ids)
             if docnos:
                 self.bundle.bm25.delete(docnos)
-                for vi in self.bundle.vectors.values():
-                    vi.remove(np.array(docnos, dtype=np.int64))
+                for source, vi in self.bundle.vectors.items():
+                    vi.remove(item_vector_ids(docnos, source))
                 self._dirty = True
 
     # ----- visibility, checkpoints, snapshots ----------------------------------------------------
@@ -309,9 +321,10 @@ class LiveIndex:
 
     def _write_manifest(self) -> None:
         bundle = self.bundle
-        bundle.manifest = bundle.manifest.with_live_counts(
+        manifest = bundle.manifest.with_live_counts(
             len(bundle.docstore), {source: bundle.vectors[source].ntotal for source in bundle.manifest.vectors},
             int(bundle.docstore.next_docno))
+        bundle.manifest = replace(manifest, counts=replace(manifest.counts, max_extra_photos=bundle.max_extra_photos))
         bundle.manifest.write(bundle.path / MANIFEST)
 
     def snapshot(self, out: str | Path) -> Manifest:
@@ -349,7 +362,8 @@ class LiveIndex:
             bm25.close()
             # Only the vector records' counts are the copy's own: "counts" keeps the last checkpoint's "*_vectors".
             manifest = replace(
-                manifest, vectors=vectors, counts=replace(manifest.counts, items=len(rows)),
+                manifest, vectors=vectors,
+                counts=replace(manifest.counts, items=len(rows), max_extra_photos=max_extra_photos(it for _, it in rows)),
                 bundle_version=time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-snap-" + uuid.uuid4().hex[:6],
                 created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 snapshot_of=self.bundle.version, next_docno=next_docno,

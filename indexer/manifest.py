@@ -78,19 +78,23 @@ class VectorRecord(_Json):
     metric: str = "inner_product"
     images: int | None = None          # clip_image: rows that are photo vectors (the rest stand in with text)
     text_only: int | None = None
+    items_with_images: int | None = None  # clip_image: items with at least one photo vector (several photos each)
     images_per_s: float | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Counts(_Json):
-    """counts: items, rows of each vector index, photos encoded and photos that could not be read."""
+    """counts: items, rows of each vector index, photos encoded and photos that could not be read; items with a photo
+    vector and the most extra photos an item has (indexer/multiphoto.py; a live checkpoint raises the latter)."""
 
     items: int = 0
     text_vectors: int = 0
     clip_vectors: int | None = None
     images: int | None = None
     broken_images: int | None = None
+    items_with_images: int | None = None
+    max_extra_photos: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def with_vectors(self, source: str, n: int) -> Counts:

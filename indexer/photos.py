@@ -52,9 +52,9 @@ def resolve_photo(bundle_dir: Path, manifest: Manifest, image: str) -> str:
 
 def export_catalog(bundle_dir: str | Path, out: str | Path) -> int:
     """Writes a bundle's items as a catalog JSONL that `vitrine index` reads: live writes included, and every
-    image as a location that file can be read from (photos kept in the bundle and catalog-relative paths become
-    absolute paths). Returns the number of items. The bundle may be served meanwhile (SQLite readers do not block;
-    only the docstore and the manifest are read)."""
+    photo (`image`, `images`) as a location that file can be read from (photos kept in the bundle and catalog-relative
+    paths become absolute paths). Returns the number of items. The bundle may be served meanwhile (SQLite readers do
+    not block; only the docstore and the manifest are read)."""
     from vitrine.indexer.docstore import DocStore
 
     bundle_dir, out = Path(bundle_dir), Path(out)
@@ -67,15 +67,21 @@ def export_catalog(bundle_dir: str | Path, out: str | Path) -> int:
         with open(tmp, "w", encoding="utf-8") as f:
             for _, item in sorted(docstore.items.items()):
                 row = item.to_dict()
-                if item.image:
-                    where = resolve_photo(bundle_dir, manifest, item.image)
-                    row["image"] = where if where.startswith(("http://", "https://")) else str(Path(where).resolve())
+                photos = [_readable(resolve_photo(bundle_dir, manifest, photo)) for photo in item.photos]
+                if photos:
+                    row["image"] = photos[0]
+                if len(photos) > 1:
+                    row["images"] = photos
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
         n = len(docstore)
     finally:
         docstore.close()
     os.replace(tmp, out)
     return n
+
+
+def _readable(where: str) -> str:
+    return where if where.startswith(("http://", "https://")) else str(Path(where).resolve())
 
 
 def decode_photo(data: bytes, item_id: str, field_name: str, image_size: Any) -> Any:

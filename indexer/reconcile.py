@@ -2,7 +2,8 @@
 
 The docstore (SQLite) is the source of truth after WAL replay: doc numbers that Tantivy or a FAISS index holds and
 the docstore lacks are deleted from it, and those Tantivy and the text index lack are added (text re-encoded). A CLIP
-vector is not remade here (that needs the photo): the CLIP index only loses the doc numbers it should not hold.
+vector is not remade here (that needs the photo): the CLIP index only loses the vectors of doc numbers it should not
+hold (every photo of them: its ids carry photo numbers, indexer/multiphoto.py).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import tantivy
 from vitrine.encoders.base import TextEncoder
 from vitrine.indexer.bm25 import Bm25Index
 from vitrine.indexer.bundle import Bundle, item_text
+from vitrine.indexer.multiphoto import docnos_of
 
 
 def reconcile(bundle: Bundle, encoder: TextEncoder | None) -> dict[str, int]:
@@ -32,7 +34,7 @@ def reconcile(bundle: Bundle, encoder: TextEncoder | None) -> dict[str, int]:
         have = vector_ids(vi.index)
         both = have if vi.refine is None else have & vector_ids(vi.refine)
         anywhere = have if vi.refine is None else have | vector_ids(vi.refine)
-        want = {d for d in live if docstore.items[d].has_text()} if source == "text" else anywhere & live
+        want = {d for d in live if docstore.items[d].has_text()} if source == "text" else _of_live(anywhere, live)
         stale = (anywhere - want) | (anywhere - both)
         if stale:
             vi.remove(np.array(sorted(stale), dtype=np.int64))
@@ -42,6 +44,13 @@ def reconcile(bundle: Bundle, encoder: TextEncoder | None) -> dict[str, int]:
             vi.add(xb, np.array(add, dtype=np.int64))
         fixed[source] = len(stale) + len(add)
     return fixed
+
+
+def _of_live(ids: set[int], live: set[int]) -> set[int]:
+    """The vector ids whose doc number is live."""
+    arr = np.fromiter(ids, dtype=np.int64, count=len(ids))
+    keep = np.isin(docnos_of(arr), np.fromiter(live, dtype=np.int64, count=len(live)))
+    return set(arr[keep].tolist())
 
 
 def bm25_docnos(bm25: Bm25Index) -> list[int]:

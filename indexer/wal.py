@@ -5,6 +5,9 @@
              | {"seq": n, "op": "upsert", "items": [...], "keep_vectors": true}      (a patch)
              | {"seq": n, "op": "delete", "ids": [...]}
 
+An upsert's vectors are one object per item, keyed by source; an item's photo j > 0 is keyed "clip_image/j"
+(indexer/multiphoto.py), so records from before several photos per item replay unchanged.
+
 Replay reads records until the first short or CRC-failing one; that torn tail was never acked (its fsync did not
 return) and is truncated away. Records carry their vectors, so replaying one needs no model and no photo.
 """

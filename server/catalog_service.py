@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 
 from vitrine.serving.config import CatalogConfig
-from vitrine.indexer.catalog import MAX_ID_LENGTH, Item
+from vitrine.indexer.catalog import MAX_EXTRA_PHOTOS, MAX_ID_LENGTH, Item
 from vitrine.indexer.live import BadPhoto, LiveIndex
 from vitrine.proto import search_pb2, search_pb2_grpc
 from vitrine.ranking.pipeline import InvalidRequest
@@ -51,9 +51,10 @@ def _check_price(value: float, name: str) -> float:
     return float(value)
 
 
-def item_from_proto(msg: search_pb2.Item, cfg: CatalogConfig) -> tuple[Item, bytes | None]:
-    """Validates a proto Item: (the item, its photo's bytes when sent inline). Raises InvalidRequest naming the
-    field (e.g. `item.price`)."""
+def item_from_proto(msg: search_pb2.Item, cfg: CatalogConfig) -> tuple[Item, bytes | None, list[bytes]]:
+    """Validates a proto Item: (the item, its main photo's bytes when sent inline, the bytes of more photos). Raises
+    InvalidRequest naming the field (e.g. `item.price`). The item's photos are, in order: the main one (`image` or
+    `image_uri`), `image_uris`, then `images`."""
     item_id = _check_id(msg.id, "item.id")
     for name in ("title", "description", "category"):
         if len(getattr(msg, name)) > cfg.max_text_chars:
@@ -67,9 +68,32 @@ def item_from_proto(msg: search_pb2.Item, cfg: CatalogConfig) -> tuple[Item, byt
     if len(msg.image) > cfg.max_image_bytes:
         raise InvalidRequest("item.image", f"is {len(msg.image)} bytes; the limit is {cfg.max_image_bytes} "
                                            "([catalog] max_image_bytes).")
+    uris = _check_more_photos(msg, cfg)
+    photos = list(dict.fromkeys(([msg.image_uri] if msg.image_uri else []) + uris))
     item = Item(id=item_id, title=msg.title, description=msg.description, category=msg.category,
-                attributes=attributes, price=price, image=msg.image_uri or None)
-    return item, (bytes(msg.image) if msg.image else None)
+                attributes=attributes, price=price, image=photos[0] if photos else None, extra_images=tuple(photos[1:]))
+    return item, (bytes(msg.image) if msg.image else None), [bytes(b) for b in msg.images]
+
+
+def _check_more_photos(msg: search_pb2.Item, cfg: CatalogConfig) -> list[str]:
+    """The checked `image_uris` (refusing empty or long ones, empty or large `images`, and more than MAX_EXTRA_PHOTOS
+    photos besides the main one)."""
+    more = len(msg.image_uris) + len(msg.images) - (0 if msg.image or msg.image_uri else 1)
+    if more > MAX_EXTRA_PHOTOS:
+        raise InvalidRequest("item.images", f"the item has {more} photos besides its main one; the limit is "
+                                            f"{MAX_EXTRA_PHOTOS}.")
+    for n, uri in enumerate(msg.image_uris):
+        if not uri.strip():
+            raise InvalidRequest(f"item.image_uris[{n}]", "must not be empty.")
+        if len(uri) > cfg.max_uri_chars:
+            raise InvalidRequest(f"item.image_uris[{n}]", f"is longer than {cfg.max_uri_chars} characters.")
+    for n, data in enumerate(msg.images):
+        if not data:
+            raise InvalidRequest(f"item.images[{n}]", "is empty.")
+        if len(data) > cfg.max_image_bytes:
+            raise InvalidRequest(f"item.images[{n}]", f"is {len(data)} bytes; the limit is {cfg.max_image_bytes} "
+                                                      "([catalog] max_image_bytes).")
+    return list(msg.image_uris)
 
 
 def snapshot_dir(tenant: Tenant, out_dir: str) -> Path:
@@ -153,11 +177,12 @@ class CatalogServicer(search_pb2_grpc.CatalogServicer):
         config = tenant.catalog
         try:
             if kind == "item":
-                item, photo = item_from_proto(req.item, config)
+                item, photo, more = item_from_proto(req.item, config)
                 if tenant.quota.config.max_items and not live.get([item.id]):
                     tenant.quota.check_items(len(live.bundle.docstore), 1)
                 try:
-                    changed = live.upsert([item], {item.id: photo} if photo is not None else None)
+                    changed = live.upsert([item], {item.id: photo} if photo is not None else None,
+                                          {item.id: more} if more else None)
                 except BadPhoto as exc:
                     raise InvalidRequest(f"item.{exc.field}", f"item {exc.item_id!r}: {exc.reason}") from None
                 return search_pb2.UpsertAck(id=item.id, changed=changed > 0)

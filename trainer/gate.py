@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +153,8 @@ def _encode_items(encoder: Any, items: Sequence[Item], folder: Path) -> tuple[li
     from vitrine.indexer.bundle import clip_item_text
     from vitrine.indexer.images import encode_catalog_images
 
-    rows = list(enumerate(items))
+    # The main photo of each item: one vector per item, so a ranking of these rows names each item once.
+    rows = [(i, replace(it, extra_images=())) for i, it in enumerate(items)]
     docnos, xb_img, _ = encode_catalog_images(rows, folder, encoder, progress=False)
     with_image = set(docnos.tolist())
     text_rows = [i for i, it in rows if i not in with_image and it.has_text()]
