@@ -75,6 +75,8 @@ def check_shop_fields(bundle: Bundle, req: SearchRequest) -> None:
 def arrange(bundle: Bundle, req: SearchRequest, ranked: list[Hit], rules: Rules, moved: dict[str, list[str]],
             docnos_without: Callable[[str], np.ndarray], fixes: Mapping[str, tuple[str, int]] | None = None) -> Arranged:
     """Sort, pins, facets over the candidates, and highlights of the page's hits (`req.k` from `req.offset`)."""
+    if not (req.sorted_by or req.facets or rules.pin or req.highlight):
+        return Arranged(ranked, (), {}, {})
     docstore = bundle.docstore
     docnos = docnos_of(bundle, ranked)
     values: dict[str, float] = {}

@@ -14,6 +14,7 @@ from vitrine.encoders.base import TextEncoder, l2_normalize
 from vitrine.encoders.images import decode_image
 from vitrine.indexer.bm25 import Restrict, query_words
 from vitrine.indexer.columns import FilterError
+from vitrine.indexer.multiphoto import PHOTO_SOURCE, photo_id, search_items
 from vitrine.indexer.bundle import Bundle, item_text
 from vitrine.indexer.synonyms import Synonyms
 from vitrine.ranking.arrange import CANDIDATES, CATALOG, arrange, browse, check_like, check_shop_fields, docnos_of, without_field
@@ -107,6 +108,12 @@ class Searcher:
     def search(self, req: SearchRequest, reading: Callable[[], AbstractContextManager] = nullcontext) -> SearchResult:
         """Answers one request. Encoding and the cross-encoder run outside `reading()` (the live index's read lock):
         only index and docstore reads hold it, so a write waiting for the lock never waits on a model."""
+        try:
+            return self._search(req, reading)
+        except FilterError as exc:  # a filter, facet or sort naming a field wrongly, found where the columns are read
+            raise InvalidRequest(exc.field, str(exc)) from None
+
+    def _search(self, req: SearchRequest, reading: Callable[[], AbstractContextManager]) -> SearchResult:
         t_start = time.perf_counter()
         timings: dict[str, float] = {}
         with reading():
@@ -198,10 +205,18 @@ class Searcher:
         out = {}
         for source in ("text", "clip_image"):
             index = self.bundle.vectors.get(source)
-            if index is not None and source in self.available_sources():
-                x = index.reconstruct(np.array([docno]))
+            if index is None or source not in self.available_sources():
+                continue
+            # The main photo, else the first extra photo that was readable when the item was indexed.
+            for vid in [docno] + [photo_id(docno, j) for j in range(1, 1 + (self.bundle.max_extra_photos
+                                                                               if source == PHOTO_SOURCE else 0))]:
+                try:
+                    x = index.reconstruct(np.array([vid]))
+                except RuntimeError:  # no vector under this id
+                    continue
                 if x is not None:
                     out[source] = l2_normalize(x.astype(np.float32))
+                break
         if "text" not in out and "text" in self.available_sources():   # a PQ-only index keeps no exact vectors
             item = self.bundle.docstore.items[docno]
             out["text"] = self.text_encoder.encode_texts([item_text(item)])
@@ -245,7 +260,7 @@ class Searcher:
             fused = self._boost(fused, {f: (v, self.config.constraint_bonus) for f, v in constraints.items()})
         if predicted:
             fused = self._boost(fused, {f: (v, self.config.attribute_bonus * p) for f, (v, p) in predicted.items()},
-                                source="attributes")
+                                source="attributes", shown=self._photos_show(fused))
         moved: dict[str, list[str]] = {}
         if rules.boost:
             fused = apply_boosts(fused, rules.boost, self.bundle.docstore.columns, self.bundle.docstore.docno_by_id, moved)
@@ -263,8 +278,8 @@ class Searcher:
         docstore = self.bundle.docstore
         try:
             allowed = docstore.allowed(req.filters, req.price_min, req.price_max, req.where)
-        except FilterError as exc:
-            raise InvalidRequest(exc.field, str(exc)) from None
+        except FilterError:
+            raise
         except ValueError as exc:
             raise InvalidRequest("filters", str(exc).removeprefix("filters: ")) from None
         constraints, constraint_mode = {}, Constraint(req.constraint or self.config.constraint)
@@ -348,16 +363,42 @@ class Searcher:
         return {f.casefold(): (" ".join(v.casefold().split()), p) for f, (v, p) in heads.predict(xq)[0].items()
                 if p >= self.config.attribute_min_prob}
 
-    def _boost(self, hits: list[Hit], bonus: Mapping[str, tuple[str, float]], source: str = "") -> list[Hit]:
-        """Soft constraints: field -> (value, bonus); an item with that attribute value gains the bonus in its fused
-        score. With `source`, the total bonus is recorded under that name for explanations."""
+    def _photos_show(self, hits: list[Hit]) -> dict[str, dict[str, str]]:
+        """What each candidate's own main photo shows, per the same attribute heads (field -> value, when at least as
+        sure as attribute_min_prob): the photo is evidence of its item's attributes as much as the query photo is of
+        the query's. Without it, a catalog that lists no or another colour for a navy shirt ranked look-alikes that list
+        navy above the shirt's own photo (issue 23: 4 of 200 own-photo queries missed the top 10)."""
+        heads = getattr(self.clip_encoder, "attribute_heads", None)
+        index = self.bundle.vectors.get("clip_image")
         docstore = self.bundle.docstore
+        pairs = [(h.id, docstore.docno_by_id[h.id]) for h in hits if h.id in docstore.docno_by_id
+                 and docstore.items[docstore.docno_by_id[h.id]].image]   # a text-only item's vector is no photo
+        if heads is None or index is None or not pairs:
+            return {}
+        try:
+            X = index.reconstruct(np.array([d for _, d in pairs], dtype=np.int64))
+        except RuntimeError:  # an item whose main photo could not be read has no vector under its doc number
+            return {}
+        if X is None:  # an index that keeps only compressed codes
+            return {}
+        return {i: {f.casefold(): " ".join(v.casefold().split()) for f, (v, p) in pred.items()
+                    if p >= self.config.attribute_min_prob} for (i, _), pred in zip(pairs, heads.predict(X))}
+
+    def _boost(self, hits: list[Hit], bonus: Mapping[str, tuple[str, float]], source: str = "",
+               shown: Mapping[str, Mapping[str, str]] | None = None) -> list[Hit]:
+        """Soft constraints: field -> (value, bonus); an item with that attribute value (in the catalog, or in what its
+        photo `shown`) gains the bonus in its fused score. With `source`, the total bonus is recorded under that name
+        for explanations."""
+        docstore = self.bundle.docstore
+        shown = shown or {}
         out = []
         for h in hits:
             item = docstore.get(h.id)
+            sees = shown.get(h.id, {})
             gain = 0.0 if item is None else sum(
                 b for f, (v, b) in bonus.items()
-                if any(k.casefold() == f and " ".join(str(x).casefold().split()) == v for k, x in item.attributes.items()))
+                if sees.get(f) == v
+                or any(k.casefold() == f and " ".join(str(x).casefold().split()) == v for k, x in item.attributes.items()))
             by = {**h.scores_by_source, source: SourceHit(gain, 0)} if source and gain else h.scores_by_source
             out.append(Hit(h.id, h.score + gain, by))
         return sorted(out, key=lambda h: (-h.score, h.id))
@@ -365,7 +406,9 @@ class Searcher:
     def _ann(self, source: str, xq: np.ndarray, depth: int, allowed: np.ndarray | None, exclude: set[str]) -> list[tuple[str, float]]:
         if allowed is not None and len(allowed) == 0:
             return []
-        D, I = self.bundle.vectors[source].search(xq, depth, allowed)
+        # Several photos per item (indexer/multiphoto.py): an item scores by its best photo and comes back once.
+        max_extra = self.bundle.max_extra_photos if source == PHOTO_SOURCE else 0
+        D, I = search_items(self.bundle.vectors[source], xq, depth, allowed, max_extra)
         pairs = [(int(i), float(d)) for d, i in zip(D[0], I[0]) if i >= 0]
         return self._to_ids(pairs, exclude)
 
@@ -398,8 +441,5 @@ class Searcher:
 
     def _validate(self, req: SearchRequest) -> int:
         k = validate(req, self.config, self.available_stages(), self.rerank.max_depth)
-        try:
-            check_shop_fields(self.bundle, req)
-        except FilterError as exc:
-            raise InvalidRequest(exc.field, str(exc)) from None
+        check_shop_fields(self.bundle, req)
         return k

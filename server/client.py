@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Self
 
 import grpc
+from google.protobuf import json_format
 
 from vitrine.indexer.catalog import Item
 from vitrine.proto import search_pb2, search_pb2_grpc
@@ -64,10 +65,45 @@ class Query:
     rerank_depth: int | None = None
     log_features: bool = False
     session: str = ""
+    # Shop features (proto FieldFilter, FacetRequest, Boost; README "Facets, filters, sorting"): plain dicts with the
+    # proto's field names, e.g. where=[{"field": "color", "any_of": ["red", "blue"]}, {"field": "size_cm", "min": 30}],
+    # facets=["color", {"field": "price", "ranges": [25, 50]}], boosts=[{"field": "brand", "value": "Acme",
+    # "factor": 2}], pins={"sku-1": 1}. sort: "price" ascending, "-price" descending, "" relevance.
+    where: Sequence[Mapping[str, Any]] = ()
+    facets: Sequence[str | Mapping[str, Any]] = ()
+    sort: str = ""
+    highlight: bool = False
+    boosts: Sequence[Mapping[str, Any]] = ()
+    pins: Mapping[str, int] | None = None
+    hide_ids: Sequence[str] = ()
+    min_score: float | None = None
+    no_rules: bool = False
+    like_id: str = ""
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSION:
             raise ValueError(f"fusion must be one of {sorted(FUSION)}, got {self.fusion!r}.")
+
+    def _shop(self, req: search_pb2.SearchRequest) -> None:
+        """The shop fields, through the proto's own JSON mapping (a wrong key is a ValueError naming it)."""
+        try:
+            for w in self.where:
+                json_format.ParseDict(w, req.where.add())
+            for f in self.facets:
+                json_format.ParseDict({"field": f} if isinstance(f, str) else f, req.facets.add())
+            for b in self.boosts:
+                json_format.ParseDict(b, req.boosts.add())
+        except json_format.ParseError as exc:
+            raise ValueError(str(exc)) from None
+        for item_id, position in (self.pins or {}).items():
+            req.pins.add(id=item_id, position=position)
+        if self.sort:
+            req.sort.field = self.sort.removeprefix("-")
+            req.sort.descending = self.sort.startswith("-")
+        req.hide_ids.extend(self.hide_ids)
+        if self.min_score is not None:
+            req.min_score = self.min_score
+        req.highlight, req.no_rules, req.like_id = self.highlight, self.no_rules, self.like_id
 
     def to_proto(self) -> search_pb2.SearchRequest:
         req = search_pb2.SearchRequest(
@@ -85,6 +121,7 @@ class Query:
             req.price.min = self.price_min
         if self.price_max is not None:
             req.price.max = self.price_max
+        self._shop(req)
         return req
 
 
@@ -97,6 +134,10 @@ class ClientHit:
     explanation: str = ""
     contributions: Mapping[str, float] = field(default_factory=dict)
     features: Mapping[str, float] = field(default_factory=dict)
+    highlights: list[dict] = field(default_factory=list)   # {"field", "fragment", "html", "starts", "ends"}
+    lexical_match: bool | None = None                        # with highlight: whether a query word occurs in it
+    rules: list[str] = field(default_factory=list)           # the merchandising rules that moved it
+    sort_value: float | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +150,8 @@ class ClientResult:
     stages: str = ""
     request_id: str = ""
     stage_ms: Mapping[str, float] = field(default_factory=dict)
+    facets: list[dict] = field(default_factory=list)        # the proto's Facet as JSON (field names as in the proto)
+    facet_scope: str = ""
 
 
 class _Client:
@@ -155,11 +198,16 @@ class VitrineClient(_Client):
                exclude_ids: Sequence[str] = (), fusion: str = "", weights: Mapping[str, float] | None = None,
                sources: Sequence[str] = (), fields: Sequence[str] = (), explain: bool = False, constraint: str = "",
                composed_text_weight: float | None = None, stages: str = "", rerank_depth: int | None = None,
-               log_features: bool = False, session: str = "") -> ClientResult:
+               log_features: bool = False, session: str = "", where: Sequence[Mapping[str, Any]] = (),
+               facets: Sequence[str | Mapping[str, Any]] = (), sort: str = "", highlight: bool = False,
+               boosts: Sequence[Mapping[str, Any]] = (), pins: Mapping[str, int] | None = None,
+               hide_ids: Sequence[str] = (), min_score: float | None = None, no_rules: bool = False,
+               like_id: str = "") -> ClientResult:
         """One Search. The keywords are the users' API (see `Query` for each); the request is built from them once."""
         return self.send(Query(text, image, filters, price_min, price_max, k, offset, exclude_ids, fusion, weights,
                                sources, fields, explain, constraint, composed_text_weight, stages, rerank_depth,
-                               log_features, session))
+                               log_features, session, where, facets, sort, highlight, boosts, pins, hide_ids, min_score,
+                               no_rules, like_id))
 
     def send(self, query: Query) -> ClientResult:
         """One Search of a Query built beforehand."""
@@ -204,7 +252,10 @@ def result_from_proto(resp: search_pb2.SearchResponse) -> ClientResult:
     return ClientResult(
         hits=[ClientHit(id=h.id, score=h.score, sources={s.source: s.score for s in h.sources},
                         fields=json.loads(h.fields_json) if h.fields_json else {}, explanation=h.explanation,
-                        contributions=dict(h.contributions), features=dict(h.features))
+                        contributions=dict(h.contributions), features=dict(h.features),
+                        highlights=[_as_dict(x) for x in h.highlights],
+                        lexical_match=h.lexical_match if h.HasField("lexical_match") else None, rules=list(h.rules),
+                        sort_value=h.sort_value if h.HasField("sort_value") else None)
               for h in resp.hits],
         total_candidates=resp.total_candidates,
         bundle_version=resp.bundle_version,
@@ -213,12 +264,26 @@ def result_from_proto(resp: search_pb2.SearchResponse) -> ClientResult:
         stages=resp.stages,
         request_id=resp.request_id,
         stage_ms=dict(resp.stage_ms),
+        facets=[_facet(f) for f in resp.facets],
+        facet_scope=resp.facet_scope,
     )
+
+
+def _facet(f: search_pb2.Facet) -> dict:
+    """A Facet as a dict of plain numbers (the proto's JSON mapping would write its int64 counts as strings)."""
+    return {"field": f.field, "values": [{"value": v.value, "count": v.count, "selected": v.selected} for v in f.values],
+            "buckets": [{"min": b.min if b.HasField("min") else None, "max": b.max if b.HasField("max") else None,
+                         "count": b.count} for b in f.buckets],
+            "missing": f.missing, "other": f.other, "disjunctive": f.disjunctive, "counted": f.counted}
+
+
+def _as_dict(msg: Any) -> dict:
+    return json_format.MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
 
 
 def item_to_proto(item: Item) -> search_pb2.Item:
     msg = search_pb2.Item(id=item.id, title=item.title, description=item.description, category=item.category,
-                          attributes=dict(item.attributes), image_uri=item.image or "")
+                          attributes=dict(item.attributes), image_uri=item.image or "", image_uris=list(item.extra_images))
     if item.price is not None:
         msg.price = item.price
     return msg
@@ -233,23 +298,34 @@ def local_photo(image: str | None, base_dir: Path) -> Path | None:
     return path if path.is_absolute() else base_dir / path
 
 
+def _read_photo(item_id: str, path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"item {item_id!r}: image {str(path)!r}: {exc.strerror or exc}; fix the path (relative to "
+                         "the catalog file) or remove the image.") from None
+
+
 def with_photo_bytes(request: search_pb2.UpsertRequest, base_dir: Path) -> search_pb2.UpsertRequest:
-    """Sends a photo that is a file here as its bytes, so that a server on another machine can encode it (and keeps
-    it with its bundle); a URL stays an image_uri for the server to fetch."""
-    if request.WhichOneof("change") == "item":
-        path = local_photo(request.item.image_uri, base_dir)
-        if path is not None:
-            try:
-                data = path.read_bytes()
-            except OSError as exc:
-                raise ValueError(f"item {request.item.id!r}: image {str(path)!r}: {exc.strerror or exc}; fix the "
-                                 "path (relative to the catalog file) or remove the image.") from None
-            sent = search_pb2.UpsertRequest()
-            sent.CopyFrom(request)  # a copy: the caller's list of requests does not keep every photo in memory
-            sent.item.image_uri = ""
-            sent.item.image = data
-            return sent
-    return request
+    """Sends each photo that is a file here as its bytes, so that a server on another machine can encode it (and keeps
+    it with its bundle): the main one as `image`, the others in `images`; a URL stays an image_uri (or in
+    image_uris) for the server to fetch. (The server orders an item's extra photos URLs first, then bytes.)"""
+    if request.WhichOneof("change") != "item":
+        return request
+    item = request.item
+    main = local_photo(item.image_uri, base_dir)
+    more = [(uri, local_photo(uri, base_dir)) for uri in item.image_uris]
+    if main is None and all(path is None for _, path in more):
+        return request
+    sent = search_pb2.UpsertRequest()
+    sent.CopyFrom(request)  # a copy: the caller's list of requests does not keep every photo in memory
+    if main is not None:
+        sent.item.image_uri = ""
+        sent.item.image = _read_photo(item.id, main)
+    del sent.item.image_uris[:]
+    sent.item.image_uris.extend(uri for uri, path in more if path is None)
+    sent.item.images.extend(_read_photo(item.id, path) for _, path in more if path is not None)
+    return sent
 
 
 class CatalogClient(_Client):
