@@ -7,7 +7,7 @@ docstore's columns under the live index's read lock, which the caller holds.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -95,8 +95,7 @@ def arrange(bundle: Bundle, req: SearchRequest, ranked: list[Hit], rules: Rules,
             ok[pin.id] = d is not None and pin.id not in hidden and (allowed is None or bool(np.isin(d, allowed)))
         ranked = apply_pins(ranked, rules.pin, ok, moved)
     if req.sorted_by:
-        col = docstore.columns.by_field[req.sorted_by.strip().casefold()]
-        values = {h.id: float(col.numbers[docstore.docno_by_id[h.id]]) for h in ranked if h.id in docstore.docno_by_id}
+        values = sort_values(bundle, req.sorted_by, ranked)
     page = ranked[req.offset:req.offset + req.k]
     snippets = {}
     if req.highlight and req.text.strip():
@@ -107,11 +106,21 @@ def arrange(bundle: Bundle, req: SearchRequest, ranked: list[Hit], rules: Rules,
     return Arranged(ranked, facets, values, snippets)
 
 
-def browse_docnos(bundle: Bundle, req: SearchRequest, skip: str = "") -> np.ndarray:
-    """Every item passing the request's restrictions (without those on `skip`), in catalog (doc number) order."""
+def sort_values(bundle: Bundle, field: str, hits: Sequence[Hit]) -> dict[str, float]:
+    """Each hit's value of the sorted field (NaN when it has none)."""
+    col = bundle.docstore.columns.by_field[field.strip().casefold()]
+    by_id = bundle.docstore.docno_by_id
+    return {h.id: float(col.numbers[by_id[h.id]]) for h in hits if h.id in by_id}
+
+
+def browse_docnos(bundle: Bundle, req: SearchRequest, hidden: Collection[str] = (), skip: str = "") -> np.ndarray:
+    """Every item passing the request's restrictions (without those on `skip`) and not hidden, in catalog (doc
+    number) order."""
     docstore = bundle.docstore
     conditions = docstore.conditions(req.filters, req.price_min, req.price_max, req.where)
-    return np.flatnonzero(docstore.columns.mask(conditions, skip=skip))
+    docnos = np.flatnonzero(docstore.columns.mask(conditions, skip=skip))
+    drop = [docstore.docno_by_id[i] for i in hidden if i in docstore.docno_by_id]
+    return docnos[~np.isin(docnos, drop)] if drop else docnos
 
 
 def browse(bundle: Bundle, req: SearchRequest, rules: Rules, timings: dict[str, float]
@@ -120,24 +129,19 @@ def browse(bundle: Bundle, req: SearchRequest, rules: Rules, timings: dict[str, 
     left out, pins applied, facets over the whole filtered catalog. No model runs. Returns the arrangement, the
     size of the filtered catalog and the rules that moved hits."""
     t0 = time.perf_counter()
-    docnos = browse_docnos(bundle, req)
     hidden = set(rules.hide) | set(req.exclude_ids)
-    if hidden:
-        drop = [bundle.docstore.docno_by_id[i] for i in hidden if i in bundle.docstore.docno_by_id]
-        docnos = docnos[~np.isin(docnos, drop)]
-    items = bundle.docstore.items
+    docnos = browse_docnos(bundle, req, hidden)
     if req.sorted_by:
         docnos = docnos[sort_order(bundle.docstore.columns, req.sorted_by, req.descending, docnos, np.zeros(len(docnos)))]
     # Only the ids the page (and the pins) can reach are made into hits: a browse of 40,000 items builds a few dozen.
     reach = req.offset + req.k + len(rules.pin)
+    items = bundle.docstore.items
     ranked = [Hit(items[int(d)].id, 0.0, {}) for d in docnos[:reach]]
     moved: dict[str, list[str]] = {}
     arranged = arrange(bundle, replace(req, sort="", facets=()), ranked, rules, moved, lambda field: docnos)
-    facets = count_facets(bundle, req, docnos, lambda field: browse_docnos(bundle, req, skip=field)) if req.facets else ()
-    values = arranged.sort_values
-    if req.sorted_by:
-        col = bundle.docstore.columns.by_field[req.sorted_by.strip().casefold()]
-        values = {h.id: float(col.numbers[bundle.docstore.docno_by_id[h.id]]) for h in arranged.hits}
+    facets = (count_facets(bundle, req, docnos, lambda field: browse_docnos(bundle, req, hidden, skip=field))
+              if req.facets else ())
+    values = sort_values(bundle, req.sorted_by, arranged.hits) if req.sorted_by else {}
     timings["browse"] = (time.perf_counter() - t0) * 1e3
     return replace(arranged, facets=facets, sort_values=values), len(docnos), moved
 
