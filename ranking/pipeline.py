@@ -260,7 +260,7 @@ class Searcher:
             fused = self._boost(fused, {f: (v, self.config.constraint_bonus) for f, v in constraints.items()})
         if predicted:
             fused = self._boost(fused, {f: (v, self.config.attribute_bonus * p) for f, (v, p) in predicted.items()},
-                                source="attributes", shown=self._photos_show(fused))
+                                source="attributes", shown=self._same_photo(fused, q.mode, predicted))
         moved: dict[str, list[str]] = {}
         if rules.boost:
             fused = apply_boosts(fused, rules.boost, self.bundle.docstore.columns, self.bundle.docstore.docno_by_id, moved)
@@ -363,31 +363,20 @@ class Searcher:
         return {f.casefold(): (" ".join(v.casefold().split()), p) for f, (v, p) in heads.predict(xq)[0].items()
                 if p >= self.config.attribute_min_prob}
 
-    def _photos_show(self, hits: list[Hit]) -> dict[str, dict[str, str]]:
-        """What each candidate's own main photo shows, per the same attribute heads (field -> value, when at least as
-        sure as attribute_min_prob): the photo is evidence of its item's attributes as much as the query photo is of
-        the query's. Without it, a catalog that lists no or another colour for a navy shirt ranked look-alikes that list
-        navy above the shirt's own photo (issue 23: 4 of 200 own-photo queries missed the top 10)."""
-        heads = getattr(self.clip_encoder, "attribute_heads", None)
-        index = self.bundle.vectors.get("clip_image")
-        docstore = self.bundle.docstore
-        pairs = [(h.id, docstore.docno_by_id[h.id]) for h in hits if h.id in docstore.docno_by_id
-                 and docstore.items[docstore.docno_by_id[h.id]].image]   # a text-only item's vector is no photo
-        if heads is None or index is None or not pairs:
+    def _same_photo(self, hits: list[Hit], mode: str, predicted: Mapping[str, tuple[str, float]]
+                    ) -> dict[str, dict[str, str]]:
+        """Candidates whose photo is the query photo itself (an image query's cosine >= same_photo_min_cosine: a copy,
+        re-encoded): they show every attribute the query photo shows, whatever their catalog lists."""
+        if mode != "image":
             return {}
-        try:
-            X = index.reconstruct(np.array([d for _, d in pairs], dtype=np.int64))
-        except RuntimeError:  # an item whose main photo could not be read has no vector under its doc number
-            return {}
-        if X is None:  # an index that keeps only compressed codes
-            return {}
-        return {i: {f.casefold(): " ".join(v.casefold().split()) for f, (v, p) in pred.items()
-                    if p >= self.config.attribute_min_prob} for (i, _), pred in zip(pairs, heads.predict(X))}
+        shows = {f: v for f, (v, _) in predicted.items()}
+        cut = self.config.same_photo_min_cosine
+        return {h.id: shows for h in hits if (sh := h.scores_by_source.get("clip_image")) is not None and sh.score >= cut}
 
     def _boost(self, hits: list[Hit], bonus: Mapping[str, tuple[str, float]], source: str = "",
                shown: Mapping[str, Mapping[str, str]] | None = None) -> list[Hit]:
-        """Soft constraints: field -> (value, bonus); an item with that attribute value (in the catalog, or in what its
-        photo `shown`) gains the bonus in its fused score. With `source`, the total bonus is recorded under that name
+        """Soft constraints: field -> (value, bonus); an item with that attribute value (in the catalog, or `shown` by
+        its photo) gains the bonus in its fused score. With `source`, the total bonus is recorded under that name
         for explanations."""
         docstore = self.bundle.docstore
         shown = shown or {}

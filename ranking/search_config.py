@@ -34,6 +34,13 @@ class SearchConfig:
     # 0.724 / 0.810 / 0.833 / 0.840; min_prob 0.3 / 0.5 / 0.7 at bonus 0.3 gave 0.846 / 0.833 / 0.786.
     attribute_bonus: float = 0.3
     attribute_min_prob: float = 0.3
+    # Image queries: a candidate whose photo is the query photo itself (cosine at least this: the same photo encoded
+    # again) gets the bonus for every attribute the query photo shows, as that photo does, whatever its catalog lists;
+    # without it, a product whose catalog lists another colour than its photo shows ranked below look-alikes for its
+    # own photo (issues 23 and 26). Not tuned on qrels: bench/multi_photo.py's crops, mirrors and small rotations of a
+    # photo score 0.57-0.95 against it and the nearest other fashion product below 0.6, so only copies pass 0.98.
+    # Above 1: off.
+    same_photo_min_cosine: float = 0.98
     # CLIP text joins fully when under this fraction of the query's words occur in the catalog
     # (paraphrases); above it, BM25 + MiniLM already win and clip_text's weight is scaled by literal_clip_scale.
     literal_coverage: float = 1.0
