@@ -44,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     shop.add_argument("--missing", action="append", default=[], metavar="FIELD", help="the item lacks the field")
     shop.add_argument("--facet", action="append", default=[], metavar="FIELD[:E1,E2]",
                       help="count the field's values (numeric: buckets at the given edges)")
-    shop.add_argument("--sort", default="", metavar="[-]FIELD", help="sort by a numeric field; -FIELD descending")
+    shop.add_argument("--sort", default="", metavar="[-]FIELD",
+                      help="sort by a numeric field; --sort=-FIELD descending (with '=': argparse reads -FIELD as a flag)")
     shop.add_argument("--highlight", action="store_true", help="title and description snippets with matches marked")
     shop.add_argument("--like", default="", metavar="ID", help="more like this item")
     shop.add_argument("--boost", action="append", default=[], metavar="FIELD=VALUE*F|+A",
@@ -98,8 +99,9 @@ def _boost(spec: str) -> dict:
 
 def shop_options(args: argparse.Namespace) -> dict:
     """The search flags of the shop features as VitrineClient.search keywords."""
-    where = [{"field": f, "any_of": v.split(",")} for f, v in _parse_pairs(args.any, "--any").items()]
-    where += [{"field": f, "none_of": v.split(",")} for f, v in _parse_pairs(args.none, "--none").items()]
+    # One entry per flag: --any color=red --any color=blue asks for both conditions (AND), as written.
+    where = [{"field": f, "any_of": v.split(",")} for a in args.any for f, v in _parse_pairs([a], "--any").items()]
+    where += [{"field": f, "none_of": v.split(",")} for a in args.none for f, v in _parse_pairs([a], "--none").items()]
     for field, span in _parse_pairs(args.range, "--range").items():
         lo, sep, hi = span.partition("..")
         if not sep:
@@ -150,7 +152,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                                **shop)
         for hit in result.hits:
             row = {"id": hit.id, "score": round(hit.score, 6), "sources": {s: round(v, 6) for s, v in hit.sources.items()}}
-            row.update({"sort_value": hit.sort_value} if hit.sort_value is not None else {})
+            if hit.sort_value is not None:   # NaN (no value) is not JSON: null
+                row["sort_value"] = hit.sort_value if hit.sort_value == hit.sort_value else None
             row.update({"highlights": [h["html"] for h in hit.highlights], "lexical_match": hit.lexical_match}
                        if hit.lexical_match is not None else {})
             row.update({"rules": hit.rules} if hit.rules else {})

@@ -307,26 +307,32 @@ class Bm25Index:
         if restrict.price_min is not None or restrict.price_max is not None:
             restrictions.append((tantivy.Occur.Must, tantivy.Query.range_query(
                 self.schema, "price", tantivy.FieldType.Float, restrict.price_min, restrict.price_max)))
-        searcher = self.index.searcher()
-        limit = k
         if only is not None and len(only) <= ONLY_AS_TERMS:
             restrictions.append((tantivy.Occur.Must, tantivy.Query.term_set_query(
                 self.schema, "docno_key", [str(int(d)) for d in only])))
             only = None
-        elif only is not None:  # a wide filter: over-fetch by its selectivity, then keep the allowed
-            limit = min(max(searcher.num_docs, 1), k * math.ceil(2 * searcher.num_docs / len(only)))
         if restrictions:
             # The filter clauses only restrict; const_score(0) keeps them out of the BM25 score.
             restrictions = [(occ, tantivy.Query.const_score_query(q, 0.0)) for occ, q in restrictions]
             query = tantivy.Query.boolean_query([(tantivy.Occur.Must, query), *restrictions])
-        result = searcher.search(query, limit=limit, count=False)
-        addrs = [addr for _, addr in result.hits]
-        docnos = searcher.fast_field_values("docno", addrs)
-        pairs = [(int(d), float(s)) for (s, _), d in zip(result.hits, docnos)]
-        if only is not None:
+        searcher = self.index.searcher()
+        if only is None:
+            return self._top(searcher, query, k)
+        # A wide filter: over-fetch by its selectivity and keep the allowed; when the allowed items rank lower than
+        # that, fetch twice as deep until k are found or every match was read.
+        limit = k * math.ceil(2 * max(searcher.num_docs, 1) / len(only))
+        while True:
+            pairs = self._top(searcher, query, limit)
             keep = np.isin(np.array([d for d, _ in pairs], dtype=np.int64), only)
-            pairs = [pair for pair, ok in zip(pairs, keep) if ok][:k]
-        return pairs
+            found = [pair for pair, ok in zip(pairs, keep) if ok]
+            if len(found) >= k or len(pairs) < limit:
+                return found[:k]
+            limit *= 2
+
+    def _top(self, searcher: tantivy.Searcher, query: tantivy.Query, limit: int) -> list[tuple[int, float]]:
+        result = searcher.search(query, limit=limit, count=False)
+        docnos = searcher.fast_field_values("docno", [addr for _, addr in result.hits])
+        return [(int(d), float(s)) for (s, _), d in zip(result.hits, docnos)]
 
     def highlight_query(self, text: str, fixes: Mapping[str, tuple[str, int]] | None = None) -> tantivy.Query | None:
         """The query as search() reads it, over title and description only: what a snippet marks."""

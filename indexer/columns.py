@@ -64,7 +64,6 @@ class Column:
         self.values: list[str] = []       # display spelling by code
         self.code_of: dict[str, int] = {}  # norm(value) -> code
         self.numeric = 0                  # items whose value is a number
-        self.count = 0                    # items with a value
 
     def grow(self, capacity: int) -> None:
         extra = capacity - len(self.codes)
@@ -80,14 +79,11 @@ class Column:
                 self.values.append(" ".join(str(value).split()))
             self.codes[docno] = code
         if number is not None:
+            self.numeric += int(np.isnan(self.numbers[docno]))
             self.numbers[docno] = number
-            self.numeric += 1
-        self.count += 1
 
     def clear(self, docno: int) -> None:
-        if self.codes[docno] >= 0 or not np.isnan(self.numbers[docno]):
-            self.count -= 1
-            self.numeric -= int(not np.isnan(self.numbers[docno]))
+        self.numeric -= int(not np.isnan(self.numbers[docno]))
         self.codes[docno] = -1
         self.numbers[docno] = np.nan
 
@@ -153,16 +149,18 @@ class Columns:
         # Bounded: live writes can add many attribute names, and a status message must stay small.
         return ", ".join(fields[:30]) + (f", … ({len(fields) - 30} more)" if len(fields) > 30 else "")
 
-    def mask(self, filters: Sequence[FieldFilter], skip: str = "") -> np.ndarray:
+    def mask(self, filters: Sequence[FieldFilter], skip: str | None = None) -> np.ndarray:
         """Live items passing every filter (a field named `skip` is left out: a disjunctive facet's own filter)."""
         out = self.live.copy()
         for f in filters:
-            if f.field.strip().casefold() != skip:
+            if skip is None or f.field.strip().casefold() != skip:
                 out &= self._one(f)
         return out
 
     def _one(self, f: FieldFilter) -> np.ndarray:
         name = f"where.{f.field}"
+        if not f.field.strip():
+            raise FilterError("where.field", "is empty; name a field (category, price or an attribute).")
         col = self.column(f.field, name)
         field = f.field.strip().casefold()
         out = np.ones(self.capacity, dtype=bool)
@@ -177,6 +175,8 @@ class Columns:
                 example = next(iter(col.values), "")
                 raise FilterError(name, f"is not a number in this catalog (a value: {example!r}); filter it with "
                                         "any_of/none_of, or give min/max only on price or a numeric attribute.")
+            if any(b is not None and not math.isfinite(b) for b in (f.min, f.max)):
+                raise FilterError(name, f"min and max must be finite numbers, got {f.min} and {f.max}.")
             if f.min is not None and f.max is not None and f.min > f.max:
                 raise FilterError(name, f"min {f.min:g} is greater than max {f.max:g}.")
             lo = -np.inf if f.min is None else f.min

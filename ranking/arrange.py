@@ -44,7 +44,7 @@ def without_field(req: SearchRequest, field: str) -> SearchRequest:
                    price_min=None if price else req.price_min, price_max=None if price else req.price_max)
 
 
-def docnos_of(bundle: Bundle, hits: Sequence[Hit]) -> np.ndarray:
+def hit_docnos(bundle: Bundle, hits: Sequence[Hit]) -> np.ndarray:
     by_id = bundle.docstore.docno_by_id
     return np.array([d for d in (by_id.get(h.id) for h in hits) if d is not None], dtype=np.int64)
 
@@ -65,9 +65,12 @@ def count_facets(bundle: Bundle, req: SearchRequest, docnos: np.ndarray,
 
 
 def check_shop_fields(bundle: Bundle, req: SearchRequest) -> None:
-    """Facet and sort fields must exist (and be numeric to sort), before any model runs."""
+    """Facet, sort and boost fields must exist (and be numeric to sort), before any model runs. (A configured boost
+    may name a field no item has yet: it boosts nothing.)"""
     columns = bundle.docstore.columns
     check_facets(columns, req.facets)
+    for n, rule in enumerate(req.rules.boost):
+        columns.column(rule.field, f"boosts[{n}].field")
     if req.sorted_by:
         sort_order(columns, req.sorted_by, req.descending, np.zeros(0, dtype=np.int64), np.zeros(0))
 
@@ -78,7 +81,7 @@ def arrange(bundle: Bundle, req: SearchRequest, ranked: list[Hit], rules: Rules,
     if not (req.sorted_by or req.facets or rules.pin or req.highlight):
         return Arranged(ranked, (), {}, {})
     docstore = bundle.docstore
-    docnos = docnos_of(bundle, ranked)
+    docnos = hit_docnos(bundle, ranked)
     values: dict[str, float] = {}
     if req.sorted_by and ranked:
         relevance = np.array([h.score for h in ranked if h.id in docstore.docno_by_id])
@@ -113,7 +116,8 @@ def sort_values(bundle: Bundle, field: str, hits: Sequence[Hit]) -> dict[str, fl
     return {h.id: float(col.numbers[by_id[h.id]]) for h in hits if h.id in by_id}
 
 
-def browse_docnos(bundle: Bundle, req: SearchRequest, hidden: Collection[str] = (), skip: str = "") -> np.ndarray:
+def browse_docnos(bundle: Bundle, req: SearchRequest, hidden: Collection[str] = (), skip: str | None = None
+                  ) -> np.ndarray:
     """Every item passing the request's restrictions (without those on `skip`) and not hidden, in catalog (doc
     number) order."""
     docstore = bundle.docstore

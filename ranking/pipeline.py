@@ -17,7 +17,8 @@ from vitrine.indexer.columns import FilterError
 from vitrine.indexer.multiphoto import PHOTO_SOURCE, photo_id, search_items
 from vitrine.indexer.bundle import Bundle, item_text
 from vitrine.indexer.synonyms import Synonyms
-from vitrine.ranking.arrange import CANDIDATES, CATALOG, arrange, browse, check_like, check_shop_fields, docnos_of, without_field
+from vitrine.ranking.attributes import boost, same_photo
+from vitrine.ranking.arrange import CANDIDATES, CATALOG, arrange, browse, check_like, check_shop_fields, hit_docnos, without_field
 from vitrine.ranking.features import QueryContext, candidate_features
 from vitrine.ranking.fusion import fuse
 from vitrine.ranking.ltr import LTR, LtrRanker
@@ -146,7 +147,7 @@ class Searcher:
                 dropped["clip_text"] = why
         fixes, corrected = self._corrected(text, sources)
         queries, seen = self._encode(req, text, image, mode, sources, corrected, timings)
-        queries = {**liked, **queries}
+        queries = {s: x for s, x in {**queries, **self._like_vectors(liked, queries)}.items() if s in sources}
         if req.like_id:
             mode = "like"
         encoded = Encoded(text, mode, tuple(sources), queries, seen, fixes)
@@ -157,7 +158,7 @@ class Searcher:
         with reading():
             t0 = time.perf_counter()
             arranged = arrange(self.bundle, req, ranked, rules, first.moved,
-                               lambda field: docnos_of(self.bundle, self._first_stage(
+                               lambda field: hit_docnos(self.bundle, self._first_stage(
                                    without_field(req, field), encoded, {}, rules).fused),
                                fixes)
             if req.facets or req.sorted_by or req.highlight or rules.pin:
@@ -199,8 +200,20 @@ class Searcher:
             timings["clip_image_encode"] = (time.perf_counter() - t0) * 1e3
         return queries, seen
 
-    def _liked(self, req: SearchRequest) -> dict[str, np.ndarray]:
-        """A like_id request's query vectors: the item's stored text vector and photo (or CLIP stand-in) vector."""
+    def _like_vectors(self, liked: Mapping[str, np.ndarray | str], queries: Mapping[str, np.ndarray]
+                      ) -> dict[str, np.ndarray]:
+        """A like_id request's vectors, each joined by the query text's vector when text came with it ("like this, but
+        in red": the two added and normalised, as a composed query joins a photo and its text)."""
+        out = {}
+        for source, x in liked.items():
+            if isinstance(x, str):
+                x = self.text_encoder.encode_texts([x])
+            out[source] = l2_normalize(x + queries[source]) if source in queries else x
+        return out
+
+    def _liked(self, req: SearchRequest) -> dict[str, np.ndarray | str]:
+        """A like_id request's query vectors: the item's stored text vector and photo (or CLIP stand-in) vector; its
+        text where the text index keeps no exact vectors (the caller encodes it). Under the read lock."""
         docno = check_like(self.bundle, req)
         out = {}
         for source in ("text", "clip_image"):
@@ -219,7 +232,8 @@ class Searcher:
                 break
         if "text" not in out and "text" in self.available_sources():   # a PQ-only index keeps no exact vectors
             item = self.bundle.docstore.items[docno]
-            out["text"] = self.text_encoder.encode_texts([item_text(item)])
+            if item.has_text():   # encoded by the caller, outside the read lock
+                out["text"] = item_text(item)
         return out
 
     def _corrected(self, text: str, sources: list[str]) -> tuple[dict[str, tuple[str, int]], dict[str, str]]:
@@ -257,10 +271,11 @@ class Searcher:
             timings["bm25_gate"] = (time.perf_counter() - t1) * 1e3
         fused = fuse(lists, req.fusion or self.config.fusion, weights, self.config.rrf_k)
         if constraints and constraint_mode is Constraint.SOFT:
-            fused = self._boost(fused, {f: (v, self.config.constraint_bonus) for f, v in constraints.items()})
+            fused = boost(fused, self.bundle.docstore, {f: (v, self.config.constraint_bonus) for f, v in constraints.items()})
         if predicted:
-            fused = self._boost(fused, {f: (v, self.config.attribute_bonus * p) for f, (v, p) in predicted.items()},
-                                source="attributes", shown=self._same_photo(fused, q.mode, predicted))
+            shown = same_photo(fused, q.mode, predicted, self.config.same_photo_min_cosine)
+            fused = boost(fused, self.bundle.docstore, {f: (v, self.config.attribute_bonus * p)
+                                                        for f, (v, p) in predicted.items()}, "attributes", shown)
         moved: dict[str, list[str]] = {}
         if rules.boost:
             fused = apply_boosts(fused, rules.boost, self.bundle.docstore.columns, self.bundle.docstore.docno_by_id, moved)
@@ -296,7 +311,9 @@ class Searcher:
     def _lists(self, req: SearchRequest, q: Encoded, allowed: np.ndarray | None, exclude: set[str],
                timings: dict[str, float]) -> dict[str, list[tuple[str, float]]]:
         """Each source's (id, score) list, best first, `depth` deep."""
-        depth = max(self.config.candidates, req.offset + req.k) + len(exclude)
+        # A deeper page retrieves deeper; a sorted request orders one candidate set whatever the page, so its pages
+        # never overlap (a deeper retrieval would bring other items into the sort).
+        depth = max(self.config.candidates, req.k if req.sorted_by else req.offset + req.k) + len(exclude)
         lists: dict[str, list[tuple[str, float]]] = {}
         if "bm25" in q.sources and q.text:
             t0 = time.perf_counter()
@@ -363,35 +380,6 @@ class Searcher:
         return {f.casefold(): (" ".join(v.casefold().split()), p) for f, (v, p) in heads.predict(xq)[0].items()
                 if p >= self.config.attribute_min_prob}
 
-    def _same_photo(self, hits: list[Hit], mode: str, predicted: Mapping[str, tuple[str, float]]
-                    ) -> dict[str, dict[str, str]]:
-        """Candidates whose photo is the query photo itself (an image query's cosine >= same_photo_min_cosine: a copy,
-        re-encoded): they show every attribute the query photo shows, whatever their catalog lists."""
-        if mode != "image":
-            return {}
-        shows = {f: v for f, (v, _) in predicted.items()}
-        cut = self.config.same_photo_min_cosine
-        return {h.id: shows for h in hits if (sh := h.scores_by_source.get("clip_image")) is not None and sh.score >= cut}
-
-    def _boost(self, hits: list[Hit], bonus: Mapping[str, tuple[str, float]], source: str = "",
-               shown: Mapping[str, Mapping[str, str]] | None = None) -> list[Hit]:
-        """Soft constraints: field -> (value, bonus); an item with that attribute value (in the catalog, or `shown` by
-        its photo) gains the bonus in its fused score. With `source`, the total bonus is recorded under that name
-        for explanations."""
-        docstore = self.bundle.docstore
-        shown = shown or {}
-        out = []
-        for h in hits:
-            item = docstore.get(h.id)
-            sees = shown.get(h.id, {})
-            gain = 0.0 if item is None else sum(
-                b for f, (v, b) in bonus.items()
-                if sees.get(f) == v
-                or any(k.casefold() == f and " ".join(str(x).casefold().split()) == v for k, x in item.attributes.items()))
-            by = {**h.scores_by_source, source: SourceHit(gain, 0)} if source and gain else h.scores_by_source
-            out.append(Hit(h.id, h.score + gain, by))
-        return sorted(out, key=lambda h: (-h.score, h.id))
-
     def _ann(self, source: str, xq: np.ndarray, depth: int, allowed: np.ndarray | None, exclude: set[str]) -> list[tuple[str, float]]:
         if allowed is not None and len(allowed) == 0:
             return []
@@ -414,9 +402,10 @@ class Searcher:
     def _active_sources(self, req: SearchRequest, mode: str = "text", liked: Mapping[str, np.ndarray] | None = None,
                         ) -> list[str]:
         available = self.available_sources()
-        if liked and not req.sources:
+        if liked:
             # More like this: the item's own vectors, and BM25 and the text encoder for text sent with it.
-            return [s for s in available if s in liked or (s == "bm25" and req.text.strip())]
+            wanted = [s for s in available if s in liked or (s == "bm25" and req.text.strip())]
+            return [s for s in wanted if not req.sources or s in req.sources]
         if not req.sources:
             # Words like "the same but in red" mean nothing to BM25 on their own: composed queries go through CLIP.
             wanted = {"text": ("bm25", "text", "clip_text"), "image": ("clip_image",), "composed": ("clip_image",)}[mode]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -132,7 +132,8 @@ def apply_pins(hits: list[Hit], pins: Sequence[PinRule], passes: Mapping[str, bo
                ) -> list[Hit]:
     """Moves (or brings in) each pinned id to its position; `passes[id]` says whether a pinned id exists and passes
     the request's filters (one that does not is not shown)."""
-    pinned = [p for p in sorted(pins, key=lambda p: p.position) if passes.get(p.id)]
+    first = {p.id: p for p in reversed(pins)}   # an id pinned twice keeps its first pin
+    pinned = [p for p in sorted(first.values(), key=lambda p: p.position) if passes.get(p.id)]
     if not pinned:
         return hits
     ids = {p.id for p in pinned}
@@ -143,11 +144,3 @@ def apply_pins(hits: list[Hit], pins: Sequence[PinRule], passes: Mapping[str, bo
         rest.insert(min(p.position - 1, len(rest)), hit)
         moved.setdefault(p.id, []).append(p.describe())
     return rest
-
-
-@dataclass
-class Applied:
-    """What the rules did to one search, for the response and explanations."""
-
-    moved: dict[str, list[str]] = field(default_factory=dict)
-    below_min_score: int = 0

@@ -80,6 +80,10 @@ class _Pending:
     assignment: Assignment | None
 
 
+class NoQuery(ValueError):
+    """Feedback for a search that had no query (a browse, a like_id request without text)."""
+
+
 class QueryLog:
     """Feature sampling/logging and the memory of recent searches that Feedback turns into click-log lines."""
 
@@ -135,6 +139,10 @@ class QueryLog:
             pending = self._recent.get(request_id)
         if pending is None:
             raise KeyError(request_id)
+        if not pending.query.get("text") and "image" not in pending.query and self.clicks is not None:
+            # A browse or a more-like-this: the click log learns how queries match items, and there was no query.
+            raise NoQuery(f"request_id {request_id!r} was a browse or a more-like-this request (no text, no photo): "
+                          "its clicks have no query to learn from, so the click log does not record them.")
         logged = False
         if experiment_log is not None and pending.assignment is not None:
             experiment_log.write(pending.assignment.line(pending.session or request_id, request_id, pending.shown, clicked))

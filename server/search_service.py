@@ -16,7 +16,7 @@ from vitrine.ranking.fusion import FusionMethod
 from vitrine.ranking.pipeline import InvalidRequest, Searcher, SearchRequest, SearchResult
 from vitrine.ranking.rules import BoostRule, PinRule, Rules
 from vitrine.server.experiment import run_experiment
-from vitrine.server.query_log import Answered
+from vitrine.server.query_log import Answered, NoQuery
 from vitrine.server.state import model_versions
 from vitrine.server.status import Metrics, StatusError, abort_on_error, check_deadline
 from vitrine.server.tenants import Tenant, Tenants
@@ -109,11 +109,13 @@ def add_facets(resp: search_pb2.SearchResponse, result: SearchResult) -> None:
                 bucket.max = b.max
 
 
-def add_arranged(h: search_pb2.Hit, hit_id: str, result: SearchResult, explain: bool) -> None:
+def add_arranged(h: search_pb2.Hit, hit: Any, result: SearchResult, explain: bool) -> None:
     """A hit's highlights, the rules that moved it and its sort value."""
+    hit_id = hit.id
+    lexical = "bm25" in hit.scores_by_source
     if hit_id in result.highlights:
         snippets = result.highlights[hit_id]
-        h.lexical_match = bool(snippets)
+        h.lexical_match = bool(snippets) or lexical   # BM25 may match in the category or attributes: no snippet
         for sn in snippets:
             h.highlights.add(field=sn.field, fragment=sn.fragment, html=sn.html, starts=[a for a, _ in sn.spans],
                              ends=[b for _, b in sn.spans])
@@ -123,7 +125,8 @@ def add_arranged(h: search_pb2.Hit, hit_id: str, result: SearchResult, explain: 
     if explain and result.rules.get(hit_id):
         h.explanation += "; rules: " + ", ".join(result.rules[hit_id])
     if explain and hit_id in result.highlights and not result.highlights[hit_id]:
-        h.explanation += "; no lexical match (no query word occurs in its title or description)"
+        h.explanation += ("; no query word in its title or description (BM25 matched its category or attributes)"
+                          if lexical else "; no lexical match (only a dense source found it)")
 
 
 class SearchServicer(search_pb2_grpc.SearchServicer):
@@ -176,6 +179,8 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
             try:
                 logged = tenant.query_log.feedback(request.request_id, list(request.clicked), dict(request.dwell_ms),
                                                    tenant.experiment_log)
+            except NoQuery as exc:
+                raise StatusError(grpc.StatusCode.FAILED_PRECONDITION, str(exc)) from None
             except KeyError:
                 # Request ids are kept per tenant: another tenant's id is unknown here, exactly like a forgotten one.
                 raise StatusError(grpc.StatusCode.NOT_FOUND,
@@ -241,5 +246,5 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
                 x = result.features.get(hit.id)
                 if x is not None:
                     h.features.update({n: float(v) for n, v in zip(FEATURES, x) if v == v})  # NaN = absent
-            add_arranged(h, hit.id, result, req.explain)
+            add_arranged(h, hit, result, req.explain)
         return resp

@@ -49,6 +49,17 @@ def test_bm25_wide_filters_are_applied_after_an_over_fetch(three, monkeypatch):
     assert {d for d, _ in three.search("red", 10, Restrict(only=np.array([0, 2])))} == {0, 2}
 
 
+def test_bm25_wide_filter_finds_allowed_items_ranked_below_the_over_fetch(tmp_path, monkeypatch):
+    """The allowed half of the catalog all ranks below the other half: the over-fetch deepens until it finds them."""
+    monkeypatch.setattr("vitrine.indexer.bm25.ONLY_AS_TERMS", 0)
+    index = Bm25Index(tmp_path / "bm25", create=True)
+    index.add([(d, Item(id=str(d), title="shirt" if d % 2 else "shirt shirt shirt")) for d in range(400)])
+    index.commit()
+    odd = np.arange(1, 400, 2)
+    got = index.search("shirt", 10, Restrict(only=odd))
+    assert len(got) == 10 and all(d % 2 for d, _ in got)
+
+
 def test_bm25_query_syntax_is_plain_text(three):
     assert three.search('red" AND (title:', 10)
     assert three.search("!!! ::: ***", 10) == []

@@ -100,6 +100,13 @@ def test_sort_by_price_with_relevance_tie_break_and_browse_pages(searcher):
     pages = [ids(searcher.search(SearchRequest(sort="rating", k=3, offset=o))) for o in (0, 3, 6)]
     whole = ids(searcher.search(SearchRequest(sort="rating", k=9)))
     assert sum(pages, []) == whole and whole[:2] == ["7", "4"] and whole[-1] == "8"
+    # Pages of a sorted query never overlap, even past the candidate depth (3 here).
+    shallow = Searcher(searcher.bundle, searcher.text_encoder, SearchConfig(candidates=3))
+    pages = [shallow.search(SearchRequest(text="black shoe", sort="price", k=2, offset=o)) for o in (0, 2, 4)]
+    paged = [h.id for r in pages for h in r.hits]
+    prices = [r.sort_values[h.id] for r in pages for h in r.hits]
+    assert paged and len(paged) == len(set(paged))
+    assert [p for p in prices if p == p] == sorted(p for p in prices if p == p)
     with pytest.raises(InvalidRequest) as err:
         searcher.search(SearchRequest(text="shirt", sort="color"))
     assert err.value.field == "sort.field"
@@ -124,6 +131,9 @@ def test_boost_bury_pin_hide_and_min_score(searcher):
     pinned = searcher.search(SearchRequest(text="black", k=8, rules=rules))
     assert ids(pinned)[0] == "7" and "3" not in ids(pinned) and pinned.rules["7"] == ["pinned at 1"]
     assert all(h.score >= 0.01 for h in pinned.hits if h.id != "7")
+    # An id pinned twice is shown once, at its first pin.
+    twice = ids(searcher.search(SearchRequest(text="black", k=8, rules=Rules(pin=(PinRule("7", 1), PinRule("7", 3))))))
+    assert twice[0] == "7" and twice.count("7") == 1
     # A pinned id the filters exclude is not shown.
     assert "7" not in ids(searcher.search(SearchRequest(text="black", rules=rules, filters={"color": "Black"})))
 
@@ -148,6 +158,10 @@ def test_more_like_this_uses_the_items_vectors_and_leaves_it_out(searcher):
     result = searcher.search(SearchRequest(like_id="3", k=3, explain=True))
     assert "3" not in ids(result) and result.mode == "like"
     assert ids(result)[0] in {"6", "8"}            # the other black items are nearest to the black dress
+    # Text sent with it joins the item's own text vector ("like this, but a shoe"); sources still restrict.
+    shoe = searcher.search(SearchRequest(like_id="3", text="shoe", k=3, sources=("text",)))
+    assert ids(shoe)[0] == "8" and set(shoe.hits[0].scores_by_source) == {"text"}
+    assert ids(searcher.search(SearchRequest(like_id="3", sources=("bm25",)))) == []
     filtered = searcher.search(SearchRequest(like_id="3", k=3, filters={"gender": "Men"}))
     assert set(ids(filtered)) <= {"1", "5", "6"}
     with pytest.raises(InvalidRequest) as err:

@@ -44,6 +44,11 @@ def test_feedback_with_a_click_log_writes_it_and_unknown_ids_are_not_found(tmp_p
             with pytest.raises(grpc.RpcError) as err:
                 client.feedback("0" * 32, ["1"])
             assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            # A browse had no query: its clicks are refused with the reason, not an INTERNAL error.
+            browse = client.search(where=[{"field": "color", "any_of": ["red"]}])
+            with pytest.raises(grpc.RpcError) as err:
+                client.feedback(browse.request_id, [browse.hits[0].id])
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "browse" in err.value.details()
     finally:
         served.stop(0)
         query_log.close()

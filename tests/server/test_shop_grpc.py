@@ -56,6 +56,9 @@ def test_highlights_like_and_boosts_over_grpc(target):
     ({"text": "x", "sort": "color"}, "sort.field"),
     ({"text": "x", "boosts": [{"field": "color", "value": "red", "factor": -2}]}, "boosts[0].factor"),
     ({"like_id": "missing"}, "like_id"),
+    ({"where": [{"field": " ", "any_of": ["red"]}]}, "where.field"),
+    ({"where": [{"field": "price", "min": "NaN"}]}, "where.price"),
+    ({"text": "x", "boosts": [{"field": "brand", "value": "acme", "factor": 2}]}, "boosts[0].field"),
 ])
 def test_bad_shop_fields_name_the_field(target, kwargs, field):
     with VitrineClient(target) as client, pytest.raises(grpc.RpcError) as err:
