@@ -220,3 +220,15 @@ def test_batcher_isolates_a_bad_input_and_stops_on_close():
     batcher.close()
     batcher._thread.join(timeout=5)
     assert not batcher._thread.is_alive()
+
+
+def test_short_titles_still_give_check_queries():
+    """A catalog of two-word titles ("Red Shirt") got no ONNX variants: the 3-word check sample was empty and indexing
+    it raised. It is checked with two words instead."""
+    from vitrine.indexer.catalog import Item
+    from vitrine.indexer.variants import check_queries
+
+    items = [Item(id=str(i), title=f"{c} {k}") for i, (c, k) in enumerate([("Red", "Shirt"), ("Blue", "Shoe"), ("Tan", "Bag")])]
+    queries = check_queries(items)
+    assert sorted(t for _, t in queries) == [0, 1, 2] and all(len(q.split()) == 2 for q, _ in queries)
+    assert check_queries([Item(id="x", description="no title")]) == []
