@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from vitrine.cli.target import TOKEN_ENV
@@ -31,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="vitrine.toml (see README, Configuration)")
     p.add_argument("--read-only", action="store_true", help="refuse catalog writes (no WAL)")
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this HTTP port")
+    p.add_argument("--http-port", type=int, default=None,
+                   help="also serve the API as JSON over HTTP on this port (README, JSON over HTTP); 0 picks a free one")
     p.add_argument("--auth-token", default=None, help=f"shared secret for write RPCs (default: ${TOKEN_ENV} or [catalog])")
     p.add_argument("--keys", metavar="FILE", help=f"API keys file from `vitrine keys create` (default: ${KEYS_ENV}); "
                                                   "every RPC then needs a key of its tenant")
@@ -133,8 +136,9 @@ def serve_tenants(args: argparse.Namespace) -> int:
 
     check_watch(args)
     check_port(args.host, args.port)
-    if args.metrics_port is not None:
-        check_port(args.host, args.metrics_port, "--metrics-port")
+    for flag, port in (("--metrics-port", args.metrics_port), ("--http-port", args.http_port)):
+        if port is not None:
+            check_port(args.host, port, flag)
     raw = read_config_dict(args.config)
     config = VitrineConfig.from_dict(raw)
     if args.auth_token or config.catalog.auth_token:
@@ -158,12 +162,31 @@ def serve_tenants(args: argparse.Namespace) -> int:
     served = bind_server(lambda: create_server(tenants, f"{args.host}:{args.port}", options), args.host, args.port)
     log.info("serving %d tenants (%s) on %s:%d", len(names), ", ".join(names), args.host, served.port)
     print(f"listening on {args.host}:{served.port}", flush=True)
+    stop_http = start_http_door(args, served)
     _wait_for_signal(config.server.grace_s)
+    stop_http()
     served.stop(config.server.grace_s)
     for tenant in list(tenants):
         tenant.close()
     log.info("stopped")
     return 0
+
+
+def start_http_door(args: argparse.Namespace, served) -> Callable[[], None]:  # noqa: ANN001 - a VitrineServer
+    """With --http-port, the JSON-over-HTTP app over the same servicers, keys and TLS files; returns its stop."""
+    if args.http_port is None:
+        return lambda: None
+    from vitrine.server.http import http_app, start_http
+
+    server, thread = start_http(http_app(served.search, served.catalog, served.keys), args.host, args.http_port,
+                                args.tls_cert, args.tls_key)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    print(f"http on {'https' if args.tls_cert else 'http'}://{args.host}:{port}", flush=True)
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(10)
+    return stop
 
 
 def _credentials(args: argparse.Namespace):  # noqa: ANN202 - grpc.ServerCredentials | None
@@ -208,8 +231,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                 f"build one with `vitrine index --catalog C --out {args.bundle}`")
     check_watch(args)
     check_port(args.host, args.port)
-    if args.metrics_port is not None:
-        check_port(args.host, args.metrics_port, "--metrics-port")
+    for flag, port in (("--metrics-port", args.metrics_port), ("--http-port", args.http_port)):
+        if port is not None:
+            check_port(args.host, port, flag)
     if not args.read_only:
         # Refuse at once, before the models load; the live index takes the lock for good once they have.
         from vitrine.indexer.lock import WriterLock
@@ -239,11 +263,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log.info("serving bundle %s (%d items) on %s:%d%s", bundle.bundle.version, len(bundle.bundle.docstore),
              args.host, served.port, "" if live else " read-only")
     print(f"listening on {args.host}:{served.port}", flush=True)
+    stop_http = start_http_door(args, served)
     stop = threading.Event()
     if args.watch:   # validated by check_watch before anything bound
         served.reloader.watch(args.watch, stop)
 
     _wait_for_signal(config.server.grace_s, stop)
+    stop_http()
     served.stop(config.server.grace_s)
     if live is not None:
         live.close()

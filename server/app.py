@@ -48,6 +48,8 @@ class VitrineServer:
     search: SearchServicer
     metrics: Metrics | None
     manager: TenantManager | None = None
+    catalog: CatalogServicer | None = None   # the servicers the JSON-over-HTTP app calls too (server/http.py)
+    keys: KeyStore | None = None
 
     @property
     def default(self) -> Tenant:
@@ -119,7 +121,8 @@ def create_server(tenants: Tenants, address: str = "127.0.0.1:0", options: Serve
         metrics.watch(default.state.live.stats)
     search = SearchServicer(tenants, metrics)
     search_pb2_grpc.add_SearchServicer_to_server(search, server)
-    search_pb2_grpc.add_CatalogServicer_to_server(CatalogServicer(tenants, metrics, options.catalog.max_streams), server)
+    catalog = CatalogServicer(tenants, metrics, options.catalog.max_streams)
+    search_pb2_grpc.add_CatalogServicer_to_server(catalog, server)
     search_pb2_grpc.add_AdminServicer_to_server(AdminServicer(tenants, options.manager, metrics), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -130,7 +133,7 @@ def create_server(tenants: Tenants, address: str = "127.0.0.1:0", options: Serve
     port = server.add_secure_port(address, credentials) if credentials is not None else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"could not bind {address}")
-    out = VitrineServer(server, port, tenants, health_servicer, search, metrics, options.manager)
+    out = VitrineServer(server, port, tenants, health_servicer, search, metrics, options.manager, catalog, keys)
     out.set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
     server.start()
     if all(t.state.loaded for t in tenants):
