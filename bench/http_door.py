@@ -1,13 +1,14 @@
 """JSON over HTTP against gRPC (issue 27): the same hits and scores for every fashion text-literal and composed query,
 and the latency of both doors at 50 QPS, one run, requests interleaved.
 
-    .venv/bin/python bench/http.py --bundle BUNDLE [--data ../shared/data] [--qps 50] [--requests 400]
+    .venv/bin/python bench/http_door.py --bundle BUNDLE [--data ../shared/data] [--qps 50] [--requests 400]
 
 BUNDLE is a fashion bundle with text and CLIP vectors, e.g. the one bench/images.py builds (BUNDLES/fashion-clip).
 One `vitrine serve --read-only --http-port 0` process serves both doors. Hits are compared id by id and score by score
 (exact float equality: both doors serialise the same SearchResponse). Latency is client-side, open loop: every 1/qps s
 the next request starts on its own thread, gRPC and HTTP alternating, so both see the same machine. Last stdout line:
-the results JSON (also bench/results/http.json).
+the results JSON (also bench/results/http_door.json). (Not bench/http.py: a script there would shadow the standard
+library's http package.)
 """
 from __future__ import annotations
 
@@ -117,12 +118,12 @@ def main(argv: list[str] | None = None) -> int:
         texts = [t for task, t, _ in queries if task == "text-literal"]
         for text in texts:   # warm both doors and the query cache alike
             http_search(base, {"text": text, "k": 10})
-        result = {"bench": "http", "bundle": args.bundle, "same_answers": same_answers(target, base, queries),
+        result = {"bench": "http_door", "bundle": args.bundle, "same_answers": same_answers(target, base, queries),
                   "latency_50qps": latency(target, base, texts, args.qps, args.requests), **machine()}
     finally:
         proc.terminate()
         proc.wait(30)
-    report("http", result)
+    report("http_door", result)
     return 0 if result["same_answers"]["met"] and result["latency_50qps"]["met"] else 1
 
 
