@@ -32,22 +32,26 @@ from vitrine.server.client import CatalogClient
 from vitrine.trainer.clip import ClipTrainConfig, ClipTrainer, load_pairs
 
 
-@pytest.fixture(scope="module")
-def clip_bundle(tmp_path_factory, keyword_encoder):
-    """A bundle of 24 drawn products (colour x kind) with a tiny CLIP trained on them, and that CLIP."""
-    root = tmp_path_factory.mktemp("photocat")
+def drawn_shop(root: Path, model_dir: Path) -> tuple[list[Item], ClipEncoder]:
+    """24 drawn products (colour x kind) under root/images, and a tiny CLIP trained on them in model_dir."""
     (root / "images").mkdir()
     items = []
     for n, (color, kind) in enumerate([(c, k) for c in ("Red", "Green", "Blue") for k in ("Square", "Stripe")] * 4):
         draw(color, kind, n % 4 - 2).save(root / "images" / f"{n}.png")
         items.append(Item(id=str(n), title=f"{color} {kind}", attributes={"color": color, "kind": kind},
                           image=f"images/{n}.png"))
-    model_dir = tmp_path_factory.mktemp("tinyclip-live")
     cfg = ClipTrainConfig(epochs=10, batch_size=12, lr=3e-3, warmup_steps=2, holdout=4, patience=10, image_size=16,
                           freeze_text="none", hflip=False)
     ClipTrainer(cfg, model_dir, device="cpu", log=lambda s: None, model_cfg=TINY_CFG).fit(
         load_pairs(items, root, 16, progress=False), progress=False)
-    clip = ClipEncoder(str(model_dir), device="cpu")
+    return items, ClipEncoder(str(model_dir), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def clip_bundle(tmp_path_factory, keyword_encoder):
+    """A bundle of 24 drawn products (colour x kind) with a tiny CLIP trained on them, and that CLIP."""
+    root = tmp_path_factory.mktemp("photocat")
+    items, clip = drawn_shop(root, tmp_path_factory.mktemp("tinyclip-live"))
     out = tmp_path_factory.mktemp("photo-bundle") / "bundle"
     build_bundle(items, out, keyword_encoder, IndexerConfig(ann=AnnConfig(factory="Flat"), onnx=False, progress=False),
                  clip_encoder=clip, source=CatalogSource(dir=root, path=str(root / "catalog.jsonl")))

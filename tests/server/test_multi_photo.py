@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from tests.server.test_images_e2e import draw, png
-from tests.trainer.test_clip_trainer import TINY_CFG
-from vitrine.encoders.clip import ClipEncoder
+from tests.server.test_live_photos import NoModel, drawn_shop
 from vitrine.indexer.ann import AnnConfig
 from vitrine.indexer.bundle import Bundle, CatalogSource, IndexerConfig, build_bundle
 from vitrine.indexer.catalog import Item
@@ -24,7 +23,6 @@ from vitrine.ranking.pipeline import SearchConfig, Searcher, SearchRequest
 from vitrine.server.app import create_server, single
 from vitrine.server.client import CatalogClient, VitrineClient, item_to_proto, with_photo_bytes
 from vitrine.serving.assemble import Served
-from vitrine.trainer.clip import ClipTrainConfig, ClipTrainer, load_pairs
 
 # Three photos of one product that no other item's photo looks like (jitters far outside the catalog's -2..1).
 MULTI = [draw("Red", "Square", 40), draw("Red", "Stripe", -40), draw("Blue", "Square", 60)]
@@ -32,33 +30,13 @@ MULTI = [draw("Red", "Square", 40), draw("Red", "Stripe", -40), draw("Blue", "Sq
 NO_BOOST = SearchConfig(attribute_bonus=0.0)
 
 
-class NoModel:
-    """A CLIP that fails the test if used: replay must need no model."""
-
-    image_size = 16
-
-    def __getattr__(self, name):
-        raise AssertionError(f"replay used the model ({name})")
-
-
 @pytest.fixture(scope="module")
 def multi_bundle(tmp_path_factory, keyword_encoder):
     """24 drawn one-photo products, "multi" with the three MULTI photos, a tiny CLIP trained on the products."""
     root = tmp_path_factory.mktemp("multicat")
-    (root / "images").mkdir()
-    items = []
-    for n, (color, kind) in enumerate([(c, k) for c in ("Red", "Green", "Blue") for k in ("Square", "Stripe")] * 4):
-        draw(color, kind, n % 4 - 2).save(root / "images" / f"{n}.png")
-        items.append(Item(id=str(n), title=f"{color} {kind}", attributes={"color": color, "kind": kind},
-                          image=f"images/{n}.png"))
+    items, clip = drawn_shop(root, tmp_path_factory.mktemp("tinyclip-multi"))
     for j, photo in enumerate(MULTI):
         photo.save(root / "images" / f"multi-{j}.png")
-    model_dir = tmp_path_factory.mktemp("tinyclip-multi")
-    cfg = ClipTrainConfig(epochs=10, batch_size=12, lr=3e-3, warmup_steps=2, holdout=4, patience=10, image_size=16,
-                          freeze_text="none", hflip=False)
-    ClipTrainer(cfg, model_dir, device="cpu", log=lambda s: None, model_cfg=TINY_CFG).fit(
-        load_pairs(items, root, 16, progress=False), progress=False)
-    clip = ClipEncoder(str(model_dir), device="cpu")
     items.append(Item(id="multi", title="Red Square set", image="images/multi-0.png",
                       extra_images=("images/multi-1.png", "images/multi-2.png")))
     out = tmp_path_factory.mktemp("multi-bundle") / "bundle"
