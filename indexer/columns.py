@@ -31,6 +31,13 @@ def as_number(value: str) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def known_fields(names: Iterable[str]) -> str:
+    """Field names for an error message, sorted; bounded: live writes can add many attribute names, and a status
+    message must stay small."""
+    fields = sorted(names)
+    return ", ".join(fields[:30]) + (f", … ({len(fields) - 30} more)" if len(fields) > 30 else "")
+
+
 @dataclass(frozen=True)
 class FieldFilter:
     """One field's condition (proto FieldFilter): any of / none of several values, a numeric range, presence."""
@@ -145,9 +152,7 @@ class Columns:
         return col
 
     def known(self) -> str:
-        fields = sorted(self.by_field)
-        # Bounded: live writes can add many attribute names, and a status message must stay small.
-        return ", ".join(fields[:30]) + (f", … ({len(fields) - 30} more)" if len(fields) > 30 else "")
+        return known_fields(self.by_field)
 
     def mask(self, filters: Sequence[FieldFilter], skip: str | None = None) -> np.ndarray:
         """Live items passing every filter (a field named `skip` is left out: a disjunctive facet's own filter)."""

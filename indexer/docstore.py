@@ -15,9 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from vitrine.indexer.catalog import Item, item_from_dict
-from vitrine.indexer.columns import Columns, FieldFilter, FilterError
-
-CATEGORY = "category"
+from vitrine.indexer.columns import CATEGORY, PRICE, Columns, FieldFilter, FilterError, known_fields, norm
 
 
 def filter_terms(item: Item) -> list[str]:
@@ -37,7 +35,7 @@ def filter_terms(item: Item) -> list[str]:
 
 
 def filter_term(field: str, value: str) -> str:
-    return f"{field.strip().casefold()}={' '.join(str(value).split()).casefold()}"
+    return f"{field.strip().casefold()}={norm(value)}"
 
 
 class DocStore:
@@ -56,7 +54,6 @@ class DocStore:
         self.docno_by_id: dict[str, int] = {}
         self._postings: dict[str, set[int]] = defaultdict(set)
         self.filter_fields: set[str] = {CATEGORY}
-        self._prices: dict[int, float] = {}
         self.columns = Columns()  # per-field value codes and numbers: filters beyond one value, facets, sorting
         for docno, doc in self._db.execute("SELECT docno, doc FROM items"):
             self._index(docno, item_from_dict(json.loads(doc)))
@@ -130,15 +127,15 @@ class DocStore:
         sets: list[set[int]] = []
         for field, value in filters.items():
             if field.casefold() not in self.filter_fields:
-                fields = sorted(self.filter_fields)
-                # Bounded: live writes can add many attribute names, and a status message must stay small.
-                known = ", ".join(fields[:30]) + (f", … ({len(fields) - 30} more)" if len(fields) > 30 else "")
-                raise ValueError(f"filters: unknown filter field {field!r}; this catalog has: {known}.")
+                raise ValueError(f"filters: unknown filter field {field!r}; this catalog has: "
+                                 f"{known_fields(self.filter_fields)}.")
             sets.append(self._postings.get(filter_term(field, value), set()))
         if price_min is not None or price_max is not None:
             lo = -np.inf if price_min is None else price_min
             hi = np.inf if price_max is None else price_max
-            sets.append({d for d, p in self._prices.items() if lo <= p <= hi})
+            prices = self.columns.by_field[PRICE].numbers
+            with np.errstate(invalid="ignore"):   # NaN: no price (or no item)
+                sets.append(set(np.flatnonzero((prices >= lo) & (prices <= hi)).tolist()))
         sets.sort(key=len)
         result = set(sets[0]).intersection(*sets[1:]) if sets else set()
         return np.fromiter(result, dtype=np.int64, count=len(result))
@@ -185,8 +182,6 @@ class DocStore:
             self._postings[term].add(docno)
         for key in item.attributes:
             self.filter_fields.add(key.casefold())
-        if item.price is not None:
-            self._prices[docno] = item.price
         self.columns.add(docno, item.category, item.attributes, item.price)
 
     def _unindex(self, docno: int) -> None:
@@ -197,5 +192,4 @@ class DocStore:
             del self.docno_by_id[item.id]
         for term in filter_terms(item):
             self._postings[term].discard(docno)
-        self._prices.pop(docno, None)
         self.columns.remove(docno)

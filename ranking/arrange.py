@@ -14,7 +14,7 @@ import numpy as np
 
 from vitrine.indexer.bundle import Bundle
 from vitrine.indexer.snippets import highlights
-from vitrine.ranking.facets import Facet, check_facets, count_facet, selected_values, sort_order
+from vitrine.ranking.facets import Facet, check_facets, count_facet, selected_values, sort_column, sort_order
 from vitrine.ranking.request import InvalidRequest, SearchRequest
 from vitrine.ranking.rules import Rules, apply_pins
 from vitrine.ranking.types import Hit
@@ -72,7 +72,7 @@ def check_shop_fields(bundle: Bundle, req: SearchRequest) -> None:
     for n, rule in enumerate(req.rules.boost):
         columns.column(rule.field, f"boosts[{n}].field")
     if req.sorted_by:
-        sort_order(columns, req.sorted_by, req.descending, np.zeros(0, dtype=np.int64), np.zeros(0))
+        sort_column(columns, req.sorted_by)
 
 
 def arrange(bundle: Bundle, req: SearchRequest, ranked: list[Hit], rules: Rules, moved: dict[str, list[str]],

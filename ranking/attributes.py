@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from vitrine.indexer.columns import norm
 from vitrine.indexer.docstore import DocStore
 from vitrine.ranking.types import Hit, SourceHit
 
@@ -31,7 +32,7 @@ def boost(hits: list[Hit], docstore: DocStore, bonus: Mapping[str, tuple[str, fl
         gain = 0.0 if item is None else sum(
             b for f, (v, b) in bonus.items()
             if sees.get(f) == v
-            or any(k.casefold() == f and " ".join(str(x).casefold().split()) == v for k, x in item.attributes.items()))
+            or any(k.casefold() == f and norm(x) == v for k, x in item.attributes.items()))
         by = {**h.scores_by_source, source: SourceHit(gain, 0)} if source and gain else h.scores_by_source
         out.append(Hit(h.id, h.score + gain, by))
     return sorted(out, key=lambda h: (-h.score, h.id))

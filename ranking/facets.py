@@ -113,15 +113,20 @@ def _buckets(numbers: np.ndarray, edges: Sequence[float]) -> tuple[Bucket, ...]:
     return tuple(Bucket(bounds[i], bounds[i + 1], int(counts[i])) for i in range(len(edges) + 1))
 
 
-def sort_order(columns: Columns, field: str, descending: bool, docnos: np.ndarray, relevance: np.ndarray) -> np.ndarray:
-    """Positions of `docnos` ordered by the field's number (items without one last), then by relevance (higher
-    first), then by doc number: a stable order a paginating client can rely on."""
+def sort_column(columns: Columns, field: str) -> Column:
+    """The column a sort reads; FilterError naming sort.field when it is unknown or holds no numbers."""
     col = columns.column(field, "sort.field")
     if col.numeric == 0:
         example = next(iter(col.values), "")
         raise FilterError("sort.field", f"{field!r} is not a number in this catalog (a value: {example!r}); sort by "
                                         f"{PRICE!r}, a numeric attribute or relevance.")
-    values = col.numbers[docnos]
+    return col
+
+
+def sort_order(columns: Columns, field: str, descending: bool, docnos: np.ndarray, relevance: np.ndarray) -> np.ndarray:
+    """Positions of `docnos` ordered by the field's number (items without one last), then by relevance (higher
+    first), then by doc number: a stable order a paginating client can rely on."""
+    values = sort_column(columns, field).numbers[docnos]
     missing = np.isnan(values)
     key = np.where(missing, 0.0, -values if descending else values)
     return np.lexsort((docnos, -relevance, key, missing))

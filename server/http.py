@@ -23,6 +23,7 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -110,7 +111,8 @@ def http_app(search: Any, catalog: Any, keys: KeyStore | None = None) -> Starlet
         timeout = request.headers.get("x-vitrine-timeout-s")
         context = HttpContext(metadata, float(timeout) if timeout and timeout.replace(".", "", 1).isdigit() else None)
         try:
-            out = await run_in_thread(rpc.call, message, context)
+            # A servicer call blocks (encoders, locks): it runs on a worker thread, as gRPC runs it on its pool.
+            out = await run_in_threadpool(rpc.call, message, context)
         except Aborted as exc:
             return error(exc.code, str(exc))
         if isinstance(out, list):
@@ -147,13 +149,6 @@ def _parse_dict(obj: Any, kind: type, where: str) -> Any:
         return json_format.ParseDict(obj, kind())
     except json_format.ParseError as exc:
         raise ValueError(f"{where}: {exc}") from None
-
-
-async def run_in_thread(fn: Callable, *args: Any) -> Any:
-    """A servicer call blocks (encoders, locks): it runs on a worker thread, as gRPC runs it on its pool."""
-    from starlette.concurrency import run_in_threadpool
-
-    return await run_in_threadpool(fn, *args)
 
 
 _SCALARS = {FieldDescriptor.TYPE_DOUBLE: {"type": "number"}, FieldDescriptor.TYPE_FLOAT: {"type": "number"},
