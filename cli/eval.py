@@ -8,6 +8,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vitrine.cli.judgments import add_judgments_option, use_judgments
+
 if TYPE_CHECKING:
     from vitrine.ranking.evaluation import EvalReport, Variant
 
@@ -16,6 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="score a served bundle on queries + qrels (nDCG/MRR/Recall@k, latency)")
     p.add_argument("--queries", help="query JSONL (qid, text, image, exclude_ids, filters)")
     p.add_argument("--qrels", help="BEIR qrels TSV (query-id, corpus-id, grade)")
+    add_judgments_option(p)
     where = p.add_mutually_exclusive_group()
     where.add_argument("--target", help="HOST:PORT of a running `vitrine serve`")
     where.add_argument("--bundle", help="bundle directory; served in-process on a free port for the run")
@@ -36,8 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     msub = p.add_subparsers(dest="eval_command")
     m = msub.add_parser("models", help="compare candidate text encoders on a catalog: quality, speed, size, memory")
     m.add_argument("--catalog", required=True)
-    m.add_argument("--queries", required=True)
-    m.add_argument("--qrels", required=True)
+    m.add_argument("--queries")
+    m.add_argument("--qrels")
+    add_judgments_option(m)
     m.add_argument("--candidates", required=True, help="comma-separated sentence-transformers names or local directories")
     m.add_argument("--k", type=int, default=100)
     m.add_argument("--batch-size", type=int, default=64)
@@ -132,8 +136,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from vitrine.ranking.metrics import load_qrels, load_queries
     from vitrine.server.client import FUSION, VitrineClient
 
-    if not args.queries or not args.qrels:
-        raise ValueError("vitrine eval needs --queries and --qrels (or the `models` subcommand).")
+    use_judgments(args, "vitrine eval")  # or the `models` subcommand
     if not args.target and not args.bundle:
         raise ValueError("vitrine eval needs --target HOST:PORT or --bundle DIR.")
     if args.k < 1:
@@ -219,11 +222,17 @@ def cmd_eval_models(args: argparse.Namespace) -> int:
     from vitrine.ranking.evaluation import evaluate_encoder, format_models, reports_to_json
     from vitrine.ranking.metrics import load_qrels, load_queries
 
+    use_judgments(args, "vitrine eval models")
     candidates = [c.strip() for c in args.candidates.split(",") if c.strip()]
     if not candidates:
         raise ValueError("--candidates must name at least one encoder.")
     items, _ = read_catalog(args.catalog)
     queries, qrels = load_queries(args.queries), load_qrels(args.qrels)
+    photo_only = [q for q in queries if not q.get("text")]
+    if photo_only:  # e.g. photo queries of a judged set: a text encoder has nothing to encode for them
+        print(f"eval models: {len(photo_only)} queries without text left out (a text encoder cannot score them)",
+              file=sys.stderr)
+        queries = [q for q in queries if q.get("text")]
     check = general_check(args.general) if args.general else None
     reports = []
     for name in candidates:

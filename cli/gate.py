@@ -14,11 +14,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("gate", help="promote a candidate CLIP only if it helps on held-out clicks without forgetting")
     p.add_argument("--candidate", required=True, help="candidate CLIP checkpoint dir")
     p.add_argument("--current", help="current CLIP checkpoint dir (default: the registry's current)")
-    p.add_argument("--clicks", required=True, help="held-out click log JSONL")
+    p.add_argument("--clicks", help="held-out click log JSONL (this, --judgments, or both)")
+    p.add_argument("--judgments", metavar="DIR", help="a `vitrine judgments export` folder: its judged_ndcg@10 and "
+                                                      "judged_recall@10 must gain min_gain (beside the click metrics)")
     p.add_argument("--catalog", required=True)
     p.add_argument("--flickr", help="flickr8k folder for general image<->caption recall")
     add_gate_options(p)
     p.set_defaults(handler=cmd_gate)
+
+
+def judged_query_sets(judgments: str | None) -> dict:
+    """{"judged": QuerySet} of a `vitrine judgments export` folder, measured as judged_ndcg@10 and judged_recall@10
+    (and gating: trainer/gate.py in_domain_config), or {} without one."""
+    if not judgments:
+        return {}
+    from vitrine.ranking.judgments import export_paths
+    from vitrine.ranking.metrics import load_qrels, load_queries
+    from vitrine.trainer.gate import JUDGED, QuerySet
+
+    queries, qrels = export_paths(judgments)
+    return {JUDGED: QuerySet(load_queries(queries), load_qrels(qrels), Path(judgments).resolve())}
 
 
 def add_gate_options(p: argparse.ArgumentParser) -> None:
@@ -36,12 +51,22 @@ def cmd_gate(args: argparse.Namespace) -> int:
     from vitrine.ranking.clicklog import read_click_log
     from vitrine.trainer.gate import GateData, load_flickr, run_gate
 
+    if not args.clicks and not args.judgments:
+        raise ValueError("vitrine gate needs --clicks LOG (held-out clicks), --judgments DIR (a `vitrine judgments "
+                         "export`), or both.")
+    query_sets = judged_query_sets(args.judgments)
     config, registry, current = gate_setup(args, "gate")
-    sessions, summary = read_click_log(args.clicks)
-    print(f"held-out click log {args.clicks}: {summary}", file=sys.stderr)
+    sessions, log_dir = [], Path(args.catalog).resolve().parent
+    if args.clicks:
+        sessions, summary = read_click_log(args.clicks)
+        print(f"held-out click log {args.clicks}: {summary}", file=sys.stderr)
+        log_dir = Path(args.clicks).resolve().parent
+        if not sessions and query_sets:
+            # Without a session its metrics could not gate, and the verdict would rest on the judged set unannounced.
+            raise ValueError(f"--clicks {args.clicks} has no sessions; drop --clicks to gate on --judgments alone.")
     items, _ = read_catalog(args.catalog, skip_invalid=True)
-    data = GateData(sessions, Path(args.clicks).resolve().parent, items, Path(args.catalog).resolve().parent,
-                    load_flickr(args.flickr) if args.flickr else None)
+    data = GateData(sessions, log_dir, items, Path(args.catalog).resolve().parent,
+                    load_flickr(args.flickr) if args.flickr else None, query_sets)
     return finish_gate(args, run_gate(args.candidate, current, data, config, device=args.device), registry)
 
 

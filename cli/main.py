@@ -8,13 +8,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vitrine.cli import (ab, click_labels, delete, demo, export, gate, gate_text, get, index, info, keys, registry,
-                         retrain, search, serve, simulate_clicks, snapshot, tenants, train, upsert)
+from vitrine.cli import (ab, click_labels, delete, demo, export, gate, gate_text, get, index, info, judgments, keys,
+                         registry, retrain, search, serve, simulate_clicks, snapshot, tenants, train, upsert)
 from vitrine.cli import eval as eval_  # the module of `vitrine eval`
 
 # One module per command, named by it (`train` is a group whose subcommands have their own modules).
 COMMANDS = (index, export, serve, search, info, upsert, delete, get, snapshot, keys, tenants, demo, train,
-            simulate_clicks, click_labels, gate, gate_text, registry, retrain, eval_, ab)
+            simulate_clicks, click_labels, gate, gate_text, registry, retrain, eval_, ab, judgments)
 DISTRIBUTION = "vitrine-search"
 # The extra (pyproject.toml) that provides each heavy top-level module, for the one line a client-only install gets.
 EXTRA_OF_MODULE = {

@@ -25,6 +25,8 @@ from vitrine.serving.schema import check, check_positive_ints, config_from_dict
 SECTIONS = ("index", "bm25", "encoders", "search", "rerank", "server", "live", "catalog", "logs", "gate", "quota")
 # The metrics the promotion gates measure (trainer/gate.py, trainer/text_gate.py); [gate] may name only these.
 CLICK_METRICS = ("click_ndcg@10", "click_recall@10")
+# On the judged set of `vitrine gate --judgments` (people's grades, ranking/judgments.py).
+JUDGED_METRICS = ("judged_ndcg@10", "judged_recall@10")
 GENERAL_METRICS = ("catalog_i2t_r@10", "catalog_t2i_r@10", "flickr_i2t_r@10", "flickr_t2i_r@10")
 TEXT_METRICS = ("text_ndcg@10", "text_recall@10")
 TEXT_GENERAL_METRICS = ("caption_r@10",)
@@ -151,7 +153,7 @@ class GateConfig:
     def __post_init__(self) -> None:
         check(math.isfinite(self.min_gain) and self.min_gain >= 0, "gate.min_gain", "a non-negative number", self.min_gain)
         check(0.0 <= self.max_general_drop <= 1.0, "gate.max_general_drop", "a fraction in [0, 1]", self.max_general_drop)
-        for name, allowed in (("in_domain_metrics", CLICK_METRICS + TEXT_METRICS),
+        for name, allowed in (("in_domain_metrics", CLICK_METRICS + JUDGED_METRICS + TEXT_METRICS),
                               ("general_metrics", GENERAL_METRICS + TEXT_GENERAL_METRICS)):
             bad = [m for m in getattr(self, name) if m not in allowed]
             check(not bad, f"gate.{name}", f"known metrics ({', '.join(allowed)}); unknown metric(s) {', '.join(bad)}",

@@ -1,7 +1,8 @@
 """The evaluation gate: a candidate CLIP replaces the current one only if it helps in-domain without forgetting.
 
-In-domain: recall@k and nDCG@k on held-out click sessions (an item's grade is its click count), retrieving
-among the whole catalog with the query's CLIP text / image / composed vector, as the serving pipeline does.
+In-domain: recall@k and nDCG@k on held-out click sessions (an item's grade is its click count) and/or on a set people
+graded (`--judgments`), retrieving among the whole catalog with the query's CLIP text / image / composed vector, as
+the serving pipeline does.
 General: image<->text recall@k on a fixed sample of catalog pairs, and on flickr8k captions when given.
 """
 from __future__ import annotations
@@ -18,9 +19,11 @@ import numpy as np
 from vitrine.indexer.catalog import Item, read_catalog, resolve_image
 from vitrine.ranking.clicklog import ClickSession, resolve_log_image
 # [gate] and the metric names it may use are served configuration (serving/config.py); re-exported for the gates.
-from vitrine.serving.config import (CLICK_METRICS, GENERAL_METRICS, TEXT_GENERAL_METRICS, TEXT_METRICS,  # noqa: F401
-                                    GateConfig)
+from vitrine.serving.config import (CLICK_METRICS, GENERAL_METRICS, JUDGED_METRICS, TEXT_GENERAL_METRICS,  # noqa: F401
+                                    TEXT_METRICS, GateConfig)
 from vitrine.trainer.click_eval import brute_force_run, click_judgments, compose, run_metrics
+
+JUDGED = "judged"  # the query set people graded; measured as judged_ndcg@10, judged_recall@10
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,8 @@ def decide(current: Mapping[str, float], candidate: Mapping[str, float], config:
     for m in config.in_domain_metrics:
         cur, cand = current.get(m), candidate.get(m)
         if cur is None or cand is None:
-            checks.append(Check(m, "in-domain", cur, cand, False, f"{m}: not measured (no held-out clicks); cannot show a gain"))
+            missing = "no judged set" if m in JUDGED_METRICS else "no held-out clicks"
+            checks.append(Check(m, "in-domain", cur, cand, False, f"{m}: not measured ({missing}); cannot show a gain"))
             continue
         delta = cand - cur
         ok = math.isfinite(delta) and delta >= config.min_gain - 1e-12
@@ -249,9 +253,25 @@ def measure(model_dir: str | Path, data: GateData, config: GateConfig, device: s
     return out
 
 
+def in_domain_config(config: GateConfig, clicks: bool, judged: bool) -> GateConfig:
+    """The [gate] margins with the in-domain metrics the data given can show.
+
+    With a judged set, its metrics always gate (those [gate] names, else both), so a promotion is never decided
+    without the set people graded; the click metrics [gate] names gate too when clicks were given, and are dropped
+    when they were not (nothing could measure them). Without a judged set, [gate] is used as written.
+    """
+    if not judged:
+        return config
+    named = config.in_domain_metrics
+    metrics = [m for m in named if m in JUDGED_METRICS] or list(JUDGED_METRICS)
+    metrics += [m for m in named if m not in JUDGED_METRICS and (clicks or m not in CLICK_METRICS)]
+    return replace(config, in_domain_metrics=tuple(metrics))
+
+
 def run_gate(candidate: str | Path, current: str | Path, data: GateData, config: GateConfig,
              device: str | None = None) -> GateReport:
     """Measures both models and decides; promotion into a registry is the caller's step."""
+    config = in_domain_config(config, clicks=bool(data.sessions), judged=JUDGED in data.query_sets)
     report = decide(measure(current, data, config, device), measure(candidate, data, config, device), config)
     report.models = {"candidate": str(candidate), "current": str(current)}
     return report
