@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow proto lock bench figures clean
+.PHONY: setup browser demo test test-slow proto lock bench figures clean
 
 # constraints.txt pins every package (and pip itself) to the versions CI tested, so a new machine installs
 # what passed; `make lock` rewrites it from the current environment after a deliberate upgrade.
@@ -21,8 +21,21 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/vitrine demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q
+
+# The workbench's browser tests (tests/server/test_workbench_browser.py) drive Debian's Chromium and ChromeDriver
+# with Selenium; installed here when missing (as root, or with sudo that asks no password). Without them those tests
+# skip and say why; nothing else needs them.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] || sudo -n true 2>/dev/null; then \
+	  echo "installing Debian's chromium and chromium-driver for the browser tests"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo -n); \
+	  $$SUDO apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 \
+	    || { $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; } \
+	    || echo "could not install chromium; the browser tests will skip"; \
+	else echo "no chromium and no root to install it (apt-get install chromium chromium-driver): the browser tests will skip"; fi
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow

@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = keys.add_parser("create", help="add a key; prints it once (only its hash is stored)")
     p.add_argument("--file", required=True, help=f"the keys file (what `vitrine serve --keys` or ${KEYS_ENV} names)")
     p.add_argument("--tenant", required=True, help="the tenant the key acts for; '*' = every tenant (platform)")
-    p.add_argument("--scopes", required=True, help="comma-separated: search, write, admin")
+    p.add_argument("--scopes", required=True, help="comma-separated: search, write, judge (grade results on /ui), admin")
     p.add_argument("--id", default="", help="a name for the key (default: TENANT-<random>)")
     p.set_defaults(handler=cmd_create)
     p = keys.add_parser("list", help="print the keys' ids, tenants and scopes (never the keys)")

@@ -34,6 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this HTTP port")
     p.add_argument("--http-port", type=int, default=None,
                    help="also serve the API as JSON over HTTP on this port (README, JSON over HTTP); 0 picks a free one")
+    p.add_argument("--judgments", metavar="DIR", help="where the /ui workbench keeps judgments (default: BUNDLE/judgments; "
+                                                       "with --tenants, each tenant's DIR/judgments)")
+    p.add_argument("--compare", metavar="NAME=DIR", action="append", default=[],
+                   help="also load this bundle read-only, for side-by-side columns on /ui (repeatable)")
     p.add_argument("--auth-token", default=None, help=f"shared secret for write RPCs (default: ${TOKEN_ENV} or [catalog])")
     p.add_argument("--keys", metavar="FILE", help=f"API keys file from `vitrine keys create` (default: ${KEYS_ENV}); "
                                                   "every RPC then needs a key of its tenant")
@@ -139,6 +143,9 @@ def serve_tenants(args: argparse.Namespace) -> int:
     for flag, port in (("--metrics-port", args.metrics_port), ("--http-port", args.http_port)):
         if port is not None:
             check_port(args.host, port, flag)
+    if args.compare or args.judgments:
+        raise ValueError("--compare and --judgments are for one --bundle; with --tenants, compare two tenants on /ui, and "
+                         "each tenant keeps its judgments in its own directory (TENANT/judgments).")
     raw = read_config_dict(args.config)
     config = VitrineConfig.from_dict(raw)
     if args.auth_token or config.catalog.auth_token:
@@ -172,21 +179,62 @@ def serve_tenants(args: argparse.Namespace) -> int:
     return 0
 
 
-def start_http_door(args: argparse.Namespace, served) -> Callable[[], None]:  # noqa: ANN001 - a VitrineServer
-    """With --http-port, the JSON-over-HTTP app over the same servicers, keys and TLS files; returns its stop."""
+def start_http_door(args: argparse.Namespace, served, compare: dict | None = None  # noqa: ANN001 - a VitrineServer
+                    ) -> Callable[[], None]:
+    """With --http-port, the JSON-over-HTTP app and the /ui workbench over the same servicers, keys and TLS files;
+    returns its stop."""
     if args.http_port is None:
         return lambda: None
     from vitrine.server.http import http_app, start_http
+    from vitrine.server.workbench import Workbench
 
-    server, thread = start_http(http_app(served.search, served.catalog, served.keys), args.host, args.http_port,
-                                args.tls_cert, args.tls_key)
+    if args.tenants:
+        judgments = lambda tenant: Path(tenant.dir) / "judgments"  # noqa: E731
+    else:
+        fixed = Path(args.judgments or Path(args.bundle).resolve() / "judgments")
+        judgments = lambda tenant: fixed  # noqa: E731
+    workbench = Workbench(served.search, served.keys, judgments, compare or {}, secure=bool(args.tls_cert))
+    server, thread = start_http(http_app(served.search, served.catalog, served.keys, workbench), args.host,
+                                args.http_port, args.tls_cert, args.tls_key)
     port = server.servers[0].sockets[0].getsockname()[1]
-    print(f"http on {'https' if args.tls_cert else 'http'}://{args.host}:{port}", flush=True)
+    scheme = "https" if args.tls_cert else "http"
+    print(f"http on {scheme}://{args.host}:{port}", flush=True)
+    print(f"workbench on {scheme}://{args.host}:{port}/ui", flush=True)
 
     def stop() -> None:
         server.should_exit = True
         thread.join(10)
     return stop
+
+
+def parse_compare(args: argparse.Namespace) -> dict[str, Path]:
+    """--compare NAME=DIR flags, checked before anything binds or loads."""
+    out: dict[str, Path] = {}
+    for spec in args.compare:
+        name, sep, path = spec.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ValueError(f"--compare {spec!r}: give NAME=DIR, e.g. --compare base=bundles/v1.")
+        if name in out:
+            raise ValueError(f"--compare: the name {name!r} is given twice.")
+        if not (Path(path) / "manifest.json").is_file():
+            raise FileNotFoundError(f"--compare {name}: {path} is not a Vitrine bundle (no manifest.json).")
+        if args.http_port is None:
+            raise ValueError("--compare shows bundles side by side on the /ui page: add --http-port N.")
+        out[name.strip()] = Path(path).resolve()
+    return out
+
+
+def open_compared(compared: dict[str, Path], loader: Callable) -> dict:
+    """Each --compare bundle served read-only as its own one tenant, behind its own Search servicer (the pages'
+    columns call it; nothing else can reach it)."""
+    from vitrine.server.app import single
+    from vitrine.server.search_service import SearchServicer
+
+    out = {}
+    for name, path in compared.items():
+        log.info("loading %s for comparison: %s", name, path)
+        out[name] = SearchServicer(single(loader(str(path), None, None)))
+    return out
 
 
 def _credentials(args: argparse.Namespace):  # noqa: ANN202 - grpc.ServerCredentials | None
@@ -239,6 +287,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from vitrine.indexer.lock import WriterLock
 
         WriterLock(Path(args.bundle).resolve()).acquire().release()
+    compared = parse_compare(args)
     config = load_config(args.config)
     token = args.auth_token or os.environ.get(TOKEN_ENV) or config.catalog.auth_token
     catalog = replace(config.catalog, auth_token=token or None)
@@ -256,6 +305,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     options = ServerOptions(config.server, catalog, metrics=metrics, keys=keys, credentials=_credentials(args))
     served = bind_server(lambda: create_server(tenants, f"{args.host}:{args.port}", options), args.host, args.port)
     bundle = loader(str(Path(args.bundle).resolve()), None, None)
+    compare = open_compared(compared, loader)
     single_threaded_kernels(bundle.backends)
     live = None if args.read_only else start_live(bundle, config.live)
     served.attach(bundle, live)
@@ -263,7 +313,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log.info("serving bundle %s (%d items) on %s:%d%s", bundle.bundle.version, len(bundle.bundle.docstore),
              args.host, served.port, "" if live else " read-only")
     print(f"listening on {args.host}:{served.port}", flush=True)
-    stop_http = start_http_door(args, served)
+    stop_http = start_http_door(args, served, compare)
     stop = threading.Event()
     if args.watch:   # validated by check_watch before anything bound
         served.reloader.watch(args.watch, stop)
@@ -274,6 +324,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if live is not None:
         live.close()
     served.state.searcher.bundle.close()
+    for other in compare.values():
+        other.tenants.get("default").state.searcher.bundle.close()
     query_log.close()
     log.info("stopped")
     return 0

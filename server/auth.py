@@ -7,6 +7,7 @@ platform's admin keys), scopes, and the SHA-256 of the key, never the key itself
     scope    RPCs
     search   Search.Search, Search.Info, Search.Feedback, Catalog.Get
     write    Catalog.Upsert, Catalog.Delete
+    judge    grading results on the workbench (`/ui`, POST /v1/judge) and reading the judgments (GET /v1/judgments)
     admin    Catalog.Snapshot, Admin.Reload (of its own tenant); with tenant "*": every RPC of every tenant, and
              Admin.CreateTenant, ListTenants, DropTenant
 """
@@ -27,7 +28,8 @@ import grpc
 from vitrine.serving.tenancy import check_name
 
 ALL_TENANTS = "*"
-SCOPES = ("search", "write", "admin")
+JUDGE_METHOD = "/vitrine.v1.Workbench/Judge"
+SCOPES = ("search", "write", "judge", "admin")
 # Every RPC that carries tenant data, by the scope it needs. Health and reflection are open (probes, tooling).
 METHOD_SCOPES = {
     "/vitrine.v1.Search/Search": "search",
@@ -38,6 +40,8 @@ METHOD_SCOPES = {
     "/vitrine.v1.Catalog/Delete": "write",
     "/vitrine.v1.Catalog/Snapshot": "admin",
     "/vitrine.v1.Admin/Reload": "admin",
+    # The workbench's judging (server/workbench.py): HTTP only, named like RPCs so one table holds every scope.
+    JUDGE_METHOD: "judge",
 }
 PLATFORM_METHODS = ("/vitrine.v1.Admin/CreateTenant", "/vitrine.v1.Admin/ListTenants", "/vitrine.v1.Admin/DropTenant")
 OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")

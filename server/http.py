@@ -77,6 +77,19 @@ class Rpc:
         self.method, self.request, self.call = method, request, call
 
 
+async def invoke(call: Callable[[Any, HttpContext], Any], message: Any, metadata: Sequence[tuple[str, str]],
+                 timeout_s: float | None = None) -> tuple[int, dict]:
+    """A servicer call as JSON: (HTTP status, body). It blocks (encoders, locks), so it runs on a worker thread, as
+    gRPC runs it on its pool."""
+    try:
+        out = await run_in_threadpool(call, message, HttpContext(metadata, timeout_s))
+    except Aborted as exc:
+        return HTTP_STATUS.get(exc.code, 500), {"code": exc.code.name, "message": str(exc)}
+    if isinstance(out, list):
+        return 200, {"acks": [to_json(a) for a in out]}
+    return 200, to_json(out)
+
+
 def error(code: grpc.StatusCode, message: str) -> JSONResponse:
     return JSONResponse({"code": code.name, "message": message}, status_code=HTTP_STATUS.get(code, 500))
 
@@ -85,8 +98,9 @@ def to_json(msg: Any) -> dict:
     return json_format.MessageToDict(msg, preserving_proto_field_name=True)
 
 
-def http_app(search: Any, catalog: Any, keys: KeyStore | None = None) -> Starlette:
-    """The app over a server's Search and Catalog servicers (server/app.py builds them; keys as `--keys`)."""
+def http_app(search: Any, catalog: Any, keys: KeyStore | None = None, workbench: Any = None) -> Starlette:
+    """The app over a server's Search and Catalog servicers (server/app.py builds them; keys as `--keys`), with the
+    workbench's pages at /ui when given one (server/workbench.py)."""
     rpcs = {
         "/v1/search": Rpc("/vitrine.v1.Search/Search", search_pb2.SearchRequest, search.Search),
         "/v1/info": Rpc("/vitrine.v1.Search/Info", search_pb2.InfoRequest, search.Info),
@@ -109,15 +123,9 @@ def http_app(search: Any, catalog: Any, keys: KeyStore | None = None) -> Starlet
         except ValueError as exc:
             return error(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         timeout = request.headers.get("x-vitrine-timeout-s")
-        context = HttpContext(metadata, float(timeout) if timeout and timeout.replace(".", "", 1).isdigit() else None)
-        try:
-            # A servicer call blocks (encoders, locks): it runs on a worker thread, as gRPC runs it on its pool.
-            out = await run_in_threadpool(rpc.call, message, context)
-        except Aborted as exc:
-            return error(exc.code, str(exc))
-        if isinstance(out, list):
-            return JSONResponse({"acks": [to_json(a) for a in out]})
-        return JSONResponse(to_json(out))
+        status, out = await invoke(rpc.call, message, metadata,
+                                   float(timeout) if timeout and timeout.replace(".", "", 1).isdigit() else None)
+        return JSONResponse(out, status_code=status)
 
     async def openapi(request: Request) -> JSONResponse:
         return JSONResponse(openapi_document(rpcs))
@@ -126,6 +134,10 @@ def http_app(search: Any, catalog: Any, keys: KeyStore | None = None) -> Starlet
         return JSONResponse({"status": "ok"})
 
     routes = [Route(path, handle, methods=["GET"] if path == "/v1/info" else ["POST"]) for path in rpcs]
+    if workbench is not None:
+        from vitrine.server.workbench import Pages
+
+        routes += Pages(workbench, invoke, _parse_dict).routes()
     return Starlette(routes=[*routes, Route("/openapi.json", openapi), Route("/healthz", healthz)])
 
 

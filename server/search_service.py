@@ -19,7 +19,7 @@ from vitrine.server.experiment import run_experiment
 from vitrine.server.query_log import Answered, NoQuery
 from vitrine.server.state import model_versions
 from vitrine.server.status import Metrics, StatusError, abort_on_error, check_deadline
-from vitrine.server.tenants import Tenant, Tenants
+from vitrine.server.tenants import Tenant, Tenants, single_value
 
 STORED_FIELDS = ("id", "title", "description", "category", "attributes", "price", "image")
 _FUSION = {search_pb2.FUSION_RRF: FusionMethod.RRF, search_pb2.FUSION_WEIGHTED: FusionMethod.WEIGHTED,
@@ -129,6 +129,21 @@ def add_arranged(h: search_pb2.Hit, hit: Any, result: SearchResult, explain: boo
                           if lexical else "; no lexical match (only a dense source found it)")
 
 
+ARM_HEADER = "x-vitrine-arm"
+
+
+def requested_arm(context: grpc.ServicerContext, tenant: Tenant, served: Any) -> str | None:
+    """The experiment arm a request asks for by metadata (`x-vitrine-arm: a|b`), or None for the usual assignment."""
+    arm = single_value(context.invocation_metadata(), ARM_HEADER).strip().lower()
+    if not arm:
+        return None
+    if arm not in ("a", "b"):
+        raise InvalidRequest(ARM_HEADER, f"is {arm!r}; an experiment's arms are 'a' and 'b'.")
+    if tenant.experiment is None or served.arm_b is None:
+        raise InvalidRequest(ARM_HEADER, f"tenant {tenant.name!r} runs no experiment, so it has no arm {arm!r}.")
+    return arm
+
+
 class SearchServicer(search_pb2_grpc.SearchServicer):
     """Thin: proto -> SearchRequest -> the tenant's Searcher -> proto. Each tenant's searcher can be swapped atomically."""
 
@@ -155,7 +170,10 @@ class SearchServicer(search_pb2_grpc.SearchServicer):
         request_id = query_log.new_request_id()
         assignment = None
         with deadline(context.time_remaining()), cache_scope(tenant.name):
-            if tenant.experiment is not None and served.arm_b is not None:
+            arm = requested_arm(context, tenant, served)
+            if arm is not None:   # one arm alone (the workbench's columns): not randomised, so credited to no arm
+                result = (served.arm_b if arm == "b" else searcher).search(req, state.reading)
+            elif tenant.experiment is not None and served.arm_b is not None:
                 result, assignment = run_experiment(tenant.experiment, served, req, state.reading,
                                                     request.session or request_id, request_id)
             else:

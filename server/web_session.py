@@ -1,0 +1,123 @@
+"""Browser sessions for the workbench's pages (server/workbench.py): a session cookie bound to an API key at login,
+CSRF and same-origin checks for every state-changing call, and the security headers every page and answer carries."""
+from __future__ import annotations
+
+import hmac
+import json
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import grpc
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from vitrine.server.auth import ApiKey
+
+SESSION_COOKIE = "vitrine_session"
+CSRF_HEADER = "x-csrf-token"
+SESSION_TTL_S = 12 * 3600
+MAX_SESSIONS = 10_000
+# Scripts and styles from this origin only (no inline script: injected markup could not run even if it rendered);
+# photos may be the shop's http(s) URLs; no framing (clickjacking), no plugins, forms post here only.
+HEADERS = {"content-security-policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
+                                      "img-src 'self' blob: data: https: http:; object-src 'none'; base-uri 'none'; "
+                                      "frame-ancestors 'none'; form-action 'self'",
+           "x-content-type-options": "nosniff", "x-frame-options": "DENY", "referrer-policy": "no-referrer",
+           "cache-control": "no-store"}
+
+
+@dataclass
+class Session:
+    token: str
+    csrf: str
+    seen: float
+    key: ApiKey | None = None
+    bearer: str = ""               # "Bearer <key>" once logged in; held in memory only
+    name: str = ""                 # a judge's name on a server without keys
+    photos: OrderedDict[str, bytes] = field(default_factory=OrderedDict)
+
+
+class Sessions:
+    """Browser sessions in memory: a restart logs everyone out (the judgments themselves are on disk)."""
+
+    def __init__(self) -> None:
+        self._by_token: OrderedDict[str, Session] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def new(self) -> Session:
+        s = Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32), time.monotonic())
+        with self._lock:
+            self._by_token[s.token] = s
+            while len(self._by_token) > MAX_SESSIONS:
+                self._by_token.popitem(last=False)
+        return s
+
+    def get(self, token: str | None) -> Session | None:
+        if not token:
+            return None
+        with self._lock:
+            s = self._by_token.get(token)
+            if s is None or time.monotonic() - s.seen > SESSION_TTL_S:
+                self._by_token.pop(token, None)
+                return None
+            s.seen = time.monotonic()
+            self._by_token.move_to_end(token)
+            return s
+
+    def rotate(self, old: Session) -> Session:
+        """A new id for a session that just logged in (an id planted before login is worth nothing after it)."""
+        s = self.new()
+        s.photos = old.photos
+        with self._lock:
+            self._by_token.pop(old.token, None)
+        return s
+
+
+class Refused(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        self.status, self.code = status, code
+        super().__init__(message)
+
+
+def refused(exc: Refused) -> JSONResponse:
+    return JSONResponse({"code": exc.code, "message": str(exc)}, status_code=exc.status, headers=HEADERS)
+
+
+GRPC_REFUSAL = {grpc.StatusCode.UNAUTHENTICATED: 401, grpc.StatusCode.PERMISSION_DENIED: 403}
+
+
+def check_same_origin(request: Request, s: Session) -> None:
+    """A state-changing call must carry the session's CSRF token and come from this origin: a page elsewhere can make
+    the browser send the cookie (SameSite aside), but cannot read the token nor set the header."""
+    sent = request.headers.get(CSRF_HEADER, "")
+    if not hmac.compare_digest(sent.encode(), s.csrf.encode()):
+        raise Refused(403, "PERMISSION_DENIED", f"cross-site request refused: header {CSRF_HEADER} is missing or wrong "
+                                                "(reload /ui).")
+    origin = request.headers.get("origin")
+    if origin is not None and origin != f"{request.url.scheme}://{request.headers.get('host', '')}":
+        raise Refused(403, "PERMISSION_DENIED", f"cross-site request refused: origin {origin!r} is not this server.")
+    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        raise Refused(403, "PERMISSION_DENIED", "cross-site request refused: the browser says it came from another site.")
+
+
+def set_cookie(response: Response, s: Session, secure: bool) -> None:
+    response.set_cookie(SESSION_COOKIE, s.token, max_age=SESSION_TTL_S, path="/", httponly=True, samesite="strict",
+                        secure=secure)
+
+
+async def json_body(request: Request) -> dict:
+    raw = await request.body()
+    if len(raw) > 32 * 1024 * 1024:
+        raise Refused(413, "RESOURCE_EXHAUSTED", "body: larger than 32 MiB.")
+    try:
+        body = json.loads(raw or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        raise Refused(400, "INVALID_ARGUMENT", "body: not JSON.") from None
+    if not isinstance(body, dict):
+        raise Refused(400, "INVALID_ARGUMENT", "body: expected a JSON object.")
+    return body
+
+
