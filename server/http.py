@@ -5,6 +5,7 @@ very servicers gRPC calls, so the schema, API keys, tenants, quotas, limits and 
     GET  /v1/info                     -> InfoResponse            POST /v1/upsert  {"requests": [UpsertRequest]} -> {"acks": [UpsertAck]}
     POST /v1/feedback  FeedbackRequest -> FeedbackResponse       POST /v1/delete  DeleteRequest  -> DeleteResponse
     GET  /openapi.json, GET /healthz
+    /ui, /ui/api/*, POST /v1/judge, GET /v1/judgments: the relevance workbench (server/workbench.py)
 
 Headers are the gRPC metadata: `authorization: Bearer <key>`, `x-vitrine-tenant`. A gRPC status becomes its HTTP
 status (Google's mapping: INVALID_ARGUMENT 400, UNAUTHENTICATED 401, PERMISSION_DENIED 403, NOT_FOUND 404,

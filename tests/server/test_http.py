@@ -114,7 +114,8 @@ def test_vitrine_serve_http_port_serves_json_beside_grpc(serve_process, tiny_st,
 
     build_bundle(make_items(), tmp_path / "b", SentenceTransformerEncoder(tiny_st, device="cpu"),
                  IndexerConfig(ann=AnnConfig(factory="Flat"), onnx=False, progress=False))
-    proc, target = serve_process(tmp_path / "b", ["--read-only", "--http-port", "0"], timeout_s=120)
+    proc, target = serve_process(tmp_path / "b", ["--read-only", "--http-port", "0", "--compare", f"copy={tmp_path / 'b'}",
+                                                  "--judgments", str(tmp_path / "j")], timeout_s=120)
     try:
         line = proc.stdout.readline()
         assert line.startswith("http on http://"), line
@@ -123,6 +124,17 @@ def test_vitrine_serve_http_port_serves_json_beside_grpc(serve_process, tiny_st,
         with VitrineClient(target) as client:
             assert [h["id"] for h in body["hits"]] == [h.id for h in client.search("red shirt", k=2).hits]
         assert status == 200
+        # The workbench on the same port: a comparison bundle, and a grade kept in --judgments.
+        assert proc.stdout.readline().strip() == f"workbench on {base}/ui"
+        from tests.server.test_workbench import Browser
+        from vitrine.ranking.judgments import JudgmentStore
+
+        page = Browser(base)
+        page.open_page()
+        page.call("/ui/api/login", {"name": "dora"})
+        assert page.call("/ui/api/session")[1]["compare"] == ["copy"]
+        assert page.call("/ui/api/judge", {"text": "red shirt", "item": body["hits"][0]["id"], "grade": 2})[0] == 200
+        assert [(j.who, j.grade) for j in JudgmentStore(tmp_path / "j").current()] == [("dora", 2)]
     finally:
         proc.terminate()
         assert proc.wait(30) == 0

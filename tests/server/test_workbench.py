@@ -2,6 +2,7 @@
 photos only by item id, judgments on disk across a restart, and the arm and --compare options."""
 from __future__ import annotations
 
+import http.client
 import http.cookiejar
 import json
 import re
@@ -193,3 +194,72 @@ def test_judgments_survive_a_restart(bench, small_bundle_path, keyword_encoder):
         http.should_exit = True
         thread.join(10)
         served.stop(0)
+
+
+def test_a_column_can_show_one_experiment_arm(small_bundle, keyword_encoder, tmp_path):
+    from vitrine.ranking.search_config import SearchConfig
+    from vitrine.server.state import ServingState
+    from vitrine.server.tenants import Tenant, Tenants
+    from vitrine.serving.config import ExperimentConfig
+
+    arm_a = Searcher(small_bundle, keyword_encoder)
+    arm_b = Searcher(small_bundle, keyword_encoder, SearchConfig(weights={"bm25": 0.1, "text": 2.0}))
+    tenant = Tenant("default", ServingState(Served(arm_a, arm_b=arm_b)), experiment=ExperimentConfig(name="e", kind="ab"))
+    served = create_server(Tenants([tenant]), "127.0.0.1:0")
+    wb = Workbench(served.search, None, lambda t: tmp_path / "judgments")
+    http, thread = start_http(http_app(served.search, served.catalog, None, wb), "127.0.0.1", 0)
+    try:
+        b = Browser(f"http://127.0.0.1:{http.servers[0].sockets[0].getsockname()[1]}")
+        b.open_page()
+        assert b.call("/ui/api/session")[1]["arms"] is True
+        from vitrine.ranking.pipeline import SearchRequest
+
+        for arm, searcher in (("a", arm_a), ("b", arm_b)):
+            status, out = b.call("/ui/api/search", {"column": {"arm": arm}, "request": {"text": "black shoe", "k": 8}})
+            expected = searcher.search(SearchRequest(text="black shoe", k=8)).hits
+            assert status == 200 and [(h["id"], h["score"]) for h in out["hits"]] == [(h.id, h.score) for h in expected]
+        a, b_ = (b.call("/ui/api/search", {"column": {"arm": arm}, "request": {"text": "black shoe", "k": 8}})[1]
+                 for arm in "ab")
+        assert [h["score"] for h in a["hits"]] != [h["score"] for h in b_["hits"]]
+        assert b.call("/ui/api/search", {"column": {"arm": "c"}, "request": {"text": "x"}})[0] == 400
+    finally:
+        http.should_exit = True
+        thread.join(10)
+        served.stop(0)
+
+
+def test_the_pages_work_behind_tls_with_secure_cookies(tmp_path, small_bundle, keyword_encoder):
+    import ssl
+
+    from tests.server.test_tenants import _self_signed
+
+    cert, key = _self_signed(tmp_path)
+    served = create_server(single(Served(Searcher(small_bundle, keyword_encoder))), "127.0.0.1:0")
+    wb = Workbench(served.search, None, lambda t: tmp_path / "judgments", secure=True)
+    door, thread = start_http(http_app(served.search, served.catalog, None, wb), "localhost", 0, str(cert), str(key))
+    try:
+        b = Browser(f"https://localhost:{door.servers[0].sockets[0].getsockname()[1]}")
+        context = ssl.create_default_context(cafile=str(cert))
+        b.opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context),
+                                               urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        b.open_page()
+        assert "secure" in b.headers["set-cookie"].lower()
+        status, out = b.call("/ui/api/search", {"request": {"text": "black shoe", "k": 2}})
+        assert status == 200 and len(out["hits"]) == 2
+        with pytest.raises((urllib.error.URLError, OSError, http.client.HTTPException)):   # plain HTTP is not answered
+            urllib.request.urlopen(b.base.replace("https", "http") + "/ui", timeout=5)
+    finally:
+        door.should_exit = True
+        thread.join(10)
+        served.stop(0)
+
+
+def test_serve_refuses_bad_compare_flags_in_one_line(small_bundle_path, tmp_path, capsys):
+    from vitrine.cli.main import main
+
+    for flags, says in ((["--compare", "nodir"], "give NAME=DIR"),
+                        (["--compare", f"x={tmp_path}"], "not a Vitrine bundle"),
+                        (["--compare", f"x={small_bundle_path}"], "add --http-port")):
+        assert main(["serve", "--bundle", small_bundle_path, "--read-only", *flags]) == 2
+        err = capsys.readouterr().err
+        assert says in err and err.count("\n") == 1 and "Traceback" not in err
