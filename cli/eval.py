@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--target", help="HOST:PORT of a running `vitrine serve`")
     where.add_argument("--bundle", help="bundle directory; served in-process on a free port for the run")
+    p.add_argument("--tenant", help="with --target: the tenant to evaluate (its key in $VITRINE_AUTH_TOKEN)")
     p.add_argument("--config", help="vitrine.toml used with --bundle")
     p.add_argument("--reranker", help="with --bundle: cross-encoder directory to serve")
     p.add_argument("--ranker", help="with --bundle: LightGBM ranker directory to serve")
@@ -147,7 +149,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     image_root = Path(args.image_root) if args.image_root else Path(args.queries).resolve().parent.parent
     reports: list[EvalReport] = []
     skipped: dict[str, str] = {}
-    with serving(args) as target, VitrineClient(target, timeout_s=args.timeout) as client:
+    from vitrine.cli.target import TOKEN_ENV
+
+    # A server with API keys: the key comes from $VITRINE_AUTH_TOKEN, as for every command that calls a server.
+    token = (os.environ.get(TOKEN_ENV) or None) if args.target else None
+    with serving(args) as target, VitrineClient(target, timeout_s=args.timeout, token=token, tenant=args.tenant) as client:
         client.wait_ready()
         info = client.info()
         search = make_search(client, args.k, image_root)
