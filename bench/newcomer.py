@@ -1,6 +1,7 @@
 """A newcomer's first hour, scripted (issue 23): an own 40-item catalog with drawn photos, train a small CLIP, index,
 serve, search, upsert an item with two photos and find it by either, get/delete/snapshot, a result page (a browse
-with facets and a price sort, highlights, more like this; issue 26), then the bad inputs a new user meets, each of
+with facets and a price sort, highlights, more like this; issue 26), grading results on the /ui workbench, exporting
+the grades and evaluating on them (issue 27), then the bad inputs a new user meets, each of
 which must be answered by one line naming the cause, with no traceback anywhere.
 
     .venv/bin/python bench/newcomer.py [--workdir DIR] [--keep]
@@ -557,6 +558,82 @@ def second_writer(s: Session, ctx: dict) -> list[dict]:
                      "second writer refused, naming the bundle and the holder's pid")]
 
 
+class Page:
+    """The workbench as a browser talks to it: a cookie jar, the page's CSRF token, JSON calls (issue 27)."""
+
+    def __init__(self, base: str) -> None:
+        import http.cookiejar
+        import urllib.request
+
+        self.base, self.csrf = base, ""
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+
+    def open(self) -> bool:
+        import re
+
+        with self.opener.open(self.base + "/ui", timeout=30) as resp:
+            found = re.search(r'name="csrf-token" content="([^"]+)"', resp.read().decode())
+        self.csrf = found.group(1) if found else ""
+        return bool(found)
+
+    def call(self, path: str, body: dict) -> tuple[int, dict]:
+        import urllib.error
+        import urllib.request
+
+        req = urllib.request.Request(self.base + path, data=json.dumps(body).encode(), method="POST",
+                                     headers={"content-type": "application/json", "x-csrf-token": self.csrf})
+        try:
+            with self.opener.open(req, timeout=60) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+
+
+def workbench(s: Session, ctx: dict) -> None:
+    """Grade results on the /ui workbench of a read-only server with API keys, export the grades, and evaluate the
+    served bundle on them (issue 27); a key without the judge scope cannot grade."""
+    keys = s.work / "judges.json"
+    ana = s.vitrine("keys", "create", "--file", str(keys), "--tenant", "default", "--scopes", "search,judge", "--id", "ana")
+    carol = s.vitrine("keys", "create", "--file", str(keys), "--tenant", "default", "--scopes", "search", "--id", "carol")
+    try:
+        proc, target = s.serve("workbench", "--bundle", str(ctx["bundle"]), "--read-only", "--http-port", "0",
+                               "--keys", str(keys), "--judgments", str(s.work / "judgments"))
+    except RuntimeError as exc:
+        s.step("serve the workbench", False, error=str(exc))
+        return
+    base = proc.stdout.readline().split("http on ", 1)[-1].strip()
+    page = Page(base)
+    opened = page.open()
+    status, _ = page.call("/ui/api/login", {"key": ana.out.strip()})
+    if status == 200:
+        page.open()
+    status, found = page.call("/ui/api/search", {"request": {"text": "navy blue shirt", "k": 10}})
+    hits = [h["id"] for h in found.get("hits", [])]
+    grades = [page.call("/ui/api/judge", {"text": "navy blue shirt", "item": h, "grade": g})[0]
+              for h, g in zip(hits, (2, 1, 0))]
+    s.step("the workbench: log in with a judge key, search, grade three results", opened and status == 200
+           and grades == [200] * 3, base=base, top=hits[:3])
+    looker = Page(base)
+    looker.open()
+    looker.call("/ui/api/login", {"key": carol.out.strip()})
+    looker.open()
+    refused = looker.call("/ui/api/judge", {"text": "navy blue shirt", "item": hits[0] if hits else "p-1", "grade": 2})
+    s.step("a key without the judge scope cannot grade (403)", refused[0] == 403, answer=refused)
+    run = s.vitrine("judgments", "export", "--from", str(s.work / "judgments"), "--out", str(s.work / "judged"))
+    s.step("export the grades as qrels", run.rc == 0 and (s.work / "judged" / "qrels" / "test.tsv").is_file())
+    run = s.vitrine("eval", "--target", target, "--judgments", str(s.work / "judged"), "--json",
+                    env={"VITRINE_AUTH_TOKEN": ana.out.strip()})
+    ndcg = next((json.loads(x)["reports"][0]["metrics"].get("ndcg@10") for x in run.out.splitlines()
+                 if x.startswith("{")), None)
+    s.step("vitrine eval reads the exported grades", run.rc == 0 and ndcg is not None and ndcg > 0, ndcg_at_10=ndcg)
+
+
+def judgments_nowhere(s: Session, ctx: dict) -> list[dict]:
+    """12. Judgments exported from a folder that has none."""
+    run = s.vitrine("judgments", "export", "--from", str(ctx["bad"] / "no-judgments"), "--out", str(ctx["bad"] / "j"))
+    return [one_line(run, (2,), ["no-judgments"], "judgments export --from a folder without judgments")]
+
+
 def unreadable(s: Session, ctx: dict) -> list[dict]:
     """10. Unreadable files: a catalog that is a directory, one that does not exist, a photo that is not an image."""
     bad, target = ctx["bad"], ctx["target"]
@@ -588,7 +665,8 @@ BAD_INPUTS = [("Feedback without a click log / for an unknown request id", feedb
               ('a patch with price "cheap"', cheap_price),
               ("a second writable server on the same bundle", second_writer),
               ("unreadable files and a bad photo", unreadable),
-              ("a range, a sort and a facet on the wrong fields", shop_fields)]
+              ("a range, a sort and a facet on the wrong fields", shop_fields),
+              ("judgments exported from a folder that has none", judgments_nowhere)]
 
 
 def bad_inputs(s: Session, ctx: dict) -> None:
@@ -642,6 +720,7 @@ def main(argv: list[str] | None = None) -> int:
             serve_and_query(s, ctx)
             if ctx.get("target"):
                 shop_page(s, ctx)
+                workbench(s, ctx)
         bad_inputs(s, ctx)
         if ctx.get("target"):
             after_restart(s, ctx)
