@@ -48,14 +48,17 @@ def use_judgments(args: argparse.Namespace, command: str) -> None:
 
 
 def resolve_store(source: str | Path) -> Path:
-    """The judgments directory `--from` names: itself, or its judgments/ (a bundle or a tenant dir)."""
+    """The judgments directory `--from` names: itself, its judgments/ (a tenant dir), or BUNDLE.judgments beside a
+    bundle (where `vitrine serve --bundle BUNDLE --http-port N` keeps them)."""
     from vitrine.ranking.judgments import JUDGMENTS_FILE
 
     source = Path(source)
-    for folder in (source, source / "judgments"):
+    beside = source.absolute().with_name(f"{source.absolute().name}.judgments")
+    for folder in (source, source / "judgments", beside):
         if (folder / JUDGMENTS_FILE).is_file():
             return folder
-    raise ValueError(f"--from {source}: no {JUDGMENTS_FILE} there or in {source / 'judgments'}; {HOW_TO_JUDGE}.")
+    raise ValueError(f"--from {source}: no {JUDGMENTS_FILE} there, in {source / 'judgments'} or in {beside}; "
+                     f"{HOW_TO_JUDGE}.")
 
 
 def cmd_export(args: argparse.Namespace) -> int:

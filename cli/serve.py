@@ -34,8 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this HTTP port")
     p.add_argument("--http-port", type=int, default=None,
                    help="also serve the API as JSON over HTTP on this port (README, JSON over HTTP); 0 picks a free one")
-    p.add_argument("--judgments", metavar="DIR", help="where the /ui workbench keeps judgments (default: BUNDLE/judgments; "
-                                                       "with --tenants, each tenant's DIR/judgments)")
+    p.add_argument("--judgments", metavar="DIR", help="where the /ui workbench keeps judgments (default: BUNDLE.judgments "
+                                                       "beside the bundle; with --tenants, each tenant's DIR/judgments)")
     p.add_argument("--compare", metavar="NAME=DIR", action="append", default=[],
                    help="also load this bundle read-only, for side-by-side columns on /ui (repeatable)")
     p.add_argument("--auth-token", default=None, help=f"shared secret for write RPCs (default: ${TOKEN_ENV} or [catalog])")
@@ -191,7 +191,7 @@ def start_http_door(args: argparse.Namespace, served, compare: dict | None = Non
     if args.tenants:
         judgments = lambda tenant: Path(tenant.dir) / "judgments"  # noqa: E731
     else:
-        fixed = Path(args.judgments or Path(args.bundle).resolve() / "judgments")
+        fixed = Path(args.judgments) if args.judgments else default_judgments(args.bundle)
         judgments = lambda tenant: fixed  # noqa: E731
     workbench = Workbench(served.search, served.keys, judgments, compare or {}, secure=bool(args.tls_cert))
     server, thread = start_http(http_app(served.search, served.catalog, served.keys, workbench), args.host,
@@ -207,12 +207,22 @@ def start_http_door(args: argparse.Namespace, served, compare: dict | None = Non
     return stop
 
 
+def default_judgments(bundle: str) -> Path:
+    """BUNDLE.judgments beside the bundle: not inside it, since re-indexing replaces the bundle's directory, and not
+    in what a `current` symlink points at, since a hot swap moves it."""
+    path = Path(bundle).absolute()
+    return path.with_name(f"{path.name}.judgments")
+
+
 def parse_compare(args: argparse.Namespace) -> dict[str, Path]:
     """--compare NAME=DIR flags, checked before anything binds or loads."""
+    if args.judgments and args.http_port is None:
+        raise ValueError("--judgments is where the /ui workbench keeps grades: add --http-port N.")
     out: dict[str, Path] = {}
     for spec in args.compare:
         name, sep, path = spec.partition("=")
-        if not sep or not name.strip() or not path.strip():
+        name, path = name.strip(), path.strip()
+        if not sep or not name or not path:
             raise ValueError(f"--compare {spec!r}: give NAME=DIR, e.g. --compare base=bundles/v1.")
         if name in out:
             raise ValueError(f"--compare: the name {name!r} is given twice.")
@@ -220,7 +230,7 @@ def parse_compare(args: argparse.Namespace) -> dict[str, Path]:
             raise FileNotFoundError(f"--compare {name}: {path} is not a Vitrine bundle (no manifest.json).")
         if args.http_port is None:
             raise ValueError("--compare shows bundles side by side on the /ui page: add --http-port N.")
-        out[name.strip()] = Path(path).resolve()
+        out[name] = Path(path).resolve()
     return out
 
 

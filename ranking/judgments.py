@@ -132,6 +132,10 @@ class JudgmentStore:
         self.path = self.root / JUDGMENTS_FILE
         self.skipped = 0
         self._lock = threading.Lock()
+        # The latest judgment per key, with the file's (size, mtime) it was read at: a search on the workbench asks
+        # for the current grades, and the file is read again only when it changed (another process wrote to it).
+        self._latest: dict[tuple[str, str, str, str], Judgment] = {}
+        self._seen: tuple[int, int] | None = None
 
     def add(self, j: Judgment, photo: bytes | None = None) -> None:
         """Appends one judgment durably; pass the query photo's bytes with the first judgment of a photo query (an
@@ -140,13 +144,16 @@ class JudgmentStore:
         if photo is not None and photo_sha(photo) != j.photo:
             raise ValueError("photo: the bytes given do not hash to the judgment's 'photo' sha256; pass the query photo.")
         with self._lock:
-            self.root.mkdir(parents=True, exist_ok=True)
+            if not self.root.is_dir():
+                self.root.mkdir(parents=True)
+                _fsync_dir(self.root.parent)   # the new directory's own entry
             if photo is not None and self.photo_path(j.photo) is None:
                 self._write_photo(j.photo, photo)
             created = not self.path.exists()
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
             try:
                 size = os.fstat(fd).st_size
+                cached = self._seen is not None and self._seen[0] == size
                 if size and os.pread(fd, 1, size - 1) != b"\n":
                     line = b"\n" + line  # a crash tore the last line: start afresh, or this one would be torn too
                 # One write of the whole line: O_APPEND puts it at the end even beside another process's writes.
@@ -154,10 +161,17 @@ class JudgmentStore:
                 if written != len(line):
                     raise OSError(f"{self.path}: short write ({written} of {len(line)} bytes); is the disk full?")
                 os.fsync(fd)
+                stat = os.fstat(fd)
             finally:
                 os.close(fd)
             if created:
                 _fsync_dir(self.root)  # the new file's directory entry must be durable too
+            if cached or created:      # nobody else wrote since the cache was read: add this one to it
+                self._latest.pop(_key(j), None)
+                self._latest[_key(j)] = j
+                self._seen = (stat.st_size, stat.st_mtime_ns)
+            else:
+                self._seen = None
 
     def _write_photo(self, sha: str, data: bytes) -> None:
         folder = self.root / PHOTOS_DIR
@@ -196,8 +210,23 @@ class JudgmentStore:
         return out
 
     def current(self, tenant: str | None = None) -> list[Judgment]:
-        """The latest judgment per (tenant, judge, query, item), of one tenant or all."""
-        return [j for j in latest(self.read()) if tenant is None or j.tenant == tenant]
+        """The latest judgment per (tenant, judge, query, item), of one tenant or all (the file is read again only
+        when it changed since the last read or add)."""
+        with self._lock:
+            try:
+                stat = self.path.stat()
+                now = (stat.st_size, stat.st_mtime_ns)
+            except FileNotFoundError:
+                now = (0, 0)
+            if now != self._seen:
+                self._latest = {_key(j): j for j in latest(self.read())}
+                self._seen = now
+            found = list(self._latest.values())
+        return [j for j in found if tenant is None or j.tenant == tenant]
+
+
+def _key(j: Judgment) -> tuple[str, str, str, str]:
+    return j.tenant, j.who, j.qid, j.item
 
 
 def latest(judgments: Iterable[Judgment]) -> list[Judgment]:
@@ -205,7 +234,7 @@ def latest(judgments: Iterable[Judgment]) -> list[Judgment]:
     order, not `ts`, decides, since it is the order the store acknowledged them (judges' clocks may differ)."""
     last: dict[tuple[str, str, str, str], Judgment] = {}
     for j in judgments:
-        key = (j.tenant, j.who, j.qid, j.item)
+        key = _key(j)
         last.pop(key, None)  # re-insert so the result keeps the order of the latest grades
         last[key] = j
     return list(last.values())

@@ -31,6 +31,7 @@ from starlette.routing import Route
 
 from vitrine.proto import search_pb2
 from vitrine.server.auth import KeyStore, check_access
+from vitrine.server.web_session import MAX_BODY_BYTES  # one limit for the API and the pages
 
 HTTP_STATUS = {
     grpc.StatusCode.OK: 200, grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.FAILED_PRECONDITION: 400,
@@ -39,7 +40,6 @@ HTTP_STATUS = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: 429, grpc.StatusCode.CANCELLED: 499, grpc.StatusCode.UNIMPLEMENTED: 501,
     grpc.StatusCode.UNAVAILABLE: 503, grpc.StatusCode.DEADLINE_EXCEEDED: 504,
 }
-MAX_BODY_BYTES = 64 * 1024 * 1024
 
 
 class Aborted(Exception):
@@ -146,7 +146,9 @@ def parse(rpc: Rpc, body: bytes) -> Any:
     """The request message from a JSON body; a bad body is a ValueError naming what is wrong."""
     try:
         obj = json.loads(body or b"{}")
-    except (ValueError, UnicodeDecodeError) as exc:
+    except RecursionError:
+        raise ValueError("body: nested too deep to read.") from None
+    except ValueError as exc:   # not JSON, or not UTF-8
         raise ValueError(f"body: not JSON ({exc}).") from None
     if rpc.request is None:  # upsert: {"requests": [UpsertRequest, ...]}
         if not isinstance(obj, dict) or not isinstance(obj.get("requests"), list):
@@ -162,6 +164,8 @@ def _parse_dict(obj: Any, kind: type, where: str) -> Any:
         return json_format.ParseDict(obj, kind())
     except json_format.ParseError as exc:
         raise ValueError(f"{where}: {exc}") from None
+    except RecursionError:
+        raise ValueError(f"{where}: nested too deep to read.") from None
 
 
 _SCALARS = {FieldDescriptor.TYPE_DOUBLE: {"type": "number"}, FieldDescriptor.TYPE_FLOAT: {"type": "number"},

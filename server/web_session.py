@@ -20,6 +20,7 @@ SESSION_COOKIE = "vitrine_session"
 CSRF_HEADER = "x-csrf-token"
 SESSION_TTL_S = 12 * 3600
 MAX_SESSIONS = 10_000
+MAX_BODY_BYTES = 64 * 1024 * 1024   # as the JSON API's (a query photo rides in base64)
 # Scripts and styles from this origin only (no inline script: injected markup could not run even if it rendered);
 # photos may be the shop's http(s) URLs; no framing (clickjacking), no plugins, forms post here only.
 HEADERS = {"content-security-policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
@@ -51,8 +52,10 @@ class Sessions:
         s = Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32), time.monotonic())
         with self._lock:
             self._by_token[s.token] = s
-            while len(self._by_token) > MAX_SESSIONS:
-                self._by_token.popitem(last=False)
+            if len(self._by_token) > MAX_SESSIONS:
+                # Anyone can open the page, so a flood of fresh sessions drops other fresh ones, not logged-in judges.
+                anonymous = next((t for t, x in self._by_token.items() if x.key is None and t != s.token), None)
+                self._by_token.pop(anonymous if anonymous is not None else next(iter(self._by_token)))
         return s
 
     def get(self, token: str | None) -> Session | None:
@@ -67,10 +70,12 @@ class Sessions:
             self._by_token.move_to_end(token)
             return s
 
-    def rotate(self, old: Session) -> Session:
-        """A new id for a session that just logged in (an id planted before login is worth nothing after it)."""
+    def rotate(self, old: Session, keep_photos: bool = True) -> Session:
+        """A new id for a session that just logged in or out (an id planted before login is worth nothing after
+        it); logging out keeps nothing of the session."""
         s = self.new()
-        s.photos = old.photos
+        if keep_photos:
+            s.photos = old.photos
         with self._lock:
             self._by_token.pop(old.token, None)
         return s
@@ -103,21 +108,37 @@ def check_same_origin(request: Request, s: Session) -> None:
         raise Refused(403, "PERMISSION_DENIED", "cross-site request refused: the browser says it came from another site.")
 
 
-def set_cookie(response: Response, s: Session, secure: bool) -> None:
+def set_cookie(request: Request, response: Response, s: Session, secure: bool) -> None:
+    # Secure under --tls-cert, and behind a TLS proxy that says so (uvicorn reads X-Forwarded-Proto from it).
     response.set_cookie(SESSION_COOKIE, s.token, max_age=SESSION_TTL_S, path="/", httponly=True, samesite="strict",
-                        secure=secure)
+                        secure=secure or request.url.scheme == "https")
 
 
 async def json_body(request: Request) -> dict:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise Refused(413, "RESOURCE_EXHAUSTED", f"body: {declared} bytes; the limit is {MAX_BODY_BYTES}.")
     raw = await request.body()
-    if len(raw) > 32 * 1024 * 1024:
-        raise Refused(413, "RESOURCE_EXHAUSTED", "body: larger than 32 MiB.")
+    if len(raw) > MAX_BODY_BYTES:
+        raise Refused(413, "RESOURCE_EXHAUSTED", f"body: {len(raw)} bytes; the limit is {MAX_BODY_BYTES}.")
     try:
         body = json.loads(raw or b"{}")
-    except (ValueError, UnicodeDecodeError):
-        raise Refused(400, "INVALID_ARGUMENT", "body: not JSON.") from None
+    except (ValueError, RecursionError):   # not JSON, not UTF-8, or nested too deep to read
+        raise Refused(400, "INVALID_ARGUMENT", "body: not JSON (or nested too deep).") from None
     if not isinstance(body, dict):
         raise Refused(400, "INVALID_ARGUMENT", "body: expected a JSON object.")
     return body
+
+
+def text_of(obj: dict, name: str, where: str, limit: int) -> str:
+    """A string field of a JSON object ("" when absent): another type or a longer text is refused naming it."""
+    value = obj.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise Refused(400, "INVALID_ARGUMENT", f"{where}: expected a string, got {type(value).__name__}.")
+    if len(value) > limit:
+        raise Refused(400, "INVALID_ARGUMENT", f"{where}: {len(value)} characters; the limit is {limit}.")
+    return value
 
 

@@ -17,10 +17,12 @@ named by item id and photo number, never by a path.
 from __future__ import annotations
 
 import base64
+import functools
 import mimetypes
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+import json
 from pathlib import Path
 from typing import Any
 
@@ -30,18 +32,19 @@ from starlette.responses import FileResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 
 from vitrine.proto import search_pb2
-from vitrine.ranking.judgments import Judgment, JudgmentStore, final_grades, photo_sha, query_id
+from vitrine.ranking.judgments import Judgment, JudgmentStore, final_grades, photo_sha, query_id, utc_now
 from vitrine.server.auth import ALL_TENANTS, JUDGE_METHOD, ApiKey, KeyStore, check_access
 from vitrine.server.search_service import ARM_HEADER
 from vitrine.server.tenants import DEFAULT_TENANT, TENANT_HEADER, Tenant
-from vitrine.server.web_session import (GRPC_REFUSAL, HEADERS, SESSION_COOKIE, Refused, Session, Sessions,
-                                        check_same_origin, json_body, refused, set_cookie)
+from vitrine.server.web_session import (GRPC_REFUSAL, HEADERS, MAX_BODY_BYTES, SESSION_COOKIE, Refused, Session,
+                                        Sessions, check_same_origin, json_body, refused, set_cookie, text_of)
 
 SEARCH_METHOD = "/vitrine.v1.Search/Search"
 UI_DIR = Path(__file__).with_name("ui")
 STATIC = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
 RECENT_PHOTOS = 16          # query photos a session keeps, so grading a photo query stores its photo
 CARD_FIELDS = ["title", "price", "category"]
+PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
 FACET_FIELDS = 6            # the catalog fields the page offers as facets (fewest distinct values first)
 
 
@@ -57,11 +60,13 @@ class Workbench:
     secure: bool = False                             # served over TLS: cookies are Secure
     sessions: Sessions = field(default_factory=Sessions)
     _stores: dict[str, JudgmentStore] = field(default_factory=dict)
+    _stores_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def store(self, tenant: Tenant) -> JudgmentStore:
-        if tenant.name not in self._stores:
-            self._stores[tenant.name] = JudgmentStore(self.judgments_dir(tenant))
-        return self._stores[tenant.name]
+        with self._stores_lock:   # one store (one lock, one cache) per tenant, whichever thread asks first
+            if tenant.name not in self._stores:
+                self._stores[tenant.name] = JudgmentStore(self.judgments_dir(tenant))
+            return self._stores[tenant.name]
 
     def tenant(self, name: str) -> Tenant:
         tenant = self.search.tenants.get(name)
@@ -82,10 +87,31 @@ def session_of(wb: Workbench, request: Request) -> Session:
     return s
 
 
-def tenant_name(s: Session, asked: str | None) -> str:
+def tenant_name(s: Session, asked: str) -> str:
     if asked:
         return asked
     return s.key.tenant if s.key is not None and s.key.tenant != ALL_TENANTS else DEFAULT_TENANT
+
+
+def key_headers(request: Request) -> list[tuple[str, str]]:
+    """The gRPC metadata an HTTP request carries: its API key and tenant headers."""
+    return [(k.lower(), v) for k, v in request.headers.items() if k.lower() in ("authorization", TENANT_HEADER)]
+
+
+def where_to_search(wb: Workbench, s: Session, column: dict, where: str) -> tuple[Any, str, list[tuple[str, str]]]:
+    """The servicer, tenant and metadata a column's request goes to. A comparison bundle belongs to the server's one
+    tenant: the key must be valid for it, whatever tenant the column names."""
+    bundle = text_of(column, "bundle", f"{where}.bundle", 128)
+    asked = text_of(column, "tenant", f"{where}.tenant", 128)
+    if bundle and asked:
+        raise Refused(400, "INVALID_ARGUMENT", f"{where}: a comparison bundle is served as its own; give bundle or "
+                                               f"tenant, not both.")
+    tenant = DEFAULT_TENANT if bundle else tenant_name(s, asked)
+    md = metadata(s, tenant, text_of(column, "arm", f"{where}.arm", 8))
+    allow(wb, SEARCH_METHOD, md)
+    if not bundle:
+        return wb.search, tenant, md
+    return compared(wb, bundle, f"{where}.bundle"), tenant, [m for m in md if m[0] != TENANT_HEADER]
 
 
 def metadata(s: Session, tenant: str, arm: str = "") -> list[tuple[str, str]]:
@@ -143,16 +169,16 @@ class Pages:
     async def page(self, request: Request) -> Response:
         wb = self.wb
         s = wb.sessions.get(request.cookies.get(SESSION_COOKIE)) or wb.sessions.new()
-        html = (UI_DIR / "index.html").read_text(encoding="utf-8").replace("{{csrf}}", s.csrf)
+        html = asset("index.html").decode("utf-8").replace("{{csrf}}", s.csrf)
         response = Response(html, media_type="text/html; charset=utf-8", headers=HEADERS)
-        set_cookie(response, s, wb.secure)
+        set_cookie(request, response, s, wb.secure)
         return response
 
     async def static(self, request: Request) -> Response:
         name = request.path_params["name"]
         if name not in STATIC:
             raise Refused(404, "NOT_FOUND", f"no file {name!r}.")
-        return Response((UI_DIR / name).read_bytes(), media_type=STATIC[name], headers=HEADERS)
+        return Response(asset(name), media_type=STATIC[name], headers=HEADERS)
 
     async def about(self, request: Request) -> Response:
         wb = self.wb
@@ -179,9 +205,9 @@ class Pages:
         check_same_origin(request, s)
         body = await json_body(request)
         if wb.keys is None:
-            s.name = str(body.get("name") or "")[:64].strip()
+            s.name = text_of(body, "name", "name", 64).strip()
             return JSONResponse({"who": judge_name(s), "csrf": s.csrf}, headers=HEADERS)
-        sent = str(body.get("key") or "").strip()
+        sent = text_of(body, "key", "key", 256).strip()
         key = wb.keys.authenticate(sent)
         if key is None:
             raise Refused(401, "UNAUTHENTICATED", "key: not a valid API key.")
@@ -190,15 +216,15 @@ class Pages:
         fresh = wb.sessions.rotate(s)
         fresh.key, fresh.bearer = key, f"Bearer {sent}"
         response = JSONResponse({"who": judge_name(fresh), "csrf": fresh.csrf}, headers=HEADERS)
-        set_cookie(response, fresh, wb.secure)
+        set_cookie(request, response, fresh, wb.secure)
         return response
 
     async def logout(self, request: Request) -> Response:
         s = session_of(self.wb, request)
         check_same_origin(request, s)
-        fresh = self.wb.sessions.rotate(s)   # the old id (and its key) is gone
+        fresh = self.wb.sessions.rotate(s, keep_photos=False)   # the old id, its key and photos are gone
         response = JSONResponse({"csrf": fresh.csrf}, headers=HEADERS)
-        set_cookie(response, fresh, self.wb.secure)
+        set_cookie(request, response, fresh, self.wb.secure)
         return response
 
     async def search(self, request: Request) -> Response:
@@ -206,18 +232,12 @@ class Pages:
         s = session_of(wb, request)
         check_same_origin(request, s)
         body = await json_body(request)
-        column = body.get("column") or {}
+        column = body.get("column", {})
         if not isinstance(column, dict):
             raise Refused(400, "INVALID_ARGUMENT", "column: expected a JSON object.")
-        tenant = tenant_name(s, column.get("tenant"))
-        md = metadata(s, tenant, str(column.get("arm") or ""))
-        allow(wb, SEARCH_METHOD, md)
-        servicer = wb.search
-        if column.get("bundle"):
-            servicer = compared(wb, str(column["bundle"]), "column.bundle")
-            md = [m for m in md if m[0] != TENANT_HEADER]   # a comparison bundle is served as its own one tenant
+        servicer, tenant, md = where_to_search(wb, s, column, "column")
         try:
-            message = self.parse(body.get("request") or {}, search_pb2.SearchRequest, "request")
+            message = self.parse(body.get("request", {}), search_pb2.SearchRequest, "request")
         except ValueError as exc:
             raise Refused(400, "INVALID_ARGUMENT", str(exc)) from None
         message.explain = message.highlight = True
@@ -239,21 +259,16 @@ class Pages:
         s = session_of(wb, request)
         check_same_origin(request, s)
         body = await json_body(request)
-        tenant = tenant_name(s, body.get("tenant"))
-        md = metadata(s, tenant)
-        allow(wb, JUDGE_METHOD, md)
-        sha = str(body.get("photo") or "")
+        tenant = tenant_name(s, text_of(body, "tenant", "tenant", 128))
+        allow(wb, JUDGE_METHOD, metadata(s, tenant))
+        sha = text_of(body, "photo", "photo", 64)
         return await store_judgment(wb, wb.tenant(tenant), judge_name(s), body, sha, s.photos.get(sha) if sha else None)
 
     async def photo(self, request: Request) -> Response:
         wb = self.wb
         s = session_of(wb, request)
         q = request.query_params
-        tenant = tenant_name(s, q.get("tenant"))
-        allow(wb, SEARCH_METHOD, metadata(s, tenant))
-        servicer = wb.search
-        if q.get("bundle"):
-            servicer, tenant = compared(wb, q["bundle"], "bundle"), DEFAULT_TENANT
+        servicer, tenant, _ = where_to_search(wb, s, {k: q[k] for k in ("tenant", "bundle") if k in q}, "query")
         try:
             n = int(q.get("n", "0"))
         except ValueError:
@@ -269,25 +284,31 @@ class Pages:
     # The JSON API's judging, for scripts and other tools: an API key in `authorization`, as every /v1 call.
     async def api_judge(self, request: Request) -> Response:
         wb = self.wb
-        md = [(k.lower(), v) for k, v in request.headers.items() if k.lower() in ("authorization", TENANT_HEADER)]
+        md = key_headers(request)
         allow(wb, JUDGE_METHOD, md)
         body = await json_body(request)
         tenant = dict(md).get(TENANT_HEADER) or DEFAULT_TENANT
-        who = key_of(wb, md).id if wb.keys is not None else str(body.get("who") or "anonymous")[:64]
+        who = key_of(wb, md).id if wb.keys is not None else (text_of(body, "who", "who", 64) or "anonymous")
         photo = None
         if body.get("image"):
             try:
-                photo = base64.b64decode(str(body["image"]), validate=True)
+                photo = base64.b64decode(text_of(body, "image", "image", MAX_BODY_BYTES), validate=True)
             except ValueError:
                 raise Refused(400, "INVALID_ARGUMENT", "image: not base64.") from None
         return await store_judgment(wb, wb.tenant(tenant), who, body, photo_sha(photo) if photo else "", photo)
 
     async def api_judgments(self, request: Request) -> Response:
-        md = [(k.lower(), v) for k, v in request.headers.items() if k.lower() in ("authorization", TENANT_HEADER)]
+        md = key_headers(request)
         allow(self.wb, JUDGE_METHOD, md)
         tenant = self.wb.tenant(dict(md).get(TENANT_HEADER) or DEFAULT_TENANT)
         current = await run_in_threadpool(self.wb.store(tenant).current, tenant.name)
         return JSONResponse({"judgments": [j.to_dict() for j in current]})
+
+
+@functools.cache
+def asset(name: str) -> bytes:
+    """The page's files, read once (they ship with the package)."""
+    return (UI_DIR / name).read_bytes()
 
 
 async def no_icon(request: Request) -> Response:
@@ -316,25 +337,24 @@ def remember_photo(s: Session, sha: str, data: bytes) -> None:
 
 
 async def store_judgment(wb: Workbench, tenant: Tenant, who: str, body: dict, sha: str, photo: bytes | None) -> Response:
-    text = str(body.get("text") or "")
-    item = str(body.get("item") or "")
+    text = text_of(body, "text", "text", 1000)
+    item = text_of(body, "item", "item", 256)
     grade = body.get("grade")
     if not item:
         raise Refused(400, "INVALID_ARGUMENT", "item: the id of the graded item is missing.")
-    if grade not in (0, 1, 2) or isinstance(grade, bool):
+    if not isinstance(grade, int) or isinstance(grade, bool) or grade not in (0, 1, 2):
         raise Refused(400, "INVALID_ARGUMENT", f"grade: {grade!r}; grades are 0 (not relevant), 1 (partly), 2 (relevant).")
     if not text.strip() and not sha:
         raise Refused(400, "INVALID_ARGUMENT", "text: a judgment needs the query's text or its photo.")
     store = wb.store(tenant)
-    if sha and photo is None and store.photo_path(sha) is None:
+    if sha and photo is None and await run_in_threadpool(store.photo_path, sha) is None:
         raise Refused(400, "INVALID_ARGUMENT", "photo: this session has not searched with that photo; search first.")
     config = body.get("config") or {}
-    if not isinstance(config, dict):
-        raise Refused(400, "INVALID_ARGUMENT", "config: expected a JSON object (the column's settings).")
+    if not isinstance(config, dict) or len(json.dumps(config)) > 4096:
+        raise Refused(400, "INVALID_ARGUMENT", "config: expected a JSON object of the column's settings (at most 4 KiB).")
     served = tenant.state.served
     version = served.searcher.bundle.version if served is not None else ""
-    j = Judgment(ts=datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-                 tenant=tenant.name, who=who, qid=query_id(text, sha), text=text, photo=sha, item=item, grade=grade,
+    j = Judgment(ts=utc_now(), tenant=tenant.name, who=who, qid=query_id(text, sha), text=text, photo=sha, item=item, grade=grade,
                  config=config, bundle_version=version)
     try:
         await run_in_threadpool(store.add, j, photo)
@@ -352,10 +372,15 @@ def grades_for(wb: Workbench, tenant: Tenant, qid: str, who: str) -> tuple[dict[
 
 
 def photo_of(tenant: Tenant | None, item_id: str, n: int) -> str:
-    """Where item `item_id`'s photo number `n` is: a file of the bundle or the catalog, or the shop's URL."""
+    """Where item `item_id`'s photo number `n` is: the shop's http(s) URL, or an image file inside the bundle (photos
+    sent live) or inside the folder of the catalog it was indexed from. Any other path an item names — an absolute
+    one, `..` out of those folders, a link out of them, a file that is not an image — is not served: a write key
+    must not turn the photo door into a way to read the host's files."""
     from vitrine.indexer.photos import photo_location
 
-    if tenant is None or tenant.state.served is None:
+    if tenant is None:
+        raise Refused(404, "NOT_FOUND", "tenant: no such tenant on this server.")
+    if tenant.state.served is None:
         raise Refused(503, "UNAVAILABLE", "the bundle is still loading.")
     with tenant.state.reading():
         bundle = tenant.state.served.searcher.bundle
@@ -363,9 +388,16 @@ def photo_of(tenant: Tenant | None, item_id: str, n: int) -> str:
         if item is None or not 0 <= n < len(item.photos):
             raise Refused(404, "NOT_FOUND", f"id: item {item_id!r} has no photo {n}.")
         where = photo_location(bundle, item.photos[n])
-    if not where.startswith(("http://", "https://")) and not Path(where).is_file():
-        raise Refused(404, "NOT_FOUND", f"id: item {item_id!r}'s photo {n} is not on this server.")
-    return where
+        catalog = bundle.manifest.catalog
+        roots = [Path(bundle.path).resolve(), *([Path(catalog).parent.resolve()] if catalog else [])]
+    if where.startswith(("http://", "https://")):
+        return where
+    real = Path(where).resolve()
+    inside = any(real.is_relative_to(root) for root in roots)
+    if not inside or real.suffix.lower() not in PHOTO_SUFFIXES or not real.is_file():
+        raise Refused(404, "NOT_FOUND", f"id: item {item_id!r}'s photo {n} is not served (only photos in the bundle or "
+                                        f"its catalog's folder are).")
+    return str(real)
 
 
 def served_options(wb: Workbench, tenant_name_: str) -> dict[str, Any]:

@@ -12,7 +12,8 @@ const state = {
   photo: "",          // the query photo, base64
   offset: 0,
   where: {},          // facet field -> selected values
-  cols: {},           // "A"/"B" -> {config, response}
+  cols: {},           // "A"/"B" -> {config, request, response}
+  seq: 0,             // the latest search; an older answer arriving late is dropped
   lastRenderMs: null,
 };
 
@@ -112,7 +113,9 @@ function columnConfig(col) {
 
 function searchRequest(config) {
   const text = $("#q").value.trim();
-  const req = {text, k: K, offset: state.offset,
+  // Every page asks for the ranking from the top (k = offset + K), so rank changes compare whole rankings and
+  // nDCG@10 is the query's, whatever page is shown.
+  const req = {text, k: state.offset + K, offset: 0,
                facets: state.about.facets.map(field => ({field, size: 8}))};
   if (state.photo) req.image = state.photo;
   const where = Object.entries(state.where).filter(([, v]) => v.length).map(([field, any_of]) => ({field, any_of}));
@@ -137,17 +140,20 @@ async function run() {
   if (!text && !state.photo && !Object.values(state.where).some(v => v.length)) { status("type a query or drop a photo"); return; }
   status("");
   const t0 = performance.now();
+  const seq = ++state.seq;
   const cols = visibleColumns();
   let answers;
   try {
     answers = await Promise.all(cols.map(col => {
       const config = columnConfig(col);
       const column = {tenant: config.tenant, bundle: config.bundle, arm: config.arm};
-      return api("/ui/api/search", {column, request: searchRequest(config)}).then(r => ({col, config, r}));
+      const request = searchRequest(config);
+      return api("/ui/api/search", {column, request}).then(r => ({col, config, request, r}));
     }));
-  } catch (e) { status(e.message); return; }
+  } catch (e) { if (seq === state.seq) status(e.message); return; }
+  if (seq !== state.seq) return;
   state.cols = {};
-  for (const {col, config, r} of answers) state.cols[col.dataset.col] = {config, response: r};
+  for (const {col, config, request, r} of answers) state.cols[col.dataset.col] = {config, request, response: r};
   renderAll();
   const grid = $(".grid", cols[0]);
   state.lastRenderMs = performance.now() - t0;
@@ -162,7 +168,8 @@ function renderAll() {
   if (a) renderFacets(a.response.facets || []);
   for (const col of visibleColumns()) renderColumn(col);
   const total = a ? a.response.total_candidates || 0 : 0;
-  $("#page").textContent = a ? `${state.offset + 1}–${state.offset + (a.response.hits || []).length} of ${total}` : "";
+  const shown = a ? Math.max(0, (a.response.hits || []).length - state.offset) : 0;
+  $("#page").textContent = a ? `${state.offset + 1}–${state.offset + shown} of ${total}` : "";
   $("#prev").disabled = state.offset === 0;
   $("#next").disabled = !a || state.offset + K >= total;
 }
@@ -211,16 +218,16 @@ function renderColumn(col) {
   gone.replaceChildren();
   if (!entry) return;
   const r = entry.response, hits = r.hits || [];
-  const ids = hits.map(h => h.id);
+  const ids = hits.map(h => h.id);     // the ranking from the top; this page is ids.slice(offset)
   const judged = r.judged || {};
   const base = name !== "A" && state.cols.A ? (state.cols.A.response.hits || []).map(h => h.id) : null;
   const ndcg = $(".ndcg", col);
   ndcg.textContent = Object.keys(judged).length ? `nDCG@10 ${ndcgAt10(ids, judged).toFixed(4)}` : "not judged";
   ndcg.dataset.value = Object.keys(judged).length ? ndcgAt10(ids, judged).toFixed(6) : "";
   $(".meta", col).textContent = `${r.stages || ""} · ${(r.took_ms || 0).toFixed(1)} ms · ${r.bundle_version || ""}`;
-  hits.forEach((hit, i) => grid.append(card(col, entry, hit, state.offset + i + 1, base)));
+  hits.slice(state.offset).forEach((hit, i) => grid.append(card(col, entry, hit, state.offset + i + 1, base)));
   if (base) {
-    const missing = base.filter(id => !ids.includes(id));
+    const missing = base.slice(state.offset).filter(id => !ids.includes(id));
     if (missing.length) gone.textContent = `gone from ${state.cols.A.config.label}: ${missing.join(", ")}`;
     gone.dataset.ids = missing.join(",");
   }
@@ -245,7 +252,7 @@ function card(col, entry, hit, rank, base) {
   if (hl) snippet($(".snippet", node), hl);
   if (base) {
     const mark = $(".mark", node), before = base.indexOf(hit.id);
-    const now = rank - 1 - state.offset;
+    const now = rank - 1;
     if (before < 0) { mark.textContent = "new"; mark.classList.add("new"); }
     else if (before > now) { mark.textContent = `▲${before - now}`; mark.classList.add("up"); }
     else if (before < now) { mark.textContent = `▼${now - before}`; mark.classList.add("down"); }
@@ -305,8 +312,10 @@ async function judge(col, item, grade) {
   const r = entry.response;
   let out;
   try {
-    out = await api("/ui/api/judge", {tenant: r.tenant, text: $("#q").value.trim(), photo: r.photo, item, grade,
-                                      config: {...entry.config, bundle_version: r.bundle_version}});
+    // The query that showed the card (not what the box holds now), and the column's whole configuration.
+    out = await api("/ui/api/judge", {tenant: r.tenant, text: entry.request.text, photo: r.photo, item, grade,
+                                      config: {...entry.config, where: entry.request.where,
+                                               bundle_version: r.bundle_version}});
   } catch (e) { status(e.message); return; }
   status("");
   // Every column showing this query on this tenant now has the new grades.

@@ -175,3 +175,20 @@ def test_export_leaves_out_a_photo_query_without_its_photo_and_refuses_mixed_ten
     assert list(load_qrels(tmp_path / "out" / "qrels" / "test.tsv")) == [query_id("red dress", "")]
     with pytest.raises(ValueError, match="2 tenants"):
         export(js + [judged("bob", "red dress", "4", 1, tenant="other")], tmp_path / "out2", None)
+
+
+def test_current_reads_again_what_another_process_added(tmp_path):
+    from vitrine.ranking.judgments import Judgment, JudgmentStore
+
+    def grade(who: str, item: str, g: int) -> Judgment:
+        return Judgment(ts="2026-12-06T09:00:00.000Z", tenant="default", who=who, qid="q1", text="red", photo="",
+                        item=item, grade=g)
+
+    mine, theirs = JudgmentStore(tmp_path), JudgmentStore(tmp_path)   # two servers on one folder
+    mine.add(grade("ana", "a", 2))
+    assert [(j.who, j.grade) for j in mine.current()] == [("ana", 2)]
+    theirs.add(grade("bob", "a", 1))
+    mine.add(grade("ana", "b", 0))                  # its cache is stale: this add must not hide bob's
+    assert sorted((j.who, j.item, j.grade) for j in mine.current()) == [("ana", "a", 2), ("ana", "b", 0), ("bob", "a", 1)]
+    theirs.add(grade("bob", "a", 2))                # a re-grade elsewhere replaces the earlier one here too
+    assert sorted((j.who, j.item, j.grade) for j in mine.current()) == [("ana", "a", 2), ("ana", "b", 0), ("bob", "a", 2)]

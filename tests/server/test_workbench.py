@@ -2,7 +2,9 @@
 photos only by item id, judgments on disk across a restart, and the arm and --compare options."""
 from __future__ import annotations
 
+import base64
 import http.client
+import io
 import http.cookiejar
 import json
 import re
@@ -140,7 +142,9 @@ def test_logging_in_gives_a_new_session_id(bench):
     assert planted and not planted & {c.value for c in jar}
 
 
-def test_photos_are_served_by_item_id_only(bench, small_bundle_path):
+def test_photos_are_served_by_item_id_and_only_from_the_bundle(bench, tmp_path):
+    from PIL import Image
+
     base, keys, _ = bench
     b = Browser(base)
     b.open_page()
@@ -149,6 +153,55 @@ def test_photos_are_served_by_item_id_only(bench, small_bundle_path):
     assert b.call("/ui/photo?id=1&n=9")[0] == 404
     assert b.call("/ui/photo?id=1&bundle=nope")[0] == 404
     assert Browser(base).call("/ui/photo?id=1")[0] == 401
+    # A write key cannot turn the photo door into a file reader: items naming a file outside the bundle and its
+    # catalog's folder (absolute, or `..` out of the bundle) are stored, but their photo is not served.
+    secret = tmp_path / "outside" / "secret.png"
+    secret.parent.mkdir()
+    Image.new("RGB", (4, 4), (255, 0, 0)).save(secret)
+    writer = {"authorization": f"Bearer {keys['writer']}"}
+    up = [{"item": {"id": "abs", "title": "Red Square", "image_uri": str(secret)}},
+          {"item": {"id": "dots", "title": "Red Square", "image_uri": "bundle:../../outside/secret.png"}}]
+    status, acks = Browser(base).call("/v1/upsert", {"requests": up}, writer, csrf=False)
+    assert status == 200 and [a["id"] for a in acks["acks"]] == ["abs", "dots"]
+    for item in ("abs", "dots"):
+        status, out = b.call(f"/ui/photo?id={item}")
+        assert status == 404 and "not served" in out["message"]
+    # A photo sent as bytes is kept in the bundle, and served.
+    sent = io.BytesIO()
+    Image.new("RGB", (5, 3), (0, 0, 255)).save(sent, format="PNG")
+    up = [{"item": {"id": "kept", "title": "Blue Square", "image": base64.b64encode(sent.getvalue()).decode()}}]
+    assert Browser(base).call("/v1/upsert", {"requests": up}, writer, csrf=False)[0] == 200
+    with b.opener.open(base + "/ui/photo?id=kept", timeout=30) as resp:
+        assert resp.headers["content-type"] == "image/png" and Image.open(io.BytesIO(resp.read())).size == (5, 3)
+
+
+def test_bad_input_is_refused_naming_the_field(bench):
+    base, keys, _ = bench
+    b = Browser(base)
+    b.open_page()
+    b.login(keys["alice"])
+    for path, body, says in [
+        ("/ui/api/search", {"column": {"tenant": ["x"]}, "request": {"text": "x"}}, "column.tenant: expected a string"),
+        ("/ui/api/search", {"column": {"tenant": "default", "bundle": "copy"}, "request": {"text": "x"}}, "column:"),
+        ("/ui/api/search", {"column": [], "request": {"text": "x"}}, "column:"),
+        ("/ui/api/judge", {"text": ["a", "b"], "item": "1", "grade": 2}, "text: expected a string"),
+        ("/ui/api/judge", {"text": "x", "item": {"id": 1}, "grade": 2}, "item: expected a string"),
+        ("/ui/api/judge", {"text": "x", "item": "1", "grade": 2.0}, "grade:"),
+        ("/ui/api/judge", {"text": "x", "item": "1", "grade": True}, "grade:"),
+        ("/ui/api/judge", {"text": "x" * 1001, "item": "1", "grade": 2}, "text: 1001 characters"),
+        ("/ui/api/judge", {"text": "x", "item": "1", "grade": 2, "config": {"k": "v" * 5000}}, "config:"),
+        ("/ui/api/judge", {"tenant": 3, "text": "x", "item": "1", "grade": 2}, "tenant: expected a string"),
+        ("/ui/api/judge", {"text": "", "item": "1", "grade": 2}, "text:"),
+        ("/ui/api/judge", {"photo": "f" * 64, "item": "1", "grade": 2}, "photo:"),
+    ]:
+        status, out = b.call(path, body)
+        assert status == 400 and out["message"].startswith(says), (body, out)
+    deep = "[" * 100_000 + "]" * 100_000
+    req = urllib.request.Request(base + "/ui/api/judge", data=deep.encode(), method="POST",
+                                 headers={"content-type": "application/json", "x-csrf-token": b.csrf})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        b.opener.open(req, timeout=30)
+    assert err.value.code == 400 and json.loads(err.value.read())["message"].startswith("body:")
 
 
 def test_columns_reach_comparison_bundles_and_refuse_unknown_ones(bench):

@@ -8,7 +8,6 @@ import base64
 import json
 import shutil
 import time
-from pathlib import Path
 
 import pytest
 
@@ -39,7 +38,6 @@ from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 XSS_TITLE = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script> Red Square poster'
-SHOTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "workbench"
 
 
 @pytest.fixture(scope="module")
@@ -191,6 +189,21 @@ def test_judge_compare_export_and_eval_in_a_real_browser(shop, browser, tmp_path
                                                     ("▲" if a_ids.index(item) > rank else "▼") + str(abs(a_ids.index(item) - rank)))
         assert marks[item] == expected
     assert page_ndcg(browser, "B") == pytest.approx(ndcg_at_k(b_ids, mine, 10), abs=1e-6)
+    # Page 2: ranks go on from 21, and marks compare whole rankings (not page 2 against page 2).
+    n = browser.find_element(By.TAG_NAME, "body").get_attribute("data-searches")
+    browser.find_element(By.ID, "next").click()
+    wait(browser, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-searches") != n)
+    a_all = a_ids + [c.get_attribute("data-id") for c in cards(browser, "A")]
+    b_page = cards(browser, "B")
+    b_all = b_ids + [c.get_attribute("data-id") for c in b_page]
+    assert b_page and b_page[0].find_element(By.CLASS_NAME, "rank").text == str(len(b_ids) + 1)
+    for c in b_page:
+        item, rank = c.get_attribute("data-id"), b_all.index(c.get_attribute("data-id"))
+        before = a_all.index(item) if item in a_all else None
+        expected = ("new" if before is None else "" if before == rank else
+                    ("▲" if before > rank else "▼") + str(abs(before - rank)))
+        assert c.find_element(By.CLASS_NAME, "mark").text == expected
+    assert page_ndcg(browser, "B") == pytest.approx(ndcg_at_k(b_ids, mine, 10), abs=1e-6)   # the query's, not page 2's
     browser.save_screenshot(str(tmp_path / "side-by-side.png"))
     browser.find_element(By.ID, "compare").click()
 
@@ -202,6 +215,7 @@ def test_judge_compare_export_and_eval_in_a_real_browser(shop, browser, tmp_path
     assert [c.find_element(By.CLASS_NAME, "title").text for c in by_photo[:1]] == ["Blue Stripe"]
     photo_ids = [c.get_attribute("data-id") for c in by_photo]
     grade_with_mouse(browser, by_photo[0], 2)
+    browser.find_element(By.ID, "q").send_keys("typed, not searched")   # a grade belongs to the query shown
     grade_with_keyboard(browser, by_photo[1], 2)
     browser.save_screenshot(str(tmp_path / "photo.png"))
 
