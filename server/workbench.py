@@ -188,12 +188,13 @@ class Pages:
         body: dict[str, Any] = {"needs_key": wb.keys is not None, "logged_in": wb.keys is None or s.key is not None,
                                 "who": judge_name(s), "csrf": s.csrf}
         if body["logged_in"]:
-            tenant = tenant_name(s, None)
+            tenants = [t.name for t in wb.search.tenants if s.key is None or s.key.tenant in (ALL_TENANTS, t.name)]
+            tenant = tenant_name(s, "")
+            if tenant not in tenants and tenants:   # a platform key on --tenants: no "default" tenant there
+                tenant = tenants[0]
             scopes = sorted(s.key.scopes) if s.key is not None else ["search", "judge"]
             platform_admin = s.key is not None and s.key.tenant == ALL_TENANTS and "admin" in scopes
-            body.update(tenant=tenant, scopes=scopes, can_judge="judge" in scopes or platform_admin,
-                        tenants=[t.name for t in wb.search.tenants
-                                 if s.key is None or s.key.tenant in (ALL_TENANTS, t.name)],
+            body.update(tenant=tenant, scopes=scopes, can_judge="judge" in scopes or platform_admin, tenants=tenants,
                         compare=sorted(wb.compare), **await run_in_threadpool(served_options, wb, tenant))
         return JSONResponse(body, headers=HEADERS)
 

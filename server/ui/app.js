@@ -72,7 +72,7 @@ function buildColumn(col) {
   const a = state.about, name = col.dataset.col;
   $(".label", col).value = name;
   const target = $(".target", col);
-  option(target, "", `tenant ${a.tenant}`);
+  option(target, `tenant:${a.tenant}`, `tenant ${a.tenant}`);
   for (const t of a.tenants) if (t !== a.tenant) option(target, `tenant:${t}`, `tenant ${t}`);
   for (const b of a.compare) option(target, `bundle:${b}`, `bundle ${b}`);
   if (a.arms) { option(target, "arm:a", "experiment arm A"); option(target, "arm:b", "experiment arm B"); }

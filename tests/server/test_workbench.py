@@ -316,3 +316,40 @@ def test_serve_refuses_bad_compare_flags_in_one_line(small_bundle_path, tmp_path
         assert main(["serve", "--bundle", small_bundle_path, "--read-only", *flags]) == 2
         err = capsys.readouterr().err
         assert says in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_tenants_each_keep_their_judgments_and_keys_stay_in_their_tenant(small_bundle, keyword_encoder, tmp_path):
+    from vitrine.server.state import ServingState
+    from vitrine.server.tenants import Tenant, Tenants
+
+    keys_file = tmp_path / "keys.json"
+    ana = create_key(keys_file, "a", ["search", "judge"], "ana")[1]
+    root = create_key(keys_file, "*", ["admin"], "root")[1]
+    tenants = Tenants([Tenant(name, ServingState(Served(Searcher(small_bundle, keyword_encoder)))) for name in "ab"])
+    served = create_server(tenants, "127.0.0.1:0")
+    store = KeyStore.load(keys_file)
+    wb = Workbench(served.search, store, lambda t: tmp_path / t.name / "judgments")
+    door, thread = start_http(http_app(served.search, served.catalog, store, wb), "127.0.0.1", 0)
+    try:
+        base = f"http://127.0.0.1:{door.servers[0].sockets[0].getsockname()[1]}"
+        b = Browser(base)
+        b.open_page()
+        b.login(ana)
+        about = b.call("/ui/api/session")[1]
+        assert (about["tenant"], about["tenants"]) == ("a", ["a"])
+        assert b.call("/ui/api/search", {"column": {"tenant": "b"}, "request": {"text": "shoe"}})[0] == 403
+        assert b.call("/ui/api/judge", {"tenant": "b", "text": "shoe", "item": "1", "grade": 2})[0] == 403
+        assert b.call("/ui/photo?id=1&tenant=b")[0] == 403
+        assert b.call("/ui/api/judge", {"text": "shoe", "item": "1", "grade": 2})[0] == 200
+        admin = Browser(base)
+        admin.open_page()
+        admin.login(root)
+        about = admin.call("/ui/api/session")[1]
+        assert (about["tenant"], about["tenants"]) == ("a", ["a", "b"])   # no "default" tenant here: the first
+        assert admin.call("/ui/api/judge", {"tenant": "b", "text": "shoe", "item": "2", "grade": 1})[0] == 200
+        assert [(j.who, j.item) for j in JudgmentStore(tmp_path / "a" / "judgments").current()] == [("ana", "1")]
+        assert [(j.who, j.item) for j in JudgmentStore(tmp_path / "b" / "judgments").current()] == [("root", "2")]
+    finally:
+        door.should_exit = True
+        thread.join(10)
+        served.stop(0)
