@@ -49,6 +49,8 @@ def shop(tmp_path_factory, keyword_encoder):
     out = root / "bundle"
     build_bundle(items, out, keyword_encoder, IndexerConfig(ann=AnnConfig(factory="Flat"), onnx=False, progress=False),
                  clip_encoder=clip, source=CatalogSource(dir=root / "cat", path=str(root / "cat" / "catalog.jsonl")))
+    # The comparison copy is taken before the live index opens the bundle: a copy during its commits would race them.
+    copy = Bundle(shutil.copytree(out, root / "copy"))
     keys_file = root / "keys.json"
     keys = {who: create_key(keys_file, "default", scopes, who)[1]
             for who, scopes in (("alice", ["search", "judge"]), ("bob", ["search", "judge"]), ("carol", ["search"]))}
@@ -56,7 +58,6 @@ def shop(tmp_path_factory, keyword_encoder):
     live = LiveIndex(bundle, keyword_encoder, LiveConfig(commit_interval_s=0.05), clip)
     live.upsert([Item(id="xss", title=XSS_TITLE)])
     served = create_server(single(Served(Searcher(bundle, keyword_encoder, clip_encoder=clip)), live), "127.0.0.1:0")
-    copy = Bundle(shutil.copytree(out, root / "copy", ignore=shutil.ignore_patterns("wal*", "*.lock")))
     text_only = SearchServicer(single(Served(Searcher(copy, keyword_encoder))))
     store = KeyStore.load(keys_file)
     wb = Workbench(served.search, store, lambda tenant: root / "judgments", compare={"text-only": text_only})
