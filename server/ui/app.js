@@ -264,7 +264,7 @@ function card(col, entry, hit, rank, base) {
     if (!state.about.can_judge) b.title = "grading needs a key with the judge scope";
     b.addEventListener("click", () => judge(col, hit.id, +b.dataset.grade));
   }
-  $(".why", node).addEventListener("click", () => toggleExplain(node, hit, r));
+  $(".why", node).addEventListener("click", () => toggleExplain(node, hit, r, rank));
   return node;
 }
 
@@ -290,10 +290,16 @@ function showGrade(node, grade) {
   node.dataset.grade = grade === undefined ? "" : String(grade);
 }
 
-function toggleExplain(node, hit, r) {
+function toggleExplain(node, hit, r, rank) {
   const pre = $(".explain", node);
   if (pre.hidden && !pre.textContent) {
     const lines = [hit.explanation || "(no explanation)"];
+    const fused = (hit.sources || []).find(s => s.source === "fused");
+    if (fused && r.stages && r.stages !== "first") {
+      const moved = fused.rank - rank;
+      lines.push(`second stage (${r.stages}): fused rank ${fused.rank} → rank ${rank}` +
+                 (moved > 0 ? ` (up ${moved})` : moved < 0 ? ` (down ${-moved})` : " (unchanged)"));
+    }
     for (const s of hit.sources || []) lines.push(`${s.source}: score ${Number(s.score || 0).toFixed(4)}, rank ${s.rank}`);
     for (const [k, v] of Object.entries(hit.contributions || {})) lines.push(`contribution ${k}: ${Number(v).toFixed(4)}`);
     for (const rule of hit.rules || []) lines.push(`rule: ${rule}`);

@@ -20,6 +20,9 @@ from vitrine.indexer.catalog import Item
 from vitrine.indexer.live import LiveConfig, LiveIndex
 from vitrine.ranking.metrics import ndcg_at_k
 from vitrine.ranking.pipeline import Searcher
+from vitrine.ranking.types import Stage
+from vitrine.ranking.rerank import CrossEncoderReranker, RerankConfig
+from vitrine.ranking.search_config import SearchConfig
 from vitrine.server.app import create_server, single
 from vitrine.server.auth import KeyStore, create_key
 from vitrine.server.http import http_app, start_http
@@ -41,8 +44,9 @@ XSS_TITLE = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>
 
 
 @pytest.fixture(scope="module")
-def shop(tmp_path_factory, keyword_encoder):
-    """24 drawn products with photos, a tiny CLIP, a live index, API keys, and a text-only copy to compare with."""
+def shop(tmp_path_factory, keyword_encoder, tiny_cross_encoder_dir):
+    """24 drawn products with photos, a tiny CLIP, a cross-encoder a column may turn on (the first stage is the
+    default), a live index, API keys, and a text-only copy to compare with."""
     root = tmp_path_factory.mktemp("wb-shop")
     (root / "cat").mkdir()
     items, clip = drawn_shop(root / "cat", root / "clip")
@@ -57,7 +61,9 @@ def shop(tmp_path_factory, keyword_encoder):
     bundle = Bundle(out)
     live = LiveIndex(bundle, keyword_encoder, LiveConfig(commit_interval_s=0.05), clip)
     live.upsert([Item(id="xss", title=XSS_TITLE)])
-    served = create_server(single(Served(Searcher(bundle, keyword_encoder, clip_encoder=clip)), live), "127.0.0.1:0")
+    reranker = CrossEncoderReranker(tiny_cross_encoder_dir, RerankConfig(depth=8, max_length=32), device="cpu")
+    searcher = Searcher(bundle, keyword_encoder, SearchConfig(stages=Stage.FIRST), clip_encoder=clip, reranker=reranker)
+    served = create_server(single(Served(searcher), live), "127.0.0.1:0")
     text_only = SearchServicer(single(Served(Searcher(copy, keyword_encoder))))
     store = KeyStore.load(keys_file)
     wb = Workbench(served.search, store, lambda tenant: root / "judgments", compare={"text-only": text_only})
@@ -281,3 +287,21 @@ def test_a_key_without_judge_can_look_but_not_grade(shop, browser):
               body: JSON.stringify({text: "Green Stripe", item: arguments[0], grade: 2})}).then(r => done(r.status));
     """, shown[0].get_attribute("data-id"))
     assert status in (403, 401)
+
+
+def test_a_column_can_turn_on_the_second_stage_and_cards_explain_its_change(shop, browser):
+    log_in(browser, shop["base"], shop["keys"]["carol"])
+    search(browser, "Red Square")
+    browser.find_element(By.ID, "compare").click()
+    wait(browser, lambda d: cards(d, "B"))
+    n = browser.find_element(By.TAG_NAME, "body").get_attribute("data-searches")
+    stages = browser.find_element(By.CSS_SELECTOR, '.column[data-col="B"] .stages')
+    stages.find_element(By.CSS_SELECTOR, 'option[value="cross"]').click()
+    wait(browser, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-searches") != n)
+    meta = [browser.find_element(By.CSS_SELECTOR, f'.column[data-col="{c}"] .meta').text.split(" ")[0] for c in "AB"]
+    assert meta == ["first", "cross"]
+    first = cards(browser, "B")[0]
+    first.find_element(By.CLASS_NAME, "why").click()
+    text = first.find_element(By.CLASS_NAME, "explain").text
+    assert "cross-encoder=" in text and "second stage (cross): fused rank" in text
+    browser.find_element(By.ID, "compare").click()
