@@ -407,7 +407,7 @@ def served_options(wb: Workbench, tenant_name_: str) -> dict[str, Any]:
 
     tenant = wb.search.tenants.get(tenant_name_)
     if tenant is None or tenant.state.served is None:
-        return {"stages": [], "sources": [], "facets": [], "arms": False}
+        return {"stages": [], "sources": [], "weights": {}, "facets": [], "arms": False}
     served = tenant.state.served
     searcher = served.searcher
     with tenant.state.reading():
@@ -418,5 +418,6 @@ def served_options(wb: Workbench, tenant_name_: str) -> dict[str, Any]:
                         key=lambda f: (len(columns[f].values), f))
         has_price = PRICE in columns
     return {"stages": searcher.available_stages(), "sources": searcher.available_sources(),
-            "facets": fields[:FACET_FIELDS], "fusion": ["FUSION_RRF", "FUSION_WEIGHTED", "FUSION_WEIGHTED_MAX"], "has_price": has_price,
+            "weights": dict(searcher.config.weights), "facets": fields[:FACET_FIELDS],
+            "fusion": ["FUSION_RRF", "FUSION_WEIGHTED", "FUSION_WEIGHTED_MAX"], "has_price": has_price,
             "arms": tenant.experiment is not None and served.arm_b is not None}

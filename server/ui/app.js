@@ -87,7 +87,12 @@ function buildColumn(col) {
     const label = document.createElement("label");
     const box = document.createElement("input");
     box.type = "checkbox"; box.className = "source"; box.value = s; box.checked = true;
-    label.append(box, ` ${s}`);
+    const weight = document.createElement("input");   // the fusion weight; empty = the server's
+    weight.type = "number"; weight.className = "weight"; weight.min = "0"; weight.step = "any";
+    weight.dataset.source = s;
+    weight.placeholder = a.weights[s] !== undefined ? String(a.weights[s]) : "1";
+    weight.title = `fusion weight of ${s} (empty: the server's)`;
+    label.append(box, ` ${s} `, weight);
     sources.append(label);
   }
   for (const el of $$("select, input", $(".settings", col))) el.addEventListener("change", () => run());
@@ -100,6 +105,8 @@ function columnConfig(col) {
   const [kind, value] = target ? target.split(":") : ["", ""];
   const sources = $$(".source", col).filter(b => b.checked).map(b => b.value);
   const all = $$(".source", col).length;
+  const weights = {};
+  for (const w of $$(".weight", col)) if (w.value !== "" && !Number.isNaN(+w.value)) weights[w.dataset.source] = +w.value;
   return {
     label: $(".label", col).value || col.dataset.col,
     tenant: kind === "tenant" ? value : undefined,
@@ -108,6 +115,7 @@ function columnConfig(col) {
     stages: $(".stages", col).value || undefined,
     fusion: $(".fusion", col).value || undefined,
     sources: sources.length < all ? sources : undefined,
+    weights: Object.keys(weights).length ? weights : undefined,
   };
 }
 
@@ -130,6 +138,7 @@ function searchRequest(config) {
   if (config.stages) req.stages = config.stages;
   if (config.fusion) req.fusion = config.fusion;
   if (config.sources) req.sources = config.sources;
+  if (config.weights) req.weights = config.weights;
   return req;
 }
 

@@ -289,11 +289,19 @@ def test_a_key_without_judge_can_look_but_not_grade(shop, browser):
     assert status in (403, 401)
 
 
-def test_a_column_can_turn_on_the_second_stage_and_cards_explain_its_change(shop, browser):
+def test_a_column_can_weigh_sources_turn_on_the_second_stage_and_explain_its_change(shop, browser):
     log_in(browser, shop["base"], shop["keys"]["carol"])
     search(browser, "Red Square")
     browser.find_element(By.ID, "compare").click()
     wait(browser, lambda d: cards(d, "B"))
+    # A fusion weight per source: BM25 weighed 0 in B changes B's scores, not A's.
+    scores = lambda col: [c.find_element(By.CLASS_NAME, "score").text for c in cards(browser, col)]  # noqa: E731
+    assert scores("A") == scores("B")
+    n = browser.find_element(By.TAG_NAME, "body").get_attribute("data-searches")
+    weight = browser.find_element(By.CSS_SELECTOR, '.column[data-col="B"] .weight[data-source="bm25"]')
+    weight.send_keys("0", Keys.TAB)
+    wait(browser, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-searches") != n)
+    assert scores("A") != scores("B")
     n = browser.find_element(By.TAG_NAME, "body").get_attribute("data-searches")
     stages = browser.find_element(By.CSS_SELECTOR, '.column[data-col="B"] .stages')
     stages.find_element(By.CSS_SELECTOR, 'option[value="cross"]').click()
