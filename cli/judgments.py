@@ -62,7 +62,7 @@ def resolve_store(source: str | Path) -> Path:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from vitrine.ranking.judgments import JudgmentStore, agreement, export
+    from vitrine.ranking.judgments import JudgmentStore, export
 
     folder = resolve_store(args.source)
     if Path(args.out).resolve() == folder.resolve():
@@ -84,7 +84,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
     else:
-        print(report(summary, agreement(judgments)["disagreements"], folder))
+        written = json.loads(Path(summary["files"]["agreement"]).read_text(encoding="utf-8"))   # export computed it
+        print(report(summary, written["disagreements"], folder))
     return 0
 
 

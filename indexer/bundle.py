@@ -27,6 +27,7 @@ from vitrine.indexer.bm25 import CONTEXT_ATTRIBUTES, Bm25Config, Bm25Index
 from vitrine.indexer.catalog import Item
 from vitrine.indexer.clip_check import clip_check, trainer_heldout_ids
 from vitrine.indexer.docstore import DocStore
+from vitrine.indexer.durable import fsync_dir
 from vitrine.indexer.lock import WriterLock
 from vitrine.indexer.manifest import MANIFEST, Bm25Record, BrokenImage, Counts, Manifest, ModelRecord, VectorRecord
 from vitrine.indexer.multiphoto import docnos_of, max_extra_photos, photo_numbers
@@ -72,14 +73,6 @@ class CatalogSource:
     dir: str | Path | None = None
     path: str | None = None
     config: Mapping[str, Any] | None = None
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(str(path), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def publish_dir(tmp: Path, out: Path) -> None:

@@ -115,12 +115,12 @@ def item_from_dict(obj: Any) -> Item:
         if isinstance(price, bool) or not isinstance(price, (int, float)) or not math.isfinite(price):
             raise ValueError(f"field 'price' must be a finite number, got {price!r}")
         price = float(price)
-    photos = _photos(obj.get("image"), obj.get("images"))
+    photos = merge_photos(obj.get("image"), obj.get("images"))
     return Item(id=item_id, attributes=clean_attrs, price=price, image=photos[0] if photos else None,
                 extra_images=photos[1:], **texts)
 
 
-def _photos(image: Any, images: Any) -> tuple[str, ...]:
+def merge_photos(image: Any, images: Any) -> tuple[str, ...]:
     """`image` then `images`, each photo once in order of appearance: the first is the main photo."""
     if image is not None and not isinstance(image, str):
         raise ValueError(f"field 'image' must be a string path or URL, got {type(image).__name__}")

@@ -40,7 +40,8 @@ import numpy as np
 from vitrine.encoders.base import TextEncoder
 from vitrine.serving.schema import check, check_positive_ints, config_from_dict
 from vitrine.indexer.bm25 import Bm25Index
-from vitrine.indexer.bundle import Bundle, fsync_dir, publish_dir
+from vitrine.indexer.bundle import Bundle, publish_dir
+from vitrine.indexer.durable import fsync_dir
 from vitrine.indexer.catalog import Item, item_from_dict
 from vitrine.indexer.live_vectors import WriteEncoder
 from vitrine.indexer.lock import ReadWriteLock, WriterLock
@@ -321,10 +322,9 @@ class LiveIndex:
 
     def _write_manifest(self) -> None:
         bundle = self.bundle
-        manifest = bundle.manifest.with_live_counts(
+        bundle.manifest = bundle.manifest.with_live_counts(
             len(bundle.docstore), {source: bundle.vectors[source].ntotal for source in bundle.manifest.vectors},
-            int(bundle.docstore.next_docno))
-        bundle.manifest = replace(manifest, counts=replace(manifest.counts, max_extra_photos=bundle.max_extra_photos))
+            int(bundle.docstore.next_docno), bundle.max_extra_photos)
         bundle.manifest.write(bundle.path / MANIFEST)
 
     def snapshot(self, out: str | Path) -> Manifest:

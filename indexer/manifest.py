@@ -178,9 +178,13 @@ class Manifest(_Json):
         """Writes it atomically (temporary file, fsync, rename) into the bundle at `path` (or to that file)."""
         write_json_atomic(_file(path), self.to_dict())
 
-    def with_live_counts(self, items: int, vectors: Mapping[str, int], next_docno: int) -> Manifest:
-        """This manifest with a live index's counts now: items, each vector index's rows, the next doc number."""
+    def with_live_counts(self, items: int, vectors: Mapping[str, int], next_docno: int,
+                         max_extra_photos: int | None = None) -> Manifest:
+        """This manifest with a live index's counts now: items, each vector index's rows, the next doc number, and
+        (when given) the most extra photos an item has."""
         counts = replace(self.counts, items=items)
+        if max_extra_photos is not None:
+            counts = replace(counts, max_extra_photos=max_extra_photos)
         records = dict(self.vectors)
         for source, n in vectors.items():
             records[source] = replace(records[source], count=n)

@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vitrine.indexer.bundle import fsync_dir
+from vitrine.indexer.durable import write_durably
 from vitrine.indexer.manifest import MANIFEST, Manifest
 
 if TYPE_CHECKING:
@@ -117,11 +117,5 @@ def keep_photo(bundle_dir: Path, data: bytes) -> str:
     target = bundle_dir / name
     if not target.exists():
         folder.mkdir(exist_ok=True)
-        tmp = folder / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-        fsync_dir(folder)
+        write_durably(target, data)
     return name

@@ -75,10 +75,15 @@ def check_shop_fields(bundle: Bundle, req: SearchRequest) -> None:
         sort_column(columns, req.sorted_by)
 
 
+def needs_arranging(req: SearchRequest, rules: Rules) -> bool:
+    """Whether a ranked list needs anything of arrange (a sort, facets, pins, highlights)."""
+    return bool(req.sorted_by or req.facets or rules.pin or req.highlight)
+
+
 def arrange(bundle: Bundle, req: SearchRequest, ranked: list[Hit], rules: Rules, moved: dict[str, list[str]],
             docnos_without: Callable[[str], np.ndarray], fixes: Mapping[str, tuple[str, int]] | None = None) -> Arranged:
     """Sort, pins, facets over the candidates, and highlights of the page's hits (`req.k` from `req.offset`)."""
-    if not (req.sorted_by or req.facets or rules.pin or req.highlight):
+    if not needs_arranging(req, rules):
         return Arranged(ranked, (), {}, {})
     docstore = bundle.docstore
     docnos = hit_docnos(bundle, ranked)

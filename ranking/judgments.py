@@ -14,14 +14,15 @@ import re
 import shutil
 import statistics
 import threading
-import uuid
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from itertools import combinations
 from pathlib import Path
 from typing import Any
+
+from vitrine.indexer.durable import fsync_dir, write_durably
 
 GRADES = (0, 1, 2)
 JUDGMENTS_FILE = "judgments.jsonl"
@@ -74,9 +75,7 @@ class Judgment:
     bundle_version: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ts": self.ts, "tenant": self.tenant, "who": self.who, "qid": self.qid, "text": self.text,
-                "photo": self.photo, "item": self.item, "grade": self.grade, "config": dict(self.config),
-                "bundle_version": self.bundle_version}
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Judgment:
@@ -99,15 +98,6 @@ class Judgment:
         return cls(ts=_text(d, "ts"), tenant=_text(d, "tenant"), who=_text(d, "who", True), qid=_text(d, "qid", True),
                    text=text, photo=photo, item=_text(d, "item", True), grade=int(grade), config=dict(config),
                    bundle_version=_text(d, "bundle_version"))
-
-
-def _fsync_dir(path: Path) -> None:
-    # indexer.bundle has the same helper, but importing it loads FAISS and numpy into every judgment write.
-    fd = os.open(str(path), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _photo_ext(data: bytes) -> str:
@@ -146,7 +136,7 @@ class JudgmentStore:
         with self._lock:
             if not self.root.is_dir():
                 self.root.mkdir(parents=True)
-                _fsync_dir(self.root.parent)   # the new directory's own entry
+                fsync_dir(self.root.parent)   # the new directory's own entry
             if photo is not None and self.photo_path(j.photo) is None:
                 self._write_photo(j.photo, photo)
             created = not self.path.exists()
@@ -165,7 +155,7 @@ class JudgmentStore:
             finally:
                 os.close(fd)
             if created:
-                _fsync_dir(self.root)  # the new file's directory entry must be durable too
+                fsync_dir(self.root)  # the new file's directory entry must be durable too
             if cached or created:      # nobody else wrote since the cache was read: add this one to it
                 self._latest.pop(_key(j), None)
                 self._latest[_key(j)] = j
@@ -176,14 +166,7 @@ class JudgmentStore:
     def _write_photo(self, sha: str, data: bytes) -> None:
         folder = self.root / PHOTOS_DIR
         folder.mkdir(exist_ok=True)
-        target = folder / f"{sha}.{_photo_ext(data)}"
-        tmp = folder / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-        _fsync_dir(folder)
+        write_durably(folder / f"{sha}.{_photo_ext(data)}", data)
 
     def photo_path(self, sha: str) -> Path | None:
         """The stored photo of this sha256, or None (also for anything that is not a sha256, e.g. a URL's "../")."""

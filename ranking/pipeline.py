@@ -18,7 +18,8 @@ from vitrine.indexer.multiphoto import PHOTO_SOURCE, photo_id, search_items
 from vitrine.indexer.bundle import Bundle, item_text
 from vitrine.indexer.synonyms import Synonyms
 from vitrine.ranking.attributes import boost, same_photo
-from vitrine.ranking.arrange import CANDIDATES, CATALOG, arrange, browse, check_like, check_shop_fields, hit_docnos, without_field
+from vitrine.ranking.arrange import (CANDIDATES, CATALOG, arrange, browse, check_like, check_shop_fields, hit_docnos,
+                                     needs_arranging, without_field)
 from vitrine.ranking.features import QueryContext, candidate_features
 from vitrine.ranking.fusion import fuse
 from vitrine.ranking.ltr import LTR, LtrRanker
@@ -161,7 +162,7 @@ class Searcher:
                                lambda field: hit_docnos(self.bundle, self._first_stage(
                                    without_field(req, field), encoded, {}, rules).fused),
                                fixes)
-            if req.facets or req.sorted_by or req.highlight or rules.pin:
+            if needs_arranging(req, rules):
                 timings["arrange"] = (time.perf_counter() - t0) * 1e3
         timings["total"] = (time.perf_counter() - t_start) * 1e3
         return SearchResult(hits=arranged.hits[req.offset:req.offset + k], total_candidates=len(arranged.hits),

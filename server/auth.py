@@ -54,6 +54,14 @@ class ApiKey:
     scopes: frozenset[str]
     sha256: str
 
+    @property
+    def platform_admin(self) -> bool:
+        """The platform's key (tenant "*", scope admin): every RPC of every tenant."""
+        return self.tenant == ALL_TENANTS and "admin" in self.scopes
+
+    def may(self, scope: str) -> bool:
+        return scope in self.scopes or self.platform_admin
+
 
 def key_hash(key: str) -> str:
     # Keys are 32 random bytes, so a fast hash is enough (no dictionary to guess from, unlike passwords).
@@ -164,7 +172,7 @@ def check_access(keys: KeyStore, method: str, metadata: Sequence[tuple[str, str]
     if key is None:
         return grpc.StatusCode.UNAUTHENTICATED, "the API key is not valid."
     if method in PLATFORM_METHODS:
-        if key.tenant == ALL_TENANTS and "admin" in key.scopes:
+        if key.platform_admin:
             return None
         return grpc.StatusCode.PERMISSION_DENIED, "managing tenants needs a platform admin key (tenant '*', scope admin)."
     scope = METHOD_SCOPES.get(method)
@@ -173,7 +181,7 @@ def check_access(keys: KeyStore, method: str, metadata: Sequence[tuple[str, str]
     tenant = tenant or DEFAULT_TENANT
     if key.tenant != ALL_TENANTS and key.tenant != tenant:
         return grpc.StatusCode.PERMISSION_DENIED, f"this key is not valid for tenant {tenant!r}."
-    if scope not in key.scopes and not (key.tenant == ALL_TENANTS and "admin" in key.scopes):
+    if not key.may(scope):
         return grpc.StatusCode.PERMISSION_DENIED, f"this key lacks the {scope!r} scope that {method.rsplit('/', 1)[-1]} needs."
     return None
 

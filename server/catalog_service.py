@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 
 from vitrine.serving.config import CatalogConfig
-from vitrine.indexer.catalog import MAX_EXTRA_PHOTOS, MAX_ID_LENGTH, Item
+from vitrine.indexer.catalog import MAX_EXTRA_PHOTOS, MAX_ID_LENGTH, Item, merge_photos
 from vitrine.indexer.live import BadPhoto, LiveIndex
 from vitrine.proto import search_pb2, search_pb2_grpc
 from vitrine.ranking.pipeline import InvalidRequest
@@ -69,7 +69,7 @@ def item_from_proto(msg: search_pb2.Item, cfg: CatalogConfig) -> tuple[Item, byt
         raise InvalidRequest("item.image", f"is {len(msg.image)} bytes; the limit is {cfg.max_image_bytes} "
                                            "([catalog] max_image_bytes).")
     uris = _check_more_photos(msg, cfg)
-    photos = list(dict.fromkeys(([msg.image_uri] if msg.image_uri else []) + uris))
+    photos = merge_photos(msg.image_uri or None, uris)   # uris are checked: this only merges, main photo first
     item = Item(id=item_id, title=msg.title, description=msg.description, category=msg.category,
                 attributes=attributes, price=price, image=photos[0] if photos else None, extra_images=tuple(photos[1:]))
     return item, (bytes(msg.image) if msg.image else None), [bytes(b) for b in msg.images]

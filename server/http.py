@@ -31,7 +31,7 @@ from starlette.routing import Route
 
 from vitrine.proto import search_pb2
 from vitrine.server.auth import KeyStore, check_access
-from vitrine.server.web_session import MAX_BODY_BYTES  # one limit for the API and the pages
+from vitrine.server.web_session import MAX_BODY_BYTES, key_headers  # one limit and one header reading for both
 
 HTTP_STATUS = {
     grpc.StatusCode.OK: 200, grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.FAILED_PRECONDITION: 400,
@@ -64,18 +64,14 @@ class HttpContext:
     def abort(self, code: grpc.StatusCode, details: str) -> None:
         raise Aborted(code, details)
 
-    def peer(self) -> str:
-        return "http"
-
-    def is_active(self) -> bool:
-        return True
-
 
 class Rpc:
-    """One route: its gRPC method name (for the key's scope), the request message, and the call."""
+    """One route: its gRPC method name (for the key's scope), the request and response messages, the call, and the
+    HTTP verb (GET for a call without a request body)."""
 
-    def __init__(self, method: str, request: type | None, call: Callable[[Any, HttpContext], Any]) -> None:
-        self.method, self.request, self.call = method, request, call
+    def __init__(self, method: str, request: type | None, response: type, call: Callable[[Any, HttpContext], Any],
+                 verb: str = "post") -> None:
+        self.method, self.request, self.response, self.call, self.verb = method, request, response, call, verb
 
 
 async def invoke(call: Callable[[Any, HttpContext], Any], message: Any, metadata: Sequence[tuple[str, str]],
@@ -103,17 +99,22 @@ def http_app(search: Any, catalog: Any, keys: KeyStore | None = None, workbench:
     """The app over a server's Search and Catalog servicers (server/app.py builds them; keys as `--keys`), with the
     workbench's pages at /ui when given one (server/workbench.py)."""
     rpcs = {
-        "/v1/search": Rpc("/vitrine.v1.Search/Search", search_pb2.SearchRequest, search.Search),
-        "/v1/info": Rpc("/vitrine.v1.Search/Info", search_pb2.InfoRequest, search.Info),
-        "/v1/feedback": Rpc("/vitrine.v1.Search/Feedback", search_pb2.FeedbackRequest, search.Feedback),
-        "/v1/get": Rpc("/vitrine.v1.Catalog/Get", search_pb2.GetRequest, catalog.Get),
-        "/v1/delete": Rpc("/vitrine.v1.Catalog/Delete", search_pb2.DeleteRequest, catalog.Delete),
-        "/v1/upsert": Rpc("/vitrine.v1.Catalog/Upsert", None, lambda reqs, ctx: list(catalog.Upsert(iter(reqs), ctx))),
+        "/v1/search": Rpc("/vitrine.v1.Search/Search", search_pb2.SearchRequest, search_pb2.SearchResponse, search.Search),
+        "/v1/info": Rpc("/vitrine.v1.Search/Info", search_pb2.InfoRequest, search_pb2.InfoResponse, search.Info, "get"),
+        "/v1/feedback": Rpc("/vitrine.v1.Search/Feedback", search_pb2.FeedbackRequest, search_pb2.FeedbackResponse,
+                            search.Feedback),
+        "/v1/get": Rpc("/vitrine.v1.Catalog/Get", search_pb2.GetRequest, search_pb2.GetResponse, catalog.Get),
+        "/v1/delete": Rpc("/vitrine.v1.Catalog/Delete", search_pb2.DeleteRequest, search_pb2.DeleteResponse,
+                          catalog.Delete),
+        # A stream of UpsertRequest: {"requests": [...]} -> {"acks": [UpsertAck, ...]}
+        "/v1/upsert": Rpc("/vitrine.v1.Catalog/Upsert", None, search_pb2.UpsertAck,
+                          lambda reqs, ctx: list(catalog.Upsert(iter(reqs), ctx))),
     }
+    document = openapi_document(rpcs)   # the same for every request: built once
 
     async def handle(request: Request) -> JSONResponse:
         rpc = rpcs[request.url.path]
-        metadata = [(k.lower(), v) for k, v in request.headers.items() if k.lower() in ("authorization", "x-vitrine-tenant")]
+        metadata = key_headers(request)
         if keys is not None and (refused := check_access(keys, rpc.method, metadata)) is not None:
             return error(*refused)
         body = await request.body() if request.method == "POST" else b"{}"
@@ -129,12 +130,12 @@ def http_app(search: Any, catalog: Any, keys: KeyStore | None = None, workbench:
         return JSONResponse(out, status_code=status)
 
     async def openapi(request: Request) -> JSONResponse:
-        return JSONResponse(openapi_document(rpcs))
+        return JSONResponse(document)
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
-    routes = [Route(path, handle, methods=["GET"] if path == "/v1/info" else ["POST"]) for path in rpcs]
+    routes = [Route(path, handle, methods=[rpc.verb.upper()]) for path, rpc in rpcs.items()]
     if workbench is not None:
         from vitrine.server.workbench import Pages
 
@@ -197,23 +198,20 @@ def schema_of(desc: Descriptor, out: dict[str, dict]) -> dict:
 
 def openapi_document(rpcs: dict[str, Rpc]) -> dict:
     schemas: dict[str, dict] = {}
-    responses = {"/v1/search": search_pb2.SearchResponse, "/v1/info": search_pb2.InfoResponse,
-                 "/v1/feedback": search_pb2.FeedbackResponse, "/v1/get": search_pb2.GetResponse,
-                 "/v1/delete": search_pb2.DeleteResponse, "/v1/upsert": search_pb2.UpsertAck}
     paths = {}
     for path, rpc in rpcs.items():
         request = ({"type": "object", "properties": {"requests": {"type": "array",
                                                                   "items": schema_of(search_pb2.UpsertRequest.DESCRIPTOR, schemas)}}}
                    if rpc.request is None else schema_of(rpc.request.DESCRIPTOR, schemas))
-        response = schema_of(responses[path].DESCRIPTOR, schemas)
-        if path == "/v1/upsert":
+        response = schema_of(rpc.response.DESCRIPTOR, schemas)
+        if rpc.request is None:
             response = {"type": "object", "properties": {"acks": {"type": "array", "items": response}}}
         op = {"operationId": rpc.method.rsplit("/", 1)[-1], "summary": f"{rpc.method} over JSON",
               "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": response}}},
                             "default": {"description": "an error: {code, message}"}}}
-        if path != "/v1/info":
+        if rpc.verb == "post":
             op["requestBody"] = {"content": {"application/json": {"schema": request}}}
-        paths[path] = {"get" if path == "/v1/info" else "post": op}
+        paths[path] = {rpc.verb: op}
     return {"openapi": "3.1.0", "info": {"title": "Vitrine JSON API", "version": "v1"}, "paths": paths,
             "components": {"schemas": schemas,
                            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from vitrine.server.auth import ApiKey
+from vitrine.server.tenants import TENANT_HEADER
 
 SESSION_COOKIE = "vitrine_session"
 CSRF_HEADER = "x-csrf-token"
@@ -106,6 +107,11 @@ def check_same_origin(request: Request, s: Session) -> None:
         raise Refused(403, "PERMISSION_DENIED", f"cross-site request refused: origin {origin!r} is not this server.")
     if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
         raise Refused(403, "PERMISSION_DENIED", "cross-site request refused: the browser says it came from another site.")
+
+
+def key_headers(request: Request) -> list[tuple[str, str]]:
+    """The gRPC metadata an HTTP request carries: its API key and tenant headers (the JSON API and the pages)."""
+    return [(k.lower(), v) for k, v in request.headers.items() if k.lower() in ("authorization", TENANT_HEADER)]
 
 
 def set_cookie(request: Request, response: Response, s: Session, secure: bool) -> None:

@@ -37,7 +37,8 @@ from vitrine.server.auth import ALL_TENANTS, JUDGE_METHOD, ApiKey, KeyStore, che
 from vitrine.server.search_service import ARM_HEADER
 from vitrine.server.tenants import DEFAULT_TENANT, TENANT_HEADER, Tenant
 from vitrine.server.web_session import (GRPC_REFUSAL, HEADERS, MAX_BODY_BYTES, SESSION_COOKIE, Refused, Session,
-                                        Sessions, check_same_origin, json_body, refused, set_cookie, text_of)
+                                        Sessions, check_same_origin, json_body, key_headers, refused, set_cookie,
+                                        text_of)
 
 SEARCH_METHOD = "/vitrine.v1.Search/Search"
 UI_DIR = Path(__file__).with_name("ui")
@@ -91,11 +92,6 @@ def tenant_name(s: Session, asked: str) -> str:
     if asked:
         return asked
     return s.key.tenant if s.key is not None and s.key.tenant != ALL_TENANTS else DEFAULT_TENANT
-
-
-def key_headers(request: Request) -> list[tuple[str, str]]:
-    """The gRPC metadata an HTTP request carries: its API key and tenant headers."""
-    return [(k.lower(), v) for k, v in request.headers.items() if k.lower() in ("authorization", TENANT_HEADER)]
 
 
 def where_to_search(wb: Workbench, s: Session, column: dict, where: str) -> tuple[Any, str, list[tuple[str, str]]]:
@@ -193,8 +189,7 @@ class Pages:
             if tenant not in tenants and tenants:   # a platform key on --tenants: no "default" tenant there
                 tenant = tenants[0]
             scopes = sorted(s.key.scopes) if s.key is not None else ["search", "judge"]
-            platform_admin = s.key is not None and s.key.tenant == ALL_TENANTS and "admin" in scopes
-            body.update(tenant=tenant, scopes=scopes, can_judge="judge" in scopes or platform_admin, tenants=tenants,
+            body.update(tenant=tenant, scopes=scopes, can_judge=s.key is None or s.key.may("judge"), tenants=tenants,
                         compare=sorted(wb.compare), **await run_in_threadpool(served_options, wb, tenant))
         return JSONResponse(body, headers=HEADERS)
 
@@ -212,7 +207,7 @@ class Pages:
         key = wb.keys.authenticate(sent)
         if key is None:
             raise Refused(401, "UNAUTHENTICATED", "key: not a valid API key.")
-        if "search" not in key.scopes and not (key.tenant == ALL_TENANTS and "admin" in key.scopes):
+        if not key.may("search"):
             raise Refused(403, "PERMISSION_DENIED", "key: looking at results needs the 'search' scope.")
         fresh = wb.sessions.rotate(s)
         fresh.key, fresh.bearer = key, f"Bearer {sent}"
@@ -277,10 +272,9 @@ class Pages:
         where = await run_in_threadpool(photo_of, servicer.tenants.get(tenant), q.get("id", ""), n)
         if where.startswith(("http://", "https://")):
             return RedirectResponse(where, status_code=302)
-        kind = mimetypes.guess_type(where)[0] or "application/octet-stream"
-        if not kind.startswith("image/"):
-            raise Refused(404, "NOT_FOUND", "id: that item's photo is not an image file.")
-        return FileResponse(where, media_type=kind, headers={**HEADERS, "cache-control": "private, max-age=300"})
+        # photo_of served only a file with an image suffix (PHOTO_SUFFIXES), so its type is an image type.
+        return FileResponse(where, media_type=mimetypes.guess_type(where)[0],
+                            headers={**HEADERS, "cache-control": "private, max-age=300"})
 
     # The JSON API's judging, for scripts and other tools: an API key in `authorization`, as every /v1 call.
     async def api_judge(self, request: Request) -> Response:

@@ -14,7 +14,6 @@ const state = {
   where: {},          // facet field -> selected values
   cols: {},           // "A"/"B" -> {config, request, response}
   seq: 0,             // the latest search; an older answer arriving late is dropped
-  lastRenderMs: null,
 };
 
 function status(text) { $("#status").textContent = text || ""; }
@@ -165,8 +164,7 @@ async function run() {
   for (const {col, config, request, r} of answers) state.cols[col.dataset.col] = {config, request, response: r};
   renderAll();
   const grid = $(".grid", cols[0]);
-  state.lastRenderMs = performance.now() - t0;
-  grid.dataset.renderMs = state.lastRenderMs.toFixed(1);
+  grid.dataset.renderMs = (performance.now() - t0).toFixed(1);
   document.body.dataset.searches = String((+document.body.dataset.searches || 0) + 1);
 }
 
@@ -220,6 +218,12 @@ function ndcgAt10(ids, judged) {
   return idcg > 0 ? dcg(gains) / idcg : 0;
 }
 
+function showNdcg(col, ids, judged) {
+  const el = $(".ndcg", col), graded = Object.keys(judged).length > 0, value = graded ? ndcgAt10(ids, judged) : 0;
+  el.textContent = graded ? `nDCG@10 ${value.toFixed(4)}` : "not judged";
+  el.dataset.value = graded ? value.toFixed(6) : "";
+}
+
 function renderColumn(col) {
   const name = col.dataset.col, entry = state.cols[name];
   const grid = $(".grid", col), gone = $(".gone", col);
@@ -230,9 +234,7 @@ function renderColumn(col) {
   const ids = hits.map(h => h.id);     // the ranking from the top; this page is ids.slice(offset)
   const judged = r.judged || {};
   const base = name !== "A" && state.cols.A ? (state.cols.A.response.hits || []).map(h => h.id) : null;
-  const ndcg = $(".ndcg", col);
-  ndcg.textContent = Object.keys(judged).length ? `nDCG@10 ${ndcgAt10(ids, judged).toFixed(4)}` : "not judged";
-  ndcg.dataset.value = Object.keys(judged).length ? ndcgAt10(ids, judged).toFixed(6) : "";
+  showNdcg(col, ids, judged);
   $(".meta", col).textContent = `${r.stages || ""} · ${(r.took_ms || 0).toFixed(1)} ms · ${r.bundle_version || ""}`;
   hits.slice(state.offset).forEach((hit, i) => grid.append(card(col, entry, hit, state.offset + i + 1, base)));
   if (base) {
@@ -341,9 +343,7 @@ async function judge(col, item, grade) {
     e.response.judged = out.judged;
     for (const node of $$(".card", other)) showGrade(node, out.mine[node.dataset.id]);
     const ids = (e.response.hits || []).map(h => h.id);
-    const ndcg = $(".ndcg", other);
-    ndcg.textContent = `nDCG@10 ${ndcgAt10(ids, out.judged).toFixed(4)}`;
-    ndcg.dataset.value = ndcgAt10(ids, out.judged).toFixed(6);
+    showNdcg(other, ids, out.judged);
   }
   document.body.dataset.judged = String((+document.body.dataset.judged || 0) + 1);
 }
